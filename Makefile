@@ -1,0 +1,58 @@
+# make install | test | demo | up | down | lint | fmt | bench | lock
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: help install test demo up down lint fmt bench lock clean
+
+help:
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## create .venv with the pinned dependencies (torch: the CPU wheel)
+
+$(VENV)/.installed: requirements/dev.txt lib/sentiment_core/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check -r requirements/dev.txt -e lib/sentiment_core
+	touch $@
+
+test: install ## every test (starts its own MLflow server and emulators)
+	$(PY) -m pytest
+
+demo: install ## train, register and promote a model against the local MLflow server; print the UI URL
+	$(PY) -m localdev.stack up
+	$(PY) -m training.train --tracking-uri "$$($(PY) -m localdev.stack url mlflow)" \
+		--register --promote --output-dir .local/models/latest
+	@echo
+	@echo "MLflow UI:    $$($(PY) -m localdev.stack url mlflow)/#/models/yelp-sentiment"
+	@echo "Staged model: .local/models/latest (model.onnx + manifest.json)"
+	@echo "Stop with:    make down"
+
+up: install ## start the local stack; URLs go to .local/stack.json
+	$(PY) -m localdev.stack up
+
+down: ## stop the local stack
+	@test -x $(PY) && $(PY) -m localdev.stack down || true
+
+lint: install ## ruff and terraform fmt
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	terraform fmt -check -recursive infra/terraform
+
+fmt: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	terraform fmt -recursive infra/terraform
+
+bench: install ## benchmarks: ours against a TF-IDF + logistic regression baseline
+	$(PY) bench/train_vs_baseline.py
+
+lock: ## re-pin requirements/dev.txt from requirements/dev.in in a scratch venv
+	rm -rf /tmp/lock-venv && $(PYTHON) -m venv /tmp/lock-venv
+	/tmp/lock-venv/bin/pip install --quiet -r requirements/dev.in
+	( echo '# Training, tests and tooling (the whole lock, pinned; regenerate with `make lock`). torch is the CPU wheel.'; \
+	  /tmp/lock-venv/bin/pip freeze | sed 's/+cpu//' ) > requirements/dev.txt
+
+clean: down
+	rm -rf $(VENV) .local .pytest_cache .ruff_cache .coverage

@@ -1,0 +1,4 @@
+"""Code shared by several deploy units (training, predict, feedback, registry_watcher).
+
+Kept free of torch and mlflow so that every function bundle can carry it cheaply.
+"""

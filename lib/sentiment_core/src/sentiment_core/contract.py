@@ -1,0 +1,27 @@
+"""Names fixed by DESIGN.md: users, docs and checks depend on them."""
+
+from __future__ import annotations
+
+MODEL_NAME = "yelp-sentiment"
+PRODUCTION_ALIAS = "production"
+LEGACY_PRODUCTION_STAGE = "Production"
+
+INPUT_NAME = "text"
+OUTPUT_NAME = "probability"
+
+MODEL_FILENAME = "model.onnx"
+MANIFEST_FILENAME = "manifest.json"
+
+# metadata_props every exported model carries.
+META_RUN_ID = "mlflow_run_id"
+META_LABEL_RULE = "label_rule"
+META_THRESHOLD = "threshold"
+META_TRAINING_DATA_SHA256 = "training_data_sha256"
+REQUIRED_METADATA = (META_RUN_ID, META_LABEL_RULE, META_THRESHOLD, META_TRAINING_DATA_SHA256)
+
+DEFAULT_THRESHOLD = 0.5
+
+# What a training run logs for the deploy gate to check a candidate against.
+RUN_TAG_MODEL_SHA256 = "model_sha256"
+GOLDEN_OUTPUTS_ARTIFACT = "deploy_gate/golden_outputs.json"
+VALIDATION_ACCURACY_METRIC = "val_accuracy"

@@ -1,0 +1,119 @@
+"""Read-only MLflow Model Registry look-ups over its REST API.
+
+The watcher needs only "which version is in production?", so it talks REST with the standard library
+instead of importing mlflow (1.7 s and 140 MB that a Cloud Function would pay on every cold start).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from sentiment_core.contract import LEGACY_PRODUCTION_STAGE, PRODUCTION_ALIAS
+
+
+class RegistryError(RuntimeError):
+    """The registry could not be read (network, auth or server error)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelVersion:
+    """The fields of a registered model version that deployment decisions use."""
+
+    name: str
+    version: str
+    run_id: str
+    source: str
+    chosen_by: str  # "alias" or "stage": how the production version was found
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any], chosen_by: str) -> ModelVersion:
+        return cls(
+            name=data["name"],
+            version=str(data["version"]),
+            run_id=data.get("run_id", ""),
+            source=data.get("source", ""),
+            chosen_by=chosen_by,
+        )
+
+
+class RegistryClient:
+    """Minimal client of the MLflow REST API (2.0 paths, served by MLflow 2 and 3)."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        if not tracking_uri.startswith(("http://", "https://")):
+            raise ValueError(f"tracking URI must be http(s), got {tracking_uri!r}")
+        self._base = tracking_uri.rstrip("/")
+        self._timeout = timeout
+        self._headers = {"Accept": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        elif username:
+            basic = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {basic}"
+
+    def production_version(self, name: str) -> ModelVersion | None:
+        """The version in production: alias `production` first, else the newest in stage `Production`."""
+        by_alias = self.version_by_alias(name, PRODUCTION_ALIAS)
+        if by_alias is not None:
+            return by_alias
+        return self.latest_version_in_stage(name, LEGACY_PRODUCTION_STAGE)
+
+    def version_by_alias(self, name: str, alias: str) -> ModelVersion | None:
+        """The version an alias points at, or None when the alias (or the model) does not exist."""
+        query = urllib.parse.urlencode({"name": name, "alias": alias})
+        data = self._call("GET", f"/api/2.0/mlflow/registered-models/alias?{query}")
+        if data is None:
+            return None
+        return ModelVersion.from_api(data["model_version"], chosen_by="alias")
+
+    def latest_version_in_stage(self, name: str, stage: str) -> ModelVersion | None:
+        """The newest version in a legacy stage, or None."""
+        body = {"name": name, "stages": [stage]}
+        data = self._call("POST", "/api/2.0/mlflow/registered-models/get-latest-versions", body)
+        versions = (data or {}).get("model_versions", [])
+        if not versions:
+            return None
+        newest = max(versions, key=lambda v: int(v["version"]))
+        return ModelVersion.from_api(newest, chosen_by="stage")
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """One request; None for RESOURCE_DOES_NOT_EXIST, RegistryError for anything else unexpected."""
+        headers = dict(self._headers)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(self._base + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            payload = _error_payload(exc)
+            if exc.code == 404 or payload.get("error_code") == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            message = payload.get("message") or exc.reason
+            raise RegistryError(f"{method} {path}: HTTP {exc.code}: {message}") from exc
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise RegistryError(f"{method} {path}: {exc}") from exc
+
+
+def _error_payload(exc: urllib.error.HTTPError) -> dict[str, Any]:
+    try:
+        decoded = json.loads(exc.read() or b"{}")
+    except (json.JSONDecodeError, OSError):
+        return {}
+    return decoded if isinstance(decoded, dict) else {}

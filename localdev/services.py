@@ -1,0 +1,179 @@
+"""Start real servers in their own process groups, wait until they answer, stop the whole group."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+
+
+class ServiceError(RuntimeError):
+    """A service did not come up."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Service:
+    """A running server: its URL and the process group to stop."""
+
+    name: str
+    url: str
+    pid: int
+    log_path: Path
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(
+    name: str,
+    argv: Sequence[str],
+    *,
+    url: str,
+    ready_path: str,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 60.0,
+) -> Service:
+    """Launch argv in a new session (so its children share its group) and poll url+ready_path until 200."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    service = Service(name=name, url=url, pid=process.pid, log_path=log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServiceError(f"{name} exited with {process.returncode}:\n{tail(log_path)}")
+        if _answers(url + ready_path):
+            return service
+        time.sleep(0.2)
+    stop(service.pid)
+    raise ServiceError(f"{name} did not answer {url + ready_path} within {timeout_s:.0f} s:\n{tail(log_path)}")
+
+
+def stop(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGTERM the process group led by pid, then SIGKILL what is left (emulator wrappers leave Java children)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            break
+        time.sleep(0.1)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def alive(pgid: int) -> bool:
+    """Whether any process of the group led by pgid is still running."""
+    if pgid <= 0:
+        return False  # killpg(0) would signal our own group
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)  # reap our own child so it does not linger as a zombie
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """Last lines of a log, for error messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start_mlflow(workdir: Path, port: int | None = None, env: Mapping[str, str] | None = None) -> Service:
+    """MLflow tracking server with its UI: SQLite backend, artifacts proxied from a local folder.
+
+    One worker and no job runner: 6 s and ~0.5 GiB instead of 13 s and ~2 GiB (NOTES.md).
+    """
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(VENV_BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(workdir / "artifacts"),
+    ]
+    server_env = {
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        **(env or {}),
+    }
+    return start(
+        "mlflow",
+        argv,
+        url=f"http://127.0.0.1:{port}",
+        ready_path="/health",
+        log_path=workdir / "mlflow.log",
+        env=server_env,
+        timeout_s=120,
+    )
+
+
+def start_gcs_emulator(workdir: Path, port: int | None = None) -> Service:
+    """gcp-storage-emulator (in memory): google-cloud-storage talks to it via STORAGE_EMULATOR_HOST."""
+    port = port or free_port()
+    argv = [
+        str(VENV_BIN / "gcp-storage-emulator"),
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--in-memory",
+    ]
+    return start(
+        "gcs",
+        argv,
+        url=f"http://127.0.0.1:{port}",
+        ready_path="/storage/v1/b",
+        log_path=workdir / "gcs.log",
+        timeout_s=30,
+    )

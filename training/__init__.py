@@ -1,0 +1,1 @@
+"""Training: Yelp reviews -> PyTorch -> MLflow -> self-contained ONNX -> Model Registry."""

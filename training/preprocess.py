@@ -1,0 +1,143 @@
+"""The one definition of text preprocessing: ONNX nodes that both training and serving run.
+
+Training tokenises by running these nodes in onnxruntime, and the exported model embeds the very same nodes,
+so the tokens a model was trained on are, by construction, the tokens it sees in production. Python string
+methods are not used: their lowercasing differs from StringNormalizer's on a few characters (e.g. 'İ').
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from functools import cache
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from sentiment_core.contract import INPUT_NAME
+
+ONNX_OPSET = 21
+ML_OPSET = 3
+MS_OPSET = 1
+OPSET_IMPORTS = [
+    helper.make_opsetid("", ONNX_OPSET),
+    helper.make_opsetid("ai.onnx.ml", ML_OPSET),
+    helper.make_opsetid("com.microsoft", MS_OPSET),
+]
+
+# RE2 syntax: \pL/\pN keep Unicode letters and digits (RE2's \w is ASCII-only and would cut 'café').
+# Apostrophes stay inside tokens so "don't" and "dont" are features of their own; '_' keeps '_num_'.
+TOKEN_PATTERN = r"[\pL\pN_']+"
+NORMALIZER_LOCALE = "C.UTF-8"
+BIGRAM_JOINER = " "  # cannot occur inside a token, so a bigram key is unambiguous
+TOKENS = "tokens"  # [N, T] strings, right-padded with ""
+BIGRAMS = "bigrams"  # [N, max(T-1, 0)] strings
+
+
+def tokenizer_nodes(text: str = INPUT_NAME) -> list[onnx.NodeProto]:
+    """Nodes from raw text [N] to TOKENS [N, T] and BIGRAMS [N, T-1]; pads never match a vocabulary key."""
+    return [
+        helper.make_node(
+            "StringNormalizer",
+            [text],
+            ["normalized"],
+            case_change_action="LOWER",
+            is_case_sensitive=0,
+            locale=NORMALIZER_LOCALE,
+        ),
+        helper.make_node(
+            "Tokenizer",
+            ["normalized"],
+            [TOKENS],
+            domain="com.microsoft",
+            mark=0,
+            mincharnum=1,
+            pad_value="",
+            tokenexp=TOKEN_PATTERN,
+        ),
+        _int64_constant("zero", [0]),
+        _int64_constant("one", [1]),
+        _int64_constant("minus_one", [-1]),
+        _int64_constant("last", [np.iinfo(np.int64).max]),
+        helper.make_node(
+            "Constant", [], ["joiner"], value=helper.make_tensor("joiner", TensorProto.STRING, [], [BIGRAM_JOINER])
+        ),
+        helper.make_node("Slice", [TOKENS, "zero", "minus_one", "one"], ["left"]),
+        helper.make_node("Slice", [TOKENS, "one", "last", "one"], ["right"]),
+        helper.make_node("StringConcat", ["left", "joiner"], ["left_joined"]),
+        helper.make_node("StringConcat", ["left_joined", "right"], [BIGRAMS]),
+    ]
+
+
+def _int64_constant(name: str, values: list[int]) -> onnx.NodeProto:
+    return helper.make_node(
+        "Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+    )
+
+
+@cache
+def _tokenizer_session() -> ort.InferenceSession:
+    graph = helper.make_graph(
+        tokenizer_nodes(),
+        "tokenizer",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.STRING, ["N"])],
+        [helper.make_tensor_value_info(TOKENS, TensorProto.STRING, ["N", "T"])],
+    )
+    model = helper.make_model(graph, opset_imports=OPSET_IMPORTS, producer_name="training.preprocess")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def tokenize(texts: Sequence[str], batch_size: int = 2048) -> list[list[str]]:
+    """Tokens of each text, computed by the graph's own nodes."""
+    session = _tokenizer_session()
+    result: list[list[str]] = []
+    for start in range(0, len(texts), batch_size):
+        batch = np.array(texts[start : start + batch_size], dtype=object)
+        (padded,) = session.run([TOKENS], {INPUT_NAME: batch})
+        result.extend([token for token in row if token] for row in padded.tolist())
+    return result
+
+
+def bigrams(tokens: Sequence[str]) -> list[str]:
+    """Adjacent token pairs, joined exactly as the graph's StringConcat joins them."""
+    return [f"{a}{BIGRAM_JOINER}{b}" for a, b in zip(tokens, tokens[1:], strict=False)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+    """Feature string -> id (1-based; 0 means unknown and is left out of the mean)."""
+
+    features: tuple[str, ...]
+
+    @classmethod
+    def build(cls, token_lists: Iterable[Sequence[str]], *, min_count: int, max_size: int) -> Vocabulary:
+        """Unigrams and bigrams seen at least min_count times, most frequent first, ties by string."""
+        counts: Counter[str] = Counter()
+        for tokens in token_lists:
+            counts.update(tokens)
+            counts.update(bigrams(tokens))
+        kept = [(n, f) for f, n in counts.items() if n >= min_count]
+        kept.sort(key=lambda item: (-item[0], item[1]))
+        return cls(features=tuple(f for _, f in kept[:max_size]))
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {feature: i for i, feature in enumerate(self.features, start=1)}
+
+    def encode(self, token_lists: Iterable[Sequence[str]]) -> list[list[int]]:
+        """Known feature ids of each text: unigrams then bigrams, in the graph's order."""
+        index = self.index
+        encoded = []
+        for tokens in token_lists:
+            ids = [index[t] for t in tokens if t in index]
+            ids.extend(index[b] for b in bigrams(tokens) if b in index)
+            encoded.append(ids)
+        return encoded

@@ -1,0 +1,288 @@
+"""Command line: `python -m training.train --help`. Pure steps live in data, preprocess, fit, export."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sentiment_core.contract import MODEL_NAME
+from sentiment_core.manifest import sha256_bytes, write_staged_folder
+from training import data, evaluate, export, preprocess
+from training.fit import HyperParams, fit
+from training.golden import GOLDEN_TEXTS
+
+DEFAULTS = HyperParams()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description="Train the Yelp review sentiment model, track it in MLflow, export and register ONNX.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--data",
+        action="append",
+        metavar="PATH_OR_URI",
+        help="file or folder, local or gs://bucket/path (repeat for several; a gs:// folder ends in '/'). "
+        f"Formats: Yelp review JSON lines (.jsonl/.json) and Yelp Polarity CSV (.csv), optionally .gz. "
+        f"Default: every file in {data.DEFAULT_DATA_DIR}",
+    )
+    group.add_argument(
+        "--positive-min-stars", type=float, default=3.0, help="a review is positive when stars >= this value"
+    )
+    group.add_argument("--val-fraction", type=float, default=0.1, help="share of each class for validation")
+    group.add_argument("--test-fraction", type=float, default=0.1, help="share of each class for the test set")
+    group.add_argument("--limit", type=int, default=None, help="use only the first N usable examples (quick runs)")
+
+    group = parser.add_argument_group("model")
+    group.add_argument("--embedding-dim", type=int, default=DEFAULTS.embedding_dim, help="embedding size")
+    group.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="passes over the training set")
+    group.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="examples per step")
+    group.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate, help="Adam learning rate")
+    group.add_argument("--lr-decay", type=float, default=DEFAULTS.lr_decay, help="learning-rate factor per epoch")
+    group.add_argument("--min-count", type=int, default=DEFAULTS.min_count, help="drop features seen fewer times")
+    group.add_argument("--max-features", type=int, default=DEFAULTS.max_features, help="vocabulary cap")
+    group.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed for the split and the training")
+    group.add_argument("--threshold", type=float, default=0.5, help="decision threshold stored in the model")
+
+    group = parser.add_argument_group("tracking and output")
+    group.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking server or store (default: $MLFLOW_TRACKING_URI, else MLflow's local default)",
+    )
+    group.add_argument("--experiment", default="yelp-sentiment", help="MLflow experiment name")
+    group.add_argument("--run-name", default=None, help="MLflow run name")
+    group.add_argument("--register", action="store_true", help=f"register the model as a version of {MODEL_NAME}")
+    group.add_argument(
+        "--promote", action="store_true", help="also point the alias 'production' at it (implies --register)"
+    )
+    group.add_argument(
+        "--output-dir", type=Path, default=None, help="also write a staged folder (model.onnx + manifest.json)"
+    )
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if not 0.0 < args.threshold < 1.0:
+        parser.error("--threshold must be between 0 and 1")
+    if args.limit is not None and args.limit < 10:
+        parser.error("--limit must be at least 10")
+    args.register = args.register or args.promote
+    return args
+
+
+def hyper_params(args: argparse.Namespace) -> HyperParams:
+    names = {f.name for f in dataclasses.fields(HyperParams)}
+    return HyperParams(**{name: getattr(args, name) for name in names})
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (data.DataError, export.ExportError) as exc:
+        log(f"error: {exc}")
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    # mlflow costs ~2 s to import: only after the arguments are known to be good.
+    import mlflow
+
+    from training import tracking
+
+    started = time.monotonic()
+    params = hyper_params(args)
+    dataset = data.load_dataset(args.data, data.LabelRule(args.positive_min_stars))
+    if args.limit is not None:
+        dataset.texts, dataset.labels = dataset.texts[: args.limit], dataset.labels[: args.limit]
+    _report_data(dataset)
+    split = data.stratified_split(
+        dataset.labels,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        texts=dataset.texts,
+    )
+    log(f"split: {split.sizes()} (seed {split.seed})")
+    try:
+        uri = tracking.connect(args.tracking_uri, args.experiment)
+    except tracking.TrackingError as exc:
+        log(f"error: {exc}")
+        return 3
+    log(f"tracking: {uri}")
+
+    with mlflow.start_run(run_name=args.run_name) as active:
+        run_id = active.info.run_id
+        commit = tracking.git_commit()
+        if commit is not None:
+            mlflow.set_tags({"mlflow.source.git.commit": commit[0], "git_dirty": str(commit[1]).lower()})
+        mlflow.log_params(
+            {
+                **dataclasses.asdict(params),
+                "label_rule": dataset.label_rule.describe(),
+                "threshold": args.threshold,
+                "val_fraction": args.val_fraction,
+                "test_fraction": args.test_fraction,
+                "limit": args.limit,
+                "training_data_sha256": dataset.sha256,
+                "sources": ",".join(r.uri for r in dataset.reports)[:6000],
+            }
+        )
+        tracking.log_lineage(dataset, split, dataset.texts)
+
+        log("tokenising with the model's own preprocessing graph ...")
+        tokens = preprocess.tokenize(dataset.texts)
+        vocabulary = preprocess.Vocabulary.build(
+            data.take(tokens, split.train), min_count=params.min_count, max_size=params.max_features
+        )
+        encoded = vocabulary.encode(tokens)
+        mlflow.log_param("vocabulary_size", len(vocabulary))
+        log(f"vocabulary: {len(vocabulary)} unigrams and bigrams")
+
+        labels = np.asarray(dataset.labels)
+        model, history = fit(
+            data.take(encoded, split.train),
+            labels[split.train].tolist(),
+            data.take(encoded, split.validation),
+            labels[split.validation].tolist(),
+            vocab_size=len(vocabulary),
+            params=params,
+            threshold=args.threshold,
+            on_epoch=lambda epoch, record: _log_epoch(mlflow, epoch, record),
+            progress=not args.quiet,
+        )
+        best = history[-1]["best_epoch"]
+        chosen = history[best - 1]
+        mlflow.log_metrics({"best_epoch": best, **{k: v for k, v in chosen.items() if k.startswith("val_")}})
+
+        test_probabilities = _evaluate(mlflow, model, encoded, labels, split, args.threshold, tracking)
+
+        log("exporting to ONNX and checking it against PyTorch on every validation text ...")
+        metadata = export.ModelMetadata(
+            mlflow_run_id=run_id,
+            label_rule=dataset.label_rule.describe(),
+            threshold=args.threshold,
+            training_data_sha256=dataset.sha256,
+        )
+        onnx_model = export.build_onnx(model, vocabulary, metadata)
+        export.check(onnx_model)
+        model_bytes = onnx_model.SerializeToString()
+        worst = export.verify_parity(model_bytes, model, vocabulary, data.take(dataset.texts, split.validation))
+        golden = _golden_outputs(model_bytes, model, vocabulary, args.threshold)
+        mlflow.log_metrics(
+            {
+                "onnx_max_abs_diff_validation": worst,
+                "onnx_max_abs_diff_golden": golden["max_abs_diff_onnx"],
+                "model_size_bytes": len(model_bytes),
+            }
+        )
+        model_uri = tracking.log_onnx_model(model_bytes, golden)
+        log(f"logged {model_uri} ({len(model_bytes) / 1e6:.1f} MB, max |onnx - torch| {worst:.2g})")
+
+        version = None
+        if args.register:
+            tags = {
+                "mlflow_run_id": run_id,
+                "model_sha256": sha256_bytes(model_bytes),
+                "test_accuracy": f"{test_probabilities['accuracy']:.4f}",
+                "test_roc_auc": f"{test_probabilities['roc_auc']:.4f}",
+                "val_accuracy": f"{chosen['val_accuracy']:.4f}",
+                "label_rule": dataset.label_rule.describe(),
+            }
+            registered = tracking.register(model_uri, tags)
+            version = str(registered.version)
+            log(f"registered {MODEL_NAME} version {version}")
+            if args.promote:
+                tracking.promote(version)
+                log(f"alias 'production' -> {MODEL_NAME} version {version}")
+
+        if args.output_dir is not None:
+            manifest = write_staged_folder(
+                args.output_dir,
+                model_bytes,
+                model_name=MODEL_NAME,
+                model_version=version,
+                mlflow_run_id=run_id,
+                threshold=args.threshold,
+            )
+            log(f"staged folder: {args.output_dir} (sha256 {manifest.sha256[:12]}...)")
+
+    summary = {
+        "run_id": run_id,
+        "model_uri": model_uri,
+        "model_version": version,
+        "test_accuracy": round(test_probabilities["accuracy"], 4),
+        "test_roc_auc": round(test_probabilities["roc_auc"], 4),
+        "model_size_bytes": len(model_bytes),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def _report_data(dataset: data.Dataset) -> None:
+    for report in dataset.reports:
+        log(
+            f"data: {report.uri} ({report.format}): {report.lines} lines, {report.used} used, "
+            f"{report.malformed} malformed, {report.empty_text} empty, {report.unknown_label} unknown label, "
+            f"{report.duplicate} duplicate"
+        )
+        for example in report.examples_of_rejects:
+            log(f"  rejected {example}")
+    summary = dataset.summary()
+    log(f"data: {len(dataset.texts)} examples ({summary['positive']} positive, {summary['negative']} negative)")
+
+
+def _log_epoch(mlflow, epoch: int, record: dict[str, float]) -> None:
+    mlflow.log_metrics({k: v for k, v in record.items() if k != "best_epoch"}, step=epoch)
+
+
+def _evaluate(mlflow, model, encoded, labels, split, threshold: float, tracking) -> dict[str, float]:
+    from training.model import predict_proba
+
+    results = {}
+    for part in ("validation", "test"):
+        indices = getattr(split, part)
+        probabilities = predict_proba(model, data.take(encoded, indices))
+        truth = labels[indices]
+        metrics = evaluate.binary_metrics(truth, probabilities, threshold)
+        if part == "test":
+            mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+            results = metrics
+        tracking.log_figure(
+            evaluate.confusion_figure(truth, probabilities, threshold, f"{part} set"), f"plots/confusion_{part}.png"
+        )
+        tracking.log_figure(evaluate.curves_figure(truth, probabilities, f"{part} set"), f"plots/roc_pr_{part}.png")
+    log(f"test: accuracy {results['accuracy']:.4f}, ROC AUC {results['roc_auc']:.4f}")
+    return results
+
+
+def _golden_outputs(model_bytes: bytes, model, vocabulary, threshold: float) -> dict:
+    texts = list(GOLDEN_TEXTS)
+    torch_p = export.torch_probabilities(model, vocabulary, texts)
+    onnx_p = export.onnx_probabilities(export.session(model_bytes), texts)
+    return {
+        "texts": texts,
+        "probabilities": [float(p) for p in torch_p],
+        "source": "pytorch",
+        "tolerance": 1e-4,
+        "threshold": threshold,
+        "max_abs_diff_onnx": float(np.abs(torch_p - onnx_p).max()),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
