@@ -30,6 +30,14 @@ class Service:
     url: str
     pid: int
     log_path: Path
+    # Kept so the Popen object lives as long as the server; None for a server another process started.
+    process: subprocess.Popen | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def stop(self) -> None:
+        """Stop the server's whole process group and reap it."""
+        stop(self.pid)
+        if self.process is not None:
+            self.process.wait(timeout=5)
 
 
 def free_port() -> int:
@@ -60,15 +68,16 @@ def start(
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
-    service = Service(name=name, url=url, pid=process.pid, log_path=log_path)
+    service = Service(name=name, url=url, pid=process.pid, log_path=log_path, process=process)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            stop(process.pid)  # children it may have left behind
             raise ServiceError(f"{name} exited with {process.returncode}:\n{tail(log_path)}")
         if _answers(url + ready_path):
             return service
         time.sleep(0.2)
-    stop(service.pid)
+    service.stop()
     raise ServiceError(f"{name} did not answer {url + ready_path} within {timeout_s:.0f} s:\n{tail(log_path)}")
 
 

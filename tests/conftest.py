@@ -1,0 +1,77 @@
+"""Session fixtures: real servers (MLflow, GCS emulator) and one model trained on the default data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localdev import services
+from training.data import DEFAULT_DATA_DIR, REPO_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ() -> Iterator[None]:
+    """Tests may set variables; none leaks into the next test."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def default_data_dir() -> Path:
+    if not DEFAULT_DATA_DIR.is_dir():
+        pytest.fail(f"the review data is expected at {DEFAULT_DATA_DIR} (../shared/data/yelp beside the repository)")
+    return DEFAULT_DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Service]:
+    """A real MLflow tracking server (SQLite backend, proxied local artifacts) for the whole session."""
+    service = services.start_mlflow(tmp_path_factory.mktemp("mlflow"))
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Service]:
+    service = services.start_gcs_emulator(tmp_path_factory.mktemp("gcs"))
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def run_training(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`python -m training.train ARGS` in a child process, exactly as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "training.train", "--quiet", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def trained(mlflow_server: services.Service, default_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One full run on the default data against the server: registered, promoted and staged."""
+    staged = tmp_path_factory.mktemp("staged") / "model"
+    result = run_training(["--tracking-uri", mlflow_server.url, "--register", "--promote", "--output-dir", str(staged)])
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    return {**summary, "staged_dir": staged, "stderr": result.stderr, "tracking_uri": mlflow_server.url}

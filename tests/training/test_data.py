@@ -1,0 +1,178 @@
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from training import data
+
+
+def write(path: Path, lines: list[str | bytes]) -> Path:
+    path.write_bytes(b"\n".join(line if isinstance(line, bytes) else line.encode() for line in lines) + b"\n")
+    return path
+
+
+def test_load_dataset_yelp_json_counts_every_bad_line(tmp_path: Path) -> None:
+    source = write(
+        tmp_path / "reviews.jsonl",
+        [
+            json.dumps({"review_id": "a", "stars": 5.0, "text": "Loved it", "useful": 3}),
+            json.dumps({"stars": 1, "text": "Hated it"}),
+            json.dumps({"stars": 3, "text": "It was fine"}),
+            json.dumps({"stars": 2.0, "text": "Meh"}),
+            "{not json",
+            json.dumps(["a list"]),
+            json.dumps({"stars": 4}),
+            json.dumps({"stars": 4, "text": 7}),
+            json.dumps({"stars": 9, "text": "out of range"}),
+            json.dumps({"stars": "5", "text": "string stars"}),
+            json.dumps({"stars": True, "text": "boolean stars"}),
+            json.dumps({"stars": 4, "text": "   "}),
+            json.dumps({"stars": 5.0, "text": "Loved it"}),
+            b"\xff\xfe not utf-8",
+            "",
+        ],
+    )
+
+    dataset = data.load_dataset([str(source)])
+
+    assert dataset.texts == ["Loved it", "Hated it", "It was fine", "Meh"]
+    assert dataset.labels == [1, 0, 1, 0]
+    (report,) = dataset.reports
+    assert report.format == "yelp_json"
+    assert (report.lines, report.used) == (14, 4)
+    assert (report.malformed, report.unknown_label, report.empty_text, report.duplicate) == (5, 3, 1, 1)
+    assert report.rejected + report.used == report.lines
+    assert "line 5: malformed" in report.examples_of_rejects
+
+
+def test_load_dataset_polarity_csv_counts_every_bad_line(tmp_path: Path) -> None:
+    source = write(
+        tmp_path / "polarity.csv",
+        [
+            '"1","the food tasted awful ."',
+            '"2","great ""value"", friendly staff"',
+            '"2","line one\\nline two"',
+            '"3","unknown label"',
+            '"2",""',
+            '"1","unterminated',
+            '"1"',
+            '"1","a","b"',
+            '"2","great ""value"", friendly staff"',
+        ],
+    )
+
+    dataset = data.load_dataset([str(source)])
+
+    assert dataset.texts == ["the food tasted awful .", 'great "value", friendly staff', "line one\nline two"]
+    assert dataset.labels == [0, 1, 1]
+    (report,) = dataset.reports
+    assert report.format == "polarity_csv"
+    assert (report.malformed, report.unknown_label, report.empty_text, report.duplicate) == (3, 1, 1, 1)
+
+
+def test_load_dataset_label_rule_moves_the_boundary(tmp_path: Path) -> None:
+    source = write(tmp_path / "r.jsonl", [json.dumps({"stars": s, "text": f"review {s}"}) for s in (1, 2, 3, 4, 5)])
+
+    default = data.load_dataset([str(source)])
+    strict = data.load_dataset([str(source)], data.LabelRule(positive_min_stars=4))
+
+    assert default.labels == [0, 0, 1, 1, 1]
+    assert strict.labels == [0, 0, 0, 1, 1]
+    assert (default.label_rule.describe(), strict.label_rule.describe()) == ("stars>=3", "stars>=4")
+
+
+def test_load_dataset_folder_reads_every_data_file_and_gzip(tmp_path: Path) -> None:
+    write(tmp_path / "a.csv", ['"2","good"'])
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(json.dumps({"stars": 1, "text": "bad"}).encode()))
+    (tmp_path / "README.md").write_text("not data")
+
+    dataset = data.load_dataset([str(tmp_path)])
+
+    assert sorted(zip(dataset.texts, dataset.labels, strict=True)) == [("bad", 0), ("good", 1)]
+    assert [Path(r.uri).name for r in dataset.reports] == ["a.csv", "b.jsonl.gz"]
+
+
+def test_load_dataset_several_sources_digest_depends_on_content(tmp_path: Path) -> None:
+    first = write(tmp_path / "a.csv", ['"2","good"'])
+    second = write(tmp_path / "b.csv", ['"1","bad"'])
+    before = data.load_dataset([str(first), str(second)]).sha256
+
+    write(second, ['"1","worse"'])
+    after = data.load_dataset([str(first), str(second)]).sha256
+
+    assert before != after
+
+
+@pytest.mark.parametrize(
+    ("uris", "message"),
+    [
+        (["/nonexistent/reviews.jsonl"], "does not exist"),
+        (["EMPTY_DIR"], "holds no data files"),
+        (["ONLY_BAD"], "no usable examples"),
+    ],
+)
+def test_load_dataset_unusable_sources_raise_data_error(tmp_path: Path, uris: list[str], message: str) -> None:
+    (tmp_path / "empty").mkdir()
+    write(tmp_path / "bad.jsonl", ["{oops", json.dumps({"stars": 4, "text": ""})])
+    mapping = {"EMPTY_DIR": str(tmp_path / "empty"), "ONLY_BAD": str(tmp_path / "bad.jsonl")}
+
+    with pytest.raises(data.DataError, match=message):
+        data.load_dataset([mapping.get(u, u) for u in uris])
+
+
+def test_load_dataset_default_is_the_shared_data_folder(default_data_dir: Path) -> None:
+    dataset = data.load_dataset(None)
+
+    assert {Path(r.uri).parent for r in dataset.reports} == {default_data_dir}
+    assert {Path(r.uri).name for r in dataset.reports} == {"reviews.jsonl", "sentences_polarity.csv"}
+    summary = dataset.summary()
+    assert summary["lines"] == 178_107
+    assert (
+        summary["used"] + summary["malformed"] + summary["empty_text"] + summary["unknown_label"] + summary["duplicate"]
+        == summary["lines"]
+    )
+
+
+def test_load_dataset_reads_gs_uris_through_the_storage_client(gcs_emulator, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project="test", credentials=AnonymousCredentials())
+    bucket = client.create_bucket("training-data-gs-test")
+    bucket.blob("yelp/part-1.jsonl").upload_from_string(json.dumps({"stars": 5, "text": "superb"}) + "\n")
+    bucket.blob("yelp/part-2.csv").upload_from_string('"1","dreadful"\n')
+    bucket.blob("yelp/notes.txt").upload_from_string("ignored")
+
+    from_folder = data.load_dataset(["gs://training-data-gs-test/yelp/"])
+    single = data.load_dataset(["gs://training-data-gs-test/yelp/part-2.csv"])
+
+    assert sorted(zip(from_folder.texts, from_folder.labels, strict=True)) == [("dreadful", 0), ("superb", 1)]
+    assert single.texts == ["dreadful"]
+    with pytest.raises(data.DataError, match="cannot read"):
+        data.load_dataset(["gs://training-data-gs-test/yelp/missing.csv"])
+
+
+def test_stratified_split_is_deterministic_disjoint_and_stratified() -> None:
+    texts = [f"text {i}" for i in range(1000)]
+    labels = [1 if i % 4 else 0 for i in range(1000)]  # 75 % positive
+
+    first = data.stratified_split(labels, val_fraction=0.1, test_fraction=0.2, seed=7, texts=texts)
+    again = data.stratified_split(labels, val_fraction=0.1, test_fraction=0.2, seed=7, texts=texts)
+    other = data.stratified_split(labels, val_fraction=0.1, test_fraction=0.2, seed=8, texts=texts)
+
+    assert first == again
+    assert first.test != other.test
+    parts = [set(first.train), set(first.validation), set(first.test)]
+    assert sum(len(p) for p in parts) == 1000
+    assert set.union(*parts) == set(range(1000))
+    assert first.sizes() == {"train": 700, "validation": 100, "test": 200}
+    for part in (first.validation, first.test):
+        assert sum(labels[i] for i in part) / len(part) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize(("val", "test"), [(0.0, 0.1), (0.5, 0.5), (0.1, 1.2)])
+def test_stratified_split_bad_fractions_raise(val: float, test: float) -> None:
+    with pytest.raises(ValueError, match="fractions"):
+        data.stratified_split([0, 1], val_fraction=val, test_fraction=test, seed=1, texts=["a", "b"])

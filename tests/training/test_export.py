@@ -1,0 +1,104 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from sentiment_core.contract import INPUT_NAME, OUTPUT_NAME, REQUIRED_METADATA
+from training import export, preprocess
+from training.model import FastTextClassifier
+
+AWKWARD = [
+    "Great food, friendly staff!",
+    "terrible terrible service",
+    "",
+    "   ",
+    "!!!",
+    "zzzz unknownword",
+    "GREAT food",
+    "İstanbul ΣΟΦΟΣ café",
+    "line\nbreak\tand tab",
+    "good " * 500,
+    "😀",
+]
+METADATA = export.ModelMetadata(
+    mlflow_run_id="run123", label_rule="stars>=3", threshold=0.5, training_data_sha256="ab" * 32
+)
+
+
+@pytest.fixture
+def small_model() -> tuple[FastTextClassifier, preprocess.Vocabulary]:
+    vocabulary = preprocess.Vocabulary.build(
+        preprocess.tokenize(["great food friendly staff", "terrible service", "good good food", "café"]),
+        min_count=1,
+        max_size=100,
+    )
+    torch.manual_seed(0)
+    model = FastTextClassifier(len(vocabulary), 8)
+    with torch.no_grad():
+        model.embedding.weight.normal_()
+        model.embedding.weight[0].zero_()
+        model.linear.weight.normal_()
+        model.linear.bias.fill_(0.3)
+    return model.eval(), vocabulary
+
+
+def test_build_onnx_has_contract_signature_and_metadata(small_model) -> None:
+    onnx_model = export.build_onnx(*small_model, METADATA)
+    export.check(onnx_model)
+
+    session = export.session(onnx_model.SerializeToString())
+    props = {p.key: p.value for p in onnx_model.metadata_props}
+
+    assert [(i.name, i.type, i.shape) for i in session.get_inputs()] == [(INPUT_NAME, "tensor(string)", ["N"])]
+    assert [(o.name, o.type, o.shape) for o in session.get_outputs()] == [(OUTPUT_NAME, "tensor(float)", ["N"])]
+    assert set(REQUIRED_METADATA) <= props.keys()
+    assert props["mlflow_run_id"] == "run123"
+    assert props["label_rule"] == "stars>=3"
+    assert float(props["threshold"]) == 0.5
+
+
+def test_build_onnx_matches_pytorch_on_awkward_texts(small_model) -> None:
+    model_bytes = export.build_onnx(*small_model, METADATA).SerializeToString()
+
+    worst = export.verify_parity(model_bytes, *small_model, AWKWARD)
+
+    assert worst <= export.PARITY_TOLERANCE
+
+
+def test_build_onnx_empty_and_unknown_texts_give_finite_bias_probability(small_model) -> None:
+    model, _ = small_model
+    session = export.session(export.build_onnx(*small_model, METADATA).SerializeToString())
+
+    (probabilities,) = session.run([OUTPUT_NAME], {INPUT_NAME: np.array(["", " ", "qqq xyz", "?!"], dtype=object)})
+
+    expected = torch.sigmoid(model.linear.bias).item()
+    assert np.all(np.isfinite(probabilities))
+    np.testing.assert_allclose(probabilities, expected, atol=1e-7)
+
+
+def test_build_onnx_single_text_and_batch_agree(small_model) -> None:
+    session = export.session(export.build_onnx(*small_model, METADATA).SerializeToString())
+
+    batch = export.onnx_probabilities(session, AWKWARD)
+    single = np.array([export.onnx_probabilities(session, [t])[0] for t in AWKWARD])
+
+    # Padding changes the length of the summed axis, so float sums may differ in the last bits.
+    np.testing.assert_allclose(batch, single, atol=1e-6)
+
+
+def test_verify_parity_rejects_a_graph_that_drifted_from_pytorch(small_model) -> None:
+    model, vocabulary = small_model
+    drifted = export.build_onnx(model, vocabulary, METADATA)
+    bias = next(init for init in drifted.graph.initializer if init.name == "bias")
+    bias.CopyFrom(onnx.numpy_helper.from_array(np.array([0.31], np.float32), "bias"))
+
+    with pytest.raises(export.ExportError, match="disagree"):
+        export.verify_parity(drifted.SerializeToString(), model, vocabulary, AWKWARD)
+
+
+def test_check_rejects_an_invalid_graph(small_model) -> None:
+    broken = export.build_onnx(*small_model, METADATA)
+    broken.graph.node[-1].input[0] = "no_such_tensor"
+
+    with pytest.raises(export.ExportError, match=r"onnx\.checker"):
+        export.check(broken)

@@ -1,0 +1,94 @@
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_training
+from training.data import REPO_ROOT
+from training.train import parse_args
+
+SMALL = ["--limit", "3000", "--epochs", "2", "--embedding-dim", "8"]
+
+
+def test_help_documents_every_option() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "training.train", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+
+    parser_options = set(re.findall(r"--[a-z][a-z-]+", result.stdout))
+    for option in [
+        "--data",
+        "--positive-min-stars",
+        "--tracking-uri",
+        "--register",
+        "--promote",
+        "--output-dir",
+        "--epochs",
+        "--learning-rate",
+        "--seed",
+        "--embedding-dim",
+        "--threshold",
+    ]:
+        assert option in parser_options
+
+
+@pytest.mark.parametrize("argv", [["--threshold", "1.5"], ["--epochs", "many"], ["--limit", "3"], ["--no-such-option"]])
+def test_parse_args_bad_options_exit_with_usage_error(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv)
+
+    assert exited.value.code == 2
+
+
+def test_parse_args_promote_implies_register() -> None:
+    assert parse_args(["--promote"]).register is True
+
+
+def test_train_local_store_same_seed_gives_same_metrics(tmp_path: Path) -> None:
+    """Works without a server (a local SQLite store), and a seed fixes every metric."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    runs = [run_training(["--tracking-uri", store, *SMALL, "--output-dir", str(tmp_path / f"out{i}")]) for i in (1, 2)]
+
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-3000:]
+    first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
+    assert first["run_id"] != second["run_id"]
+    assert (first["test_accuracy"], first["test_roc_auc"]) == (second["test_accuracy"], second["test_roc_auc"])
+    manifests = [json.loads((tmp_path / f"out{i}" / "manifest.json").read_text()) for i in (1, 2)]
+    assert manifests[0]["model_version"] is None  # not registered
+    assert manifests[0]["mlflow_run_id"] == first["run_id"]
+
+
+def test_train_reports_bad_lines_and_never_crashes_on_them(tmp_path: Path) -> None:
+    reviews = tmp_path / "reviews.jsonl"
+    good = [
+        json.dumps({"stars": 5 if i % 2 else 1, "text": f"review number {i} was {'good' if i % 2 else 'bad'}"})
+        for i in range(60)
+    ]
+    reviews.write_text("\n".join([*good, "{broken", json.dumps({"stars": 3, "text": ""})]) + "\n")
+
+    result = run_training(["--data", str(reviews), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--epochs", "1"])
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "62 lines, 60 used, 1 malformed, 1 empty, 0 unknown label, 0 duplicate" in result.stderr
+    assert "line 61: malformed" in result.stderr
+
+
+def test_train_missing_data_fails_with_a_clear_message(tmp_path: Path) -> None:
+    result = run_training(["--data", str(tmp_path / "nope.csv"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_train_unreachable_tracking_server_fails_fast(tmp_path: Path) -> None:
+    from localdev.services import free_port
+
+    result = run_training(["--tracking-uri", f"http://127.0.0.1:{free_port()}", *SMALL], timeout=120)
+
+    assert result.returncode == 3
+    assert "cannot reach the MLflow tracking store" in result.stderr
