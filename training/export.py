@@ -146,9 +146,7 @@ def torch_probabilities(model: FastTextClassifier, vocabulary: Vocabulary, texts
     return predict_proba(model, vocabulary.encode(tokenize(texts)))
 
 
-def verify_parity(
-    model_bytes: bytes, model: FastTextClassifier, vocabulary: Vocabulary, texts: Sequence[str]
-) -> float:
+def verify_parity(model_bytes: bytes, model: FastTextClassifier, vocabulary: Vocabulary, texts: Sequence[str]) -> float:
     """Largest |onnx - torch| over texts; raises ExportError above PARITY_TOLERANCE."""
     reloaded = session(model_bytes)
     _check_signature(reloaded)

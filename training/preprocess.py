@@ -8,6 +8,7 @@ methods are not used: their lowercasing differs from StringNormalizer's on a few
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import cache
@@ -105,7 +106,7 @@ def tokenize(texts: Sequence[str], batch_size: int = 2048) -> list[list[str]]:
 
 def bigrams(tokens: Sequence[str]) -> list[str]:
     """Adjacent token pairs, joined exactly as the graph's StringConcat joins them."""
-    return [f"{a}{BIGRAM_JOINER}{b}" for a, b in zip(tokens, tokens[1:], strict=False)]
+    return [f"{a}{BIGRAM_JOINER}{b}" for a, b in itertools.pairwise(tokens)]
 
 
 @dataclasses.dataclass(frozen=True)

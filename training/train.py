@@ -166,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
         )
         best = history[-1]["best_epoch"]
         chosen = history[best - 1]
-        mlflow.log_metrics({"best_epoch": best, **{k: v for k, v in chosen.items() if k.startswith("val_")}})
+        # The shipped weights are the best epoch's: its validation metrics are what the deploy gate reads.
+        mlflow.log_metrics({"best_epoch": best, **{f"best_{k}": v for k, v in chosen.items() if k.startswith("val_")}})
 
         test_probabilities = _evaluate(mlflow, model, encoded, labels, split, args.threshold, tracking)
 

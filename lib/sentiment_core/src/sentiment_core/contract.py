@@ -24,4 +24,4 @@ DEFAULT_THRESHOLD = 0.5
 # What a training run logs for the deploy gate to check a candidate against.
 RUN_TAG_MODEL_SHA256 = "model_sha256"
 GOLDEN_OUTPUTS_ARTIFACT = "deploy_gate/golden_outputs.json"
-VALIDATION_ACCURACY_METRIC = "val_accuracy"
+VALIDATION_ACCURACY_METRIC = "best_val_accuracy"  # of the epoch whose weights were shipped
