@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
 from pathlib import Path
 
 from localdev import services
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LOCAL_DIR = REPO_ROOT / ".local"
+# LOCAL_STACK_DIR moves the stack's state (tests use a temporary folder); .local/ by default.
+LOCAL_DIR = Path(os.environ.get("LOCAL_STACK_DIR", REPO_ROOT / ".local"))
 STACK_FILE = LOCAL_DIR / "stack.json"
 PIDS_FILE = LOCAL_DIR / "pids.json"
 
@@ -39,8 +42,6 @@ def down() -> None:
 
 
 def _port_free(port: int) -> bool:
-    import socket
-
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", port))

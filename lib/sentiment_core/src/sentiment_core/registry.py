@@ -103,9 +103,12 @@ class RegistryClient:
                 return json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             payload = _error_payload(exc)
+            message = str(payload.get("message") or exc.reason)
             if exc.code == 404 or payload.get("error_code") == "RESOURCE_DOES_NOT_EXIST":
                 return None
-            message = payload.get("message") or exc.reason
+            # MLflow answers a missing alias with 400 INVALID_PARAMETER_VALUE, not 404.
+            if payload.get("error_code") == "INVALID_PARAMETER_VALUE" and "alias" in message and "not found" in message:
+                return None
             raise RegistryError(f"{method} {path}: HTTP {exc.code}: {message}") from exc
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             raise RegistryError(f"{method} {path}: {exc}") from exc
