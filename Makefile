@@ -12,9 +12,9 @@ help:
 
 install: $(VENV)/.installed ## create .venv with the pinned dependencies (torch: the CPU wheel)
 
-$(VENV)/.installed: requirements/dev.txt lib/sentiment_core/pyproject.toml
+$(VENV)/.installed: requirements/dev.txt lib/sentiment_core/pyproject.toml pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --disable-pip-version-check -r requirements/dev.txt -e lib/sentiment_core
+	$(PIP) install --quiet --disable-pip-version-check -r requirements/dev.txt -e lib/sentiment_core -e .
 	touch $@
 
 test: install ## every test (starts its own MLflow server and emulators)
