@@ -39,11 +39,9 @@ def main() -> int:
 
     params = HyperParams(seed=args.seed)
     started = time.perf_counter()
-    tokens = preprocess.tokenize(dataset.texts)
-    vocabulary = preprocess.Vocabulary.build(
-        data.take(tokens, split.train), min_count=params.min_count, max_size=params.max_features
+    vocabulary, encoded = preprocess.featurize(
+        dataset.texts, split.train, min_count=params.min_count, max_size=params.max_features
     )
-    encoded = vocabulary.encode(tokens)
     model, _ = fit(
         data.take(encoded, split.train),
         labels[split.train].tolist(),

@@ -142,3 +142,12 @@ class Vocabulary:
             ids.extend(index[b] for b in bigrams(tokens) if b in index)
             encoded.append(ids)
         return encoded
+
+
+def featurize(
+    texts: Sequence[str], train_indices: Sequence[int], *, min_count: int, max_size: int
+) -> tuple[Vocabulary, list[list[int]]]:
+    """Tokenise every text, build the vocabulary from the training part only, encode every text."""
+    tokens = tokenize(texts)
+    vocabulary = Vocabulary.build((tokens[i] for i in train_indices), min_count=min_count, max_size=max_size)
+    return vocabulary, vocabulary.encode(tokens)

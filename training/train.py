@@ -144,11 +144,9 @@ def run(args: argparse.Namespace) -> int:
         tracking.log_lineage(dataset, split, dataset.texts)
 
         log("tokenising with the model's own preprocessing graph ...")
-        tokens = preprocess.tokenize(dataset.texts)
-        vocabulary = preprocess.Vocabulary.build(
-            data.take(tokens, split.train), min_count=params.min_count, max_size=params.max_features
+        vocabulary, encoded = preprocess.featurize(
+            dataset.texts, split.train, min_count=params.min_count, max_size=params.max_features
         )
-        encoded = vocabulary.encode(tokens)
         mlflow.log_param("vocabulary_size", len(vocabulary))
         log(f"vocabulary: {len(vocabulary)} unigrams and bigrams")
 
