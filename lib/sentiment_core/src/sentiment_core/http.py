@@ -1,0 +1,210 @@
+"""The HTTP boundary shared by the public functions: strict JSON in, JSON out, CORS, stable error codes.
+
+Everything a client can get wrong is answered here with a 4xx and a stable `code`; handlers only see
+validated values. Nothing here imports Firestore or the model, so it costs nothing at cold start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import unicodedata
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flask
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_TEXT_CHARS = 5000
+_ALLOWED_CONTROLS = {"\t", "\n"}
+
+
+class ApiError(Exception):
+    """A response other than success: status, stable snake_case code, human message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def bad_request(code: str, message: str) -> ApiError:
+    return ApiError(400, code, message)
+
+
+def read_json_object(request: flask.Request, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The body as a JSON object: bounded read (also for chunked bodies), UTF-8, no NaN, no duplicate keys."""
+    mimetype = (request.mimetype or "").lower()
+    if mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, "body_too_large", f"the body must be at most {max_bytes} bytes")
+    # Read one byte past the limit from the (de-chunked) stream: a chunked body has no Content-Length to trust.
+    raw = request.stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise ApiError(413, "body_too_large", f"the body must be at most {max_bytes} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_request("invalid_encoding", "the body must be UTF-8") from exc
+    try:
+        value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
+    except RecursionError as exc:
+        raise bad_request("invalid_json", "the body is nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError and the hooks' errors
+        raise bad_request("invalid_json", f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise bad_request("invalid_json", "the body must be a JSON object")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def check_fields(body: Mapping[str, Any], required: Mapping[str, type], optional: Mapping[str, type] = {}) -> None:
+    """Unknown fields, missing fields and wrong types are 400s; bool is never accepted as a number or vice versa."""
+    unknown = sorted(set(body) - set(required) - set(optional))
+    if unknown:
+        raise bad_request("unknown_field", f"unknown field(s): {', '.join(unknown)}")
+    for name in required:
+        if name not in body:
+            raise bad_request("missing_field", f"{name} is required")
+    for name, expected in {**required, **optional}.items():
+        if name in body and not is_type(body[name], expected):
+            raise bad_request("invalid_type", f"{name} must be {_type_name(expected)}")
+
+
+def is_type(value: Any, expected: type) -> bool:
+    """isinstance without Python's bool-is-an-int surprise."""
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected in (int, float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _type_name(expected: type) -> str:
+    return {bool: "a boolean", str: "a string", list: "an array", int: "a number", float: "a number"}.get(
+        expected, expected.__name__
+    )
+
+
+def clean_text(value: str, field: str = "text") -> str:
+    """Trimmed review text: 1-5,000 characters, no controls but tab and newline, no lone surrogates."""
+    text = value.strip()
+    if not text:
+        raise bad_request("invalid_text", f"{field} must not be empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise bad_request("invalid_text", f"{field} must be at most {MAX_TEXT_CHARS} characters")
+    for char in text:
+        category = unicodedata.category(char)
+        if category == "Cs":
+            raise bad_request("invalid_text", f"{field} contains a lone surrogate")
+        if category == "Cc" and char not in _ALLOWED_CONTROLS:
+            raise bad_request("invalid_text", f"{field} contains control character U+{ord(char):04X}")
+    return text
+
+
+def check_pattern(value: str, pattern: re.Pattern[str], field: str, code: str = "invalid_id") -> str:
+    """Ids are checked by shape before anything looks them up."""
+    if not pattern.fullmatch(value):
+        raise bad_request(code, f"{field} is not well formed")
+    return value
+
+
+def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> flask.Response:
+    body = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    response = flask.Response(body, status=status, mimetype="application/json")
+    response.headers.update(headers or {})
+    return response
+
+
+def error_response(error: ApiError) -> flask.Response:
+    payload = {"error": {"code": error.code, "message": error.message}}
+    return json_response(payload, error.status, error.headers)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cors:
+    """Access-Control-Allow-Origin only for the configured origins; preflight answered here."""
+
+    allowed_origins: frozenset[str]
+    max_age_s: int = 3600
+
+    @classmethod
+    def from_setting(cls, value: str) -> Cors:
+        return cls(frozenset(origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()))
+
+    def headers(self, request: flask.Request) -> dict[str, str]:
+        origin = request.headers.get("Origin", "")
+        if origin and ("*" in self.allowed_origins or origin in self.allowed_origins):
+            return {"Access-Control-Allow-Origin": origin}
+        return {}
+
+    def preflight(self, request: flask.Request, allow: str) -> flask.Response:
+        response = flask.Response(status=204)
+        if self.headers(request):
+            response.headers.update(
+                {
+                    "Access-Control-Allow-Methods": allow,
+                    "Access-Control-Allow-Headers": "Content-Type",
+                    "Access-Control-Max-Age": str(self.max_age_s),
+                }
+            )
+        return response
+
+
+Handler = Callable[[flask.Request], flask.Response]
+
+
+def dispatch(
+    request: flask.Request,
+    routes: Mapping[str, Mapping[str, Handler]],
+    cors: Cors,
+    on_unexpected: Callable[[BaseException], None],
+) -> flask.Response:
+    """Route by path then method; every answer gets CORS, Vary: Origin and nosniff; no exception escapes."""
+    path = "/" + request.path.strip("/")
+    methods = routes.get(path)
+    try:
+        if methods is None:
+            raise ApiError(404, "not_found", f"no route {path}")
+        allow = ", ".join([*sorted(methods), "OPTIONS"])
+        if request.method == "OPTIONS":
+            response = cors.preflight(request, allow)
+            response.headers["Allow"] = allow
+        elif request.method not in methods:
+            raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed on {path}", {"Allow": allow})
+        else:
+            response = methods[request.method](request)
+    except ApiError as error:
+        response = error_response(error)
+    except Exception as exc:  # the last line of defence: a JSON 500, never an HTML page or a stack trace
+        on_unexpected(exc)
+        response = error_response(ApiError(500, "internal", "internal error"))
+    response.headers.update(cors.headers(request))
+    response.headers["Vary"] = "Origin"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def finite_number(value: float) -> float:
+    """Probabilities go out as JSON numbers; a NaN would make the response invalid JSON."""
+    if not math.isfinite(value):
+        raise ApiError(503, "model_unavailable", "the model returned a non-finite value", {"Retry-After": "5"})
+    return value
