@@ -56,8 +56,10 @@ def start(
     log_path: Path,
     env: Mapping[str, str] | None = None,
     timeout_s: float = 60.0,
+    ready_url: str | None = None,
 ) -> Service:
     """Launch argv in a new session (so its children share its group) and poll url+ready_path until 200."""
+    ready_url = ready_url or url + ready_path
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -74,11 +76,11 @@ def start(
         if process.poll() is not None:
             stop(process.pid)  # children it may have left behind
             raise ServiceError(f"{name} exited with {process.returncode}:\n{tail(log_path)}")
-        if _answers(url + ready_path):
+        if _answers(ready_url):
             return service
         time.sleep(0.2)
     service.stop()
-    raise ServiceError(f"{name} did not answer {url + ready_path} within {timeout_s:.0f} s:\n{tail(log_path)}")
+    raise ServiceError(f"{name} did not answer {ready_url} within {timeout_s:.0f} s:\n{tail(log_path)}")
 
 
 def stop(pid: int, timeout_s: float = 10.0) -> None:
@@ -185,4 +187,56 @@ def start_gcs_emulator(workdir: Path, port: int | None = None) -> Service:
         ready_path="/storage/v1/b",
         log_path=workdir / "gcs.log",
         timeout_s=30,
+    )
+
+
+def start_firestore_emulator(workdir: Path, port: int | None = None) -> Service:
+    """The official Firestore emulator (Java), in its own process group: stopping the wrapper alone leaves Java."""
+    port = port or free_port()
+    argv = ["gcloud", "emulators", "firestore", "start", f"--host-port=127.0.0.1:{port}", "--quiet"]
+    return start(
+        "firestore",
+        argv,
+        url=f"127.0.0.1:{port}",
+        ready_path="",
+        log_path=workdir / "firestore.log",
+        timeout_s=60,
+        ready_url=f"http://127.0.0.1:{port}/",
+    )
+
+
+FUNCTIONS_DIR = Path(__file__).resolve().parents[1] / "functions"
+
+
+def start_function(
+    name: str,
+    workdir: Path,
+    env: Mapping[str, str],
+    *,
+    port: int | None = None,
+    ready_path: str = "/healthz",
+    source_dir: Path | None = None,
+) -> Service:
+    """A function under functions-framework (gunicorn, as in the cloud) on loopback."""
+    port = port or free_port()
+    source = (source_dir or FUNCTIONS_DIR / name) / "main.py"
+    argv = [
+        str(VENV_BIN / "functions-framework"),
+        "--source",
+        str(source),
+        "--target",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    return start(
+        name,
+        argv,
+        url=f"http://127.0.0.1:{port}",
+        ready_path=ready_path,
+        log_path=workdir / f"{name}-{port}.log",
+        env=env,
+        timeout_s=60,
     )

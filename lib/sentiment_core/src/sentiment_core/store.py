@@ -60,6 +60,22 @@ class Prediction:
     def correct(self) -> bool | None:
         return None if self.user_answer is None else self.user_answer == self.model_answer
 
+    def to_api(self) -> dict[str, Any]:
+        """The object clients see; field names follow the original system's API (contract)."""
+        return {
+            "id": self.id,
+            "text": self.text,
+            "probability": self.probability,
+            "is_positive": {"model_answered": self.model_answer, "user_answered": self.user_answer},
+            "details": {
+                "model_name": self.model_name,
+                "model_version": self.model_version,
+                "mlflow_run_id": self.mlflow_run_id,
+                "inference_elapsed": self.inference_elapsed,
+                "timestamp": self.created_at.isoformat().replace("+00:00", "Z"),
+            },
+        }
+
     def to_document(self) -> dict[str, Any]:
         document = dataclasses.asdict(self)
         del document["id"]
@@ -91,8 +107,12 @@ class Counts:
 
     def as_api(self) -> dict[str, Any]:
         rate = self.correct / self.feedback if self.feedback else None
-        return {"correctness_rate": rate, "predictions": self.predictions, "feedback": self.feedback,
-                "correct": self.correct}
+        return {
+            "correctness_rate": rate,
+            "predictions": self.predictions,
+            "feedback": self.feedback,
+            "correct": self.correct,
+        }
 
 
 class Store:
@@ -149,8 +169,9 @@ class Store:
                 },
             )
             counts = Counts(0, 1, int(bool(updated.correct)))
-            transaction.set(self._shard(prediction.model_version), self._increments(prediction.model_version, counts),
-                            merge=True)
+            transaction.set(
+                self._shard(prediction.model_version), self._increments(prediction.model_version, counts), merge=True
+            )
             return updated, True
 
         try:
@@ -175,8 +196,10 @@ class Store:
 
     def list_predictions(self, limit: int, page_token: str | None) -> tuple[list[Prediction], str | None]:
         """Newest first; the page token is the position after the last item returned."""
-        query = self._client.collection(PREDICTIONS).order_by("created_at", direction="DESCENDING").order_by(
-            "__name__", direction="DESCENDING"
+        query = (
+            self._client.collection(PREDICTIONS)
+            .order_by("created_at", direction="DESCENDING")
+            .order_by("__name__", direction="DESCENDING")
         )
         if page_token is not None:
             created_at, last_id = decode_page_token(page_token)

@@ -1,0 +1,76 @@
+"""feedback's request handling: answers recorded once, statistics, the list of predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flask
+
+from sentiment_core import http
+from sentiment_core.store import (
+    PREDICTION_ID,
+    FeedbackConflict,
+    InvalidPageToken,
+    NotFound,
+    Store,
+    StoreUnavailable,
+)
+from sentiment_core.tokens import verify_feedback_token
+
+UNAVAILABLE = http.ApiError(503, "store_unavailable", "the store cannot be reached; retry later", {"Retry-After": "5"})
+
+
+def handle_feedback(request: flask.Request, store: Callable[[], Store], secret: bytes) -> flask.Response:
+    """POST /: 200 with the stored prediction; same answer again is 200 and counted once; another answer 409."""
+    body = http.read_json_object(request)
+    http.check_fields(body, {"prediction_id": str, "is_positive_user_answered": bool, "feedback_token": str})
+    prediction_id = http.check_pattern(body["prediction_id"], PREDICTION_ID, "prediction_id")
+    if not verify_feedback_token(secret, prediction_id, body["feedback_token"]):
+        raise http.ApiError(403, "invalid_feedback_token", "feedback_token does not match prediction_id")
+    try:
+        prediction, _ = store().record_feedback(prediction_id, body["is_positive_user_answered"])
+    except NotFound as exc:
+        raise http.ApiError(404, "prediction_not_found", "no prediction with that id") from exc
+    except FeedbackConflict as exc:
+        raise http.ApiError(409, "feedback_conflict", "this prediction already has a different answer") from exc
+    except StoreUnavailable as exc:
+        raise UNAVAILABLE from exc
+    return http.json_response(prediction.to_api())
+
+
+def handle_statistics(request: flask.Request, store: Callable[[], Store]) -> flask.Response:
+    """GET /statistics: correctness overall and per model version."""
+    _no_query(request, allowed=set())
+    try:
+        total, by_version = store().statistics()
+    except StoreUnavailable as exc:
+        raise UNAVAILABLE from exc
+    statistics = total.as_api() | {"by_model_version": {v: c.as_api() for v, c in sorted(by_version.items())}}
+    return http.json_response({"statistics": statistics})
+
+
+def handle_predictions(request: flask.Request, store: Callable[[], Store]) -> flask.Response:
+    """GET /predictions?limit=1..100&page_token=...: newest first."""
+    _no_query(request, allowed={"limit", "page_token"})
+    raw_limit = request.args.get("limit", "20")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+        raise http.bad_request("invalid_limit", "limit must be an integer from 1 to 100")
+    page_token = request.args.get("page_token")
+    if page_token is not None and (not page_token or len(page_token) > 512):
+        raise http.bad_request("invalid_page_token", "page_token is not one this service issued")
+    try:
+        items, next_token = store().list_predictions(int(raw_limit), page_token)
+    except InvalidPageToken as exc:
+        raise http.bad_request("invalid_page_token", "page_token is not one this service issued") from exc
+    except StoreUnavailable as exc:
+        raise UNAVAILABLE from exc
+    return http.json_response({"predictions": [p.to_api() for p in items], "next_page_token": next_token})
+
+
+def _no_query(request: flask.Request, allowed: set[str]) -> None:
+    unknown = sorted(set(request.args) - allowed)
+    if unknown:
+        raise http.bad_request("unknown_parameter", f"unknown query parameter(s): {', '.join(unknown)}")
+    repeated = [name for name in request.args if len(request.args.getlist(name)) > 1]
+    if repeated:
+        raise http.bad_request("invalid_parameter", f"repeated query parameter(s): {', '.join(repeated)}")

@@ -1,0 +1,71 @@
+"""What the two public functions share beyond the boundary: settings, the Firestore store, request logging."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+
+import flask
+
+from sentiment_core import config, http, logs
+
+logger = logging.getLogger("sentiment")
+
+
+@dataclasses.dataclass(frozen=True)
+class PublicSettings:
+    """Settings of predict and feedback; Terraform sets each of these variables."""
+
+    feedback_token_secret: bytes
+    allowed_origins: str
+    firestore_timeout_s: float
+    project: str | None
+    database: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PublicSettings:
+        return cls(
+            feedback_token_secret=config.secret("FEEDBACK_TOKEN_SECRET", env),
+            allowed_origins=config.optional("ALLOWED_ORIGINS", "", env),
+            firestore_timeout_s=config.number("FIRESTORE_TIMEOUT_S", 3.0, 0.1, 30.0, env),
+            project=config.optional("GOOGLE_CLOUD_PROJECT", "", env) or None,
+            database=config.optional("FIRESTORE_DATABASE", "(default)", env),
+        )
+
+
+def firestore_store(settings: PublicSettings):
+    """A Store on a Firestore client; imported here so a process that never stores pays nothing."""
+    from google.cloud import firestore
+
+    from sentiment_core.store import Store
+
+    client = firestore.Client(project=settings.project, database=settings.database)
+    return Store(client, settings.firestore_timeout_s)
+
+
+def serve(
+    request: flask.Request,
+    routes: Mapping[str, Mapping[str, http.Handler]],
+    cors: http.Cors,
+    **log_fields: object,
+) -> flask.Response:
+    """Dispatch one request and log it as one JSON line (no request body: reviews stay out of logs)."""
+    started = time.perf_counter()
+    logs.bind_trace(request.headers)
+    response = http.dispatch(request, routes, cors, on_unexpected=lambda exc: logger.exception("unhandled error"))
+    latency_ms = round((time.perf_counter() - started) * 1000, 2)
+    severity = logging.WARNING if response.status_code >= 500 else logging.INFO
+    logger.log(
+        severity,
+        f"{request.method} {request.path} {response.status_code}",
+        extra={
+            "http_method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "latency_ms": latency_ms,
+            **log_fields,
+        },
+    )
+    return response
