@@ -1,0 +1,148 @@
+"""Both public functions under functions-framework (gunicorn), against the real Firestore emulator."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore
+
+from localdev import services
+
+PROJECT = "demo-functions-test"
+SECRET = "test-secret-0123456789abcdef"
+ORIGIN = "https://reviews.example"
+STORE_TIMEOUT_S = 2.0
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Service]:
+    service = services.start_firestore_emulator(tmp_path_factory.mktemp("firestore"))
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def function_env(firestore_emulator: services.Service, trained: dict) -> dict[str, str]:
+    return {
+        "FIRESTORE_EMULATOR_HOST": firestore_emulator.url,
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "FEEDBACK_TOKEN_SECRET": SECRET,
+        "ALLOWED_ORIGINS": f"{ORIGIN},http://localhost:8000",
+        "FIRESTORE_TIMEOUT_S": str(STORE_TIMEOUT_S),
+        "MODEL_URI": f"file://{trained['staged_dir']}",
+    }
+
+
+@pytest.fixture(scope="session")
+def predict_url(function_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    service = services.start_function("predict", tmp_path_factory.mktemp("predict"), function_env)
+    try:
+        yield service.url
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def feedback_url(function_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    service = services.start_function(
+        "feedback", tmp_path_factory.mktemp("feedback"), function_env, ready_path="/statistics"
+    )
+    try:
+        yield service.url
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def db(firestore_emulator: services.Service) -> firestore.Client:
+    """A client of the emulator for the tests' own reads (not the code under test)."""
+    import os
+
+    os.environ["FIRESTORE_EMULATOR_HOST"] = firestore_emulator.url
+    try:
+        return firestore.Client(project=PROJECT, credentials=AnonymousCredentials())
+    finally:
+        del os.environ["FIRESTORE_EMULATOR_HOST"]
+
+
+@pytest.fixture
+def clean_db(firestore_emulator: services.Service, db: firestore.Client) -> firestore.Client:
+    """Every document deleted, through the emulator's reset endpoint."""
+    url = f"http://{firestore_emulator.url}/emulator/v1/projects/{PROJECT}/databases/(default)/documents"
+    urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=10).close()
+    return db
+
+
+class Answer:
+    """A response, decoded."""
+
+    def __init__(self, status: int, headers: Any, body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.raw = body
+        self.json = json.loads(body) if body else None
+
+    @property
+    def error_code(self) -> str | None:
+        return (self.json or {}).get("error", {}).get("code") if isinstance(self.json, dict) else None
+
+
+def call(
+    url: str,
+    body: Any = None,
+    *,
+    method: str | None = None,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> Answer:
+    """One HTTP request with the standard library; never raises for an HTTP status."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    all_headers = {"Content-Type": "application/json"} if data is not None else {}
+    all_headers.update(headers or {})
+    request = urllib.request.Request(url, data=data, headers=all_headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Answer(response.status, response.headers, response.read())
+    except urllib.error.HTTPError as error:
+        return Answer(error.code, error.headers, error.read())
+
+
+def counters(db: firestore.Client) -> dict[str, dict[str, int]]:
+    """Counter shards summed per model version."""
+    totals: dict[str, dict[str, int]] = {}
+    for shard in db.collection("counter_shards").stream():
+        data = shard.to_dict()
+        version = totals.setdefault(data["model_version"], {"predictions": 0, "feedback": 0, "correct": 0})
+        for field in version:
+            version[field] += int(data.get(field, 0))
+    return totals
+
+
+def counted_from_records(db: firestore.Client, version: str) -> dict[str, int]:
+    """The same numbers, recomputed from the records with aggregation queries."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    records = db.collection("predictions").where(filter=FieldFilter("model_version", "==", version))
+
+    def count(query) -> int:
+        return int(query.count().get()[0][0].value)
+
+    return {
+        "predictions": count(records),
+        "feedback": count(records.where(filter=FieldFilter("has_feedback", "==", True))),
+        "correct": count(records.where(filter=FieldFilter("correct", "==", True))),
+    }
+
+
+def staged_dir(trained: dict) -> Path:
+    return Path(trained["staged_dir"])
