@@ -144,13 +144,19 @@ class Store:
         except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
             raise StoreUnavailable(str(exc)) from exc
 
-    def record_feedback(self, prediction_id: str, answer: bool) -> tuple[Prediction, bool]:
-        """Store a user's answer once; returns the prediction and whether anything changed."""
-        reference = self._client.collection(PREDICTIONS).document(prediction_id)
+    def record_feedback(self, prediction_id: str, answer: bool, attempts: int = 5) -> tuple[Prediction, bool]:
+        """Store a user's answer once; returns the prediction and whether anything changed.
 
-        @firestore.transactional
-        def apply(transaction: firestore.Transaction) -> tuple[Prediction, bool]:
-            snapshot = reference.get(transaction=transaction, timeout=self._timeout)
+        Optimistic, not a transaction: read, then commit the answer and its counter increments in one batch
+        guarded by the record's update time. A concurrent answer makes the precondition fail and we read again.
+        Transactions would lock the counter shards they increment, and under load they queue and time out.
+        """
+        reference = self._client.collection(PREDICTIONS).document(prediction_id)
+        for _ in range(attempts):
+            try:
+                snapshot = reference.get(retry=self._retry, timeout=self._timeout)
+            except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+                raise StoreUnavailable(str(exc)) from exc
             if not snapshot.exists:
                 raise NotFound(prediction_id)
             prediction = Prediction.from_snapshot(snapshot)
@@ -159,7 +165,8 @@ class Store:
                     raise FeedbackConflict(prediction_id)
                 return prediction, False
             updated = dataclasses.replace(prediction, user_answer=answer)
-            transaction.update(
+            batch = self._client.batch()
+            batch.update(
                 reference,
                 {
                     "user_answer": answer,
@@ -167,18 +174,20 @@ class Store:
                     "correct": updated.correct,
                     "feedback_at": datetime.now(UTC),
                 },
+                option=self._client.write_option(last_update_time=snapshot.update_time),
             )
             counts = Counts(0, 1, int(bool(updated.correct)))
-            transaction.set(
+            batch.set(
                 self._shard(prediction.model_version), self._increments(prediction.model_version, counts), merge=True
             )
+            try:
+                batch.commit(retry=self._retry, timeout=self._timeout)
+            except gexc.FailedPrecondition:
+                continue  # someone answered between our read and our write: decide again on fresh data
+            except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+                raise StoreUnavailable(str(exc)) from exc
             return updated, True
-
-        try:
-            return apply(self._client.transaction(max_attempts=5))
-        except (gexc.GoogleAPICallError, gexc.RetryError, ValueError) as exc:
-            # ValueError: the transactional wrapper gives up after max_attempts of contention.
-            raise StoreUnavailable(str(exc)) from exc
+        raise StoreUnavailable(f"prediction {prediction_id} kept changing during {attempts} attempts")
 
     def statistics(self) -> tuple[Counts, dict[str, Counts]]:
         """Totals and per-version counts, summed over the counter shards."""

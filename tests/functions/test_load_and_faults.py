@@ -1,0 +1,90 @@
+"""Under concurrency the counters equal the records; with Firestore frozen, predict degrades to bounded 503s."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.functions.conftest import STORE_TIMEOUT_S, call, counted_from_records, counters
+
+# A request may take the store bound plus inference and HTTP overhead on this 2-core machine, never more.
+REQUEST_BOUND_S = STORE_TIMEOUT_S + 1.5
+
+
+def test_2000_concurrent_mixed_requests_keep_every_aggregate_equal_to_the_records(
+    predict_url, feedback_url, clean_db, trained
+) -> None:
+    made: list[dict] = []
+    lock = threading.Lock()
+    rng = random.Random(5)
+    plan = [rng.random() for _ in range(2000)]
+
+    def one(choice: float) -> int:
+        with lock:
+            earlier = rng.choice(made) if made else None
+        if earlier is None or choice < 0.55:
+            extra = {"is_positive_user_answered": choice < 0.1} if choice < 0.2 else {}
+            answer = call(predict_url + "/", {"text": f"Review {choice:.6f}: the food was good", **extra})
+            if answer.status == 201:
+                with lock:
+                    made.append(answer.json)
+            return answer.status
+        request = {
+            "prediction_id": earlier["id"],
+            "is_positive_user_answered": choice < 0.8,
+            "feedback_token": earlier["feedback_token"],
+        }
+        return call(feedback_url + "/", request).status
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        statuses = list(pool.map(one, plan))
+
+    assert len(statuses) == 2000
+    assert set(statuses) <= {200, 201, 409}
+    version = trained["model_version"]
+    from_records = counted_from_records(clean_db, version)
+    assert counters(clean_db) == {version: from_records}
+    assert from_records["predictions"] == statuses.count(201) == len(made)
+    statistics = call(feedback_url + "/statistics").json["statistics"]
+    assert {k: statistics[k] for k in ("predictions", "feedback", "correct")} == from_records
+
+
+def test_frozen_firestore_gives_bounded_503s_and_every_201_is_stored(predict_url, firestore_emulator, clean_db) -> None:
+    results: list[tuple[int, float, str | None, str | None]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            answer = call(predict_url + "/", {"text": "Tasty noodles."}, timeout=30)
+            elapsed = time.monotonic() - started
+            retry_after = answer.headers.get("Retry-After")
+            results.append((answer.status, elapsed, (answer.json or {}).get("id"), retry_after))
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        os.killpg(firestore_emulator.pid, signal.SIGSTOP)
+        time.sleep(STORE_TIMEOUT_S * 2.5)
+    finally:
+        os.killpg(firestore_emulator.pid, signal.SIGCONT)
+    time.sleep(2.0)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    statuses = [r[0] for r in results]
+    assert set(statuses) <= {201, 503}
+    assert statuses.count(503) > 0, "the freeze should have produced 503s"
+    assert statuses.count(201) > 0
+    assert max(r[1] for r in results) <= REQUEST_BOUND_S
+    assert all(r[3] for r in results if r[0] == 503), "every 503 carries Retry-After"
+    stored = {d.id for d in clean_db.collection("predictions").select([]).stream()}
+    assert {r[2] for r in results if r[0] == 201} <= stored
+    assert call(predict_url + "/", {"text": "Back to normal."}).status == 201
