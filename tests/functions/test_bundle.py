@@ -1,0 +1,89 @@
+"""Each deploy bundle is self-contained and minimal: predict never imports torch or mlflow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from localdev.bundle import build
+
+HEAVY = ("torch", "mlflow", "sklearn", "pandas", "matplotlib", "training", "localdev")
+
+
+def test_bundle_holds_the_function_and_the_shared_package_only(tmp_path: Path) -> None:
+    bundle = build("predict", tmp_path / "predict")
+
+    names = sorted(p.name for p in bundle.iterdir())
+
+    assert names == ["main.py", "predict_model.py", "predict_service.py", "requirements.txt", "sentiment_core"]
+    assert (bundle / "sentiment_core" / "http.py").is_file()
+    assert not list(bundle.rglob("__pycache__"))
+
+
+@pytest.mark.parametrize(("name", "route"), [("predict", "/healthz"), ("feedback", "/statistics")])
+def test_built_bundle_serves_in_isolation_without_heavy_imports(
+    name: str, route: str, tmp_path: Path, function_env: dict
+) -> None:
+    """Import the bundle's main from the bundle alone (not the repo), serve one request, list what got imported."""
+    bundle = build(name, tmp_path / name)
+    script = f"""
+import json, sys
+import functions_framework
+app = functions_framework.create_app(target={name!r}, source="main.py")
+response = app.test_client().get({route!r})
+import sentiment_core
+print(json.dumps({{"status": response.status_code, "shared": sentiment_core.__file__,
+                  "modules": sorted(m.split(".")[0] for m in sys.modules)}}))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=bundle,
+        env={**function_env, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(bundle)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["status"] == 200
+    assert report["shared"].startswith(str(bundle))
+    assert not set(HEAVY) & set(report["modules"])
+
+
+@pytest.mark.parametrize("name", ["predict", "feedback"])
+def test_bundle_requirements_are_pinned_and_resolve_without_torch_or_mlflow(name: str, tmp_path: Path) -> None:
+    requirements = build(name, tmp_path / name) / "requirements.txt"
+    lines = [line for line in requirements.read_text().splitlines() if line and not line.startswith("#")]
+    report_path = tmp_path / "report.json"
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report_path),
+            "-r",
+            str(requirements),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert all("==" in line for line in lines)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resolved = {item["metadata"]["name"].lower() for item in json.loads(report_path.read_text())["install"]}
+    assert "onnxruntime" in resolved or name != "predict"
+    assert not resolved & {"torch", "mlflow", "mlflow-skinny", "scikit-learn", "pandas"}
