@@ -39,9 +39,13 @@ def firestore_store(settings: PublicSettings):
     """A Store on a Firestore client; imported here so a process that never stores pays nothing."""
     from google.cloud import firestore
 
-    from sentiment_core.store import Store
+    from sentiment_core.store import Store, StoreUnavailable
 
-    client = firestore.Client(project=settings.project, database=settings.database)
+    try:
+        client = firestore.Client(project=settings.project, database=settings.database)
+    except Exception as exc:  # no credentials or project: a dependency problem (503), not the client's (4xx)
+        logger.error("cannot create the Firestore client: %s", exc)
+        raise StoreUnavailable(str(exc)) from exc
     return Store(client, settings.firestore_timeout_s)
 
 

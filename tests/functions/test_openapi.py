@@ -1,0 +1,79 @@
+"""docs/openapi.yaml against real responses: schemathesis drives both functions in-process (create_app)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from werkzeug.wrappers import Response
+
+from localdev.services import FUNCTIONS_DIR
+from training.data import REPO_ROOT
+
+SCHEMA = schemathesis.openapi.from_path(REPO_ROOT / "docs" / "openapi.yaml")
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
+
+
+@pytest.fixture(scope="module")
+def app(function_env: dict):
+    """Both functions mounted under their names, as cloudfunctions.net serves them."""
+    import functions_framework
+
+    saved = dict(os.environ)
+    os.environ.update(function_env)  # read at import (settings) and at first use (the Firestore client)
+    try:
+        predict = functions_framework.create_app("predict", str(FUNCTIONS_DIR / "predict" / "main.py"))
+        feedback = functions_framework.create_app("feedback", str(FUNCTIONS_DIR / "feedback" / "main.py"))
+        # Create each instance's Firestore client while the emulator's address is in the environment.
+        assert predict.test_client().post("/", json={"text": "warm up"}).status_code == 201
+        assert feedback.test_client().get("/statistics").status_code == 200
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    mounts = {"/predict": predict, "/feedback": feedback}
+
+    def cloudfunctions_net(environ, start_response):
+        # https://REGION-PROJECT.cloudfunctions.net/NAME/rest reaches function NAME with path /rest ("/" for none).
+        path = environ.get("PATH_INFO", "")
+        for prefix, function_app in mounts.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                environ["PATH_INFO"] = path[len(prefix) :] or "/"
+                return function_app(environ, start_response)
+        return Response("not found", 404)(environ, start_response)
+
+    return cloudfunctions_net
+
+
+def test_openapi_document_lists_every_route() -> None:
+    routes = {(op.method.upper(), op.path) for op in (r.ok() for r in SCHEMA.get_all_operations())}
+
+    assert routes == {
+        ("POST", "/predict"),
+        ("GET", "/predict/healthz"),
+        ("POST", "/feedback"),
+        ("GET", "/feedback/statistics"),
+        ("GET", "/feedback/predictions"),
+    }
+
+
+@SCHEMA.parametrize()
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+def test_responses_conform_to_openapi(case, app) -> None:
+    response = case.call(app=app)
+
+    case.validate_response(response, checks=CHECKS)
