@@ -45,8 +45,10 @@ fmt: install
 	$(VENV)/bin/ruff format .
 	terraform fmt -recursive infra/terraform
 
-bench: install ## benchmarks: ours against a TF-IDF + logistic regression baseline
+bench: install ## benchmarks: accuracy vs a baseline, cold start, latency (uses .local/models/latest if present)
 	$(PY) bench/train_vs_baseline.py
+	$(PY) bench/coldstart.py
+	$(PY) bench/latency.py
 
 lock: ## re-pin requirements/dev.txt from requirements/dev.in in a scratch venv
 	rm -rf /tmp/lock-venv && $(PYTHON) -m venv /tmp/lock-venv

@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
+import functools
 from functools import cache
 
 import numpy as np
@@ -129,7 +130,7 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.features)
 
-    @property
+    @functools.cached_property
     def index(self) -> dict[str, int]:
         return {feature: i for i, feature in enumerate(self.features, start=1)}
 

@@ -1,0 +1,204 @@
+"""Cold start of predict: process start to first 201, medians over fresh processes, against two baselines.
+
+    .venv/bin/python bench/coldstart.py [--model STAGED_DIR] [--runs 5]
+
+(a) predict as shipped (onnxruntime), (b) the same handler serving the PyTorch model of the same checkpoint,
+(c) a bare functions-framework function. All three store nothing but (a) and (b), which write to a local
+Firestore emulator as in production. Also prints the installed size of predict's requirements against the same
+plus torch. Targets: (a)/(b) <= 0.35, (a) - (c) <= 300 ms, size ratio <= 0.3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+
+from _common import REPO_ROOT, staged_model, torch_checkpoint
+
+from localdev import services
+
+PREDICT_DIR = REPO_ROOT / "functions" / "predict"
+
+TORCH_MAIN = '''
+"""predict's own wiring and handler, with the model backend swapped for PyTorch (benchmark only)."""
+import sys
+sys.path.insert(0, {predict_dir!r})
+import predict_model
+
+class TorchModel:
+    def __init__(self, manifest):
+        import torch
+        from training.model import FastTextClassifier
+        from training.preprocess import Vocabulary
+        state = torch.load({checkpoint!r}, weights_only=True)
+        self.vocabulary = Vocabulary(features=tuple(state.pop("vocabulary")))
+        dim = state["embedding.weight"].shape[1]
+        self.model = FastTextClassifier(len(self.vocabulary), dim)
+        self.model.load_state_dict(state)
+        self.model.eval()
+        self.manifest = manifest
+
+    def predict(self, texts):
+        from training.model import predict_proba
+        from training.preprocess import tokenize
+        return predict_proba(self.model, self.vocabulary.encode(tokenize(texts)))
+
+def load(uri):
+    from sentiment_core.manifest import read_staged_folder
+    manifest, _ = read_staged_folder(__import__("pathlib").Path(uri))
+    return TorchModel(manifest)
+
+predict_model.load = load
+import importlib.util  # noqa: E402
+
+# predict's own main.py (entry point, wiring, handler), loaded under another name than this file's.
+_spec = importlib.util.spec_from_file_location("predict_main", {predict_dir!r} + "/main.py")
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+predict = _module.predict
+'''
+
+BARE_MAIN = """
+import functions_framework
+
+@functions_framework.http
+def predict(request):
+    return ("{}", 201, {"Content-Type": "application/json"})
+"""
+
+
+def first_201(source: Path, env: dict[str, str], workdir: Path) -> float:
+    """Seconds from Popen to the first 201 answer to POST /."""
+    port = services.free_port()
+    argv = [
+        str(services.VENV_BIN / "functions-framework"),
+        "--source",
+        str(source),
+        "--target",
+        "predict",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    body = json.dumps({"text": "Great food and friendly staff."}).encode()
+    started = time.perf_counter()
+    log = (workdir / f"cold-{port}.log").open("wb")
+    process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while time.perf_counter() - started < 60:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/", data=body, headers={"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    if response.status == 201:
+                        return time.perf_counter() - started
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.005)
+        raise RuntimeError(f"{source} never answered 201; see {log.name}")
+    finally:
+        services.stop(process.pid)
+        process.wait()
+        log.close()
+
+
+def installed_size(requirements: list[str]) -> int:
+    """Bytes on disk of the installed distributions that these requirements pull in (from this venv)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--quiet",
+                "--report",
+                str(report),
+                *requirements,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        names = {item["metadata"]["name"] for item in json.loads(report.read_text())["install"]}
+    total = 0
+    for name in names:
+        distribution = metadata.distribution(name)
+        for file in distribution.files or []:
+            path = Path(distribution.locate_file(file))
+            if path.is_file():
+                total += path.stat().st_size
+    return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="staged model folder (default: the demo's)")
+    parser.add_argument("--runs", type=int, default=5, help="fresh processes per variant")
+    args = parser.parse_args()
+    model = staged_model(args.model)
+    workdir = Path(tempfile.mkdtemp(prefix="coldstart-"))
+    (workdir / "torch").mkdir()
+    (workdir / "bare").mkdir()
+    checkpoint = torch_checkpoint(model / "model.onnx", workdir / "checkpoint.pt")
+    (workdir / "torch" / "main.py").write_text(
+        TORCH_MAIN.format(predict_dir=str(PREDICT_DIR), checkpoint=str(checkpoint))
+    )
+    (workdir / "bare" / "main.py").write_text(BARE_MAIN)
+
+    firestore = services.start_firestore_emulator(workdir)
+    env = {
+        **{k: v for k, v in __import__("os").environ.items() if not k.startswith("FIRESTORE")},
+        "FIRESTORE_EMULATOR_HOST": firestore.url,
+        "GOOGLE_CLOUD_PROJECT": "demo-bench",
+        "FEEDBACK_TOKEN_SECRET": "bench-secret-0123456789",
+        "MODEL_URI": str(model),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    variants = {
+        "(a) predict, onnxruntime": PREDICT_DIR / "main.py",
+        "(b) same handler, PyTorch": workdir / "torch" / "main.py",
+        "(c) bare functions-framework": workdir / "bare" / "main.py",
+    }
+    medians = {}
+    try:
+        for name, source in variants.items():
+            first_201(source, env, workdir)  # warm the OS file cache: every variant then starts equally warm
+            times = [first_201(source, env, workdir) for _ in range(args.runs)]
+            medians[name] = statistics.median(times)
+            print(
+                f"{name:<32} median {medians[name] * 1000:7.0f} ms  runs: "
+                + ", ".join(f"{t * 1000:.0f}" for t in times),
+                flush=True,
+            )
+    finally:
+        firestore.stop()
+    a, b, c = medians.values()
+    print(f"\n(a)/(b) = {a / b:.2f} (target <= 0.35)   (a) - (c) = {(a - c) * 1000:.0f} ms (target <= 300 ms)")
+
+    requirements = [
+        line for line in (PREDICT_DIR / "requirements.txt").read_text().splitlines() if line and line[0] != "#"
+    ]
+    shipped = installed_size(requirements)
+    with_torch = installed_size([*requirements, "torch==2.13.0"])
+    print(
+        f"installed size: predict {shipped / 2**20:.0f} MiB, with torch {with_torch / 2**20:.0f} MiB, "
+        f"ratio {shipped / with_torch:.2f} (target <= 0.3)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
