@@ -8,10 +8,10 @@ methods are not used: their lowercasing differs from StringNormalizer's on a few
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
-import functools
 from functools import cache
 
 import numpy as np
