@@ -23,7 +23,7 @@ test: install ## every test (starts its own MLflow server and emulators)
 demo: install ## train, register and promote a model against the local MLflow server; print the UI URL
 	$(PY) -m localdev.stack up
 	$(PY) -m training.train --tracking-uri "$$($(PY) -m localdev.stack url mlflow)" \
-		--register --promote --output-dir .local/models/latest
+		--register --promote --output-dir .local/models/latest --checkpoint .local/models/latest.pt
 	@echo
 	@echo "MLflow UI:    $$($(PY) -m localdev.stack url mlflow)/#/models/yelp-sentiment"
 	@echo "Staged model: .local/models/latest (model.onnx + manifest.json)"

@@ -8,11 +8,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO_ROOT / ".local" / "models" / "latest"
+DEFAULT_MODEL = REPO_ROOT / ".local" / "models" / "latest"  # `make demo` writes it and latest.pt
 REVIEWS = [
     "The food was delicious and the staff were lovely, we will come back soon.",
     "Cold fries, rude cashier and a dirty table. Never again.",
@@ -21,13 +19,15 @@ REVIEWS = [
 ]
 
 
-def staged_model(path: Path | None) -> Path:
-    """The staged folder to serve: the given one, the demo's, or a freshly trained one."""
+def staged_model(path: Path | None) -> tuple[Path, Path]:
+    """(staged folder, PyTorch checkpoint of the same run): the given ones, the demo's, or freshly trained."""
     folder = path or DEFAULT_MODEL
-    if (folder / "model.onnx").is_file():
-        return folder
+    checkpoint = folder.with_suffix(".pt")
+    if (folder / "model.onnx").is_file() and checkpoint.is_file():
+        return folder, checkpoint
     folder = Path(tempfile.mkdtemp(prefix="bench-model-")) / "model"
-    print(f"no staged model found; training one into {folder} (about 90 s) ...", flush=True)
+    checkpoint = folder.with_suffix(".pt")
+    print(f"no staged model with a checkpoint found; training one into {folder} (about 90 s) ...", flush=True)
     subprocess.run(
         [
             sys.executable,
@@ -38,32 +38,14 @@ def staged_model(path: Path | None) -> Path:
             f"sqlite:///{folder.parent}/m.db",
             "--output-dir",
             str(folder),
+            "--checkpoint",
+            str(checkpoint),
         ],
         cwd=REPO_ROOT,
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    return folder
-
-
-def torch_checkpoint(model_path: Path, out: Path) -> Path:
-    """The PyTorch state of the same checkpoint, read back from the ONNX initializers, plus its vocabulary."""
-    import torch
-
-    model = onnx.load(str(model_path))
-    weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    encoder = next(node for node in model.graph.node if node.op_type == "LabelEncoder")
-    keys = next(attr for attr in encoder.attribute if attr.name == "keys_strings").strings
-    torch.save(
-        {
-            "embedding.weight": torch.from_numpy(weights["embeddings"].copy()),
-            "linear.weight": torch.from_numpy(weights["weight"].T.copy()),
-            "linear.bias": torch.from_numpy(weights["bias"].copy()),
-            "vocabulary": [key.decode() for key in keys],
-        },
-        out,
-    )
-    return out
+    return folder, checkpoint
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -22,7 +22,7 @@ import urllib.request
 from importlib import metadata
 from pathlib import Path
 
-from _common import REPO_ROOT, staged_model, torch_checkpoint
+from _common import REPO_ROOT, staged_model
 
 from localdev import services
 
@@ -36,15 +36,8 @@ import predict_model
 
 class TorchModel:
     def __init__(self, manifest):
-        import torch
-        from training.model import FastTextClassifier
-        from training.preprocess import Vocabulary
-        state = torch.load({checkpoint!r}, weights_only=True)
-        self.vocabulary = Vocabulary(features=tuple(state.pop("vocabulary")))
-        dim = state["embedding.weight"].shape[1]
-        self.model = FastTextClassifier(len(self.vocabulary), dim)
-        self.model.load_state_dict(state)
-        self.model.eval()
+        from training.train import load_checkpoint
+        self.model, self.vocabulary = load_checkpoint({checkpoint!r})
         self.manifest = manifest
 
     def predict(self, texts):
@@ -148,11 +141,10 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=None, help="staged model folder (default: the demo's)")
     parser.add_argument("--runs", type=int, default=5, help="fresh processes per variant")
     args = parser.parse_args()
-    model = staged_model(args.model)
+    model, checkpoint = staged_model(args.model)
     workdir = Path(tempfile.mkdtemp(prefix="coldstart-"))
     (workdir / "torch").mkdir()
     (workdir / "bare").mkdir()
-    checkpoint = torch_checkpoint(model / "model.onnx", workdir / "checkpoint.pt")
     (workdir / "torch" / "main.py").write_text(
         TORCH_MAIN.format(predict_dir=str(PREDICT_DIR), checkpoint=str(checkpoint))
     )

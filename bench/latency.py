@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from _common import REVIEWS, percentile, staged_model, torch_checkpoint
+from _common import REVIEWS, percentile, staged_model
 
 from localdev import services
 
@@ -43,11 +43,12 @@ def time_calls(function, repeat: int) -> list[float]:
     return times
 
 
-def in_process(model_path: Path, workdir: Path) -> None:
+def in_process(model_path: Path, checkpoint: Path) -> None:
     import torch
 
-    from training.model import FastTextClassifier, predict_proba
-    from training.preprocess import Vocabulary, tokenize
+    from training.model import predict_proba
+    from training.preprocess import tokenize
+    from training.train import load_checkpoint
 
     torch.set_num_threads(1)
     session = onnx_session(model_path)
@@ -55,10 +56,7 @@ def in_process(model_path: Path, workdir: Path) -> None:
     batch_texts = [REVIEWS[i % len(REVIEWS)] + f" #{i}" for i in range(1000)]
     batch = {"text": np.array(batch_texts, dtype=object)}
 
-    state = torch.load(torch_checkpoint(model_path, workdir / "checkpoint.pt"), weights_only=True)
-    vocabulary = Vocabulary(features=tuple(state.pop("vocabulary")))
-    model = FastTextClassifier(len(vocabulary), state["embedding.weight"].shape[1])
-    model.load_state_dict(state)
+    model, vocabulary = load_checkpoint(checkpoint)
 
     def torch_predict(texts: list[str]) -> np.ndarray:
         return predict_proba(model, vocabulary.encode(tokenize(texts)))
@@ -127,9 +125,9 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=None, help="staged model folder (default: the demo's)")
     parser.add_argument("--requests", type=int, default=1000, help="HTTP requests to send")
     args = parser.parse_args()
-    model_dir = staged_model(args.model)
+    model_dir, checkpoint = staged_model(args.model)
     workdir = Path(tempfile.mkdtemp(prefix="latency-"))
-    in_process(model_dir / "model.onnx", workdir)
+    in_process(model_dir / "model.onnx", checkpoint)
     over_http(model_dir, workdir, args.requests)
     return 0
 

@@ -69,6 +69,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument(
         "--output-dir", type=Path, default=None, help="also write a staged folder (model.onnx + manifest.json)"
     )
+    group.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="also write the PyTorch checkpoint (state dict + vocabulary, torch.load(weights_only=True))",
+    )
     group.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if not 0.0 < args.threshold < 1.0:
@@ -208,6 +214,10 @@ def run(args: argparse.Namespace) -> int:
                 tracking.promote(version)
                 log(f"alias 'production' -> {MODEL_NAME} version {version}")
 
+        if args.checkpoint is not None:
+            save_checkpoint(model, vocabulary, args.checkpoint)
+            log(f"PyTorch checkpoint: {args.checkpoint}")
+
         if args.output_dir is not None:
             manifest = write_staged_folder(
                 args.output_dir,
@@ -230,6 +240,28 @@ def run(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary))
     return 0
+
+
+def save_checkpoint(model, vocabulary, path: Path) -> None:
+    """The trained PyTorch weights and vocabulary; tensors and strings only, so weights_only loading works."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "vocabulary": list(vocabulary.features)}, path)
+
+
+def load_checkpoint(path: Path):
+    """(model, vocabulary) from save_checkpoint's file."""
+    import torch
+
+    from training.model import FastTextClassifier
+
+    saved = torch.load(path, weights_only=True)
+    vocabulary = preprocess.Vocabulary(features=tuple(saved["vocabulary"]))
+    dim = saved["state_dict"]["embedding.weight"].shape[1]
+    model = FastTextClassifier(len(vocabulary), dim)
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), vocabulary
 
 
 def _report_data(dataset: data.Dataset) -> None:

@@ -51,7 +51,20 @@ def test_train_local_store_same_seed_gives_same_metrics(tmp_path: Path) -> None:
     """Works without a server (a local SQLite store), and a seed fixes every metric."""
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
-    runs = [run_training(["--tracking-uri", store, *SMALL, "--output-dir", str(tmp_path / f"out{i}")]) for i in (1, 2)]
+    runs = [
+        run_training(
+            [
+                "--tracking-uri",
+                store,
+                *SMALL,
+                "--output-dir",
+                str(tmp_path / f"out{i}"),
+                "--checkpoint",
+                str(tmp_path / f"out{i}.pt"),
+            ]
+        )
+        for i in (1, 2)
+    ]
 
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-3000:]
     first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
@@ -92,3 +105,29 @@ def test_train_unreachable_tracking_server_fails_fast(tmp_path: Path) -> None:
 
     assert result.returncode == 3
     assert "cannot reach the MLflow tracking store" in result.stderr
+
+
+def test_train_checkpoint_reproduces_the_exported_model(tmp_path: Path) -> None:
+    """--checkpoint writes the PyTorch weights of the very model that was exported."""
+    from training import export
+    from training.train import load_checkpoint
+
+    result = run_training(
+        [
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'm.db'}",
+            *SMALL,
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(tmp_path / "model.pt"),
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    model, vocabulary = load_checkpoint(tmp_path / "model.pt")
+    texts = ["great food", "awful service", "", "the food was not good"]
+
+    session = export.session((tmp_path / "out" / "model.onnx").read_bytes())
+    difference = export.onnx_probabilities(session, texts) - export.torch_probabilities(model, vocabulary, texts)
+
+    assert abs(difference).max() <= export.PARITY_TOLERANCE
