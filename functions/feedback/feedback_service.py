@@ -7,14 +7,14 @@ from collections.abc import Callable
 import flask
 
 from sentiment_core import http
-from sentiment_core.store import (
+from sentiment_core.records import (
     PREDICTION_ID,
     FeedbackConflict,
     InvalidPageToken,
     NotFound,
-    Store,
     StoreUnavailable,
 )
+from sentiment_core.store import Store
 from sentiment_core.tokens import verify_feedback_token
 
 UNAVAILABLE = http.ApiError(503, "store_unavailable", "the store cannot be reached; retry later", {"Retry-After": "5"})

@@ -35,7 +35,8 @@ def _model() -> predict_model.Model:
 
 @functools.cache
 def _store():
-    return web.firestore_store(SETTINGS.public)
+    """predict only writes: the REST writer spares every cold start the Firestore client's import."""
+    return web.rest_writer(SETTINGS.public)
 
 
 ROUTES = {

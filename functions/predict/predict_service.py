@@ -12,7 +12,7 @@ from typing import Any
 import flask
 
 from sentiment_core import config, http
-from sentiment_core.store import Prediction, Store, StoreUnavailable
+from sentiment_core.records import Prediction, StoreUnavailable
 from sentiment_core.tokens import feedback_token
 from sentiment_core.web import PublicSettings
 
@@ -27,6 +27,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
+        config.required("GOOGLE_CLOUD_PROJECT")  # the REST writer names the database by project
         return cls(public=PublicSettings.from_env(), model_uri=config.required("MODEL_URI"))
 
 
@@ -53,7 +54,7 @@ def to_api(prediction: Prediction, secret: bytes) -> dict[str, Any]:
     return {**prediction.to_api(), "feedback_token": feedback_token(secret, prediction.id)}
 
 
-def handle_predict(request: flask.Request, model: Any, store: Callable[[], Store], secret: bytes) -> flask.Response:
+def handle_predict(request: flask.Request, model: Any, store: Callable[[], Any], secret: bytes) -> flask.Response:
     """POST /: infer, store every prediction (or none), answer 201; 503 if the store cannot be written in time."""
     texts, user_answer, is_batch = parse_body(http.read_json_object(request))
     started = time.perf_counter()

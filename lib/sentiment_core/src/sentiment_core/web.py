@@ -39,7 +39,8 @@ def firestore_store(settings: PublicSettings):
     """A Store on a Firestore client; imported here so a process that never stores pays nothing."""
     from google.cloud import firestore
 
-    from sentiment_core.store import Store, StoreUnavailable
+    from sentiment_core.records import StoreUnavailable
+    from sentiment_core.store import Store
 
     try:
         client = firestore.Client(project=settings.project, database=settings.database)
@@ -47,6 +48,15 @@ def firestore_store(settings: PublicSettings):
         logger.error("cannot create the Firestore client: %s", exc)
         raise StoreUnavailable(str(exc)) from exc
     return Store(client, settings.firestore_timeout_s)
+
+
+def rest_writer(settings: PublicSettings):
+    """predict's lean Firestore writer (no client library to import: see firestore_rest)."""
+    from sentiment_core.firestore_rest import RestPredictionWriter
+
+    if not settings.project:
+        raise config.ConfigError("GOOGLE_CLOUD_PROJECT must be set")
+    return RestPredictionWriter(settings.project, settings.database, settings.firestore_timeout_s)
 
 
 def serve(

@@ -1,0 +1,131 @@
+"""The Firestore document model: records, counters, ids and page tokens. No client library here.
+
+- `predictions/{id}`: random client-chosen ids (uuid4), so a retried write cannot create a duplicate.
+- `counter_shards/{version}--{n}`: `predictions`, `feedback` and `correct` per model version, split over
+  NUM_SHARDS documents and changed only with increments, in the same atomic commit as the record they
+  count. No single hot document; counters equal the records by construction.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+PREDICTIONS = "predictions"
+COUNTER_SHARDS = "counter_shards"
+NUM_SHARDS = 16
+PREDICTION_ID = re.compile(r"[0-9a-f]{32}")
+COUNTER_FIELDS = ("predictions", "feedback", "correct")
+
+
+class StoreUnavailable(RuntimeError):
+    """Firestore did not answer within the bound, or refused for a transient reason."""
+
+
+class NotFound(LookupError):
+    """No prediction with that id."""
+
+
+class FeedbackConflict(RuntimeError):
+    """The prediction already has a different answer."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One stored prediction; field names of the document are the snake_case of these."""
+
+    id: str
+    text: str
+    probability: float
+    model_answer: bool
+    user_answer: bool | None
+    model_name: str
+    model_version: str
+    mlflow_run_id: str
+    inference_elapsed: float
+    created_at: datetime
+
+    @property
+    def correct(self) -> bool | None:
+        return None if self.user_answer is None else self.user_answer == self.model_answer
+
+    def to_api(self) -> dict[str, Any]:
+        """The object clients see; field names follow the original system's API (contract)."""
+        return {
+            "id": self.id,
+            "text": self.text,
+            "probability": self.probability,
+            "is_positive": {"model_answered": self.model_answer, "user_answered": self.user_answer},
+            "details": {
+                "model_name": self.model_name,
+                "model_version": self.model_version,
+                "mlflow_run_id": self.mlflow_run_id,
+                "inference_elapsed": self.inference_elapsed,
+                "timestamp": self.created_at.isoformat().replace("+00:00", "Z"),
+            },
+        }
+
+    def to_document(self) -> dict[str, Any]:
+        document = dataclasses.asdict(self)
+        del document["id"]
+        document["has_feedback"] = self.user_answer is not None
+        document["correct"] = self.correct
+        document["feedback_at"] = self.created_at if self.user_answer is not None else None
+        return document
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Any) -> Prediction:
+        data = snapshot.to_dict()
+        names = {f.name for f in dataclasses.fields(cls)} - {"id"}
+        created = data["created_at"]
+        return cls(id=snapshot.id, **{name: data[name] for name in names} | {"created_at": _as_utc(created)})
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    predictions: int = 0
+    feedback: int = 0
+    correct: int = 0
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(*(getattr(self, f) + getattr(other, f) for f in COUNTER_FIELDS))
+
+    def as_api(self) -> dict[str, Any]:
+        rate = self.correct / self.feedback if self.feedback else None
+        return {
+            "correctness_rate": rate,
+            "predictions": self.predictions,
+            "feedback": self.feedback,
+            "correct": self.correct,
+        }
+
+
+class InvalidPageToken(ValueError):
+    """A page token that this service did not issue."""
+
+
+def encode_page_token(last: Prediction) -> str:
+    raw = json.dumps({"t": last.created_at.isoformat(), "id": last.id}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_page_token(token: str) -> tuple[datetime, str]:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        created_at = _as_utc(datetime.fromisoformat(data["t"]))
+        last_id = data["id"]
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeEncodeError) as exc:
+        raise InvalidPageToken(token) from exc
+    if not isinstance(last_id, str) or not PREDICTION_ID.fullmatch(last_id):
+        raise InvalidPageToken(token)
+    return created_at, last_id
