@@ -1,0 +1,170 @@
+"""The REST writer's production path (metadata-server token, retries, replay) against a local fake server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from sentiment_core.firestore_rest import MetadataTokenSource, RestPredictionWriter, encode_value
+from sentiment_core.records import Prediction, StoreUnavailable
+
+
+class FakeGoogle:
+    """Scripted answers for the metadata server and documents:commit; records what it was sent."""
+
+    def __init__(self) -> None:
+        self.commit_statuses: list[int] = []
+        self.requests: list[tuple[str, dict, bytes]] = []
+        self.token_requests = 0
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[FakeGoogle, str]]:
+    state = FakeGoogle()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def _answer(self, status: int, body: dict) -> None:
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_GET(self) -> None:
+            state.token_requests += 1
+            if self.headers.get("Metadata-Flavor") != "Google":
+                self._answer(403, {})
+                return
+            self._answer(200, {"access_token": f"token-{state.token_requests}", "expires_in": 3600})
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            state.requests.append((self.path, dict(self.headers), body))
+            status = state.commit_statuses.pop(0) if state.commit_statuses else 200
+            self._answer(status, {"error": {"status": "X"}} if status != 200 else {"writeResults": []})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def prediction(user_answer: bool | None = None) -> Prediction:
+    return Prediction(
+        id="a" * 32,
+        text="great food",
+        probability=0.9,
+        model_answer=True,
+        user_answer=user_answer,
+        model_name="yelp-sentiment",
+        model_version="3",
+        mlflow_run_id="run",
+        inference_elapsed=0.001,
+        created_at=datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+    )
+
+
+def writer(base: str, timeout: float = 2.0) -> RestPredictionWriter:
+    token = MetadataTokenSource(url=f"{base}/computeMetadata/v1/instance/service-accounts/default/token")
+    return RestPredictionWriter("proj", "(default)", timeout, endpoint=base, token=token)
+
+
+def test_save_predictions_sends_one_atomic_commit_with_a_metadata_token(fake) -> None:
+    state, base = fake
+
+    writer(base).save_predictions([prediction(user_answer=True)])
+
+    ((path, headers, body),) = state.requests
+    commit = json.loads(body)
+    assert path == "/v1/projects/proj/databases/(default)/documents:commit"
+    assert headers["Authorization"] == "Bearer token-1"
+    create, increment = commit["writes"]
+    assert create["currentDocument"] == {"exists": False}
+    assert create["update"]["name"].endswith("/documents/predictions/" + "a" * 32)
+    assert create["update"]["fields"]["created_at"] == {"timestampValue": "2026-01-02T03:04:05.678000Z"}
+    assert create["update"]["fields"]["correct"] == {"booleanValue": True}
+    assert increment["updateMask"] == {"fieldPaths": ["model_version"]}
+    assert {t["fieldPath"]: t["increment"]["integerValue"] for t in increment["updateTransforms"]} == {
+        "predictions": "1",
+        "feedback": "1",
+        "correct": "1",
+    }
+
+
+def test_token_is_cached_across_commits(fake) -> None:
+    state, base = fake
+    rest = writer(base)
+
+    rest.save_predictions([prediction()])
+    rest.save_predictions([prediction()])
+
+    assert state.token_requests == 1
+
+
+def test_transient_errors_are_retried_and_a_replayed_commit_counts_once(fake) -> None:
+    """503, then 409 ALREADY_EXISTS: the first attempt had committed, so the save succeeded exactly once."""
+    state, base = fake
+    state.commit_statuses = [503, 409]
+
+    writer(base).save_predictions([prediction()])
+
+    assert len(state.requests) == 2
+
+
+@pytest.mark.parametrize("status", [400, 403, 409])
+def test_refused_commit_raises_store_unavailable(fake, status: int) -> None:
+    state, base = fake
+    state.commit_statuses = [status]
+
+    with pytest.raises(StoreUnavailable, match=f"HTTP {status}"):
+        writer(base).save_predictions([prediction()])
+
+
+def test_unreachable_firestore_fails_within_the_bound() -> None:
+    from localdev.services import free_port
+
+    rest = RestPredictionWriter("p", "(default)", 0.5, endpoint=f"http://127.0.0.1:{free_port()}", token=lambda: "t")
+
+    with pytest.raises(StoreUnavailable):
+        rest.save_predictions([prediction()])
+
+
+def test_metadata_server_missing_is_store_unavailable() -> None:
+    from localdev.services import free_port
+
+    token = MetadataTokenSource(url=f"http://127.0.0.1:{free_port()}/token", timeout_s=0.5)
+
+    with pytest.raises(StoreUnavailable, match="metadata server"):
+        token()
+
+
+@pytest.mark.parametrize(
+    ("value", "encoded"),
+    [
+        (None, {"nullValue": None}),
+        (True, {"booleanValue": True}),
+        (3, {"integerValue": "3"}),
+        (0.25, {"doubleValue": 0.25}),
+        ("é", {"stringValue": "é"}),
+    ],
+)
+def test_encode_value_types(value, encoded) -> None:
+    assert encode_value(value) == encoded
+
+
+def test_encode_value_rejects_unknown_types() -> None:
+    with pytest.raises(TypeError):
+        encode_value(object())
