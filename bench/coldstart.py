@@ -36,8 +36,10 @@ import predict_model
 
 class TorchModel:
     def __init__(self, manifest):
-        from training.train import load_checkpoint
-        self.model, self.vocabulary = load_checkpoint({checkpoint!r})
+        from training.model import load_checkpoint
+        from training.preprocess import Vocabulary
+        self.model, features = load_checkpoint({checkpoint!r})
+        self.vocabulary = Vocabulary(features=features)
         self.manifest = manifest
 
     def predict(self, texts):

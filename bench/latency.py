@@ -46,9 +46,8 @@ def time_calls(function, repeat: int) -> list[float]:
 def in_process(model_path: Path, checkpoint: Path) -> None:
     import torch
 
-    from training.model import predict_proba
-    from training.preprocess import tokenize
-    from training.train import load_checkpoint
+    from training.model import load_checkpoint, predict_proba
+    from training.preprocess import Vocabulary, tokenize
 
     torch.set_num_threads(1)
     session = onnx_session(model_path)
@@ -56,7 +55,8 @@ def in_process(model_path: Path, checkpoint: Path) -> None:
     batch_texts = [REVIEWS[i % len(REVIEWS)] + f" #{i}" for i in range(1000)]
     batch = {"text": np.array(batch_texts, dtype=object)}
 
-    model, vocabulary = load_checkpoint(checkpoint)
+    model, features = load_checkpoint(checkpoint)
+    vocabulary = Vocabulary(features=features)
 
     def torch_predict(texts: list[str]) -> np.ndarray:
         return predict_proba(model, vocabulary.encode(tokenize(texts)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,3 +46,18 @@ def predict_proba(model: FastTextClassifier, encoded: Sequence[Sequence[int]], b
         ids, offsets = pack(encoded[start : start + batch_size])
         out[start : start + len(offsets)] = torch.sigmoid(model(ids, offsets)).numpy()
     return out
+
+
+def save_checkpoint(model: FastTextClassifier, features: Sequence[str], path: Path) -> None:
+    """The trained weights and the feature strings of ids 1..V; tensors and strings only (weights_only loads)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "vocabulary": list(features)}, path)
+
+
+def load_checkpoint(path: Path) -> tuple[FastTextClassifier, tuple[str, ...]]:
+    """(model in eval mode, feature strings) from save_checkpoint's file."""
+    saved = torch.load(path, weights_only=True)
+    features = tuple(saved["vocabulary"])
+    model = FastTextClassifier(len(features), saved["state_dict"]["embedding.weight"].shape[1])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), features

@@ -17,6 +17,7 @@ from sentiment_core.manifest import sha256_bytes, write_staged_folder
 from training import data, evaluate, export, preprocess
 from training.fit import HyperParams, fit
 from training.golden import GOLDEN_TEXTS
+from training.model import save_checkpoint
 
 DEFAULTS = HyperParams()
 
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
                 log(f"alias 'production' -> {MODEL_NAME} version {version}")
 
         if args.checkpoint is not None:
-            save_checkpoint(model, vocabulary, args.checkpoint)
+            save_checkpoint(model, vocabulary.features, args.checkpoint)
             log(f"PyTorch checkpoint: {args.checkpoint}")
 
         if args.output_dir is not None:
@@ -240,28 +241,6 @@ def run(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary))
     return 0
-
-
-def save_checkpoint(model, vocabulary, path: Path) -> None:
-    """The trained PyTorch weights and vocabulary; tensors and strings only, so weights_only loading works."""
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "vocabulary": list(vocabulary.features)}, path)
-
-
-def load_checkpoint(path: Path):
-    """(model, vocabulary) from save_checkpoint's file."""
-    import torch
-
-    from training.model import FastTextClassifier
-
-    saved = torch.load(path, weights_only=True)
-    vocabulary = preprocess.Vocabulary(features=tuple(saved["vocabulary"]))
-    dim = saved["state_dict"]["embedding.weight"].shape[1]
-    model = FastTextClassifier(len(vocabulary), dim)
-    model.load_state_dict(saved["state_dict"])
-    return model.eval(), vocabulary
 
 
 def _report_data(dataset: data.Dataset) -> None:

@@ -110,7 +110,8 @@ def test_train_unreachable_tracking_server_fails_fast(tmp_path: Path) -> None:
 def test_train_checkpoint_reproduces_the_exported_model(tmp_path: Path) -> None:
     """--checkpoint writes the PyTorch weights of the very model that was exported."""
     from training import export
-    from training.train import load_checkpoint
+    from training.model import load_checkpoint
+    from training.preprocess import Vocabulary
 
     result = run_training(
         [
@@ -124,7 +125,8 @@ def test_train_checkpoint_reproduces_the_exported_model(tmp_path: Path) -> None:
         ]
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    model, vocabulary = load_checkpoint(tmp_path / "model.pt")
+    model, features = load_checkpoint(tmp_path / "model.pt")
+    vocabulary = Vocabulary(features=features)
     texts = ["great food", "awful service", "", "the food was not good"]
 
     session = export.session((tmp_path / "out" / "model.onnx").read_bytes())
