@@ -7,12 +7,14 @@ which reads and queries, keeps the client library. Same documents, same counters
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -92,9 +94,14 @@ class RestPredictionWriter:
         if token is None:
             token = (lambda: "owner") if emulator else MetadataTokenSource()
         self._database = f"projects/{project}/databases/{database}"
-        self._url = f"{endpoint.rstrip('/')}/v1/{self._database}/documents:commit"
+        parsed = urllib.parse.urlsplit(endpoint)
+        self._scheme, self._host = parsed.scheme, parsed.netloc
+        self._path = f"{parsed.path.rstrip('/')}/v1/{self._database}/documents:commit"
         self._timeout = timeout_s
         self._token = token
+        # One keep-alive connection per serving thread: a TLS handshake per request would cost more than the
+        # whole prediction.
+        self._local = threading.local()
 
     def save_predictions(self, predictions: Sequence[Prediction]) -> None:
         """Atomic: every record and its counter increments, or nothing; a replayed commit creates nothing twice."""
@@ -128,6 +135,29 @@ class RestPredictionWriter:
             ],
         }
 
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            factory = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+            connection = factory(self._host, timeout=timeout)
+            self._local.connection = connection
+        connection.timeout = timeout
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
+        return connection
+
+    def _post(self, data: bytes, timeout: float) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self._token()}"}
+        connection = self._connection(timeout)
+        try:
+            connection.request("POST", self._path, body=data, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        except (OSError, http.client.HTTPException):
+            connection.close()  # a broken or timed-out connection is not reused
+            self._local.connection = None
+            raise
+
     def _commit(self, body: dict[str, Any], replay_ok: bool) -> None:
         """POST documents:commit, retrying transient failures until the deadline."""
         deadline = time.monotonic() + self._timeout
@@ -138,20 +168,18 @@ class RestPredictionWriter:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise StoreUnavailable(f"Firestore did not commit within {self._timeout:g} s")
-            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self._token()}"}
-            request = urllib.request.Request(self._url, data=data, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=remaining) as response:
-                    response.read()
+                status, payload = self._post(data, remaining)
+            except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, refused connections
+                if deadline - time.monotonic() <= 0:
+                    raise StoreUnavailable(f"Firestore did not answer: {exc}") from exc
+            else:
+                if status == 200:
                     return
-            except urllib.error.HTTPError as exc:
-                status, detail = exc.code, exc.read()[:300].decode(errors="replace")
                 if status == 409 and attempt > 1 and replay_ok:
                     return  # our earlier attempt committed and its answer was lost: the records exist once
                 if status not in _RETRYABLE:
-                    raise StoreUnavailable(f"Firestore refused the commit: HTTP {status} {detail}") from exc
-            except (urllib.error.URLError, OSError) as exc:  # timeouts, resets, refused connections
-                if deadline - time.monotonic() <= 0:
-                    raise StoreUnavailable(f"Firestore did not answer: {exc}") from exc
+                    detail = payload[:300].decode(errors="replace")
+                    raise StoreUnavailable(f"Firestore refused the commit: HTTP {status} {detail}")
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.5)
