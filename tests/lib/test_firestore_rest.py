@@ -77,12 +77,21 @@ def prediction(user_answer: bool | None = None) -> Prediction:
     )
 
 
-def writer(base: str, timeout: float = 2.0) -> RestPredictionWriter:
-    token = MetadataTokenSource(url=f"{base}/computeMetadata/v1/instance/service-accounts/default/token")
-    return RestPredictionWriter("proj", "(default)", timeout, endpoint=base, token=token)
+@pytest.fixture
+def writer() -> Iterator:
+    made: list[RestPredictionWriter] = []
+
+    def make(base: str, timeout: float = 2.0) -> RestPredictionWriter:
+        token = MetadataTokenSource(url=f"{base}/computeMetadata/v1/instance/service-accounts/default/token")
+        made.append(RestPredictionWriter("proj", "(default)", timeout, endpoint=base, token=token))
+        return made[-1]
+
+    yield make
+    for rest in made:
+        rest.close()
 
 
-def test_save_predictions_sends_one_atomic_commit_with_a_metadata_token(fake) -> None:
+def test_save_predictions_sends_one_atomic_commit_with_a_metadata_token(fake, writer) -> None:
     state, base = fake
 
     writer(base).save_predictions([prediction(user_answer=True)])
@@ -104,7 +113,7 @@ def test_save_predictions_sends_one_atomic_commit_with_a_metadata_token(fake) ->
     }
 
 
-def test_token_is_cached_across_commits(fake) -> None:
+def test_token_is_cached_across_commits(fake, writer) -> None:
     state, base = fake
     rest = writer(base)
 
@@ -114,7 +123,7 @@ def test_token_is_cached_across_commits(fake) -> None:
     assert state.token_requests == 1
 
 
-def test_transient_errors_are_retried_and_a_replayed_commit_counts_once(fake) -> None:
+def test_transient_errors_are_retried_and_a_replayed_commit_counts_once(fake, writer) -> None:
     """503, then 409 ALREADY_EXISTS: the first attempt had committed, so the save succeeded exactly once."""
     state, base = fake
     state.commit_statuses = [503, 409]
@@ -125,7 +134,7 @@ def test_transient_errors_are_retried_and_a_replayed_commit_counts_once(fake) ->
 
 
 @pytest.mark.parametrize("status", [400, 403, 409])
-def test_refused_commit_raises_store_unavailable(fake, status: int) -> None:
+def test_refused_commit_raises_store_unavailable(fake, writer, status: int) -> None:
     state, base = fake
     state.commit_statuses = [status]
 

@@ -135,6 +135,13 @@ class RestPredictionWriter:
             ],
         }
 
+    def close(self) -> None:
+        """Close this thread's connection (instances live as long as the process; tests close theirs)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
