@@ -25,6 +25,7 @@ from pathlib import Path
 from _common import REPO_ROOT, staged_model
 
 from localdev import services
+from localdev.bundle import requirements_of, resolve
 
 PREDICT_DIR = REPO_ROOT / "functions" / "predict"
 
@@ -109,25 +110,7 @@ def first_201(source: Path, env: dict[str, str], workdir: Path) -> float:
 
 def installed_size(requirements: list[str]) -> int:
     """Bytes on disk of the installed distributions that these requirements pull in (from this venv)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.json"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "--dry-run",
-                "--ignore-installed",
-                "--quiet",
-                "--report",
-                str(report),
-                *requirements,
-            ],
-            check=True,
-            capture_output=True,
-        )
-        names = {item["metadata"]["name"] for item in json.loads(report.read_text())["install"]}
+    names = resolve(requirements)
     total = 0
     for name in names:
         distribution = metadata.distribution(name)
@@ -182,9 +165,7 @@ def main() -> int:
     a, b, c = medians.values()
     print(f"\n(a)/(b) = {a / b:.2f} (target <= 0.35)   (a) - (c) = {(a - c) * 1000:.0f} ms (target <= 300 ms)")
 
-    requirements = [
-        line for line in (PREDICT_DIR / "requirements.txt").read_text().splitlines() if line and line[0] != "#"
-    ]
+    requirements = requirements_of("predict")
     shipped = installed_size(requirements)
     with_torch = installed_size([*requirements, "torch==2.13.0"])
     print(

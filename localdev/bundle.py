@@ -7,8 +7,11 @@ nothing but its own requirements.txt; no sys.path tricks, nothing from training.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +30,39 @@ def build(name: str, out: Path) -> Path:
     shutil.copytree(source, out, ignore=_IGNORE)
     shutil.copytree(SHARED_PACKAGE, out / "sentiment_core", ignore=_IGNORE)
     return out
+
+
+def requirements_of(name: str) -> list[str]:
+    """The pinned requirement lines of a function's requirements.txt."""
+    text = (REPO_ROOT / "functions" / name / "requirements.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def resolve(requirements: list[str]) -> set[str]:
+    """Every distribution pip would install for these requirements on a clean target (pip's --dry-run report)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--quiet",
+                "--report",
+                str(report),
+                *requirements,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"pip cannot resolve {requirements}: {result.stderr[-2000:]}")
+        return {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
 
 
 def main(argv: list[str] | None = None) -> int:
