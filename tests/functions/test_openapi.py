@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import schemathesis
@@ -38,6 +39,7 @@ def app(function_env: dict):
     os.environ.update(function_env)  # read at import (settings) and at first use (the Firestore client)
     try:
         predict = functions_framework.create_app("predict", str(FUNCTIONS_DIR / "predict" / "main.py"))
+        predict_main = sys.modules["main"]  # feedback's main.py takes this name next
         feedback = functions_framework.create_app("feedback", str(FUNCTIONS_DIR / "feedback" / "main.py"))
         # Create each instance's Firestore client while the emulator's address is in the environment.
         assert predict.test_client().post("/", json={"text": "warm up"}).status_code == 201
@@ -56,7 +58,8 @@ def app(function_env: dict):
                 return function_app(environ, start_response)
         return Response("not found", 404)(environ, start_response)
 
-    return cloudfunctions_net
+    yield cloudfunctions_net
+    predict_main._store().close()  # its keep-alive connection to the emulator
 
 
 def test_openapi_document_lists_every_route() -> None:
