@@ -82,7 +82,7 @@ def git_commit() -> tuple[str, bool] | None:
     return commit, bool(status.strip())
 
 
-def log_lineage(dataset: Dataset, split: Split, texts_digest_of: Sequence[str]) -> None:
+def log_lineage(dataset: Dataset, split: Split) -> None:
     """Each source file as a run input with its sha256, the data report, and the split membership."""
     for report in dataset.reports:
         with warnings.catch_warnings():
@@ -107,7 +107,7 @@ def log_lineage(dataset: Dataset, split: Split, texts_digest_of: Sequence[str]) 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "split.csv.gz"
         with gzip.open(path, "wt", encoding="utf-8") as handle:
-            handle.write(_split_membership(split, texts_digest_of))
+            handle.write(_split_membership(split, dataset.texts))
         mlflow.log_artifact(str(path), "data")
 
 

@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                 "sources": ",".join(r.uri for r in dataset.reports)[:6000],
             }
         )
-        tracking.log_lineage(dataset, split, dataset.texts)
+        tracking.log_lineage(dataset, split)
 
         log("tokenising with the model's own preprocessing graph ...")
         vocabulary, encoded = preprocess.featurize(

@@ -1,0 +1,127 @@
+"""predict's model loading: plain path, file:// and gs:// (GCS emulator), each checked against its manifest."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from localdev.services import FUNCTIONS_DIR
+from sentiment_core.manifest import write_staged_folder
+from training import export, preprocess
+from training.model import FastTextClassifier
+
+
+def _load_module():
+    spec = importlib.util.spec_from_file_location("predict_model", FUNCTIONS_DIR / "predict" / "predict_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+predict_model = _load_module()
+
+
+@pytest.fixture(scope="module")
+def model_bytes() -> bytes:
+    vocabulary = preprocess.Vocabulary.build(preprocess.tokenize(["good food", "bad food"]), min_count=1, max_size=10)
+    torch.manual_seed(0)
+    model = FastTextClassifier(len(vocabulary), 4).eval()
+    metadata = export.ModelMetadata("run-1", "stars>=3", 0.5, "0" * 64)
+    return export.build_onnx(model, vocabulary, metadata).SerializeToString()
+
+
+def stage(folder: Path, model_bytes: bytes) -> Path:
+    write_staged_folder(
+        folder, model_bytes, model_name="yelp-sentiment", model_version="7", mlflow_run_id="run-1", threshold=0.5
+    )
+    return folder
+
+
+@pytest.mark.parametrize("form", ["path", "file"])
+def test_load_local_folder_serves_and_reports_its_manifest(tmp_path: Path, model_bytes: bytes, form: str) -> None:
+    folder = stage(tmp_path / "v7", model_bytes)
+    uri = str(folder) if form == "path" else f"file://{folder}"
+
+    model = predict_model.load(uri)
+
+    assert model.manifest.model_version == "7"
+    probabilities = model.predict(["good food", ""])
+    assert probabilities.shape == (2,)
+    assert np.all(np.isfinite(probabilities))
+
+
+def test_load_gcs_prefix_through_the_storage_emulator(gcs_emulator, monkeypatch, tmp_path: Path, model_bytes) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    folder = stage(tmp_path / "v7", model_bytes)
+    bucket = storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket("staged-models-test")
+    for name in ("model.onnx", "manifest.json"):
+        bucket.blob(f"yelp-sentiment/7/{name}").upload_from_filename(str(folder / name))
+
+    model = predict_model.load("gs://staged-models-test/yelp-sentiment/7")
+
+    assert model.manifest.model_version == "7"
+    bucket.blob("yelp-sentiment/7/model.onnx").upload_from_string(b"tampered")
+    with pytest.raises(predict_model.ModelError, match="sha256"):
+        predict_model.load("gs://staged-models-test/yelp-sentiment/7/")
+    with pytest.raises(predict_model.ModelError, match="cannot read"):
+        predict_model.load("gs://staged-models-test/no-such-version")
+
+
+def test_load_refuses_a_tampered_or_missing_folder(tmp_path: Path, model_bytes: bytes) -> None:
+    folder = stage(tmp_path / "v7", model_bytes)
+    (folder / "model.onnx").write_bytes(model_bytes + b"\0")
+
+    with pytest.raises(predict_model.ModelError, match="sha256"):
+        predict_model.load(str(folder))
+    with pytest.raises(predict_model.ModelError, match="does not exist"):
+        predict_model.load(str(tmp_path / "missing"))
+
+
+def test_load_refuses_a_model_without_the_contract_signature(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+    )
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    onnx_model.ir_version = 10
+
+    with pytest.raises(predict_model.ModelError, match="signature"):
+        predict_model.load(str(stage(tmp_path / "bad", onnx_model.SerializeToString())))
+
+
+def test_predict_answers_503_with_retry_after_when_the_model_cannot_be_loaded(monkeypatch, tmp_path: Path) -> None:
+    import functions_framework
+
+    monkeypatch.setenv("MODEL_URI", str(tmp_path / "not-staged"))
+    monkeypatch.setenv("FEEDBACK_TOKEN_SECRET", "test-secret-0123456789abcdef")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "demo-no-model")
+    client = functions_framework.create_app("predict", str(FUNCTIONS_DIR / "predict" / "main.py")).test_client()
+
+    for response in (client.post("/", json={"text": "great food"}), client.get("/healthz")):
+        assert response.status_code == 503
+        assert response.get_json()["error"]["code"] == "model_unavailable"
+        assert response.headers["Retry-After"] == "30"
+
+
+def test_predict_refuses_to_start_without_its_settings(monkeypatch) -> None:
+    import functions_framework
+
+    from sentiment_core.config import ConfigError
+
+    monkeypatch.delenv("MODEL_URI", raising=False)
+    monkeypatch.setenv("FEEDBACK_TOKEN_SECRET", "test-secret-0123456789abcdef")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "demo-no-model")
+
+    with pytest.raises(ConfigError, match="MODEL_URI must be set"):
+        functions_framework.create_app("predict", str(FUNCTIONS_DIR / "predict" / "main.py"))
