@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from sentiment_core.contract import INPUT_NAME, MANIFEST_FILENAME, MODEL_FILENAME, OUTPUT_NAME
+from sentiment_core.contract import MANIFEST_FILENAME, MODEL_FILENAME
 from sentiment_core.manifest import Manifest, ManifestError, read_staged_folder, sha256_bytes
+from sentiment_core.onnx_model import ModelContractError, open_session, probabilities
 
 
 class ModelError(RuntimeError):
@@ -20,24 +20,16 @@ class Model:
     """An onnxruntime session on the text-in graph, plus the manifest that names it."""
 
     def __init__(self, manifest: Manifest, model_bytes: bytes) -> None:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
         # One Cloud Run CPU per instance: more intra-op threads only add contention on small batches.
-        options.intra_op_num_threads = int(os.environ.get("ORT_THREADS", "1"))
         try:
-            self._session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ModelError(f"onnxruntime cannot load the model: {exc}") from exc
-        inputs = [(i.name, i.type) for i in self._session.get_inputs()]
-        outputs = [(o.name, o.type) for o in self._session.get_outputs()]
-        if inputs != [(INPUT_NAME, "tensor(string)")] or (OUTPUT_NAME, "tensor(float)") not in outputs:
-            raise ModelError(f"the model does not have the contract's signature: {inputs} -> {outputs}")
+            self._session = open_session(model_bytes, threads=int(os.environ.get("ORT_THREADS", "1")))
+        except ModelContractError as exc:
+            raise ModelError(str(exc)) from exc
         self.manifest = manifest
 
     def predict(self, texts: list[str]) -> np.ndarray:
         """Probabilities, float32 [len(texts)]; texts must be non-empty (StringNormalizer rejects [])."""
-        (probabilities,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.array(texts, dtype=object)})
-        return probabilities
+        return probabilities(self._session, texts)
 
 
 def load(model_uri: str) -> Model:

@@ -150,3 +150,19 @@ def counted_from_records(db: firestore.Client, version: str) -> dict[str, int]:
 
 def staged_dir(trained: dict) -> Path:
     return Path(trained["staged_dir"])
+
+
+def load_function_module(function: str, module: str):
+    """A module of a function's folder, imported by path under a unique name (the folders are not packages)."""
+    import importlib.util
+    import sys
+
+    from localdev.services import FUNCTIONS_DIR
+
+    name = f"{function}__{module}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, FUNCTIONS_DIR / function / f"{module}.py")
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[name] = loaded  # dataclasses look their module up while the class is being built
+        spec.loader.exec_module(loaded)
+    return sys.modules[name]

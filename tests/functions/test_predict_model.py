@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,18 +10,11 @@ import torch
 
 from localdev.services import FUNCTIONS_DIR
 from sentiment_core.manifest import write_staged_folder
+from tests.functions.conftest import load_function_module
 from training import export, preprocess
 from training.model import FastTextClassifier
 
-
-def _load_module():
-    spec = importlib.util.spec_from_file_location("predict_model", FUNCTIONS_DIR / "predict" / "predict_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-predict_model = _load_module()
+predict_model = load_function_module("predict", "predict_model")
 
 
 @pytest.fixture(scope="module")

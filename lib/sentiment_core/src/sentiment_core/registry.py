@@ -42,6 +42,16 @@ class ModelVersion:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What the deploy gate reads of a training run."""
+
+    run_id: str
+    artifact_uri: str
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
 class RegistryClient:
     """Minimal client of the MLflow REST API (2.0 paths, served by MLflow 2 and 3)."""
 
@@ -89,6 +99,51 @@ class RegistryClient:
             return None
         newest = max(versions, key=lambda v: int(v["version"]))
         return ModelVersion.from_api(newest, chosen_by="stage")
+
+    def run(self, run_id: str) -> RunInfo:
+        """A run's artifact location, latest metric values and tags."""
+        query = urllib.parse.urlencode({"run_id": run_id})
+        data = self._call("GET", f"/api/2.0/mlflow/runs/get?{query}")
+        if data is None:
+            raise RegistryError(f"run {run_id} does not exist")
+        run = data["run"]
+        return RunInfo(
+            run_id=run_id,
+            artifact_uri=run["info"]["artifact_uri"],
+            metrics={m["key"]: float(m["value"]) for m in run.get("data", {}).get("metrics", [])},
+            tags={t["key"]: t["value"] for t in run.get("data", {}).get("tags", [])},
+        )
+
+    def model_artifact_uri(self, version: ModelVersion) -> str:
+        """Where a version's files live: MLflow 3 logged models (`models:/m-...`) or a plain artifact URI."""
+        if version.source.startswith("models:/m-"):
+            model_id = version.source.removeprefix("models:/")
+            data = self._call("GET", f"/api/2.0/mlflow/logged-models/{urllib.parse.quote(model_id)}")
+            if data is None:
+                raise RegistryError(f"logged model {model_id} does not exist")
+            return data["model"]["info"]["artifact_uri"]
+        return version.source
+
+    def download(self, artifact_uri: str, relative_path: str, max_bytes: int = 200 * 2**20) -> bytes:
+        """One artifact through the tracking server's proxy (`mlflow-artifacts:/...` URIs)."""
+        if not artifact_uri.startswith("mlflow-artifacts:/"):
+            raise RegistryError(f"cannot fetch {artifact_uri}: only proxied mlflow-artifacts:/ URIs are supported")
+        path = artifact_uri.removeprefix("mlflow-artifacts:").lstrip("/").rstrip("/") + "/" + relative_path
+        request = urllib.request.Request(
+            f"{self._base}/api/2.0/mlflow-artifacts/artifacts/{urllib.parse.quote(path)}", headers=self._headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                data = response.read(max_bytes + 1)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                raise FileNotFoundError(f"{artifact_uri}/{relative_path}") from exc
+            raise RegistryError(f"GET artifact {path}: HTTP {exc.code}") from exc
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise RegistryError(f"GET artifact {path}: {exc}") from exc
+        if len(data) > max_bytes:
+            raise RegistryError(f"{path} is larger than {max_bytes} bytes")
+        return data
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """One request; None for RESOURCE_DOES_NOT_EXIST, RegistryError for anything else unexpected."""

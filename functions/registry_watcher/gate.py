@@ -1,0 +1,115 @@
+"""The deploy gate (DESIGN.md): a candidate version is refused, with the reason, unless every check passes.
+
+Checks, in order: the ONNX file exists; its sha256 is the one the training run logged; onnxruntime loads it with
+the contract's signature; it reproduces the run's golden outputs (PyTorch's probabilities on fixed texts) within
+the tolerance; the run's validation accuracy is at least the configured minimum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import numpy as np
+
+from sentiment_core.contract import (
+    GOLDEN_OUTPUTS_ARTIFACT,
+    MODEL_FILENAME,
+    RUN_TAG_MODEL_SHA256,
+    VALIDATION_ACCURACY_METRIC,
+)
+from sentiment_core.manifest import sha256_bytes
+from sentiment_core.onnx_model import ModelContractError, open_session, probabilities
+from sentiment_core.registry import ModelVersion, RegistryClient
+
+GOLDEN_TOLERANCE = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """Everything the gate judges, fetched once from the registry and the run."""
+
+    version: ModelVersion
+    model_bytes: bytes | None
+    logged_sha256: str | None
+    golden: dict[str, Any] | None
+    val_accuracy: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """accepted, or refused with a stable reason code and a sentence for the history."""
+
+    accepted: bool
+    reason: str = ""
+    detail: str = ""
+
+    @classmethod
+    def refuse(cls, reason: str, detail: str) -> Verdict:
+        return cls(False, reason, detail)
+
+
+def fetch_candidate(registry: RegistryClient, version: ModelVersion) -> Candidate:
+    """Download the model file, the run's logged sha256, golden outputs and validation accuracy."""
+    run = registry.run(version.run_id)
+    try:
+        model_bytes = registry.download(registry.model_artifact_uri(version), MODEL_FILENAME)
+    except FileNotFoundError:
+        model_bytes = None
+    try:
+        golden = json.loads(registry.download(run.artifact_uri, GOLDEN_OUTPUTS_ARTIFACT))
+    except (FileNotFoundError, ValueError):
+        golden = None
+    return Candidate(
+        version=version,
+        model_bytes=model_bytes,
+        logged_sha256=run.tags.get(RUN_TAG_MODEL_SHA256),
+        golden=golden if isinstance(golden, dict) else None,
+        val_accuracy=run.metrics.get(VALIDATION_ACCURACY_METRIC),
+    )
+
+
+def judge(candidate: Candidate, min_val_accuracy: float, tolerance: float = GOLDEN_TOLERANCE) -> Verdict:
+    """Pure: the verdict on a fetched candidate."""
+    if not candidate.model_bytes:
+        return Verdict.refuse("model_missing", f"{MODEL_FILENAME} is missing or empty")
+    actual = sha256_bytes(candidate.model_bytes)
+    if candidate.logged_sha256 is None:
+        return Verdict.refuse("sha256_not_logged", f"the run has no {RUN_TAG_MODEL_SHA256} tag")
+    if actual != candidate.logged_sha256:
+        return Verdict.refuse("sha256_mismatch", f"file has {actual}, the run logged {candidate.logged_sha256}")
+    try:
+        session = open_session(candidate.model_bytes)
+    except ModelContractError as exc:
+        return Verdict.refuse("model_invalid", str(exc))
+    verdict = _check_golden(session, candidate.golden, tolerance)
+    if not verdict.accepted:
+        return verdict
+    if candidate.val_accuracy is None:
+        return Verdict.refuse("validation_accuracy_missing", f"the run has no {VALIDATION_ACCURACY_METRIC} metric")
+    if candidate.val_accuracy < min_val_accuracy:
+        return Verdict.refuse(
+            "validation_accuracy_below_minimum",
+            f"validation accuracy {candidate.val_accuracy:.4f} < minimum {min_val_accuracy:.4f}",
+        )
+    return Verdict(True)
+
+
+def _check_golden(session: Any, golden: dict[str, Any] | None, tolerance: float) -> Verdict:
+    texts = (golden or {}).get("texts")
+    expected = (golden or {}).get("probabilities")
+    if not isinstance(texts, list) or not isinstance(expected, list) or len(texts) != len(expected) or not texts:
+        return Verdict.refuse("golden_outputs_missing", f"{GOLDEN_OUTPUTS_ARTIFACT} is missing or malformed")
+    try:
+        got = probabilities(session, [str(t) for t in texts])
+    except Exception as exc:  # onnxruntime's runtime errors: the graph cannot run on ordinary texts
+        return Verdict.refuse("model_invalid", f"the model fails on the golden texts: {exc}")
+    difference = np.abs(got.astype(np.float64) - np.asarray(expected, dtype=np.float64))
+    worst = int(np.nanargmax(difference)) if np.isfinite(difference).any() else 0
+    if not np.all(np.isfinite(difference)) or difference[worst] > tolerance:
+        return Verdict.refuse(
+            "golden_outputs_not_reproduced",
+            f"max |onnx - golden| = {difference[worst]:.3g} > {tolerance:g} on text #{worst}",
+        )
+    return Verdict(True)

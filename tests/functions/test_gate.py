@@ -1,0 +1,105 @@
+"""The deploy gate on a real registered version (MLflow server), and every way a candidate is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from onnx import TensorProto, helper
+
+from sentiment_core.contract import MODEL_NAME, PRODUCTION_ALIAS
+from sentiment_core.manifest import sha256_bytes
+from sentiment_core.registry import RegistryClient, RegistryError
+from tests.functions.conftest import load_function_module
+
+gate = load_function_module("registry_watcher", "gate")
+
+
+@pytest.fixture(scope="module")
+def registry(trained) -> RegistryClient:
+    return RegistryClient(trained["tracking_uri"], timeout=10)
+
+
+@pytest.fixture(scope="module")
+def candidate(registry: RegistryClient):
+    version = registry.version_by_alias(MODEL_NAME, PRODUCTION_ALIAS)
+    return gate.fetch_candidate(registry, version)
+
+
+def with_model(candidate, model_bytes: bytes):
+    """The candidate with other bytes whose sha256 the run 'logged', so only the later checks can refuse it."""
+    return dataclasses.replace(candidate, model_bytes=model_bytes, logged_sha256=sha256_bytes(model_bytes))
+
+
+def test_fetch_candidate_reads_model_sha_golden_outputs_and_accuracy(candidate, trained) -> None:
+    assert candidate.version.run_id == trained["run_id"]
+    assert len(candidate.model_bytes) == trained["model_size_bytes"]
+    assert candidate.logged_sha256 == sha256_bytes(candidate.model_bytes)
+    assert len(candidate.golden["texts"]) >= 50
+    assert candidate.val_accuracy > 0.9
+
+
+def test_judge_accepts_the_trained_version(candidate) -> None:
+    assert gate.judge(candidate, min_val_accuracy=0.9) == gate.Verdict(True)
+
+
+def _wrong_shape_model() -> bytes:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda c: dataclasses.replace(c, model_bytes=None), "model_missing"),
+        (lambda c: dataclasses.replace(c, logged_sha256="0" * 64), "sha256_mismatch"),
+        (lambda c: dataclasses.replace(c, logged_sha256=None), "sha256_not_logged"),
+        (lambda c: with_model(c, c.model_bytes[: len(c.model_bytes) // 2]), "model_invalid"),
+        (lambda c: with_model(c, b"not an onnx file"), "model_invalid"),
+        (lambda c: with_model(c, _wrong_shape_model()), "model_invalid"),
+        (lambda c: dataclasses.replace(c, golden=None), "golden_outputs_missing"),
+        (
+            lambda c: dataclasses.replace(
+                c, golden={**c.golden, "probabilities": [p + 2e-4 for p in c.golden["probabilities"]]}
+            ),
+            "golden_outputs_not_reproduced",
+        ),
+        (lambda c: dataclasses.replace(c, val_accuracy=0.5), "validation_accuracy_below_minimum"),
+        (lambda c: dataclasses.replace(c, val_accuracy=None), "validation_accuracy_missing"),
+    ],
+    ids=[
+        "missing",
+        "sha-mismatch",
+        "sha-not-logged",
+        "truncated",
+        "not-onnx",
+        "wrong-shape",
+        "no-golden",
+        "golden-moved",
+        "low-accuracy",
+        "no-accuracy",
+    ],
+)
+def test_judge_refuses_with_the_reason(candidate, change, reason: str) -> None:
+    verdict = gate.judge(change(candidate), min_val_accuracy=0.9)
+
+    assert (verdict.accepted, verdict.reason) == (False, reason)
+    assert verdict.detail
+
+
+def test_registry_download_missing_artifact_is_file_not_found(registry, candidate) -> None:
+    run = registry.run(candidate.version.run_id)
+
+    with pytest.raises(FileNotFoundError):
+        registry.download(run.artifact_uri, "no/such/file.json")
+    with pytest.raises(RegistryError, match="mlflow-artifacts"):
+        registry.download("gs://bucket/path", "model.onnx")
+    with pytest.raises(RegistryError, match="does not exist"):
+        registry.run("0" * 32)
