@@ -166,3 +166,18 @@ def load_function_module(function: str, module: str):
         sys.modules[name] = loaded  # dataclasses look their module up while the class is being built
         spec.loader.exec_module(loaded)
     return sys.modules[name]
+
+
+def wrong_shape_onnx() -> bytes:
+    """A valid ONNX model that is not the contract's: float in, float out."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return model.SerializeToString()

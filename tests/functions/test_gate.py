@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from onnx import TensorProto, helper
 
 from sentiment_core.contract import MODEL_NAME, PRODUCTION_ALIAS
 from sentiment_core.manifest import sha256_bytes
 from sentiment_core.registry import RegistryClient, RegistryError
-from tests.functions.conftest import load_function_module
+from tests.functions.conftest import load_function_module, wrong_shape_onnx
 
 gate = load_function_module("registry_watcher", "gate")
 
@@ -43,18 +42,6 @@ def test_judge_accepts_the_trained_version(candidate) -> None:
     assert gate.judge(candidate, min_val_accuracy=0.9) == gate.Verdict(True)
 
 
-def _wrong_shape_model() -> bytes:
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    model.ir_version = 10
-    return model.SerializeToString()
-
-
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
@@ -63,7 +50,7 @@ def _wrong_shape_model() -> bytes:
         (lambda c: dataclasses.replace(c, logged_sha256=None), "sha256_not_logged"),
         (lambda c: with_model(c, c.model_bytes[: len(c.model_bytes) // 2]), "model_invalid"),
         (lambda c: with_model(c, b"not an onnx file"), "model_invalid"),
-        (lambda c: with_model(c, _wrong_shape_model()), "model_invalid"),
+        (lambda c: with_model(c, wrong_shape_onnx()), "model_invalid"),
         (lambda c: dataclasses.replace(c, golden=None), "golden_outputs_missing"),
         (
             lambda c: dataclasses.replace(

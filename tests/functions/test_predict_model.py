@@ -10,7 +10,7 @@ import torch
 
 from localdev.services import FUNCTIONS_DIR
 from sentiment_core.manifest import write_staged_folder
-from tests.functions.conftest import load_function_module
+from tests.functions.conftest import load_function_module, wrong_shape_onnx
 from training import export, preprocess
 from training.model import FastTextClassifier
 
@@ -77,19 +77,8 @@ def test_load_refuses_a_tampered_or_missing_folder(tmp_path: Path, model_bytes: 
 
 
 def test_load_refuses_a_model_without_the_contract_signature(tmp_path: Path) -> None:
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
-    )
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    onnx_model.ir_version = 10
-
     with pytest.raises(predict_model.ModelError, match="signature"):
-        predict_model.load(str(stage(tmp_path / "bad", onnx_model.SerializeToString())))
+        predict_model.load(str(stage(tmp_path / "bad", wrong_shape_onnx())))
 
 
 def test_predict_answers_503_with_retry_after_when_the_model_cannot_be_loaded(monkeypatch, tmp_path: Path) -> None:
