@@ -48,5 +48,15 @@ def staged_model(path: Path | None) -> tuple[Path, Path]:
     return folder, checkpoint
 
 
+def predict_env(firestore_host: str, model_dir: Path) -> dict[str, str]:
+    """The settings predict needs, pointed at a local Firestore emulator."""
+    return {
+        "FIRESTORE_EMULATOR_HOST": firestore_host,
+        "GOOGLE_CLOUD_PROJECT": "demo-bench",
+        "FEEDBACK_TOKEN_SECRET": "bench-secret-0123456789",
+        "MODEL_URI": str(model_dir),
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))

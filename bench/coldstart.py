@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import urllib.request
 from importlib import metadata
 from pathlib import Path
 
-from _common import REPO_ROOT, staged_model
+from _common import REPO_ROOT, predict_env, staged_model
 
 from localdev import services
 from localdev.bundle import requirements_of, resolve
@@ -135,22 +136,15 @@ def main() -> int:
     )
     (workdir / "bare" / "main.py").write_text(BARE_MAIN)
 
-    firestore = services.start_firestore_emulator(workdir)
-    env = {
-        **{k: v for k, v in __import__("os").environ.items() if not k.startswith("FIRESTORE")},
-        "FIRESTORE_EMULATOR_HOST": firestore.url,
-        "GOOGLE_CLOUD_PROJECT": "demo-bench",
-        "FEEDBACK_TOKEN_SECRET": "bench-secret-0123456789",
-        "MODEL_URI": str(model),
-        "PYTHONPATH": str(REPO_ROOT),
-    }
     variants = {
         "(a) predict, onnxruntime": PREDICT_DIR / "main.py",
         "(b) same handler, PyTorch": workdir / "torch" / "main.py",
         "(c) bare functions-framework": workdir / "bare" / "main.py",
     }
     medians = {}
-    try:
+    with services.start_firestore_emulator(workdir) as firestore:
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("FIRESTORE")}
+        env = {**inherited, **predict_env(firestore.url, model), "PYTHONPATH": str(REPO_ROOT)}
         for name, source in variants.items():
             first_201(source, env, workdir)  # warm the OS file cache: every variant then starts equally warm
             times = [first_201(source, env, workdir) for _ in range(args.runs)]
@@ -160,8 +154,6 @@ def main() -> int:
                 + ", ".join(f"{t * 1000:.0f}" for t in times),
                 flush=True,
             )
-    finally:
-        firestore.stop()
     a, b, c = medians.values()
     print(f"\n(a)/(b) = {a / b:.2f} (target <= 0.35)   (a) - (c) = {(a - c) * 1000:.0f} ms (target <= 300 ms)")
 

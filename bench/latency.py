@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from _common import REVIEWS, percentile, staged_model
+from _common import REVIEWS, percentile, predict_env, staged_model
 
 from localdev import services
 
@@ -79,40 +79,32 @@ def in_process(model_path: Path, checkpoint: Path) -> None:
 
 
 def over_http(model_dir: Path, workdir: Path, requests: int) -> None:
-    firestore = services.start_firestore_emulator(workdir)
-    env = {
-        "FIRESTORE_EMULATOR_HOST": firestore.url,
-        "GOOGLE_CLOUD_PROJECT": "demo-bench",
-        "FEEDBACK_TOKEN_SECRET": "bench-secret-0123456789",
-        "MODEL_URI": str(model_dir),
-    }
-    predict = services.start_function("predict", workdir, {**os.environ, **env})
     latencies: list[float] = []
     lock = threading.Lock()
     counter = iter(range(requests))
 
-    def client() -> None:
+    def client(url: str) -> None:
         for i in counter:
             body = json.dumps({"text": REVIEWS[i % len(REVIEWS)]}).encode()
-            request = urllib.request.Request(predict.url + "/", data=body, headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(url + "/", data=body, headers={"Content-Type": "application/json"})
             started = time.perf_counter()
             with urllib.request.urlopen(request, timeout=30) as response:
                 assert response.status == 201
             with lock:
                 latencies.append(time.perf_counter() - started)
 
-    try:
+    with (
+        services.start_firestore_emulator(workdir) as firestore,
+        services.start_function("predict", workdir, {**os.environ, **predict_env(firestore.url, model_dir)}) as predict,
+    ):
         urllib.request.urlopen(predict.url + "/healthz").close()
         started = time.perf_counter()
-        threads = [threading.Thread(target=client) for _ in range(8)]
+        threads = [threading.Thread(target=client, args=(predict.url,)) for _ in range(8)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         elapsed = time.perf_counter() - started
-    finally:
-        predict.stop()
-        firestore.stop()
     print(f"over HTTP ({requests} requests, 8 clients, each prediction stored in the Firestore emulator):")
     print(
         f"  p50 {percentile(latencies, 50) * 1000:.1f} ms   p99 {percentile(latencies, 99) * 1000:.1f} ms   "

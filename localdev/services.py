@@ -33,6 +33,12 @@ class Service:
     # Kept so the Popen object lives as long as the server; None for a server another process started.
     process: subprocess.Popen | None = dataclasses.field(default=None, compare=False, repr=False)
 
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         """Stop the server's whole process group and reap it."""
         stop(self.pid)

@@ -36,20 +36,14 @@ def default_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Service]:
     """A real MLflow tracking server (SQLite backend, proxied local artifacts) for the whole session."""
-    service = services.start_mlflow(tmp_path_factory.mktemp("mlflow"))
-    try:
+    with services.start_mlflow(tmp_path_factory.mktemp("mlflow")) as service:
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="session")
 def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Service]:
-    service = services.start_gcs_emulator(tmp_path_factory.mktemp("gcs"))
-    try:
+    with services.start_gcs_emulator(tmp_path_factory.mktemp("gcs")) as service:
         yield service
-    finally:
-        service.stop()
 
 
 def run_training(

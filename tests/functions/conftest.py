@@ -24,11 +24,8 @@ STORE_TIMEOUT_S = 2.0
 
 @pytest.fixture(scope="session")
 def firestore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Service]:
-    service = services.start_firestore_emulator(tmp_path_factory.mktemp("firestore"))
-    try:
+    with services.start_firestore_emulator(tmp_path_factory.mktemp("firestore")) as service:
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="session")
@@ -45,22 +42,16 @@ def function_env(firestore_emulator: services.Service, trained: dict) -> dict[st
 
 @pytest.fixture(scope="session")
 def predict_url(function_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    service = services.start_function("predict", tmp_path_factory.mktemp("predict"), function_env)
-    try:
+    with services.start_function("predict", tmp_path_factory.mktemp("predict"), function_env) as service:
         yield service.url
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="session")
 def feedback_url(function_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    service = services.start_function(
+    with services.start_function(
         "feedback", tmp_path_factory.mktemp("feedback"), function_env, ready_path="/statistics"
-    )
-    try:
+    ) as service:
         yield service.url
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="session")
