@@ -63,8 +63,12 @@ def start(
     env: Mapping[str, str] | None = None,
     timeout_s: float = 60.0,
     ready_url: str | None = None,
+    ready_any_status: bool = False,
 ) -> Service:
-    """Launch argv in a new session (so its children share its group) and poll url+ready_path until 200."""
+    """Launch argv in a new session (so its children share its group) and poll url+ready_path until 200.
+
+    ready_any_status: any HTTP answer means ready (a CloudEvent function answers GET with an error).
+    """
     ready_url = ready_url or url + ready_path
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
@@ -82,7 +86,7 @@ def start(
         if process.poll() is not None:
             stop(process.pid)  # children it may have left behind
             raise ServiceError(f"{name} exited with {process.returncode}:\n{tail(log_path)}")
-        if _answers(ready_url):
+        if _answers(ready_url, ready_any_status):
             return service
         time.sleep(0.2)
     service.stop()
@@ -120,10 +124,12 @@ def alive(pgid: int) -> bool:
     return True
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, any_status: bool = False) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1.0) as response:
             return response.status == 200
+    except urllib.error.HTTPError:
+        return any_status
     except (urllib.error.URLError, OSError):
         return False
 
@@ -211,6 +217,21 @@ def start_firestore_emulator(workdir: Path, port: int | None = None) -> Service:
     )
 
 
+def start_pubsub_emulator(workdir: Path, project: str, port: int | None = None) -> Service:
+    """The official Pub/Sub emulator (Java), in its own process group like Firestore's."""
+    port = port or free_port()
+    argv = ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}", f"--project={project}"]
+    return start(
+        "pubsub",
+        argv,
+        url=f"127.0.0.1:{port}",
+        ready_path="",
+        log_path=workdir / "pubsub.log",
+        timeout_s=60,
+        ready_url=f"http://127.0.0.1:{port}/",
+    )
+
+
 FUNCTIONS_DIR = Path(__file__).resolve().parents[1] / "functions"
 
 
@@ -222,6 +243,8 @@ def start_function(
     port: int | None = None,
     ready_path: str = "/healthz",
     source_dir: Path | None = None,
+    target: str | None = None,
+    ready_any_status: bool = False,
 ) -> Service:
     """A function under functions-framework (gunicorn, as in the cloud) on loopback."""
     port = port or free_port()
@@ -231,7 +254,7 @@ def start_function(
         "--source",
         str(source),
         "--target",
-        name,
+        target or name,
         "--host",
         "127.0.0.1",
         "--port",
@@ -242,7 +265,8 @@ def start_function(
         argv,
         url=f"http://127.0.0.1:{port}",
         ready_path=ready_path,
-        log_path=workdir / f"{name}-{port}.log",
+        log_path=workdir / f"{target or name}-{port}.log",
         env=env,
         timeout_s=60,
+        ready_any_status=ready_any_status,
     )

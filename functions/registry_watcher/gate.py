@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from sentiment_core.contract import (
+    DEFAULT_THRESHOLD,
     GOLDEN_OUTPUTS_ARTIFACT,
+    META_THRESHOLD,
     MODEL_FILENAME,
     RUN_TAG_MODEL_SHA256,
     VALIDATION_ACCURACY_METRIC,
@@ -44,6 +46,7 @@ class Verdict:
     accepted: bool
     reason: str = ""
     detail: str = ""
+    threshold: float = DEFAULT_THRESHOLD  # the model's decision threshold, for the staged manifest
 
     @classmethod
     def refuse(cls, reason: str, detail: str) -> Verdict:
@@ -93,7 +96,21 @@ def judge(candidate: Candidate, min_val_accuracy: float, tolerance: float = GOLD
             "validation_accuracy_below_minimum",
             f"validation accuracy {candidate.val_accuracy:.4f} < minimum {min_val_accuracy:.4f}",
         )
-    return Verdict(True)
+    threshold = _threshold(session)
+    if threshold is None:
+        return Verdict.refuse("model_invalid", f"metadata {META_THRESHOLD} must be a number between 0 and 1")
+    return Verdict(True, threshold=threshold)
+
+
+def _threshold(session: Any) -> float | None:
+    raw = session.get_modelmeta().custom_metadata_map.get(META_THRESHOLD)
+    if raw is None:
+        return DEFAULT_THRESHOLD
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if 0.0 < value < 1.0 else None
 
 
 def _check_golden(session: Any, golden: dict[str, Any] | None, tolerance: float) -> Verdict:

@@ -29,6 +29,12 @@ def firestore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ser
 
 
 @pytest.fixture(scope="session")
+def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Service]:
+    with services.start_pubsub_emulator(tmp_path_factory.mktemp("pubsub"), PROJECT) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
 def function_env(firestore_emulator: services.Service, trained: dict) -> dict[str, str]:
     return {
         "FIRESTORE_EMULATOR_HOST": firestore_emulator.url,
@@ -157,6 +163,20 @@ def load_function_module(function: str, module: str):
         sys.modules[name] = loaded  # dataclasses look their module up while the class is being built
         spec.loader.exec_module(loaded)
     return sys.modules[name]
+
+
+def watcher_module(name: str):
+    """A module of registry_watcher, imported the way functions-framework does: its folder first on sys.path,
+    so the modules import each other by their plain names and tests share one copy of each."""
+    import importlib
+    import sys
+
+    from localdev.services import FUNCTIONS_DIR
+
+    folder = str(FUNCTIONS_DIR / "registry_watcher")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 def wrong_shape_onnx() -> bytes:

@@ -9,9 +9,9 @@ import pytest
 from sentiment_core.contract import MODEL_NAME, PRODUCTION_ALIAS
 from sentiment_core.manifest import sha256_bytes
 from sentiment_core.registry import RegistryClient, RegistryError
-from tests.functions.conftest import load_function_module, wrong_shape_onnx
+from tests.functions.conftest import watcher_module, wrong_shape_onnx
 
-gate = load_function_module("registry_watcher", "gate")
+gate = watcher_module("gate")
 
 
 @pytest.fixture(scope="module")

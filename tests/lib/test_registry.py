@@ -100,3 +100,73 @@ def test_shared_package_imports_without_torch_or_mlflow() -> None:
     )
 
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class _Scripted:
+    """A loopback HTTP server answering GETs from a script of (status, body, delay) and counting requests."""
+
+    def __init__(self, script: list[tuple[int, bytes, float]]) -> None:
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests = 0
+        scripted = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                status, body, delay = script[min(scripted.requests, len(script) - 1)]
+                scripted.requests += 1
+                time.sleep(delay)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+ALIAS_ANSWER = b'{"model_version": {"name": "m", "version": "4", "run_id": "r", "source": "s"}}'
+
+
+def test_registry_server_error_is_retried_once_then_answers() -> None:
+    server = _Scripted([(503, b'{"error_code": "TEMPORARILY_UNAVAILABLE"}', 0), (200, ALIAS_ANSWER, 0)])
+    try:
+        version = RegistryClient(server.url, timeout=2, backoff_s=0.01).version_by_alias("m", "production")
+    finally:
+        server.close()
+
+    assert (version.version, server.requests) == ("4", 2)
+
+
+def test_registry_retries_are_bounded() -> None:
+    server = _Scripted([(500, b"{}", 0)])
+    try:
+        with pytest.raises(RegistryError, match="HTTP 500"):
+            RegistryClient(server.url, timeout=2, retries=2, backoff_s=0.01).version_by_alias("m", "production")
+    finally:
+        server.close()
+
+    assert server.requests == 3
+
+
+def test_registry_timeout_is_not_retried() -> None:
+    """A hung server has already spent the budget: one attempt, then RegistryError."""
+    server = _Scripted([(200, ALIAS_ANSWER, 1.0)])
+    try:
+        with pytest.raises(RegistryError, match="no answer within 0.3 s"):
+            RegistryClient(server.url, timeout=0.3, backoff_s=0.01).version_by_alias("m", "production")
+    finally:
+        server.close()
+
+    assert server.requests == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -63,11 +64,15 @@ class RegistryClient:
         password: str | None = None,
         token: str | None = None,
         timeout: float = 10.0,
+        retries: int = 1,
+        backoff_s: float = 0.3,
     ) -> None:
         if not tracking_uri.startswith(("http://", "https://")):
             raise ValueError(f"tracking URI must be http(s), got {tracking_uri!r}")
         self._base = tracking_uri.rstrip("/")
         self._timeout = timeout
+        self._retries = retries
+        self._backoff = backoff_s
         self._headers = {"Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -146,6 +151,21 @@ class RegistryClient:
         return data
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """A request with bounded retries: a refused connection or a 5xx is tried again, a timeout is not.
+
+        MLflow's own client retries for about four minutes when the server is down; a function cannot wait
+        that long, and a timeout has already spent the budget that a retry would need.
+        """
+        for attempt in range(self._retries + 1):
+            try:
+                return self._call_once(method, path, body)
+            except _Retryable as exc:
+                if attempt == self._retries:
+                    raise RegistryError(str(exc)) from exc.__cause__
+                time.sleep(self._backoff * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _call_once(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
         """One request; None for RESOURCE_DOES_NOT_EXIST, RegistryError for anything else unexpected."""
         headers = dict(self._headers)
         data = None
@@ -164,9 +184,21 @@ class RegistryClient:
             # MLflow answers a missing alias with 400 INVALID_PARAMETER_VALUE, not 404.
             if payload.get("error_code") == "INVALID_PARAMETER_VALUE" and "alias" in message and "not found" in message:
                 return None
+            if exc.code >= 500:
+                raise _Retryable(f"{method} {path}: HTTP {exc.code}: {message}") from exc
             raise RegistryError(f"{method} {path}: HTTP {exc.code}: {message}") from exc
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise RegistryError(f"{method} {path}: {exc}") from exc
+        except TimeoutError as exc:
+            raise RegistryError(f"{method} {path}: no answer within {self._timeout:g} s") from exc
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError):
+                raise RegistryError(f"{method} {path}: no answer within {self._timeout:g} s") from exc
+            raise _Retryable(f"{method} {path}: {exc.reason}") from exc
+        except OSError as exc:
+            raise _Retryable(f"{method} {path}: {exc}") from exc
+
+
+class _Retryable(Exception):
+    """A failure worth one more try (connection refused or reset, a 5xx)."""
 
 
 def _error_payload(exc: urllib.error.HTTPError) -> dict[str, Any]:

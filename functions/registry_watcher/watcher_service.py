@@ -1,0 +1,184 @@
+"""registry_watcher's settings and request handling; main.py wires these to functions-framework."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import flask
+import webhook
+from reconcile import PublishError, Reconciler
+from state import StateUnavailable, utc_now
+
+from sentiment_core import config, http
+from sentiment_core.contract import MODEL_NAME, PRODUCTION_ALIAS
+from sentiment_core.registry import RegistryClient, RegistryError
+
+logger = logging.getLogger("sentiment.watcher")
+
+DELIVERIES = "webhook_deliveries"
+DEPLOYERS = ("cloud_run", "local")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every variable Terraform (or the local stack) sets on the watcher; all parsed at start-up."""
+
+    project: str
+    database: str
+    model_name: str
+    tracking_uri: str
+    tracking_username: str | None
+    tracking_password: str | None
+    tracking_token: str | None
+    mlflow_timeout_s: float
+    webhook_secret: bytes
+    serving_bucket: str
+    topic: str
+    min_val_accuracy: float
+    deployer: str
+    predict_service: str | None
+    cloud_run_endpoint: str | None
+    local_router_url: str | None
+    local_predict_url: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        project = config.required("GOOGLE_CLOUD_PROJECT", env)
+        deployer = config.optional("DEPLOYER", "cloud_run", env)
+        if deployer not in DEPLOYERS:
+            raise config.ConfigError(f"DEPLOYER must be one of {', '.join(DEPLOYERS)}, got {deployer!r}")
+        topic = config.optional("PUBSUB_TOPIC", "model-production-changed", env)
+        return cls(
+            project=project,
+            database=config.optional("FIRESTORE_DATABASE", "(default)", env),
+            model_name=config.optional("MODEL_NAME", MODEL_NAME, env),
+            tracking_uri=config.required("MLFLOW_TRACKING_URI", env),
+            tracking_username=config.optional("MLFLOW_TRACKING_USERNAME", "", env) or None,
+            tracking_password=config.optional("MLFLOW_TRACKING_PASSWORD", "", env) or None,
+            tracking_token=config.optional("MLFLOW_TRACKING_TOKEN", "", env) or None,
+            mlflow_timeout_s=config.number("MLFLOW_TIMEOUT_S", 2.0, 0.1, 60.0, env),
+            webhook_secret=config.secret("MLFLOW_WEBHOOK_SECRET", env),
+            serving_bucket=config.required("SERVING_BUCKET", env),
+            topic=topic if topic.startswith("projects/") else f"projects/{project}/topics/{topic}",
+            min_val_accuracy=config.number("MIN_VALIDATION_ACCURACY", 0.8, 0.0, 1.0, env),
+            deployer=deployer,
+            predict_service=config.required("PREDICT_SERVICE", env) if deployer == "cloud_run" else None,
+            cloud_run_endpoint=config.optional("CLOUD_RUN_ENDPOINT", "", env) or None,
+            local_router_url=config.required("LOCAL_ROUTER_URL", env) if deployer == "local" else None,
+            local_predict_url=config.required("LOCAL_PREDICT_URL", env) if deployer == "local" else None,
+        )
+
+    def registry(self) -> RegistryClient:
+        return RegistryClient(
+            self.tracking_uri,
+            username=self.tracking_username,
+            password=self.tracking_password,
+            token=self.tracking_token,
+            timeout=self.mlflow_timeout_s,
+        )
+
+
+def _unavailable(code: str, exc: Exception) -> http.ApiError:
+    logger.error("%s: %s", code, exc)
+    return http.ApiError(503, code, str(exc), {"Retry-After": "60"})
+
+
+def run_tick(reconciler: Reconciler, trigger: str, retry_refused: str | None = None) -> dict[str, Any]:
+    """One reconcile, its failures mapped to 503s with a stable code (nothing was published)."""
+    try:
+        result = reconciler.tick(trigger, retry_refused)
+    except RegistryError as exc:
+        raise _unavailable("registry_unavailable", exc) from exc
+    except StateUnavailable as exc:
+        raise _unavailable("state_unavailable", exc) from exc
+    except PublishError as exc:
+        raise _unavailable("publish_failed", exc) from exc
+    logger.info("tick (%s): %s", trigger, result.action, extra={"trigger": trigger, **result.to_api()})
+    return result.to_api()
+
+
+def handle_tick(request: flask.Request, reconciler: Callable[[], Reconciler]) -> flask.Response:
+    """POST /: Cloud Scheduler, `gcloud functions call` or a person. Optional body {"retry_refused": "<version>"}."""
+    retry = None
+    if request.content_length or request.headers.get("Transfer-Encoding"):
+        body = http.read_json_object(request) if request.mimetype == "application/json" else {}
+        http.check_fields(body, {}, {"retry_refused": str})
+        retry = body.get("retry_refused")
+    return http.json_response(run_tick(reconciler(), "tick", retry))
+
+
+def handle_webhook(
+    request: flask.Request, reconciler: Callable[[], Reconciler], secret: bytes, db: Callable[[], Any], model: str
+) -> flask.Response:
+    """POST /webhook: a signed MLflow delivery; 401 for anything unsigned, stale or replayed."""
+    body = request.stream.read(http.MAX_BODY_BYTES + 1)
+    if len(body) > http.MAX_BODY_BYTES:
+        raise http.ApiError(413, "body_too_large", f"the body must be at most {http.MAX_BODY_BYTES} bytes")
+    try:
+        delivery = webhook.verify(request.headers, body, secret)
+    except webhook.WebhookRejected as exc:
+        logger.warning("webhook rejected: %s", exc)
+        raise http.ApiError(401, "invalid_signature", str(exc)) from exc
+    record = db().collection(DELIVERIES).document(delivery.delivery_id)
+    _claim_delivery(record, delivery)
+    try:
+        answer = _act_on(delivery, reconciler, model)
+    except BaseException:
+        record.delete()  # MLflow retries a failed delivery with the same id: let that retry in
+        raise
+    return http.json_response({"delivery_id": delivery.delivery_id, **answer})
+
+
+def _claim_delivery(record: Any, delivery: webhook.Delivery) -> None:
+    from google.api_core import exceptions as gexc
+
+    try:
+        # expires_at: a Firestore TTL policy on this field (Terraform) deletes old delivery ids.
+        record.create({"event": delivery.event, "at": utc_now(), "expires_at": utc_now() + timedelta(days=1)})
+    except gexc.AlreadyExists as exc:
+        logger.warning("webhook replay rejected: delivery %s was already processed", delivery.delivery_id)
+        raise http.ApiError(401, "replayed_delivery", "this delivery was already processed") from exc
+    except gexc.GoogleAPICallError as exc:
+        raise _unavailable("state_unavailable", exc) from exc
+
+
+def _act_on(delivery: webhook.Delivery, reconciler: Callable[[], Reconciler], model: str) -> dict[str, Any]:
+    data = delivery.data
+    relevant = delivery.entity == "model_version_alias" and delivery.action in ("created", "deleted")
+    if not relevant or data.get("name") != model or data.get("alias") != PRODUCTION_ALIAS:
+        return {"action": "ignored", "detail": f"{delivery.event} on {data.get('name')!r} is not a production move"}
+    retry = str(data.get("version")) if delivery.action == "created" and data.get("version") is not None else None
+    return run_tick(reconciler(), f"webhook:{delivery.event}", retry)
+
+
+def handle_status(state: Any) -> flask.Response:
+    """GET /status: desired, announced and serving versions, a refusal if any, and the recent history."""
+    try:
+        current = state.read().state
+        history = state.history(limit=20)
+    except StateUnavailable as exc:
+        raise _unavailable("state_unavailable", exc) from exc
+    return http.json_response(
+        {
+            "desired": current.desired,
+            "target": current.target,
+            "serving": current.serving,
+            "refused": current.refused,
+            "pending_event": current.outbox,
+            "history": history,
+        }
+    )
+
+
+def log_unprocessable(event: Any, exc: Exception) -> None:
+    """The line an operator finds when a message lands in the dead-letter topic."""
+    logger.error(
+        "event %s cannot be processed (%s); Pub/Sub retries it and then moves it to the dead-letter topic",
+        event.get("id") if hasattr(event, "get") else None,
+        exc,
+        extra={"event_id": event.get("id") if hasattr(event, "get") else None},
+    )

@@ -1,0 +1,367 @@
+"""The promotion path in process: reconcile ticks and the redeploy consumer against a real MLflow server, the
+Firestore, Pub/Sub and GCS emulators, and a local stand-in of the Cloud Run Admin API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore, storage
+
+from sentiment_core.registry import RegistryClient, RegistryError
+from tests.functions.conftest import PROJECT, watcher_module, wrong_shape_onnx
+from tests.functions.fake_cloud_run import LATEST, FakeCloudRun
+from tests.functions.watcher_support import Topics, Versions
+
+deployers = watcher_module("deployers")
+events = watcher_module("events")
+reconcile = watcher_module("reconcile")
+redeploy = watcher_module("redeploy")
+staging = watcher_module("staging")
+state_module = watcher_module("state")
+
+MIN_ACCURACY = 0.9
+SERVICE = f"projects/{PROJECT}/locations/europe-west1/services/predict"
+
+
+@pytest.fixture(scope="module")
+def emulators(firestore_emulator, pubsub_emulator, gcs_emulator) -> Iterator[None]:
+    """The clients made in this module talk to the emulators."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator.url)
+        patch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.url)
+        patch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
+        patch.setenv("GOOGLE_CLOUD_PROJECT", PROJECT)
+        yield
+
+
+@pytest.fixture(scope="module")
+def versions(trained, emulators) -> Versions:
+    return Versions(trained["tracking_uri"])
+
+
+@pytest.fixture(scope="module")
+def topics(emulators) -> Topics:
+    return Topics(PROJECT)
+
+
+@pytest.fixture(scope="module")
+def bucket(emulators) -> str:
+    client = storage.Client(project=PROJECT, credentials=AnonymousCredentials())
+    return client.create_bucket(f"serving-{os.getpid()}").name
+
+
+@pytest.fixture(scope="module")
+def watcher_db(emulators) -> firestore.Client:
+    return firestore.Client(project=PROJECT, credentials=AnonymousCredentials())
+
+
+class Loop:
+    """One model's promotion loop: registry, state, staging, topic, consumer and a fake Cloud Run service."""
+
+    def __init__(self, versions: Versions, topics: Topics, db: firestore.Client, bucket: str, cloud_run) -> None:
+        self.versions = versions
+        self.topics = topics
+        self.name = versions.new_model()
+        self.topic = topics.topic()
+        self.state = state_module.StateStore(db, self.name)
+        self.bucket = bucket
+        self.cloud_run = cloud_run
+        self.redeployer = redeploy.Redeployer(
+            self.state,
+            deployers.CloudRunDeployer(SERVICE, client=_run_client(cloud_run.url), healthz_timeout_s=3),
+            self.name,
+        )
+
+    def reconciler(self, registry: RegistryClient | None = None, publisher=None):
+        return reconcile.Reconciler(
+            registry=registry or RegistryClient(self.versions.tracking_uri, timeout=2),
+            state=self.state,
+            stager=staging.GcsStager(self.bucket),
+            publisher=publisher or events.PubSubPublisher(self.topic),
+            model_name=self.name,
+            min_val_accuracy=MIN_ACCURACY,
+        )
+
+    def tick(self, **kwargs):
+        return self.reconciler().tick("test", **kwargs)
+
+    def deliver(self, event: dict) -> str:
+        """What the push subscription does with one message: hand its event to the consumer."""
+        data = {k: v for k, v in event.items() if not k.startswith("_")}
+        return self.redeployer.handle(events.ProductionChanged.from_dict(data))
+
+    def history(self, kind: str | None = None) -> list[dict]:
+        entries = self.state.history(limit=200)
+        return [e for e in entries if kind is None or e["kind"] == kind]
+
+
+def _run_client(endpoint: str):
+    from google.cloud import run_v2
+
+    return run_v2.ServicesClient(
+        credentials=AnonymousCredentials(), transport="rest", client_options={"api_endpoint": endpoint}
+    )
+
+
+@pytest.fixture
+def loop(versions, topics, watcher_db, bucket) -> Iterator[Loop]:
+    with FakeCloudRun(SERVICE, "gs://nowhere/initial") as cloud_run:
+        yield Loop(versions, topics, watcher_db, bucket, cloud_run)
+
+
+def serve(loop: Loop, version: str) -> dict:
+    """Promote `version`, tick, deliver the one event: the version serves."""
+    loop.versions.promote(loop.name, version)
+    assert loop.tick().action == "published"
+    (event,) = loop.topics.events(loop.topic)
+    assert loop.deliver(event) in ("deployed", "rolled_back")
+    return event
+
+
+def test_promote_publishes_one_event_and_redeploys_once(loop: Loop) -> None:
+    version = loop.versions.add(loop.name)
+    loop.versions.promote(loop.name, version)
+
+    result = loop.tick()
+    published = loop.topics.events(loop.topic)
+
+    assert (result.action, result.desired_version, result.target_version) == ("published", version, version)
+    (event,) = published
+    assert event["_attributes"] == {"model_name": loop.name, "model_version": version}
+    assert set(event) - {"_attributes"} == {
+        "event_id",
+        "model_name",
+        "model_version",
+        "mlflow_run_id",
+        "model_uri",
+        "sha256",
+        "previous_version",
+    }
+    assert event["model_uri"] == f"gs://{loop.bucket}/{loop.name}/v{version}"
+    assert event["previous_version"] is None
+    assert event["event_id"] == result.event_id
+
+    assert loop.deliver(event) == "deployed"
+    assert loop.deliver(event) == "already_serving"  # a redelivery of the same message
+    assert loop.deliver(dict(event)) == "already_serving"  # a duplicate published again
+
+    assert len(loop.cloud_run.patches) == 1
+    patch = loop.cloud_run.patches[0]
+    assert {"name": "MODEL_URI", "value": event["model_uri"]} in patch["template"]["containers"][0]["env"]
+    assert patch["traffic"] == [{"type": LATEST, "percent": 100}]  # the manual split is replaced
+    assert patch["template"]["labels"]["model-version"] == version
+    assert loop.state.read().state.serving["version"] == version
+    assert [e["kind"] for e in reversed(loop.history())] == ["staged", "published", "deployed"]
+
+    assert loop.tick().action == "up_to_date"
+    assert loop.topics.events(loop.topic) == []
+
+
+def test_staged_folder_holds_the_model_and_its_manifest(loop: Loop, versions: Versions) -> None:
+    from sentiment_core.manifest import Manifest, sha256_bytes
+
+    version = loop.versions.add(loop.name)
+    event = serve(loop, version)
+
+    bucket = storage.Client(project=PROJECT, credentials=AnonymousCredentials()).bucket(loop.bucket)
+    prefix = event["model_uri"].removeprefix(f"gs://{loop.bucket}/")
+    manifest = Manifest.from_json(bucket.blob(f"{prefix}/manifest.json").download_as_bytes())
+    model = bucket.blob(f"{prefix}/model.onnx").download_as_bytes()
+
+    assert (manifest.model_name, manifest.model_version) == (loop.name, version)
+    assert manifest.mlflow_run_id == versions.run_id
+    assert manifest.sha256 == sha256_bytes(model) == sha256_bytes(versions.model_bytes) == event["sha256"]
+
+
+def test_ten_concurrent_ticks_on_one_change_publish_one_event(loop: Loop) -> None:
+    version = loop.versions.add(loop.name)
+    loop.versions.promote(loop.name, version)
+    reconcilers = [loop.reconciler() for _ in range(10)]
+    results: list = []
+    start = threading.Barrier(10)
+
+    def tick(reconciler) -> None:
+        start.wait()
+        results.append(reconciler.tick("concurrent"))
+
+    threads = [threading.Thread(target=tick, args=(r,)) for r in reconcilers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert len(results) == 10
+    assert sorted(r.action for r in results).count("published") == 1
+    assert {r.action for r in results} <= {"published", "in_progress", "up_to_date"}
+    assert len(loop.topics.events(loop.topic)) == 1
+    assert len(loop.history("staged")) == 1
+
+
+@pytest.mark.parametrize(
+    ("variant", "reason"),
+    [
+        (lambda v: {"model_bytes": b"\x08\x07corrupt onnx bytes"}, "model_invalid"),
+        (lambda v: {"model_bytes": wrong_shape_onnx()}, "model_invalid"),
+        (lambda v: {"logged_sha256": "0" * 64}, "sha256_mismatch"),
+        (
+            lambda v: {"golden": {**v.golden, "probabilities": [1 - p for p in v.golden["probabilities"]]}},
+            "golden_outputs_not_reproduced",
+        ),
+        (lambda v: {"val_accuracy": MIN_ACCURACY - 0.01}, "validation_accuracy_below_minimum"),
+    ],
+    ids=["corrupt", "wrong-shape", "sha256-mismatch", "golden-not-reproduced", "low-accuracy"],
+)
+def test_bad_candidate_is_refused_recorded_and_not_retried(loop: Loop, variant, reason: str) -> None:
+    good = loop.versions.add(loop.name)
+    serve(loop, good)
+    bad = loop.versions.add_variant(loop.name, **variant(loop.versions))
+    loop.versions.promote(loop.name, bad)
+
+    first = loop.tick()
+    again = [loop.tick() for _ in range(3)]
+
+    assert (first.action, first.serving_version, first.target_version) == ("refused", good, good)
+    assert first.detail.startswith(reason)
+    assert [r.action for r in again] == ["refused_earlier"] * 3
+    (refusal,) = loop.history("refused")
+    assert (refusal["version"], refusal["reason"]) == (bad, reason)
+    assert loop.topics.events(loop.topic) == []
+    assert len(loop.cloud_run.patches) == 1  # the good version's deploy only
+    assert loop.cloud_run.model_uri().endswith(f"/v{good}")
+
+
+def test_refused_version_promoted_again_is_checked_again(loop: Loop) -> None:
+    bad = loop.versions.add_variant(loop.name, val_accuracy=0.5)
+    loop.versions.promote(loop.name, bad)
+    assert loop.tick().action == "refused"
+
+    loop.versions.promote(loop.name, bad)  # the webhook of this alias move asks for a fresh look
+    assert loop.tick(retry_refused=bad).action == "refused"
+
+    assert len(loop.history("refused")) == 2
+
+
+def test_alias_deleted_keeps_the_serving_version(loop: Loop) -> None:
+    version = loop.versions.add(loop.name)
+    serve(loop, version)
+    loop.versions.unpromote(loop.name)
+
+    result = loop.tick()
+    loop.tick()
+
+    assert (result.action, result.serving_version, result.target_version) == ("no_production_version", version, version)
+    assert "keeping version" in result.detail
+    assert len(loop.history("no_production_version")) == 1  # said once, not every tick
+    assert loop.topics.events(loop.topic) == []
+    assert len(loop.cloud_run.patches) == 1
+    assert loop.state.read().state.serving["version"] == version
+
+
+def test_legacy_stage_production_is_honoured_and_the_alias_wins(loop: Loop) -> None:
+    staged = loop.versions.add(loop.name)
+    aliased = loop.versions.add(loop.name)
+    with pytest.warns(FutureWarning):
+        loop.versions.client.transition_model_version_stage(loop.name, staged, "Production")
+
+    assert loop.tick().target_version == staged
+    loop.versions.promote(loop.name, aliased)
+    assert loop.tick().target_version == aliased
+
+
+def test_rollback_is_promoting_the_older_version_again(loop: Loop) -> None:
+    v1 = loop.versions.add(loop.name)
+    v2 = loop.versions.add(loop.name)
+    serve(loop, v1)
+    serve(loop, v2)
+
+    loop.versions.promote(loop.name, v1)
+    assert loop.tick().action == "published"
+    (event,) = loop.topics.events(loop.topic)
+    kind = loop.deliver(event)
+
+    assert (event["model_version"], event["previous_version"]) == (v1, v2)
+    assert kind == "rolled_back"
+    assert loop.cloud_run.model_uri() == f"gs://{loop.bucket}/{loop.name}/v{v1}"
+    assert loop.state.read().state.serving["version"] == v1
+    assert len(loop.cloud_run.patches) == 3
+
+
+def test_superseded_event_deploys_nothing(loop: Loop) -> None:
+    v1 = loop.versions.add(loop.name)
+    v2 = loop.versions.add(loop.name)
+    loop.versions.promote(loop.name, v1)
+    loop.tick()
+    (old,) = loop.topics.events(loop.topic)
+    event = serve(loop, v2)
+
+    assert loop.deliver(old) == "superseded"
+    assert loop.cloud_run.model_uri() == event["model_uri"]
+    assert len(loop.cloud_run.patches) == 1
+
+
+def test_failed_deploy_is_recorded_and_the_redelivery_deploys(loop: Loop) -> None:
+    version = loop.versions.add(loop.name)
+    loop.versions.promote(loop.name, version)
+    loop.tick()
+    (event,) = loop.topics.events(loop.topic)
+    loop.cloud_run.fail_next_operation = True
+
+    with pytest.raises(deployers.DeployError, match="revision failed to start"):
+        loop.deliver(event)
+    assert loop.state.read().state.serving is None
+    assert loop.deliver(event) == "deployed"  # Pub/Sub delivers it again
+
+    (failure,) = loop.history("failed")
+    assert "revision failed to start" in failure["error"]
+
+
+def test_revision_that_never_gets_ready_is_a_failed_deploy(loop: Loop) -> None:
+    version = loop.versions.add(loop.name)
+    loop.versions.promote(loop.name, version)
+    loop.tick()
+    (event,) = loop.topics.events(loop.topic)
+    loop.cloud_run.never_ready = True
+
+    with pytest.raises(deployers.DeployError, match="not ready"):
+        loop.deliver(event)
+
+
+def test_mlflow_down_fails_the_tick_fast_and_the_next_tick_catches_up(loop: Loop, mlflow_server) -> None:
+    version = loop.versions.add(loop.name)
+    loop.versions.promote(loop.name, version)
+    os.killpg(mlflow_server.pid, signal.SIGSTOP)  # hung, not gone: the worst case for timeouts
+    try:
+        started = time.monotonic()
+        with pytest.raises(RegistryError):
+            loop.tick()
+        elapsed = time.monotonic() - started
+    finally:
+        os.killpg(mlflow_server.pid, signal.SIGCONT)
+
+    assert elapsed <= 5.0
+    assert loop.topics.events(loop.topic) == []
+    assert loop.state.read().state.claim is None
+    assert loop.tick().action == "published"
+
+
+def test_unconfirmed_publish_stays_in_the_outbox_and_the_next_tick_sends_it(loop: Loop, topics: Topics) -> None:
+    version = loop.versions.add(loop.name)
+    loop.versions.promote(loop.name, version)
+    missing_topic = events.PubSubPublisher(topics.publisher.topic_path(PROJECT, "no-such-topic"), timeout_s=5)
+
+    with pytest.raises(reconcile.PublishError):
+        loop.reconciler(publisher=missing_topic).tick("test")
+    pending = loop.state.read().state.outbox
+    result = loop.tick()
+
+    assert pending["model_version"] == version
+    assert (result.action, result.event_id) == ("republished", pending["event_id"])
+    (event,) = loop.topics.events(loop.topic)
+    assert event["event_id"] == pending["event_id"]
+    assert loop.state.read().state.outbox is None
