@@ -167,6 +167,9 @@ def start_mlflow(workdir: Path, port: int | None = None, env: Mapping[str, str] 
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
         "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        # The server caches the webhook list per event for 60 s: a webhook registered after an alias move
+        # would miss the next minute of moves.
+        "MLFLOW_WEBHOOK_CACHE_TTL": "1",
         **(env or {}),
     }
     return start(

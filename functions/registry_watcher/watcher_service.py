@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import flask
@@ -163,15 +163,28 @@ def handle_status(state: Any) -> flask.Response:
     except StateUnavailable as exc:
         raise _unavailable("state_unavailable", exc) from exc
     return http.json_response(
-        {
-            "desired": current.desired,
-            "target": current.target,
-            "serving": current.serving,
-            "refused": current.refused,
-            "pending_event": current.outbox,
-            "history": history,
-        }
+        _jsonable(
+            {
+                "desired": current.desired,
+                "target": current.target,
+                "serving": current.serving,
+                "refused": current.refused,
+                "pending_event": current.outbox,
+                "history": history,
+            }
+        )
     )
+
+
+def _jsonable(value: Any) -> Any:
+    """Firestore timestamps as RFC 3339 strings."""
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return value
 
 
 def log_unprocessable(event: Any, exc: Exception) -> None:

@@ -24,11 +24,20 @@ def test_bundle_holds_the_function_and_the_shared_package_only(tmp_path: Path) -
     assert not list(bundle.rglob("__pycache__"))
 
 
+WATCHER_ENV = {
+    "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+    "MLFLOW_WEBHOOK_SECRET": "webhook-secret-0123456789",
+    "SERVING_BUCKET": "serving",
+    "PREDICT_SERVICE": "projects/p/locations/l/services/predict",
+}
+
+
 @pytest.mark.parametrize(
     ("name", "route", "absent"),
     [
         ("predict", "/", ("google.cloud.firestore", "google.cloud.storage")),  # cold start: REST writer only
         ("feedback", "/statistics", ()),
+        ("registry_watcher", "/status", ()),
     ],
 )
 def test_built_bundle_serves_in_isolation_without_heavy_imports(
@@ -49,7 +58,7 @@ print(json.dumps({{"status": response.status_code, "shared": sentiment_core.__fi
     result = subprocess.run(
         [sys.executable, "-c", script],
         cwd=bundle,
-        env={**function_env, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(bundle)},
+        env={**function_env, **WATCHER_ENV, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(bundle)},
         capture_output=True,
         text=True,
         timeout=120,
@@ -64,7 +73,7 @@ print(json.dumps({{"status": response.status_code, "shared": sentiment_core.__fi
     assert [m for m in report["modules"] if m.startswith(absent)] == []
 
 
-@pytest.mark.parametrize("name", ["predict", "feedback"])
+@pytest.mark.parametrize("name", ["predict", "feedback", "registry_watcher"])
 def test_bundle_requirements_are_pinned_and_resolve_without_torch_or_mlflow(name: str) -> None:
     requirements = requirements_of(name)
 
@@ -72,5 +81,5 @@ def test_bundle_requirements_are_pinned_and_resolve_without_torch_or_mlflow(name
 
     assert all("==" in line for line in requirements)
     assert "functions-framework" in resolved
-    assert ("onnxruntime" in resolved) == (name == "predict")
+    assert ("onnxruntime" in resolved) == (name in ("predict", "registry_watcher"))  # the gate runs the model
     assert not resolved & {"torch", "mlflow", "mlflow-skinny", "scikit-learn", "pandas"}

@@ -122,7 +122,10 @@ class Topics:
             )
         return messages
 
+    def messages(self, topic: str) -> list[Any]:
+        """The messages published on the topic since the last call, as Pub/Sub holds them."""
+        return self.pull(self.subscriber.subscription_path(self.project, f"{topic.rsplit('/', 1)[-1]}-audit"))
+
     def events(self, topic: str) -> list[dict[str, Any]]:
-        """The events published on the topic since the last call, decoded, with their attributes."""
-        audit = self.subscriber.subscription_path(self.project, f"{topic.rsplit('/', 1)[-1]}-audit")
-        return [{**json.loads(m.data), "_attributes": dict(m.attributes)} for m in self.pull(audit)]
+        """The same, decoded as events, with their attributes."""
+        return [{**json.loads(m.data), "_attributes": dict(m.attributes)} for m in self.messages(topic)]

@@ -1,0 +1,220 @@
+"""registry_watcher as deployed: both entry points under functions-framework, MLflow's own webhooks, a Pub/Sub
+push subscription with a dead-letter topic, Firestore, GCS, and the Cloud Run Admin API stand-in."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+from localdev import services
+from tests.functions.conftest import PROJECT, call, watcher_module
+from tests.functions.fake_cloud_run import FakeCloudRun
+from tests.functions.watcher_support import Topics, Versions
+
+webhook = watcher_module("webhook")
+
+WEBHOOK_SECRET = "webhook-secret-0123456789abcdef"
+SERVICE = f"projects/{PROJECT}/locations/europe-west1/services/predict"
+MAX_DELIVERY_ATTEMPTS = 5
+
+
+def eventually(
+    check: Callable[[], Any], timeout_s: float = 30.0, interval_s: float = 0.2, context: Callable[[], str] = str
+) -> Any:
+    """Poll until check() returns something truthy; that value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout_s} s\n{context()}")
+        time.sleep(interval_s)
+
+
+@pytest.fixture(scope="module")
+def stack(trained, firestore_emulator, pubsub_emulator, gcs_emulator, tmp_path_factory) -> Iterator[dict]:
+    """Model, topic, subscriptions, bucket, the two functions and an MLflow webhook, for this module."""
+    workdir = tmp_path_factory.mktemp("watcher-http")
+    with pytest.MonkeyPatch.context() as patch:
+        emulator_env = {
+            "FIRESTORE_EMULATOR_HOST": firestore_emulator.url,
+            "PUBSUB_EMULATOR_HOST": pubsub_emulator.url,
+            "STORAGE_EMULATOR_HOST": gcs_emulator.url,
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+        }
+        for key, value in emulator_env.items():
+            patch.setenv(key, value)
+        versions = Versions(trained["tracking_uri"])
+        topics = Topics(PROJECT)
+        name = versions.new_model("wh")
+        topic = topics.topic()
+        dead_letter = topics.topic("dead-letter")
+        bucket = storage.Client(project=PROJECT, credentials=AnonymousCredentials()).create_bucket(
+            f"serving-http-{uuid.uuid4().hex[:8]}"
+        )
+        with FakeCloudRun(SERVICE, "gs://nowhere/initial") as cloud_run:
+            env = {
+                **emulator_env,
+                "MODEL_NAME": name,
+                "MLFLOW_TRACKING_URI": trained["tracking_uri"],
+                "MLFLOW_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "SERVING_BUCKET": bucket.name,
+                "PUBSUB_TOPIC": topic,
+                "MIN_VALIDATION_ACCURACY": "0.9",
+                "DEPLOYER": "cloud_run",
+                "PREDICT_SERVICE": SERVICE,
+                "CLOUD_RUN_ENDPOINT": cloud_run.url,
+            }
+            with (
+                services.start_function("registry_watcher", workdir, env, ready_path="/status") as watcher,
+                services.start_function(
+                    "registry_watcher", workdir, env, target="on_production_changed", ready_any_status=True
+                ) as consumer,
+            ):
+                topics.subscription(
+                    topic,
+                    "push",
+                    push_config={"push_endpoint": f"{consumer.url}/{topic}"},
+                    dead_letter_policy={
+                        "dead_letter_topic": dead_letter,
+                        "max_delivery_attempts": MAX_DELIVERY_ATTEMPTS,
+                    },
+                    ack_deadline_seconds=60,
+                )
+                hook = versions.client.create_webhook(
+                    name=f"watcher-{name}",
+                    url=f"{watcher.url}/webhook",
+                    events=["model_version_alias.created", "model_version_alias.deleted"],
+                    secret=WEBHOOK_SECRET,
+                )
+                time.sleep(1.1)  # the server's webhook cache lives 1 s (MLFLOW_WEBHOOK_CACHE_TTL, localdev)
+                try:
+                    yield {
+                        "name": name,
+                        "versions": versions,
+                        "topics": topics,
+                        "topic": topic,
+                        "dead_letter": dead_letter,
+                        "watcher": watcher,
+                        "consumer": consumer,
+                        "cloud_run": cloud_run,
+                    }
+                finally:
+                    versions.client.delete_webhook(hook.webhook_id)
+
+
+def status(stack: dict) -> dict:
+    answer = call(f"{stack['watcher'].url}/status")
+    assert answer.status == 200, answer.raw
+    return answer.json
+
+
+def serving(stack: dict, version: str) -> bool:
+    return (status(stack)["serving"] or {}).get("version") == version
+
+
+def logs(stack: dict) -> str:
+    """Both functions' logs, for the message of a failed wait."""
+    return "\n".join(services.tail(stack[name].log_path, 40) for name in ("watcher", "consumer"))
+
+
+def test_alias_set_in_mlflow_redeploys_predict_through_webhook_event_and_push(stack: dict) -> None:
+    version = stack["versions"].add(stack["name"])
+
+    stack["versions"].promote(stack["name"], version)
+    eventually(lambda: serving(stack, version), context=lambda: logs(stack))
+
+    history = status(stack)["history"]
+    assert [e["kind"] for e in reversed(history)][-3:] == ["staged", "published", "deployed"]
+    assert history[-1]["trigger"] == "webhook:model_version_alias.created"
+    assert len(stack["topics"].events(stack["topic"])) == 1
+    assert len(stack["cloud_run"].patches) == 1
+    assert stack["cloud_run"].model_uri().endswith(f"/{stack['name']}/v{version}")
+
+
+def test_scheduler_tick_over_http_answers_where_things_stand(stack: dict) -> None:
+    answer = call(stack["watcher"].url, {}, headers={"User-Agent": "Google-Cloud-Scheduler"})
+
+    assert answer.status == 200
+    assert answer.json["action"] in ("up_to_date", "no_production_version", "published")
+    assert set(answer.json) >= {"desired_version", "target_version", "serving_version"}
+
+
+def signed(body: bytes, *, delivery: str | None = None, timestamp: int | None = None, secret: str = WEBHOOK_SECRET):
+    delivery = delivery or uuid.uuid4().hex
+    stamp = str(timestamp if timestamp is not None else int(time.time()))
+    return {
+        "Content-Type": "application/json",
+        webhook.DELIVERY_ID_HEADER: delivery,
+        webhook.TIMESTAMP_HEADER: stamp,
+        webhook.SIGNATURE_HEADER: webhook.sign(secret.encode(), delivery, stamp, body),
+    }
+
+
+def alias_body(stack: dict, version: str) -> bytes:
+    data = {"name": stack["name"], "alias": "production", "version": version}
+    return json.dumps({"entity": "model_version_alias", "action": "created", "timestamp": "t", "data": data}).encode()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        lambda body: signed(body, secret="not-the-webhook-secret-000"),
+        lambda body: signed(body, timestamp=int(time.time()) - 3600),
+        lambda body: {"Content-Type": "application/json"},
+    ],
+    ids=["bad-signature", "stale", "unsigned"],
+)
+def test_webhook_not_signed_by_mlflow_is_401_and_changes_nothing(stack: dict, headers) -> None:
+    bad = stack["versions"].add(stack["name"])  # in the body, never promoted
+    before = status(stack)
+    body = alias_body(stack, bad)
+
+    answer = call(f"{stack['watcher'].url}/webhook", raw=body, headers=headers(body))
+
+    assert (answer.status, answer.error_code) == (401, "invalid_signature")
+    assert status(stack)["history"] == before["history"]
+    assert stack["topics"].events(stack["topic"]) == []
+
+
+def test_webhook_replayed_delivery_is_401(stack: dict) -> None:
+    body = json.dumps({"entity": "registered_model", "action": "created", "timestamp": "t", "data": {}}).encode()
+    headers = signed(body)
+
+    first = call(f"{stack['watcher'].url}/webhook", raw=body, headers=headers)
+    replay = call(f"{stack['watcher'].url}/webhook", raw=body, headers=headers)
+
+    assert (first.status, first.json["action"]) == (200, "ignored")
+    assert (replay.status, replay.error_code) == (401, "replayed_delivery")
+
+
+def test_duplicated_pubsub_message_redeploys_nothing(stack: dict) -> None:
+    version = stack["versions"].add(stack["name"])
+    stack["versions"].promote(stack["name"], version)
+    eventually(lambda: serving(stack, version), context=lambda: logs(stack))
+    (event,) = stack["topics"].events(stack["topic"])
+    patches = len(stack["cloud_run"].patches)
+
+    data = json.dumps({k: v for k, v in event.items() if k != "_attributes"}).encode()
+    stack["topics"].publisher.publish(stack["topic"], data, **event["_attributes"]).result(timeout=10)
+    eventually(lambda: "already_serving" in stack["consumer"].log_path.read_text())
+
+    assert len(stack["cloud_run"].patches) == patches
+
+
+def test_event_that_cannot_be_processed_ends_in_the_dead_letter_topic(stack: dict) -> None:
+    stack["topics"].publisher.publish(stack["topic"], b"not an event", model_name="x").result(timeout=10)
+
+    (message,) = eventually(lambda: stack["topics"].messages(stack["dead_letter"]), timeout_s=60)
+
+    assert (message.data, message.attributes["model_name"]) == (b"not an event", "x")
+    assert message.attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == str(MAX_DELIVERY_ATTEMPTS)
+    assert "cannot be processed" in stack["consumer"].log_path.read_text()
