@@ -238,6 +238,36 @@ def start_pubsub_emulator(workdir: Path, project: str, port: int | None = None) 
 FUNCTIONS_DIR = Path(__file__).resolve().parents[1] / "functions"
 
 
+def start_router(
+    workdir: Path,
+    env: Mapping[str, str],
+    *,
+    port: int | None = None,
+    admin_port: int | None = None,
+    model_uri: str | None = None,
+    model_version: str | None = None,
+) -> tuple[Service, str]:
+    """localdev.router on loopback: (the service, whose url is predict's stable URL; the revision API's URL)."""
+    port = port or free_port()
+    admin_port = admin_port or free_port()
+    argv = [sys.executable, "-m", "localdev.router", "--port", str(port), "--admin-port", str(admin_port)]
+    argv += ["--workdir", str(workdir)]
+    if model_uri:
+        argv += ["--model-uri", model_uri, "--model-version", model_version or ""]
+    admin_url = f"http://127.0.0.1:{admin_port}"
+    service = start(
+        "router",
+        argv,
+        url=f"http://127.0.0.1:{port}",
+        ready_path="",
+        ready_url=f"{admin_url}/healthz",
+        log_path=workdir / "router.log",
+        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        timeout_s=90,
+    )
+    return service, admin_url
+
+
 def start_function(
     name: str,
     workdir: Path,
