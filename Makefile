@@ -20,16 +20,10 @@ $(VENV)/.installed: requirements/dev.txt lib/sentiment_core/pyproject.toml pypro
 test: install ## every test (starts its own MLflow server and emulators)
 	$(PY) -m pytest
 
-demo: install ## train, register and promote a model against the local MLflow server; print the UI URL
-	$(PY) -m localdev.stack up
-	$(PY) -m training.train --tracking-uri "$$($(PY) -m localdev.stack url mlflow)" \
-		--register --promote --output-dir .local/models/latest --checkpoint .local/models/latest.pt
-	@echo
-	@echo "MLflow UI:    $$($(PY) -m localdev.stack url mlflow)/#/models/yelp-sentiment"
-	@echo "Staged model: .local/models/latest (model.onnx + manifest.json)"
-	@echo "Stop with:    make down"
+demo: install ## the whole loop: stack up, train, register, promote, serve, sample; Ctrl-C stops (DETACH=1 returns)
+	$(PY) -m localdev.demo $(if $(filter-out 0,$(DETACH)),--detach)
 
-up: install ## start the local stack; URLs go to .local/stack.json
+up: install ## start the local stack (emulators, MLflow, functions, router, scheduler, page); URLs in .local/stack.json
 	$(PY) -m localdev.stack up
 
 down: ## stop the local stack

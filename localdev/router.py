@@ -89,9 +89,16 @@ class Router:
             with self._lock:
                 old, self._current = self._current, revision
             logger.info("%s (version %s) takes all traffic", name, model_version)
+            self._record(revision, old)
             if old is not None:
                 self._drain(old)
+                self._record(revision)
             return revision
+
+    def _record(self, *revisions: Revision | None) -> None:
+        """The live revisions' process groups, so `make down` can stop them even if the router was killed."""
+        pids = {r.name: r.service.pid for r in revisions if r is not None}
+        (self.workdir / "revisions.json").write_text(json.dumps(pids))
 
     def _drain(self, old: Revision) -> None:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S

@@ -1,16 +1,32 @@
-"""`python -m localdev.stack up|down|status`: the local stack, with its URLs in .local/stack.json.
+"""`python -m localdev.stack up|down|status|url NAME`: the whole loop on one machine, with real servers.
 
-This issue's stack is the MLflow server with its UI; the later issues add the emulators and the functions.
+`up` starts, each in its own process group and polled until ready: the Firestore, Pub/Sub and GCS emulators
+(buckets created), an MLflow server with its UI (SQLite store, artifacts in the GCS emulator's bucket, webhooks
+to the watcher signed with a secret), `predict` behind the local router (a stable URL whose revisions the
+watcher switches), `feedback`, `registry_watcher` and its redeploy consumer (a Pub/Sub push subscription with a
+dead-letter topic), a scheduler that ticks the watcher every minute, and the static page with its config.json.
+URLs go to .local/stack.json (keys mlflow, predict, feedback, registry_watcher, frontend), logs to .local/logs/.
+`down` stops every process the stack started.
+
+Ports: LOCAL_PORT_MLFLOW (5000), LOCAL_PORT_PREDICT (8080), LOCAL_PORT_FEEDBACK (8081),
+LOCAL_PORT_REGISTRY_WATCHER (8082), LOCAL_PORT_FRONTEND (8000); 0 picks a free port. LOCAL_TICK_INTERVAL_S
+(60) is the scheduler's interval, LOCAL_MIN_VALIDATION_ACCURACY (0.8) the deploy gate's minimum.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import json
 import os
+import secrets
+import shutil
 import socket
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from localdev import services
 
@@ -19,26 +35,260 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_DIR = Path(os.environ.get("LOCAL_STACK_DIR", REPO_ROOT / ".local"))
 STACK_FILE = LOCAL_DIR / "stack.json"
 PIDS_FILE = LOCAL_DIR / "pids.json"
+INTERNAL_FILE = LOCAL_DIR / "internal.json"
+SECRETS_FILE = LOCAL_DIR / "secrets.json"
+LOGS = LOCAL_DIR / "logs"
+
+PROJECT = "demo-local"
+ARTIFACTS_BUCKET = "mlflow-artifacts"
+SERVING_BUCKET = "serving-models"
+TOPIC = "model-production-changed"
+DEAD_LETTER_TOPIC = "model-production-changed-dead-letter"
+MAX_DELIVERY_ATTEMPTS = 5
+PUBLIC = {"mlflow": 5000, "predict": 8080, "feedback": 8081, "registry_watcher": 8082, "frontend": 8000}
+WEBHOOK_NAME = "registry-watcher-local"
+
+
+class StackError(RuntimeError):
+    """The stack cannot start as configured (a port taken, a server that does not come up)."""
+
+
+def ports() -> dict[str, int]:
+    """The public ports, from LOCAL_PORT_<NAME> or the defaults; 0 means any free port."""
+    chosen = {}
+    for name, default in PUBLIC.items():
+        variable = f"LOCAL_PORT_{name.upper()}"
+        raw = os.environ.get(variable, str(default))
+        try:
+            port = int(raw)
+        except ValueError as exc:
+            raise StackError(f"{variable} must be a port number, got {raw!r}") from exc
+        chosen[name] = port or services.free_port()
+    taken = [
+        f"{port} ({name}, {f'LOCAL_PORT_{name.upper()}'})" for name, port in chosen.items() if not _port_free(port)
+    ]
+    if taken:
+        raise StackError(
+            f"port {', '.join(taken)} already in use: stop what uses it (`make down` if it is an old stack) or "
+            "choose another port with the variable named"
+        )
+    return chosen
 
 
 def up() -> dict[str, str]:
-    """Start what is not running yet; return the URLs."""
-    urls, pids = _read(STACK_FILE), _read(PIDS_FILE)
-    if "mlflow" in pids and services.alive(pids["mlflow"]):
-        return urls
-    mlflow = services.start_mlflow(LOCAL_DIR / "mlflow", port=5000 if _port_free(5000) else None)
-    urls["mlflow"], pids["mlflow"] = mlflow.url, mlflow.pid
+    """Start the stack unless it runs already; the public URLs."""
+    pids = _read(PIDS_FILE)
+    if pids and all(services.alive(int(pid)) for pid in pids.values()):
+        return _read(STACK_FILE)
+    if pids:
+        down()  # half a stack (a crash, a reboot): start clean
+    port = ports()
+    started: list[services.Service] = []
+    try:
+        urls = _start_all(port, started.append)
+    except Exception:
+        for service in reversed(started):
+            service.stop()
+        raise
+    _write(PIDS_FILE, {s.name: s.pid for s in started})
     _write(STACK_FILE, urls)
-    _write(PIDS_FILE, pids)
     return urls
 
 
+def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -> dict[str, str]:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    secret = _secrets()
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        firestore, pubsub, gcs = (
+            future.result()
+            for future in [
+                pool.submit(services.start_firestore_emulator, LOGS),
+                pool.submit(services.start_pubsub_emulator, LOGS, PROJECT),
+                pool.submit(services.start_gcs_emulator, LOGS, None, LOCAL_DIR / "gcs"),
+            ]
+        )
+    for service in (firestore, pubsub, gcs):
+        keep(service)
+    emulators = {
+        "FIRESTORE_EMULATOR_HOST": firestore.url,
+        "PUBSUB_EMULATOR_HOST": pubsub.url,
+        "STORAGE_EMULATOR_HOST": gcs.url,
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+    }
+    with _environment(emulators):
+        _create_buckets()
+    mlflow = services.start_mlflow(
+        LOCAL_DIR / "mlflow", port["mlflow"], env=emulators, artifacts_destination=f"gs://{ARTIFACTS_BUCKET}"
+    )
+    keep(mlflow)
+    urls = {name: f"http://127.0.0.1:{p}" for name, p in port.items()}
+    public_env = {
+        **emulators,
+        "FEEDBACK_TOKEN_SECRET": secret["feedback_token"],
+        "ALLOWED_ORIGINS": f"{urls['frontend']},http://localhost:{port['frontend']}",
+    }
+    router, router_admin = services.start_router(LOGS / "predict", public_env, port=port["predict"])
+    keep(router)
+    consumer_port = services.free_port()
+    watcher_env = {
+        **emulators,
+        "MLFLOW_TRACKING_URI": mlflow.url,
+        "MLFLOW_WEBHOOK_SECRET": secret["webhook"],
+        "SERVING_BUCKET": SERVING_BUCKET,
+        "PUBSUB_TOPIC": TOPIC,
+        "MIN_VALIDATION_ACCURACY": os.environ.get("LOCAL_MIN_VALIDATION_ACCURACY", "0.8"),
+        "DEPLOYER": "local",
+        "LOCAL_ROUTER_URL": router_admin,
+        "LOCAL_PREDICT_URL": urls["predict"],
+    }
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = [
+            pool.submit(
+                services.start_function, "feedback", LOGS, public_env, port=port["feedback"], ready_path="/statistics"
+            ),
+            pool.submit(
+                services.start_function,
+                "registry_watcher",
+                LOGS,
+                watcher_env,
+                port=port["registry_watcher"],
+                ready_path="/status",
+            ),
+            pool.submit(
+                services.start_function,
+                "registry_watcher",
+                LOGS,
+                watcher_env,
+                port=consumer_port,
+                target="on_production_changed",
+                ready_any_status=True,
+            ),
+        ]
+        errors = []
+        for future in futures:
+            try:
+                keep(future.result())
+            except services.ServiceError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+    consumer_url = f"http://127.0.0.1:{consumer_port}"
+    with _environment(emulators):
+        _create_topics(consumer_url)
+    _register_webhook(mlflow.url, f"{urls['registry_watcher']}/webhook", secret["webhook"])
+    interval = os.environ.get("LOCAL_TICK_INTERVAL_S", "60")
+    keep(
+        services.launch(
+            "scheduler",
+            [sys.executable, "-m", "localdev.scheduler", "--url", urls["registry_watcher"], "--interval", interval],
+            url="",
+            log_path=LOGS / "scheduler.log",
+            env={"PYTHONPATH": str(REPO_ROOT)},
+        )
+    )
+    keep(_start_frontend(port["frontend"], urls))
+    _write(INTERNAL_FILE, {**emulators, "router_admin": router_admin, "consumer": consumer_url, "topic": TOPIC})
+    return urls
+
+
+def _start_frontend(port: int, urls: dict[str, str]) -> services.Service:
+    """The page's files, copied as to the site bucket, with the config.json that names the function URLs."""
+    site = LOCAL_DIR / "site"
+    shutil.rmtree(site, ignore_errors=True)
+    shutil.copytree(REPO_ROOT / "frontend", site, ignore=shutil.ignore_patterns("README.md", "tests"))
+    config = {"predict_url": urls["predict"], "feedback_url": urls["feedback"]}
+    (site / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)]
+    return services.start(
+        "frontend", argv, url=urls["frontend"], ready_path="/config.json", log_path=LOGS / "frontend.log"
+    )
+
+
+def _create_buckets() -> None:
+    from google.api_core import exceptions as gexc
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project=PROJECT, credentials=AnonymousCredentials())
+    for name in (ARTIFACTS_BUCKET, SERVING_BUCKET):
+        with contextlib.suppress(gexc.Conflict):
+            client.create_bucket(name)
+
+
+def _create_topics(consumer_url: str) -> None:
+    """The topic, its push subscription to the redeploy consumer, and the dead-letter topic with a holding
+    subscription (a dead-lettered message is kept there to be read)."""
+    from google.api_core import exceptions as gexc
+    from google.cloud import pubsub_v1
+
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic = publisher.topic_path(PROJECT, TOPIC)
+    dead_letter = publisher.topic_path(PROJECT, DEAD_LETTER_TOPIC)
+    for path in (topic, dead_letter):
+        with contextlib.suppress(gexc.AlreadyExists):
+            publisher.create_topic(name=path)
+    subscriptions = [
+        {"name": subscriber.subscription_path(PROJECT, f"{DEAD_LETTER_TOPIC}-hold"), "topic": dead_letter},
+        {
+            "name": subscriber.subscription_path(PROJECT, f"{TOPIC}-redeploy"),
+            "topic": topic,
+            # The push URL's path names the topic: functions-framework builds the CloudEvent's source from it.
+            "push_config": {"push_endpoint": f"{consumer_url}/{topic}"},
+            "dead_letter_policy": {"dead_letter_topic": dead_letter, "max_delivery_attempts": MAX_DELIVERY_ATTEMPTS},
+            "ack_deadline_seconds": 120,  # a local redeploy takes seconds; no redelivery while it runs
+        },
+    ]
+    for request in subscriptions:
+        with contextlib.suppress(gexc.AlreadyExists):
+            subscriber.create_subscription(request=request)
+
+
+def _register_webhook(tracking_uri: str, url: str, secret: str) -> None:
+    """One webhook for alias moves, replacing the one a previous `up` registered (its URL or secret may differ)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    for hook in client.list_webhooks():
+        if hook.name == WEBHOOK_NAME:
+            client.delete_webhook(hook.webhook_id)
+    client.create_webhook(
+        name=WEBHOOK_NAME,
+        url=url,
+        events=["model_version_alias.created", "model_version_alias.deleted"],
+        secret=secret,
+    )
+
+
 def down() -> None:
-    """Stop every process group the stack started; keep the data under .local/ for the next `up`."""
-    for pid in _read(PIDS_FILE).values():
-        services.stop(int(pid))
-    PIDS_FILE.unlink(missing_ok=True)
-    STACK_FILE.unlink(missing_ok=True)
+    """Stop every process group the stack started, and the router's revisions; keep the data under .local/."""
+    pids = [int(pid) for pid in _read(PIDS_FILE).values()]
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(pids))) as pool:
+        list(pool.map(services.stop, pids))  # each may take its grace period: together, not one after another
+    for pid in _read(LOGS / "predict" / "revisions.json").values():
+        services.stop(int(pid))  # left only if the router itself could not stop them
+    for path in (PIDS_FILE, STACK_FILE, INTERNAL_FILE):
+        path.unlink(missing_ok=True)
+
+
+def _secrets() -> dict[str, str]:
+    """Generated once per .local/ and kept, so tokens handed out before a restart stay valid."""
+    values = _read(SECRETS_FILE)
+    if not {"feedback_token", "webhook"} <= values.keys():
+        values = {"feedback_token": secrets.token_urlsafe(32), "webhook": secrets.token_urlsafe(32)}
+        _write(SECRETS_FILE, values)
+        SECRETS_FILE.chmod(0o600)
+    return values
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _port_free(port: int) -> bool:
@@ -50,7 +300,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -63,26 +313,28 @@ def _write(path: Path, value: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localdev.stack", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m localdev.stack", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status", "url"], help="what to do")
-    parser.add_argument("name", nargs="?", help="with url: which service (mlflow)")
+    parser.add_argument("name", nargs="?", help=f"with url: which service ({', '.join(PUBLIC)})")
     args = parser.parse_args(argv)
     if args.command == "up":
+        print("starting the local stack (logs in .local/logs/) ...", flush=True)
         try:
             urls = up()
-        except services.ServiceError as exc:
+        except (StackError, services.ServiceError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         for name, url in sorted(urls.items()):
-            print(f"{name:<10} {url}")
+            print(f"{name:<17} {url}")
     elif args.command == "down":
         down()
         print("stack stopped")
     elif args.command == "status":
         pids = _read(PIDS_FILE)
-        for name, url in sorted(_read(STACK_FILE).items()):
-            state = "up" if services.alive(int(pids.get(name, 0) or 0)) else "down"
-            print(f"{name:<10} {url} ({state})")
+        if not pids:
+            print("the stack is not running (`make up` starts it)")
+        for name, pid in sorted(pids.items()):
+            print(f"{name:<17} {'up' if services.alive(int(pid)) else 'DOWN'}")
     else:
         url = _read(STACK_FILE).get(args.name or "")
         if not url:

@@ -11,6 +11,7 @@ from typing import Any
 import flask
 import webhook
 from reconcile import PublishError, Reconciler
+from staging import StagingError
 from state import StateUnavailable, utc_now
 
 from sentiment_core import config, http
@@ -97,6 +98,8 @@ def run_tick(reconciler: Reconciler, trigger: str, retry_refused: str | None = N
         raise _unavailable("state_unavailable", exc) from exc
     except PublishError as exc:
         raise _unavailable("publish_failed", exc) from exc
+    except StagingError as exc:
+        raise _unavailable("staging_failed", exc) from exc
     logger.info("tick (%s): %s", trigger, result.action, extra={"trigger": trigger, **result.to_api()})
     return result.to_api()
 

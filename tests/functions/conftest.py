@@ -87,7 +87,10 @@ class Answer:
         self.status = status
         self.headers = headers
         self.raw = body
-        self.json = json.loads(body) if body else None
+        try:
+            self.json = json.loads(body) if body else None
+        except ValueError:  # not every server answers JSON (MLflow's /health says OK)
+            self.json = None
 
     @property
     def error_code(self) -> str | None:

@@ -1,39 +1,57 @@
-import json
+"""`python -m localdev.stack`: configuration errors are clear and start nothing (the running stack: test_loop)."""
+
+from __future__ import annotations
+
 import os
+import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
-from localdev import services
 from training.data import REPO_ROOT
 
 
-def stack(command: str, state: Path) -> subprocess.CompletedProcess:
+def stack(command: str, state: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "localdev.stack", command],
         cwd=REPO_ROOT,
-        env={**os.environ, "LOCAL_STACK_DIR": str(state)},
+        env={**os.environ, "LOCAL_STACK_DIR": str(state), **env},
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=120,
         check=False,
     )
 
 
-def test_stack_up_writes_urls_that_answer_and_down_stops_every_process(tmp_path: Path) -> None:
-    try:
-        up = stack("up", tmp_path)
-        assert up.returncode == 0, up.stderr
-        urls = json.loads((tmp_path / "stack.json").read_text())
-        pids = json.loads((tmp_path / "pids.json").read_text())
-        with urllib.request.urlopen(urls["mlflow"] + "/health", timeout=5) as response:
-            assert response.status == 200
-        assert stack("up", tmp_path).returncode == 0  # idempotent: nothing new started
-        assert json.loads((tmp_path / "pids.json").read_text()) == pids
-    finally:
-        down = stack("down", tmp_path)
+def test_stack_up_on_a_taken_port_names_the_port_and_its_variable_and_starts_nothing(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = stack(
+            "up",
+            tmp_path,
+            LOCAL_PORT_MLFLOW=str(port),
+            LOCAL_PORT_PREDICT="0",
+            LOCAL_PORT_FEEDBACK="0",
+            LOCAL_PORT_REGISTRY_WATCHER="0",
+            LOCAL_PORT_FRONTEND="0",
+        )
 
-    assert down.returncode == 0
-    assert not any(services.alive(pid) for pid in pids.values())
-    assert not (tmp_path / "stack.json").exists()
+    assert result.returncode == 1
+    assert f"port {port} (mlflow, LOCAL_PORT_MLFLOW) already in use" in result.stderr
+    assert not (tmp_path / "pids.json").exists()
+
+
+def test_stack_port_setting_must_be_a_number(tmp_path: Path) -> None:
+    result = stack("up", tmp_path, LOCAL_PORT_FRONTEND="eighty")
+
+    assert result.returncode == 1
+    assert "LOCAL_PORT_FRONTEND must be a port number" in result.stderr
+
+
+def test_stack_url_of_a_stopped_stack_says_how_to_start_it(tmp_path: Path) -> None:
+    result = stack("url", tmp_path)
+
+    assert result.returncode == 1
+    assert "make up" in result.stderr

@@ -1,0 +1,44 @@
+"""`python -m localdev.scheduler --url URL [--interval 60]`: Cloud Scheduler's job, locally.
+
+POSTs `{}` to the registry watcher at once and then every interval, and logs each answer on one line. A failed
+tick is logged and the next one comes on time, as with Cloud Scheduler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+
+def tick(url: str, timeout_s: float) -> str:
+    request = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return f"{response.status} {response.read().decode(errors='replace')}"
+    except urllib.error.HTTPError as exc:
+        return f"{exc.code} {exc.read().decode(errors='replace')}"
+    except (urllib.error.URLError, OSError) as exc:
+        return f"error {exc}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", required=True, help="the registry watcher's tick URL")
+    parser.add_argument("--interval", type=float, default=60.0, help="seconds between ticks (default 60)")
+    args = parser.parse_args(argv)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    while not stopped.is_set():
+        started = time.monotonic()
+        print(time.strftime("%H:%M:%S"), "tick:", tick(args.url, timeout_s=max(5.0, args.interval)), flush=True)
+        stopped.wait(max(0.0, args.interval - (time.monotonic() - started)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
