@@ -318,7 +318,7 @@ def start_function(
         str(port),
     ]
     return start(
-        name,
+        target or name,  # one source may serve several entry points: each is its own service
         argv,
         url=f"http://127.0.0.1:{port}",
         ready_path=ready_path,

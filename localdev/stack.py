@@ -83,14 +83,20 @@ def up() -> dict[str, str]:
     if pids:
         down()  # half a stack (a crash, a reboot): start clean
     port = ports()
-    started: list[services.Service] = []
+    started: dict[str, int] = {}
+
+    def keep(service: services.Service) -> None:
+        # Written as each one starts: if `up` dies half-way, `down` (or the next `up`) still finds them all.
+        if service.name in started:
+            raise StackError(f"two services named {service.name}")
+        started[service.name] = service.pid
+        _write(PIDS_FILE, started)
+
     try:
-        urls = _start_all(port, started.append)
-    except Exception:
-        for service in reversed(started):
-            service.stop()
+        urls = _start_all(port, keep)
+    except BaseException:
+        down()
         raise
-    _write(PIDS_FILE, {s.name: s.pid for s in started})
     _write(STACK_FILE, urls)
     return urls
 
