@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     version = str(summary["model_version"])
 
     print(f"3/4 waiting until predict serves version {version} ...", flush=True)
-    took = wait_until_serving(urls, version)
+    wait_until_serving(urls, version)
 
     print("4/4 a sample prediction and its feedback ...", flush=True)
     prediction = http_json(urls["predict"], {"text": SAMPLE})
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     answer = "positive" if prediction["is_positive"]["model_answered"] else "negative"
     print(f"""
-  The loop works: version {version} was promoted and served {took:.1f} s later.
+  The loop works: version {version} was promoted and predict serves it.
 
   Web page        {urls["frontend"]}
   MLflow UI       {urls["mlflow"]}/#/models/yelp-sentiment

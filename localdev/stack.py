@@ -298,7 +298,9 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens there. SO_REUSEADDR as the servers set it: a port left in TIME_WAIT by `down` is free."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
