@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except (stack.StackError, stack.services.ServiceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # stopped already by up(); say it plainly
+        print(f"error: the stack could not start: {exc!r}; logs in {stack.LOGS}", file=sys.stderr)
+        return 1
 
     print("2/4 training on the default data, registering and promoting (about 90 s) ...", flush=True)
     models = stack.LOCAL_DIR / "models"

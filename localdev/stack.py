@@ -16,6 +16,7 @@ LOCAL_PORT_REGISTRY_WATCHER (8082), LOCAL_PORT_FRONTEND (8000); 0 picks a free p
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures
 import contextlib
 import json
@@ -123,8 +124,11 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
     }
     with _environment(emulators):
         _create_buckets()
+    # Without a fixed key MLflow encrypts webhook secrets with a key of the process: after a restart it cannot
+    # read the webhooks it stored, and listing them fails with a 500.
+    mlflow_env = {**emulators, "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": secret["mlflow_webhook_encryption_key"]}
     mlflow = services.start_mlflow(
-        LOCAL_DIR / "mlflow", port["mlflow"], env=emulators, artifacts_destination=f"gs://{ARTIFACTS_BUCKET}"
+        LOCAL_DIR / "mlflow", port["mlflow"], env=mlflow_env, artifacts_destination=f"gs://{ARTIFACTS_BUCKET}"
     )
     keep(mlflow)
     urls = {name: f"http://127.0.0.1:{p}" for name, p in port.items()}
@@ -252,9 +256,17 @@ def _create_topics(consumer_url: str) -> None:
 def _register_webhook(tracking_uri: str, url: str, secret: str) -> None:
     """One webhook for alias moves, replacing the one a previous `up` registered (its URL or secret may differ)."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri)
-    for hook in client.list_webhooks():
+    try:
+        hooks = list(client.list_webhooks())
+    except MlflowException as exc:
+        raise StackError(
+            f"MLflow cannot read the webhooks it stored ({exc}); a stack made before the webhook encryption key was "
+            f"kept: remove {LOCAL_DIR / 'mlflow'} (registry and runs) and start again"
+        ) from exc
+    for hook in hooks:
         if hook.name == WEBHOOK_NAME:
             client.delete_webhook(hook.webhook_id)
     client.create_webhook(
@@ -279,8 +291,14 @@ def down() -> None:
 def _secrets() -> dict[str, str]:
     """Generated once per .local/ and kept, so tokens handed out before a restart stay valid."""
     values = _read(SECRETS_FILE)
-    if not {"feedback_token", "webhook"} <= values.keys():
-        values = {"feedback_token": secrets.token_urlsafe(32), "webhook": secrets.token_urlsafe(32)}
+    generators = {
+        "feedback_token": lambda: secrets.token_urlsafe(32),
+        "webhook": lambda: secrets.token_urlsafe(32),
+        "mlflow_webhook_encryption_key": lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),  # Fernet
+    }
+    missing = {name: make() for name, make in generators.items() if name not in values}
+    if missing:
+        values.update(missing)
         _write(SECRETS_FILE, values)
         SECRETS_FILE.chmod(0o600)
     return values
@@ -331,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
             urls = up()
         except (StackError, services.ServiceError) as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:  # what a dependency raised while starting: stopped already, say it plainly
+            print(f"error: the stack could not start: {exc!r}; logs in {LOGS}", file=sys.stderr)
             return 1
         for name, url in sorted(urls.items()):
             print(f"{name:<17} {url}")
