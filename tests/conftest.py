@@ -6,13 +6,66 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore
 
 from localdev import services
 from training.data import DEFAULT_DATA_DIR, REPO_ROOT
+
+# The functions' test settings (tests/functions, tests/frontend).
+PROJECT = "demo-functions-test"
+SECRET = "test-secret-0123456789abcdef"
+ORIGIN = "https://reviews.example"
+STORE_TIMEOUT_S = 2.0
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Service]:
+    with services.start_firestore_emulator(tmp_path_factory.mktemp("firestore")) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Service]:
+    with services.start_pubsub_emulator(tmp_path_factory.mktemp("pubsub"), PROJECT) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def function_env(firestore_emulator: services.Service, trained: dict) -> dict[str, str]:
+    return {
+        "FIRESTORE_EMULATOR_HOST": firestore_emulator.url,
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "FEEDBACK_TOKEN_SECRET": SECRET,
+        "ALLOWED_ORIGINS": f"{ORIGIN},http://localhost:8000",
+        "FIRESTORE_TIMEOUT_S": str(STORE_TIMEOUT_S),
+        "MODEL_URI": f"file://{trained['staged_dir']}",
+    }
+
+
+@pytest.fixture(scope="session")
+def db(firestore_emulator: services.Service) -> firestore.Client:
+    """A client of the emulator for the tests' own reads (not the code under test)."""
+    import os
+
+    os.environ["FIRESTORE_EMULATOR_HOST"] = firestore_emulator.url
+    try:
+        return firestore.Client(project=PROJECT, credentials=AnonymousCredentials())
+    finally:
+        del os.environ["FIRESTORE_EMULATOR_HOST"]
+
+
+@pytest.fixture
+def clean_db(firestore_emulator: services.Service, db: firestore.Client) -> firestore.Client:
+    """Every document deleted, through the emulator's reset endpoint."""
+    url = f"http://{firestore_emulator.url}/emulator/v1/projects/{PROJECT}/databases/(default)/documents"
+    urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=10).close()
+    return db
 
 
 @pytest.fixture(autouse=True)

@@ -11,39 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 
 from localdev import services
-
-PROJECT = "demo-functions-test"
-SECRET = "test-secret-0123456789abcdef"
-ORIGIN = "https://reviews.example"
-STORE_TIMEOUT_S = 2.0
-
-
-@pytest.fixture(scope="session")
-def firestore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Service]:
-    with services.start_firestore_emulator(tmp_path_factory.mktemp("firestore")) as service:
-        yield service
-
-
-@pytest.fixture(scope="session")
-def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Service]:
-    with services.start_pubsub_emulator(tmp_path_factory.mktemp("pubsub"), PROJECT) as service:
-        yield service
-
-
-@pytest.fixture(scope="session")
-def function_env(firestore_emulator: services.Service, trained: dict) -> dict[str, str]:
-    return {
-        "FIRESTORE_EMULATOR_HOST": firestore_emulator.url,
-        "GOOGLE_CLOUD_PROJECT": PROJECT,
-        "FEEDBACK_TOKEN_SECRET": SECRET,
-        "ALLOWED_ORIGINS": f"{ORIGIN},http://localhost:8000",
-        "FIRESTORE_TIMEOUT_S": str(STORE_TIMEOUT_S),
-        "MODEL_URI": f"file://{trained['staged_dir']}",
-    }
+from tests.conftest import ORIGIN, PROJECT, SECRET, STORE_TIMEOUT_S  # noqa: F401 (re-exported to tests)
 
 
 @pytest.fixture(scope="session")
@@ -58,26 +29,6 @@ def feedback_url(function_env: dict, tmp_path_factory: pytest.TempPathFactory) -
         "feedback", tmp_path_factory.mktemp("feedback"), function_env, ready_path="/statistics"
     ) as service:
         yield service.url
-
-
-@pytest.fixture(scope="session")
-def db(firestore_emulator: services.Service) -> firestore.Client:
-    """A client of the emulator for the tests' own reads (not the code under test)."""
-    import os
-
-    os.environ["FIRESTORE_EMULATOR_HOST"] = firestore_emulator.url
-    try:
-        return firestore.Client(project=PROJECT, credentials=AnonymousCredentials())
-    finally:
-        del os.environ["FIRESTORE_EMULATOR_HOST"]
-
-
-@pytest.fixture
-def clean_db(firestore_emulator: services.Service, db: firestore.Client) -> firestore.Client:
-    """Every document deleted, through the emulator's reset endpoint."""
-    url = f"http://{firestore_emulator.url}/emulator/v1/projects/{PROJECT}/databases/(default)/documents"
-    urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=10).close()
-    return db
 
 
 class Answer:

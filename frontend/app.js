@@ -1,0 +1,298 @@
+// The review-sentiment page: no framework, no build step, no request to any host but the function URLs that
+// config.json names (written by Terraform in the cloud and by `make up` locally).
+"use strict";
+
+const MAX_CHARS = 5000;
+const PAGE_SIZE = 10;
+
+const $ = (id) => document.getElementById(id);
+const state = { config: null, prediction: null, pageTokens: [null], page: 0 };
+
+class ServiceError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+// What a person should read for each failure: plain words first, the service's code last.
+function plainMessage(error, service) {
+  if (!(error instanceof ServiceError)) {
+    return `Cannot reach the ${service} service. Check your connection (or that the service is running) and try again.`;
+  }
+  const byCode = {
+    invalid_text: "The review must be 1 to 5,000 characters of ordinary text.",
+    body_too_large: "The review is too long: the limit is 5,000 characters.",
+    feedback_conflict: "This prediction already has a different answer.",
+    invalid_feedback_token: "This answer could not be verified; analyze the review again.",
+    prediction_not_found: "This prediction no longer exists; analyze the review again.",
+  };
+  if (byCode[error.code]) return byCode[error.code];
+  if (error.status === 503) {
+    return `The ${service} service is unavailable right now. Try again in a few seconds.`;
+  }
+  return `The ${service} service answered with an error (${error.code || error.status}): ${error.message}`;
+}
+
+async function call(url, options = {}) {
+  let response;
+  try {
+    // Only requests with a body say JSON: a plain GET stays a "simple" request, with no CORS preflight.
+    const headers = options.body ? { "Content-Type": "application/json" } : {};
+    response = await fetch(url, { ...options, headers });
+  } catch (exc) {
+    throw new TypeError(`network: ${exc}`);
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (exc) {
+    body = null;
+  }
+  if (!response.ok) {
+    const error = (body && body.error) || {};
+    throw new ServiceError(response.status, error.code || "", error.message || response.statusText);
+  }
+  return body;
+}
+
+function show(element, text) {
+  element.textContent = text;
+  element.hidden = !text;
+}
+
+function busy(button, isBusy, label) {
+  button.disabled = isBusy;
+  button.setAttribute("aria-busy", String(isBusy));
+  if (label) button.textContent = label;
+}
+
+function percent(value) {
+  return value === null || value === undefined ? "–" : `${(value * 100).toFixed(1)}%`;
+}
+
+// --- Analyze -----------------------------------------------------------------------------------------------
+
+function updateCount() {
+  const length = $("review").value.trim().length;
+  $("review-count").textContent = `${length} / ${MAX_CHARS}`;
+}
+
+async function analyze(event) {
+  event.preventDefault();
+  const text = $("review").value.trim();
+  show($("analyze-error"), "");
+  if (!text) {
+    show($("analyze-error"), "Write a review first.");
+    $("review").focus();
+    return;
+  }
+  if (text.length > MAX_CHARS) {
+    show($("analyze-error"), `The review is too long: ${text.length.toLocaleString("en")} characters, the limit is 5,000.`);
+    $("review").focus();
+    return;
+  }
+  const button = $("analyze");
+  busy(button, true, "Analyzing…");
+  try {
+    const prediction = await call(state.config.predict_url, { method: "POST", body: JSON.stringify({ text }) });
+    renderPrediction(prediction);
+    refreshStatistics();
+    loadPage(0);
+  } catch (error) {
+    $("result").hidden = true;
+    show($("analyze-error"), plainMessage(error, "prediction"));
+  } finally {
+    busy(button, false, "Analyze");
+  }
+}
+
+function renderPrediction(prediction) {
+  state.prediction = prediction;
+  const positive = prediction.is_positive.model_answered;
+  const label = $("result-label");
+  label.textContent = positive ? "Positive" : "Negative";
+  label.className = positive ? "positive" : "negative";
+  const bar = $("result-bar");
+  bar.style.width = `${(prediction.probability * 100).toFixed(1)}%`;
+  bar.className = positive ? "bar-fill" : "bar-fill negative";
+  $("result-bar-label").setAttribute("aria-label", `probability positive ${percent(prediction.probability)}`);
+  $("result-probability").textContent = `Probability that the review is positive: ${percent(prediction.probability)}`;
+  const details = prediction.details;
+  $("result-model").textContent =
+    `Answered by ${details.model_name} version ${details.model_version} (run ${details.mlflow_run_id.slice(0, 12)})`;
+  for (const id of ["feedback-yes", "feedback-no"]) $(id).disabled = false;
+  show($("feedback-status"), "");
+  $("result").hidden = false;
+}
+
+async function sendFeedback(agrees) {
+  const prediction = state.prediction;
+  if (!prediction) return;
+  const modelSaid = prediction.is_positive.model_answered;
+  const body = {
+    prediction_id: prediction.id,
+    is_positive_user_answered: agrees ? modelSaid : !modelSaid,
+    feedback_token: prediction.feedback_token,
+  };
+  const buttons = [$("feedback-yes"), $("feedback-no")];
+  buttons.forEach((b) => busy(b, true));
+  show($("feedback-status"), "Sending…");
+  try {
+    await call(state.config.feedback_url, { method: "POST", body: JSON.stringify(body) });
+    show($("feedback-status"), "Thanks, your answer counted.");
+    await refreshStatistics();
+    loadPage(state.page);
+  } catch (error) {
+    show($("feedback-status"), plainMessage(error, "feedback"));
+    buttons.forEach((b) => busy(b, false));
+    return;
+  }
+  buttons.forEach((b) => b.setAttribute("aria-busy", "false"));
+}
+
+// --- Statistics --------------------------------------------------------------------------------------------
+
+async function refreshStatistics() {
+  show($("stats-error"), "");
+  try {
+    const { statistics } = await call(`${state.config.feedback_url}/statistics`);
+    renderStatistics(statistics);
+  } catch (error) {
+    show($("stats-error"), plainMessage(error, "statistics"));
+    $("stats-overall").textContent = "–";
+  }
+}
+
+function renderStatistics(statistics) {
+  $("stats-overall").textContent =
+    statistics.feedback === 0 ? "No feedback yet" : `${percent(statistics.correctness_rate)} right`;
+  $("stats-counts").textContent =
+    `${statistics.predictions} predictions, ${statistics.feedback} with feedback, ${statistics.correct} correct.`;
+  const versions = Object.keys(statistics.by_model_version).sort((a, b) => Number(a) - Number(b));
+  const tbody = $("stats-table").querySelector("tbody");
+  tbody.replaceChildren();
+  for (const version of versions) {
+    const s = statistics.by_model_version[version];
+    const row = document.createElement("tr");
+    for (const value of [`v${version}`, s.predictions, s.feedback, s.correct, percent(s.correctness_rate)]) {
+      const cell = document.createElement("td");
+      cell.textContent = String(value);
+      row.append(cell);
+    }
+    tbody.append(row);
+  }
+  $("stats-table").hidden = versions.length === 0;
+  drawChart(versions, statistics.by_model_version);
+}
+
+// A bar per version: the share of its answered predictions that the model got right.
+function drawChart(versions, byVersion) {
+  const svg = $("stats-chart");
+  const title = svg.querySelector("title");
+  svg.replaceChildren(title);
+  const rated = versions.filter((v) => byVersion[v].correctness_rate !== null);
+  svg.hidden = rated.length === 0;
+  if (svg.hidden) return;
+  const ns = "http://www.w3.org/2000/svg";
+  const rowHeight = 26;
+  const left = 56;
+  const width = 400;
+  const barWidth = width - left - 60;
+  svg.setAttribute("viewBox", `0 0 ${width} ${rated.length * rowHeight + 8}`);
+  rated.forEach((version, index) => {
+    const rate = byVersion[version].correctness_rate;
+    const y = index * rowHeight + 4;
+    const add = (tag, attributes, text) => {
+      const node = document.createElementNS(ns, tag);
+      for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, String(value));
+      if (text !== undefined) node.textContent = text;
+      svg.append(node);
+    };
+    add("text", { x: 0, y: y + 15 }, `v${version}`);
+    add("rect", { x: left, y, width: barWidth, height: 18, class: "axis", fill: "#e6e9ee" });
+    add("rect", { x: left, y, width: Math.max(1, rate * barWidth), height: 18, class: "value" });
+    add("text", { x: left + barWidth + 6, y: y + 15 }, percent(rate));
+  });
+}
+
+// --- Recent predictions ------------------------------------------------------------------------------------
+
+async function loadPage(page) {
+  show($("recent-error"), "");
+  const token = state.pageTokens[page];
+  const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  if (token) query.set("page_token", token);
+  const more = $("recent-more");
+  busy(more, true);
+  try {
+    const body = await call(`${state.config.feedback_url}/predictions?${query}`);
+    state.page = page;
+    state.pageTokens[page + 1] = body.next_page_token;
+    renderRecent(body.predictions, page);
+    more.hidden = !body.next_page_token;
+  } catch (error) {
+    show($("recent-error"), plainMessage(error, "feedback"));
+  } finally {
+    busy(more, false);
+  }
+}
+
+function renderRecent(predictions, page) {
+  const list = $("recent-list");
+  list.replaceChildren();
+  $("recent-empty").hidden = !(predictions.length === 0 && page === 0);
+  $("recent-newest").hidden = page === 0;
+  list.start = page * PAGE_SIZE + 1;
+  for (const prediction of predictions) {
+    const item = document.createElement("li");
+    const text = document.createElement("p");
+    text.className = "text";
+    text.textContent = prediction.text; // textContent: reviews are data, never markup
+    const meta = document.createElement("p");
+    meta.className = "meta";
+    const positive = prediction.is_positive.model_answered;
+    const tag = document.createElement("span");
+    tag.className = positive ? "tag positive" : "tag negative";
+    tag.textContent = positive ? "Positive" : "Negative";
+    const user = prediction.is_positive.user_answered;
+    const verdict = user === null ? "no feedback" : user === positive ? "user agreed" : "user disagreed";
+    const when = new Date(prediction.details.timestamp).toLocaleString();
+    meta.append(tag, ` ${percent(prediction.probability)} · v${prediction.details.model_version} · ${verdict} · ${when}`);
+    item.append(text, meta);
+    list.append(item);
+  }
+}
+
+// --- Start -------------------------------------------------------------------------------------------------
+
+async function start() {
+  try {
+    const response = await fetch("config.json", { cache: "no-store" });
+    state.config = await response.json();
+    if (!state.config.predict_url || !state.config.feedback_url) throw new Error("incomplete");
+  } catch (exc) {
+    const message = "The page cannot find its configuration (config.json), so it cannot reach the services.";
+    for (const id of ["analyze-error", "stats-error", "recent-error"]) show($(id), message);
+    $("analyze").disabled = true;
+    return;
+  }
+  state.config.predict_url = state.config.predict_url.replace(/\/+$/, "");
+  state.config.feedback_url = state.config.feedback_url.replace(/\/+$/, "");
+  $("analyze-form").addEventListener("submit", analyze);
+  $("review").addEventListener("input", updateCount);
+  $("review").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("analyze-form").requestSubmit();
+  });
+  $("feedback-yes").addEventListener("click", () => sendFeedback(true));
+  $("feedback-no").addEventListener("click", () => sendFeedback(false));
+  $("stats-refresh").addEventListener("click", refreshStatistics);
+  $("recent-more").addEventListener("click", () => loadPage(state.page + 1));
+  $("recent-newest").addEventListener("click", () => loadPage(0));
+  updateCount();
+  refreshStatistics();
+  loadPage(0);
+}
+
+document.addEventListener("DOMContentLoaded", start);
