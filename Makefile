@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: help install test demo up down lint fmt bench lock clean
+.PHONY: help install test demo up down lint fmt bench lock clean bundles
 
 help:
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ up: install ## start the local stack (emulators, MLflow, functions, router, sche
 
 down: ## stop the local stack
 	@test -x $(PY) && $(PY) -m localdev.stack down || true
+
+bundles: install ## each function's self-contained deploy bundle in build/functions/<name> (Terraform zips them)
+	for f in predict feedback registry_watcher; do $(PY) -m localdev.bundle $$f build/functions/$$f; done
 
 lint: install ## ruff and terraform fmt
 	$(VENV)/bin/ruff check .

@@ -16,7 +16,7 @@ from state import StateUnavailable, utc_now
 
 from sentiment_core import config, http
 from sentiment_core.contract import MODEL_NAME, PRODUCTION_ALIAS
-from sentiment_core.registry import RegistryClient, RegistryError
+from sentiment_core.registry import IdTokenSource, RegistryClient, RegistryError
 
 logger = logging.getLogger("sentiment.watcher")
 
@@ -35,6 +35,7 @@ class Settings:
     tracking_username: str | None
     tracking_password: str | None
     tracking_token: str | None
+    mlflow_iam_audience: str | None
     mlflow_timeout_s: float
     webhook_secret: bytes
     serving_bucket: str
@@ -61,6 +62,7 @@ class Settings:
             tracking_username=config.optional("MLFLOW_TRACKING_USERNAME", "", env) or None,
             tracking_password=config.optional("MLFLOW_TRACKING_PASSWORD", "", env) or None,
             tracking_token=config.optional("MLFLOW_TRACKING_TOKEN", "", env) or None,
+            mlflow_iam_audience=config.optional("MLFLOW_IAM_AUDIENCE", "", env) or None,
             mlflow_timeout_s=config.number("MLFLOW_TIMEOUT_S", 2.0, 0.1, 60.0, env),
             webhook_secret=config.secret("MLFLOW_WEBHOOK_SECRET", env),
             serving_bucket=config.required("SERVING_BUCKET", env),
@@ -80,6 +82,8 @@ class Settings:
             password=self.tracking_password,
             token=self.tracking_token,
             timeout=self.mlflow_timeout_s,
+            # MLflow on Cloud Run behind IAM: an identity token rides beside MLflow's own credentials.
+            id_token=IdTokenSource(self.mlflow_iam_audience) if self.mlflow_iam_audience else None,
         )
 
 

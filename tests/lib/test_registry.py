@@ -111,6 +111,8 @@ class _Scripted:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.requests = 0
+        self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []
         scripted = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -120,6 +122,8 @@ class _Scripted:
             def do_GET(self) -> None:
                 status, body, delay = script[min(scripted.requests, len(script) - 1)]
                 scripted.requests += 1
+                scripted.headers.append(dict(self.headers))
+                scripted.paths.append(self.path)
                 time.sleep(delay)
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
@@ -170,3 +174,35 @@ def test_registry_timeout_is_not_retried() -> None:
         server.close()
 
     assert server.requests == 1
+
+
+def test_registry_behind_cloud_run_iam_sends_an_identity_token_beside_basic_auth() -> None:
+    from sentiment_core.registry import IdTokenSource
+
+    metadata = _Scripted([(200, b"header.payload.signature", 0)])
+    mlflow = _Scripted([(200, ALIAS_ANSWER, 0)])
+    try:
+        tokens = IdTokenSource(mlflow.url, url=f"{metadata.url}/identity")
+        client = RegistryClient(mlflow.url, username="watcher", password="pw", id_token=tokens, timeout=2)
+        client.version_by_alias("m", "production")
+        client.version_by_alias("m", "production")
+    finally:
+        metadata.close()
+        mlflow.close()
+
+    assert mlflow.headers[0]["X-Serverless-Authorization"] == "Bearer header.payload.signature"
+    assert mlflow.headers[0]["Authorization"].startswith("Basic ")
+    assert metadata.requests == 1  # reused, not fetched per call
+    assert metadata.headers[0]["Metadata-Flavor"] == "Google"
+    assert "audience=http" in metadata.paths[0]
+
+
+def test_identity_token_unavailable_is_a_registry_error() -> None:
+    from sentiment_core.registry import IdTokenSource
+
+    metadata = _Scripted([(404, b"no such service account", 0)])
+    try:
+        with pytest.raises(RegistryError, match="identity token"):
+            IdTokenSource("https://mlflow.example", url=f"{metadata.url}/identity")()
+    finally:
+        metadata.close()

@@ -173,6 +173,20 @@ def test_whole_loop_train_promote_switch_under_load_statistics_and_rollback(loca
     v1 = train(urls, env, seed=1)
     promote_as_the_ui_does(urls, v1)
     wait_for_version(urls, v1, 60)
+    # The page's origin gets CORS through the router, as the browser needs it.
+    preflight = call(
+        urls["predict"],
+        method="OPTIONS",
+        headers={
+            "Origin": urls["frontend"],
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert preflight.headers["Access-Control-Allow-Origin"] == urls["frontend"]
+    page = call(f"{urls['frontend']}/")
+    assert page.status == 200
+    assert b"<title>Review sentiment</title>" in page.raw
 
     made: Counter = Counter()
     answered: Counter = Counter()

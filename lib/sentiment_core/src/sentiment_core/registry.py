@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from sentiment_core.contract import LEGACY_PRODUCTION_STAGE, PRODUCTION_ALIAS
@@ -20,6 +22,39 @@ from sentiment_core.contract import LEGACY_PRODUCTION_STAGE, PRODUCTION_ALIAS
 
 class RegistryError(RuntimeError):
     """The registry could not be read (network, auth or server error)."""
+
+
+METADATA_IDENTITY_URL = "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/identity"
+
+
+class IdTokenSource:
+    """Google-signed ID tokens for `audience` from the metadata server, reused for most of their hour.
+
+    An MLflow server on Cloud Run that only IAM-granted principals may invoke wants one in
+    `X-Serverless-Authorization`, which leaves `Authorization` to MLflow's own basic auth.
+    """
+
+    def __init__(self, audience: str, url: str = METADATA_IDENTITY_URL, timeout_s: float = 2.0) -> None:
+        self._query = urllib.parse.urlencode({"audience": audience, "format": "full"})
+        self._url = url
+        self._timeout = timeout_s
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._renew_at = 0.0
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._token is None or time.monotonic() >= self._renew_at:
+                request = urllib.request.Request(f"{self._url}?{self._query}", headers={"Metadata-Flavor": "Google"})
+                try:
+                    with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                        token = response.read().decode().strip()
+                except (urllib.error.URLError, OSError, UnicodeDecodeError) as exc:
+                    raise RegistryError(f"no identity token from the metadata server: {exc}") from exc
+                if token.count(".") != 2:
+                    raise RegistryError("the metadata server did not answer with a token")
+                self._token, self._renew_at = token, time.monotonic() + 3000  # tokens live 3600 s
+            return self._token
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +101,7 @@ class RegistryClient:
         timeout: float = 10.0,
         retries: int = 1,
         backoff_s: float = 0.3,
+        id_token: Callable[[], str] | None = None,
     ) -> None:
         if not tracking_uri.startswith(("http://", "https://")):
             raise ValueError(f"tracking URI must be http(s), got {tracking_uri!r}")
@@ -73,6 +109,7 @@ class RegistryClient:
         self._timeout = timeout
         self._retries = retries
         self._backoff = backoff_s
+        self._id_token = id_token
         self._headers = {"Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -135,7 +172,7 @@ class RegistryClient:
             raise RegistryError(f"cannot fetch {artifact_uri}: only proxied mlflow-artifacts:/ URIs are supported")
         path = artifact_uri.removeprefix("mlflow-artifacts:").lstrip("/").rstrip("/") + "/" + relative_path
         request = urllib.request.Request(
-            f"{self._base}/api/2.0/mlflow-artifacts/artifacts/{urllib.parse.quote(path)}", headers=self._headers
+            f"{self._base}/api/2.0/mlflow-artifacts/artifacts/{urllib.parse.quote(path)}", headers=self._with_iam()
         )
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
@@ -149,6 +186,12 @@ class RegistryClient:
         if len(data) > max_bytes:
             raise RegistryError(f"{path} is larger than {max_bytes} bytes")
         return data
+
+    def _with_iam(self) -> dict[str, str]:
+        headers = dict(self._headers)
+        if self._id_token is not None:
+            headers["X-Serverless-Authorization"] = f"Bearer {self._id_token()}"
+        return headers
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """A request with bounded retries: a refused connection or a 5xx is tried again, a timeout is not.
@@ -167,7 +210,7 @@ class RegistryClient:
 
     def _call_once(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
         """One request; None for RESOURCE_DOES_NOT_EXIST, RegistryError for anything else unexpected."""
-        headers = dict(self._headers)
+        headers = self._with_iam()
         data = None
         if body is not None:
             data = json.dumps(body).encode()

@@ -1,0 +1,47 @@
+resource "google_firestore_database" "main" {
+  project                           = var.project_id
+  name                              = "(default)"
+  location_id                       = var.firestore_location
+  type                              = "FIRESTORE_NATIVE"
+  point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
+  delete_protection_state           = "DELETE_PROTECTION_ENABLED"
+  deletion_policy                   = "ABANDON"
+
+  depends_on = [google_project_service.main]
+}
+
+# Review texts are large and never queried: not indexed (saves write cost and the 1,500-byte index limit).
+resource "google_firestore_field" "prediction_text" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "predictions"
+  field      = "text"
+
+  index_config {}
+}
+
+# Webhook delivery ids are kept a day for replay protection, then deleted by Firestore's TTL.
+resource "google_firestore_field" "delivery_expiry" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "webhook_deliveries"
+  field      = "expires_at"
+
+  ttl_config {}
+}
+
+# Statistics per version: counts of a version's predictions with feedback (aggregation check queries).
+resource "google_firestore_index" "predictions_by_version" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "predictions"
+
+  fields {
+    field_path = "model_version"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "created_at"
+    order      = "DESCENDING"
+  }
+}

@@ -1,0 +1,136 @@
+locals {
+  services = toset([
+    "artifactregistry.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "cloudfunctions.googleapis.com",
+    "cloudscheduler.googleapis.com",
+    "compute.googleapis.com",
+    "firestore.googleapis.com",
+    "iam.googleapis.com",
+    "pubsub.googleapis.com",
+    "run.googleapis.com",
+    "secretmanager.googleapis.com",
+    "servicenetworking.googleapis.com",
+    "sqladmin.googleapis.com",
+    "storage.googleapis.com",
+  ])
+
+  # One service account per component (STYLE 20): each gets only the roles its code uses (iam.tf).
+  service_accounts = {
+    predict          = "predict function"
+    feedback         = "feedback function"
+    registry-watcher = "registry_watcher function (scheduler ticks)"
+    registry-webhook = "registry_watcher deployed as MLflow's webhook receiver"
+    redeployer       = "on_production_changed function (the redeploy)"
+    scheduler        = "Cloud Scheduler's identity when it ticks the watcher"
+    pubsub-push      = "Pub/Sub's identity when it pushes events to the redeploy"
+    mlflow           = "MLflow tracking server on Cloud Run"
+  }
+
+  # The deployed functions. One source (registry_watcher) is deployed three times with different entry points
+  # and identities; the webhook receiver is the only internal function that allUsers may invoke (DESIGN.md).
+  functions = {
+    predict = {
+      source          = "predict"
+      entry_point     = "predict"
+      service_account = "predict"
+      public          = true
+      ingress         = "ALLOW_ALL"
+      memory          = "1Gi"
+      timeout         = 30
+    }
+    feedback = {
+      source          = "feedback"
+      entry_point     = "feedback"
+      service_account = "feedback"
+      public          = true
+      ingress         = "ALLOW_ALL"
+      memory          = "512Mi"
+      timeout         = 30
+    }
+    registry-watcher = {
+      source          = "registry_watcher"
+      entry_point     = "registry_watcher"
+      service_account = "registry-watcher"
+      public          = false
+      ingress         = "ALLOW_INTERNAL_ONLY"
+      memory          = "1Gi"
+      timeout         = 120
+    }
+    registry-webhook = {
+      source          = "registry_watcher"
+      entry_point     = "registry_watcher"
+      service_account = "registry-webhook"
+      public          = true # MLflow cannot attach a Google identity: the HMAC signature guards it, ingress is internal
+      ingress         = "ALLOW_INTERNAL_ONLY"
+      memory          = "1Gi"
+      timeout         = 120
+    }
+    on-production-changed = {
+      source          = "registry_watcher"
+      entry_point     = "on_production_changed"
+      service_account = "redeployer"
+      public          = false
+      ingress         = "ALLOW_INTERNAL_ONLY"
+      memory          = "512Mi"
+      timeout         = 540
+    }
+  }
+
+  max_instances = {
+    predict               = var.max_instances["predict"]
+    feedback              = var.max_instances["feedback"]
+    registry-watcher      = var.max_instances["registry_watcher"]
+    registry-webhook      = var.max_instances["registry_webhook"]
+    on-production-changed = var.max_instances["on_production_changed"]
+  }
+
+  site_url       = "https://storage.googleapis.com/${google_storage_bucket.site.name}"
+  site_origin    = "https://storage.googleapis.com"
+  cors_origins   = join(",", concat([local.site_origin], var.allowed_origins))
+  topic          = "model-production-changed"
+  predict_run_id = "projects/${var.project_id}/locations/${var.region}/services/predict"
+
+  public_env = {
+    GOOGLE_CLOUD_PROJECT = var.project_id
+    FIRESTORE_DATABASE   = google_firestore_database.main.name
+    FIRESTORE_TIMEOUT_S  = "3"
+    ALLOWED_ORIGINS      = local.cors_origins
+  }
+
+  watcher_env = {
+    GOOGLE_CLOUD_PROJECT     = var.project_id
+    FIRESTORE_DATABASE       = google_firestore_database.main.name
+    MODEL_NAME               = var.model_name
+    MLFLOW_TRACKING_URI      = google_cloud_run_v2_service.mlflow.uri
+    MLFLOW_TRACKING_USERNAME = "watcher"
+    MLFLOW_IAM_AUDIENCE      = google_cloud_run_v2_service.mlflow.uri
+    MLFLOW_TIMEOUT_S         = "2"
+    SERVING_BUCKET           = google_storage_bucket.staged_models.name
+    PUBSUB_TOPIC             = google_pubsub_topic.production_changed.id
+    MIN_VALIDATION_ACCURACY  = tostring(var.min_validation_accuracy)
+    DEPLOYER                 = "cloud_run"
+    PREDICT_SERVICE          = local.predict_run_id
+  }
+
+  function_env = {
+    predict               = merge(local.public_env, { MODEL_URI = var.initial_model_uri, ORT_THREADS = "1" })
+    feedback              = local.public_env
+    registry-watcher      = local.watcher_env
+    registry-webhook      = local.watcher_env
+    on-production-changed = local.watcher_env
+  }
+
+  function_secrets = {
+    predict               = { FEEDBACK_TOKEN_SECRET = google_secret_manager_secret.main["feedback-token"].secret_id }
+    feedback              = { FEEDBACK_TOKEN_SECRET = google_secret_manager_secret.main["feedback-token"].secret_id }
+    registry-watcher      = local.watcher_secrets
+    registry-webhook      = local.watcher_secrets
+    on-production-changed = local.watcher_secrets
+  }
+
+  watcher_secrets = {
+    MLFLOW_WEBHOOK_SECRET    = google_secret_manager_secret.main["mlflow-webhook"].secret_id
+    MLFLOW_TRACKING_PASSWORD = google_secret_manager_secret.main["mlflow-watcher-password"].secret_id
+  }
+}

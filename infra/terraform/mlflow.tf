@@ -1,0 +1,204 @@
+# MLflow tracking server: Cloud Run, PostgreSQL on Cloud SQL over a private connection, artifacts in GCS,
+# basic auth on with a generated admin password, only IAM-granted principals may reach it.
+
+resource "google_compute_network" "main" {
+  name                    = "sentiment"
+  auto_create_subnetworks = false
+
+  depends_on = [google_project_service.main]
+}
+
+resource "google_compute_subnetwork" "run" {
+  name                     = "sentiment-run"
+  region                   = var.region
+  network                  = google_compute_network.main.id
+  ip_cidr_range            = "10.8.0.0/24"
+  private_ip_google_access = true
+
+  log_config {
+    aggregation_interval = "INTERVAL_10_MIN"
+    flow_sampling        = 0.5
+    metadata             = "INCLUDE_ALL_METADATA"
+  }
+}
+
+resource "google_compute_global_address" "sql_peering" {
+  name          = "sentiment-sql-peering"
+  purpose       = "VPC_PEERING"
+  address_type  = "INTERNAL"
+  prefix_length = 20
+  network       = google_compute_network.main.id
+}
+
+resource "google_service_networking_connection" "sql" {
+  network                 = google_compute_network.main.id
+  service                 = "servicenetworking.googleapis.com"
+  reserved_peering_ranges = [google_compute_global_address.sql_peering.name]
+}
+
+resource "google_sql_database_instance" "mlflow" {
+  name                = "sentiment-mlflow"
+  region              = var.region
+  database_version    = "POSTGRES_16"
+  deletion_protection = true
+
+  settings {
+    tier              = var.sql_tier
+    availability_type = "ZONAL"
+
+    ip_configuration {
+      ipv4_enabled    = false
+      private_network = google_compute_network.main.id
+      ssl_mode        = "ENCRYPTED_ONLY"
+    }
+
+    backup_configuration {
+      enabled                        = true
+      point_in_time_recovery_enabled = true
+    }
+
+    database_flags {
+      name  = "log_checkpoints"
+      value = "on"
+    }
+    database_flags {
+      name  = "log_connections"
+      value = "on"
+    }
+    database_flags {
+      name  = "log_disconnections"
+      value = "on"
+    }
+    database_flags {
+      name  = "log_lock_waits"
+      value = "on"
+    }
+    database_flags {
+      name  = "log_min_duration_statement"
+      value = "-1"
+    }
+    database_flags {
+      name  = "cloudsql.enable_pgaudit"
+      value = "on"
+    }
+  }
+
+  depends_on = [google_service_networking_connection.sql]
+}
+
+resource "google_sql_database" "mlflow" {
+  for_each = toset(["mlflow", "mlflow_auth"])
+
+  name     = each.value
+  instance = google_sql_database_instance.mlflow.name
+}
+
+resource "google_sql_user" "mlflow" {
+  name     = "mlflow"
+  instance = google_sql_database_instance.mlflow.name
+  password = random_password.main["mlflow-db-password"].result
+}
+
+resource "google_cloud_run_v2_service" "mlflow" {
+  name                = "mlflow"
+  location            = var.region
+  ingress             = "INGRESS_TRAFFIC_ALL" # reachable only with an IAM identity granted run.invoker below
+  deletion_protection = true
+
+  template {
+    service_account = google_service_account.main["mlflow"].email
+
+    scaling {
+      min_instance_count = 0
+      max_instance_count = 2
+    }
+
+    # Direct VPC egress: Cloud SQL's private address, and the webhook receiver's internal-only ingress.
+    vpc_access {
+      egress = "ALL_TRAFFIC"
+      network_interfaces {
+        network    = google_compute_network.main.id
+        subnetwork = google_compute_subnetwork.run.id
+      }
+    }
+
+    containers {
+      image   = var.mlflow_image
+      command = ["/bin/sh", "-c"]
+      # The database password comes from Secret Manager through the environment, never from this file.
+      args = [join(" ", [
+        "exec mlflow server --host 0.0.0.0 --port 8080 --workers 2 --app-name basic-auth",
+        "--backend-store-uri \"postgresql+psycopg://mlflow:$${DB_PASSWORD}@${google_sql_database_instance.mlflow.private_ip_address}/mlflow\"",
+        "--artifacts-destination gs://${google_storage_bucket.mlflow_artifacts.name}",
+      ])]
+
+      ports {
+        container_port = 8080
+      }
+
+      resources {
+        limits = {
+          cpu    = "1"
+          memory = "2Gi"
+        }
+      }
+
+      env {
+        name = "DB_PASSWORD"
+        value_source {
+          secret_key_ref {
+            secret  = google_secret_manager_secret.main["mlflow-db-password"].secret_id
+            version = "latest"
+          }
+        }
+      }
+      env {
+        name = "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"
+        value_source {
+          secret_key_ref {
+            secret  = google_secret_manager_secret.main["mlflow-webhook-encryption-key"].secret_id
+            version = "latest"
+          }
+        }
+      }
+      env {
+        name  = "MLFLOW_AUTH_CONFIG_PATH"
+        value = "/secrets/auth/basic_auth.ini"
+      }
+      env {
+        name  = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
+        value = "false"
+      }
+
+      volume_mounts {
+        name       = "auth"
+        mount_path = "/secrets/auth"
+      }
+    }
+
+    volumes {
+      name = "auth"
+      secret {
+        secret = google_secret_manager_secret.main["mlflow-auth-config"].secret_id
+        items {
+          version = "latest"
+          path    = "basic_auth.ini"
+        }
+      }
+    }
+  }
+
+  depends_on = [google_project_service.main, google_secret_manager_secret_version.main, google_sql_user.mlflow]
+}
+
+resource "google_cloud_run_v2_service_iam_member" "mlflow_invoker" {
+  for_each = toset(concat(var.mlflow_invokers, [
+    "serviceAccount:${google_service_account.main["registry-watcher"].email}",
+    "serviceAccount:${google_service_account.main["registry-webhook"].email}",
+  ]))
+
+  location = var.region
+  name     = google_cloud_run_v2_service.mlflow.name
+  role     = "roles/run.invoker"
+  member   = each.value
+}

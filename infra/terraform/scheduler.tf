@@ -1,0 +1,27 @@
+resource "google_cloud_scheduler_job" "tick" {
+  name             = "registry-watcher-tick"
+  description      = "One reconcile of the registry watcher: catches up with any promotion a webhook missed."
+  schedule         = var.scheduler_cron
+  time_zone        = "Etc/UTC"
+  attempt_deadline = "120s"
+  region           = var.region
+
+  retry_config {
+    retry_count = 0 # the next tick is the retry
+  }
+
+  http_target {
+    http_method = "POST"
+    uri         = google_cloudfunctions2_function.main["registry-watcher"].service_config[0].uri
+    body        = base64encode("{}")
+    headers = {
+      "Content-Type" = "application/json"
+    }
+    oidc_token {
+      service_account_email = google_service_account.main["scheduler"].email
+      audience              = google_cloudfunctions2_function.main["registry-watcher"].service_config[0].uri
+    }
+  }
+
+  depends_on = [google_project_service.main]
+}

@@ -1,0 +1,83 @@
+resource "google_storage_bucket" "mlflow_artifacts" {
+  name                        = "${var.name_prefix}-mlflow-artifacts"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = false
+
+  versioning {
+    enabled = true
+  }
+}
+
+# Staged versions, gs://BUCKET/<model>/v<version>/: written once by the watcher, read by predict.
+resource "google_storage_bucket" "staged_models" {
+  name                        = "${var.name_prefix}-staged-models"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = false
+
+  versioning {
+    enabled = true
+  }
+}
+
+resource "google_storage_bucket" "function_sources" {
+  name                        = "${var.name_prefix}-function-sources"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = true
+
+  lifecycle_rule {
+    condition {
+      age = 30
+    }
+    action {
+      type = "Delete"
+    }
+  }
+}
+
+# The static page: the one public bucket.
+resource "google_storage_bucket" "site" {
+  #checkov:skip=CKV_GCP_114:the static web page is public by design
+  name                        = "${var.name_prefix}-site"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "inherited"
+  force_destroy               = true
+
+  website {
+    main_page_suffix = "index.html"
+  }
+}
+
+resource "google_storage_bucket_iam_member" "site_public" {
+  #checkov:skip=CKV_GCP_28:the static web page is public by design
+  bucket = google_storage_bucket.site.name
+  role   = "roles/storage.objectViewer"
+  member = "allUsers"
+}
+
+resource "google_storage_bucket_object" "site" {
+  for_each = toset(["index.html", "app.js", "style.css"])
+
+  bucket        = google_storage_bucket.site.name
+  name          = each.value
+  source        = "${path.module}/../../frontend/${each.value}"
+  content_type  = lookup({ html = "text/html", js = "text/javascript", css = "text/css" }, regex("[a-z]+$", each.value))
+  cache_control = "no-cache"
+}
+
+resource "google_storage_bucket_object" "site_config" {
+  bucket        = google_storage_bucket.site.name
+  name          = "config.json"
+  content_type  = "application/json"
+  cache_control = "no-cache"
+  content = jsonencode({
+    predict_url  = google_cloudfunctions2_function.main["predict"].service_config[0].uri
+    feedback_url = google_cloudfunctions2_function.main["feedback"].service_config[0].uri
+  })
+}

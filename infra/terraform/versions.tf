@@ -1,0 +1,25 @@
+terraform {
+  required_version = ">= 1.6, < 2.0"
+
+  required_providers {
+    google = {
+      source  = "hashicorp/google"
+      version = ">= 6.10, < 7.0"
+    }
+    random = {
+      source  = "hashicorp/random"
+      version = ">= 3.6, < 4.0"
+    }
+    archive = {
+      source  = "hashicorp/archive"
+      version = ">= 2.4, < 3.0"
+    }
+  }
+
+  # Remote state: copy backend.tf.example to backend.tf and name your state bucket (README, deployment guide).
+}
+
+provider "google" {
+  project = var.project_id
+  region  = var.region
+}

@@ -1,0 +1,177 @@
+"""Offline checks of infra/terraform (the google provider cannot be downloaded here): format, and consistency
+with the code it deploys: entry points, environment variables, identities and who may invoke what."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TERRAFORM = REPO_ROOT / "infra" / "terraform"
+
+# Read by the code only when running locally or in tests: Terraform must not set them.
+LOCAL_ONLY = {
+    "FIRESTORE_EMULATOR_HOST",
+    "STORAGE_EMULATOR_HOST",
+    "PUBSUB_EMULATOR_HOST",
+    "CLOUD_RUN_ENDPOINT",
+    "LOCAL_ROUTER_URL",
+    "LOCAL_PREDICT_URL",
+    "MLFLOW_TRACKING_TOKEN",  # an alternative to username/password; the cloud uses basic auth + IAM
+}
+
+
+def unquote(value: Any) -> Any:
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def parsed() -> dict[str, list]:
+    """Every top-level block of every .tf file, merged by kind."""
+    import hcl2
+
+    blocks: dict[str, list] = {}
+    for path in sorted(TERRAFORM.glob("*.tf")):
+        for kind, items in hcl2.loads(path.read_text()).items():
+            if not kind.startswith("__"):
+                blocks.setdefault(kind, []).extend(items)
+    return blocks
+
+
+def locals_() -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for block in parsed().get("locals", []):
+        merged.update(block)
+    return merged
+
+
+def resources(kind: str) -> dict[str, dict]:
+    found = {}
+    for block in parsed().get("resource", []):
+        for resource_kind, named in block.items():
+            if unquote(resource_kind) == kind:
+                found.update({unquote(name): body for name, body in named.items()})
+    return found
+
+
+def functions() -> dict[str, dict[str, Any]]:
+    return {name: {k: unquote(v) for k, v in spec.items()} for name, spec in locals_()["functions"].items()}
+
+
+def env_names(expression: Any) -> set[str]:
+    """Variable names an HCL map expression sets: inline keys plus those of the locals it merges."""
+    if isinstance(expression, dict):
+        return {unquote(key) for key in expression}
+    names = set(re.findall(r"\b([A-Z][A-Z0-9_]+)\s*=", expression))
+    for local in re.findall(r"local\.(\w+)", expression):
+        value = locals_()[local]
+        names |= env_names(value)
+    return names
+
+
+def code_reads(source: str) -> set[str]:
+    """Every variable a function's bundle reads: its folder and the shared package, by their read calls."""
+    pattern = re.compile(
+        r"""(?:config\.(?:required|optional|number|secret)\(|os\.environ\.get\(|os\.environ\[)\s*["']([A-Z][A-Z0-9_]+)"""
+    )
+    files = [*(REPO_ROOT / "functions" / source).glob("*.py")]
+    used_shared = {"predict": {"config", "web", "firestore_rest"}, "feedback": {"config", "web"}}.get(
+        source, {"config", "registry"}
+    )
+    files += [REPO_ROOT / "lib/sentiment_core/src/sentiment_core" / f"{m}.py" for m in used_shared]
+    return {name for path in files for name in pattern.findall(path.read_text())}
+
+
+def test_terraform_files_are_formatted() -> None:
+    result = subprocess.run(
+        ["terraform", "fmt", "-check", "-recursive", str(TERRAFORM)], capture_output=True, text=True, check=False
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_terraform_has_the_style_files_and_typed_described_variables() -> None:
+    names = {p.name for p in TERRAFORM.glob("*.tf")}
+    variables = {unquote(k): v for block in parsed()["variable"] for k, v in block.items()}
+
+    assert {"versions.tf", "variables.tf", "outputs.tf", "locals.tf"} <= names
+    assert variables
+    assert [n for n, v in variables.items() if "type" not in v or "description" not in v] == []
+
+
+@pytest.mark.parametrize(
+    "name", ["predict", "feedback", "registry-watcher", "registry-webhook", "on-production-changed"]
+)
+def test_each_function_entry_point_exists_in_its_code(name: str) -> None:
+    spec = functions()[name]
+    main = (REPO_ROOT / "functions" / spec["source"] / "main.py").read_text()
+
+    assert re.search(rf"@functions_framework\.(http|cloud_event)\ndef {spec['entry_point']}\(", main)
+
+
+@pytest.mark.parametrize(
+    "name", ["predict", "feedback", "registry-watcher", "registry-webhook", "on-production-changed"]
+)
+def test_each_environment_variable_the_code_reads_is_set(name: str) -> None:
+    spec = functions()[name]
+    set_by_terraform = env_names(locals_()["function_env"][name]) | env_names(locals_()["function_secrets"][name])
+
+    missing = code_reads(spec["source"]) - LOCAL_ONLY - set_by_terraform
+
+    assert missing == set()
+
+
+def test_every_function_has_max_instances_and_its_own_service_account() -> None:
+    specs = functions()
+    accounts = [spec["service_account"] for spec in specs.values()]
+    body = resources("google_cloudfunctions2_function")["main"]
+    service_config = body["service_config"][0]
+
+    assert len(set(accounts)) == len(accounts)
+    assert "max_instance_count" in service_config
+    assert set(locals_()["max_instances"]) == set(specs)
+
+
+def test_only_predict_feedback_and_the_signed_webhook_receiver_are_public() -> None:
+    public = {name for name, spec in functions().items() if spec["public"] is True}
+    webhook = functions()["registry-webhook"]
+
+    assert public == {"predict", "feedback", "registry-webhook"}
+    assert webhook["ingress"] == "ALLOW_INTERNAL_ONLY"  # DESIGN.md: the one exception, internal ingress + HMAC
+    assert "allUsers" not in (TERRAFORM / "mlflow.tf").read_text()
+
+
+def test_no_basic_roles_anywhere() -> None:
+    text = "\n".join(p.read_text() for p in TERRAFORM.glob("*.tf"))
+
+    assert re.findall(r"roles/(owner|editor|viewer)\b", text) == []
+
+
+def test_no_secret_literal_in_terraform() -> None:
+    text = "\n".join(p.read_text() for p in TERRAFORM.glob("*.tf*"))
+
+    # A value given as a quoted literal to an attribute that holds a credential (names of secrets are fine).
+    literals = re.findall(r"(?i)\b(password|secret_data|api_key|private_key|token)\s*=\s*\"(?!\$\{)[^\"]+\"", text)
+
+    assert literals == []
+
+
+def test_scheduler_uses_oidc_and_the_subscription_has_a_dead_letter_topic() -> None:
+    job = resources("google_cloud_scheduler_job")["tick"]
+    subscription = resources("google_pubsub_subscription")["redeploy"]
+
+    assert "oidc_token" in job["http_target"][0]
+    assert "oidc_token" in subscription["push_config"][0]
+    assert "dead_letter_policy" in subscription
+
+
+def test_firestore_is_protected() -> None:
+    database = {k: unquote(v) for k, v in resources("google_firestore_database")["main"].items()}
+
+    assert database["point_in_time_recovery_enablement"] == "POINT_IN_TIME_RECOVERY_ENABLED"
+    assert database["delete_protection_state"] == "DELETE_PROTECTION_ENABLED"
