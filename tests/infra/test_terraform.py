@@ -175,3 +175,89 @@ def test_firestore_is_protected() -> None:
 
     assert database["point_in_time_recovery_enablement"] == "POINT_IN_TIME_RECOVERY_ENABLED"
     assert database["delete_protection_state"] == "DELETE_PROTECTION_ENABLED"
+
+
+PROVIDER_WHEEL = "cdktf-cdktf-provider-google==16.12.1"  # the google provider 6.50 schema, in its jsii assembly
+META = {"for_each", "count", "depends_on", "lifecycle", "provider", "__comments__", "__is_block__"}
+
+
+@pytest.fixture(scope="module")
+def provider_schema() -> dict[tuple[str, str], set[str]]:
+    """{("resources"|"data-sources", type): every attribute and block name at any depth}, from the links to the
+    provider's documentation that the prebuilt cdktf provider carries for each of its properties."""
+    import io
+    import sys
+    import tarfile
+    import zipfile
+
+    cache = Path.home() / ".cache" / "yelp-sentiment" / "provider-schema"
+    wheels = sorted(cache.glob("cdktf_cdktf_provider_google-*.whl"))
+    if not wheels:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(cache), PROVIDER_WHEEL],
+            check=True,
+            timeout=600,
+        )
+        wheels = sorted(cache.glob("cdktf_cdktf_provider_google-*.whl"))
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        (assembly_name,) = [n for n in wheel.namelist() if n.endswith(".jsii.tgz")]
+        with tarfile.open(fileobj=io.BytesIO(wheel.read(assembly_name))) as assembly:
+            text = assembly.extractfile("package/.jsii").read().decode()
+    schema: dict[tuple[str, str], set[str]] = {}
+    links = r"registry\.terraform\.io/providers/hashicorp/google/[0-9.]+/docs/(resources|data-sources)/(\w+)#(\w+)"
+    for kind, name, attribute in re.findall(links, text):
+        schema.setdefault((kind, f"google_{name}"), set()).add(attribute)
+    return schema
+
+
+def unknown_names(body: Any, allowed: set[str], path: str) -> list[str]:
+    """Attribute and block names in a parsed body that the schema does not have, with where they are."""
+    found = []
+    for block in body if isinstance(body, list) else [body]:
+        if not isinstance(block, dict):
+            continue
+        for key, value in block.items():
+            name = unquote(key)
+            if name in META:
+                continue
+            if name == "dynamic":
+                for dynamic in value:
+                    for label, spec in dynamic.items():
+                        if unquote(label) not in allowed:
+                            found.append(f"{path}.{unquote(label)}")
+                        found += unknown_names(spec.get("content", []), allowed, f"{path}.{unquote(label)}")
+                continue
+            if name not in allowed:
+                found.append(f"{path}.{name}")
+            if isinstance(value, list) and value and isinstance(value[0], dict) and value[0].get("__is_block__"):
+                found += unknown_names(value, allowed, f"{path}.{name}")
+    return found
+
+
+def test_every_google_resource_type_and_attribute_exists_in_the_provider_schema(provider_schema) -> None:
+    problems = []
+    checked = 0
+    for kind, section in (("resources", "resource"), ("data-sources", "data")):
+        for block in parsed().get(section, []):
+            for resource_type, named in block.items():
+                resource_type = unquote(resource_type)
+                if not resource_type.startswith("google_"):
+                    continue  # random and archive are other providers
+                allowed = provider_schema.get((kind, resource_type))
+                if allowed is None:
+                    problems.append(f"{section} type {resource_type} does not exist")
+                    continue
+                for name, body in named.items():
+                    checked += 1
+                    problems += unknown_names(body, allowed, f"{resource_type}.{unquote(name)}")
+
+    assert checked > 30
+    assert problems == []
+
+
+def test_schema_check_catches_a_misspelt_attribute(provider_schema) -> None:
+    body = {"name": '"x"', "max_instance_cuont": 3, "service_config": [{"timeout_secs": 1, "__is_block__": True}]}
+
+    found = unknown_names(body, provider_schema[("resources", "google_cloudfunctions2_function")], "f")
+
+    assert found == ["f.max_instance_cuont", "f.service_config.timeout_secs"]
