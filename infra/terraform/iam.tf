@@ -6,14 +6,14 @@ locals {
   watchers        = toset(["registry-watcher", "registry-webhook"])
 
   secret_readers = merge(
-    { for sa in ["predict", "feedback"] : "${sa}/feedback-token" => { sa = sa, secret = "feedback-token" } },
+    { for sa in ["predict", "feedback"] : "${sa}/feedback-token" => { sa = sa, secret_name = "feedback-token" } },
     {
       for pair in setproduct(["registry-watcher", "registry-webhook", "redeployer"], ["mlflow-webhook", "mlflow-watcher-password"]) :
-      "${pair[0]}/${pair[1]}" => { sa = pair[0], secret = pair[1] }
+      "${pair[0]}/${pair[1]}" => { sa = pair[0], secret_name = pair[1] }
     },
     {
       for secret in ["mlflow-db-password", "mlflow-webhook-encryption-key", "mlflow-auth-config"] :
-      "mlflow/${secret}" => { sa = "mlflow", secret = secret }
+      "mlflow/${secret}" => { sa = "mlflow", secret_name = secret }
     },
   )
 }
@@ -34,7 +34,7 @@ resource "google_project_iam_member" "firestore_user" {
 resource "google_secret_manager_secret_iam_member" "reader" {
   for_each = local.secret_readers
 
-  secret_id = google_secret_manager_secret.main[each.value.secret].id
+  secret_id = google_secret_manager_secret.main[each.value.secret_name].id
   role      = "roles/secretmanager.secretAccessor"
   member    = "serviceAccount:${google_service_account.main[each.value.sa].email}"
 }

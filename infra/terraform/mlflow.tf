@@ -8,6 +8,24 @@ resource "google_compute_network" "main" {
   depends_on = [google_project_service.main]
 }
 
+# Nothing reaches the VPC from outside: Cloud Run only sends from it, Cloud SQL is reached over the peering.
+resource "google_compute_firewall" "deny_ingress" {
+  name      = "sentiment-deny-ingress"
+  network   = google_compute_network.main.id
+  direction = "INGRESS"
+  priority  = 65534
+
+  deny {
+    protocol = "all"
+  }
+
+  source_ranges = ["0.0.0.0/0"]
+
+  log_config {
+    metadata = "INCLUDE_ALL_METADATA"
+  }
+}
+
 resource "google_compute_subnetwork" "run" {
   name                     = "sentiment-run"
   region                   = var.region
@@ -37,9 +55,10 @@ resource "google_service_networking_connection" "sql" {
 }
 
 resource "google_sql_database_instance" "mlflow" {
+  #checkov:skip=CKV_GCP_6:ssl_mode ENCRYPTED_ONLY refuses unencrypted connections; MLflow connects with TLS, not client certificates
   name                = "sentiment-mlflow"
   region              = var.region
-  database_version    = "POSTGRES_16"
+  database_version    = "POSTGRES_18"
   deletion_protection = true
 
   settings {
@@ -79,6 +98,26 @@ resource "google_sql_database_instance" "mlflow" {
     }
     database_flags {
       name  = "cloudsql.enable_pgaudit"
+      value = "on"
+    }
+    database_flags {
+      name  = "log_min_messages"
+      value = "error"
+    }
+    database_flags {
+      name  = "log_min_error_statement"
+      value = "error"
+    }
+    database_flags {
+      name  = "log_hostname"
+      value = "on"
+    }
+    database_flags {
+      name  = "log_statement"
+      value = "ddl"
+    }
+    database_flags {
+      name  = "log_duration"
       value = "on"
     }
   }

@@ -1,9 +1,35 @@
+# Access logs of the other buckets.
+resource "google_storage_bucket" "access_logs" {
+  #checkov:skip=CKV_GCP_62:the access-log bucket does not log access to itself
+  name                        = "${var.name_prefix}-access-logs"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+
+  versioning {
+    enabled = true
+  }
+
+  lifecycle_rule {
+    condition {
+      age = 365
+    }
+    action {
+      type = "Delete"
+    }
+  }
+}
+
 resource "google_storage_bucket" "mlflow_artifacts" {
   name                        = "${var.name_prefix}-mlflow-artifacts"
   location                    = var.region
   uniform_bucket_level_access = true
-  public_access_prevention    = "enforced"
-  force_destroy               = false
+
+  logging {
+    log_bucket = google_storage_bucket.access_logs.name
+  }
+  public_access_prevention = "enforced"
+  force_destroy            = false
 
   versioning {
     enabled = true
@@ -15,8 +41,12 @@ resource "google_storage_bucket" "staged_models" {
   name                        = "${var.name_prefix}-staged-models"
   location                    = var.region
   uniform_bucket_level_access = true
-  public_access_prevention    = "enforced"
-  force_destroy               = false
+
+  logging {
+    log_bucket = google_storage_bucket.access_logs.name
+  }
+  public_access_prevention = "enforced"
+  force_destroy            = false
 
   versioning {
     enabled = true
@@ -24,11 +54,16 @@ resource "google_storage_bucket" "staged_models" {
 }
 
 resource "google_storage_bucket" "function_sources" {
+  #checkov:skip=CKV_GCP_78:objects are named by content hash and never overwritten: versions would add nothing
   name                        = "${var.name_prefix}-function-sources"
   location                    = var.region
   uniform_bucket_level_access = true
-  public_access_prevention    = "enforced"
-  force_destroy               = true
+
+  logging {
+    log_bucket = google_storage_bucket.access_logs.name
+  }
+  public_access_prevention = "enforced"
+  force_destroy            = true
 
   lifecycle_rule {
     condition {
@@ -46,11 +81,19 @@ resource "google_storage_bucket" "site" {
   name                        = "${var.name_prefix}-site"
   location                    = var.region
   uniform_bucket_level_access = true
-  public_access_prevention    = "inherited"
-  force_destroy               = true
+
+  logging {
+    log_bucket = google_storage_bucket.access_logs.name
+  }
+  public_access_prevention = "inherited"
+  force_destroy            = true
 
   website {
     main_page_suffix = "index.html"
+  }
+
+  versioning {
+    enabled = true
   }
 }
 
