@@ -261,3 +261,52 @@ def test_schema_check_catches_a_misspelt_attribute(provider_schema) -> None:
     found = unknown_names(body, provider_schema[("resources", "google_cloudfunctions2_function")], "f")
 
     assert found == ["f.max_instance_cuont", "f.service_config.timeout_secs"]
+
+
+# What each component's code calls, and so the only roles its service account may hold.
+ROLES_USED = {
+    "predict": {"roles/datastore.user", "roles/secretmanager.secretAccessor", "roles/storage.objectViewer"},
+    "feedback": {"roles/datastore.user", "roles/secretmanager.secretAccessor"},
+    "registry-watcher": {
+        "roles/datastore.user",
+        "roles/secretmanager.secretAccessor",
+        "roles/storage.objectViewer",
+        "roles/storage.objectCreator",
+        "roles/pubsub.publisher",
+        "roles/run.invoker",  # on MLflow's service
+    },
+    "redeployer": {
+        "roles/datastore.user",
+        "roles/secretmanager.secretAccessor",
+        "roles/run.developer",  # on predict's service
+        "roles/iam.serviceAccountUser",  # on predict's service account, to deploy revisions that run as it
+    },
+    "scheduler": {"roles/run.invoker"},
+    "pubsub-push": {"roles/run.invoker"},
+    "mlflow": {"roles/storage.objectAdmin", "roles/secretmanager.secretAccessor"},
+}
+ROLES_USED["registry-webhook"] = ROLES_USED["registry-watcher"]
+
+
+def granted_roles() -> dict[str, set[str]]:
+    """Service account -> roles, from every IAM resource: the accounts its member (and for_each) name."""
+    accounts = set(locals_()["service_accounts"])
+    grants: dict[str, set[str]] = {}
+    for block in parsed()["resource"]:
+        for named in block.values():
+            for body in named.values():
+                if "role" not in body or "member" not in body:
+                    continue
+                expressions = [str(body["member"]), str(body.get("for_each", ""))]
+                expressions += [str(locals_()[name]) for e in expressions for name in re.findall(r"local\.(\w+)", e)]
+                text = " ".join(expressions)
+                named_accounts = set(re.findall(r'google_service_account\.main\["([\w-]+)"\]', text))
+                if "google_service_account.main[each" in text:  # accounts listed by name in the for_each data
+                    named_accounts |= {a for a in re.findall(r'"([\w-]+)"', text) if a in accounts}
+                for account in named_accounts:
+                    grants.setdefault(account, set()).add(unquote(body["role"]))
+    return grants
+
+
+def test_each_service_account_holds_only_the_roles_its_component_uses() -> None:
+    assert granted_roles() == ROLES_USED
