@@ -94,8 +94,7 @@ variable "allowed_origins" {
 
 variable "mlflow_image" {
   type        = string
-  description = "Container image of the MLflow server, pinned to a release without known advisories (mlflow[auth] and psycopg installed)."
-  default     = "ghcr.io/mlflow/mlflow:v3.17.2"
+  description = "Container image of the MLflow server built from infra/mlflow/Dockerfile (mlflow[auth] 3.17.2, psycopg, GCS), tagged with the release."
 
   validation {
     condition     = can(regex(":v?[0-9]+\\.[0-9]+\\.[0-9]+$", var.mlflow_image))
