@@ -64,14 +64,13 @@ def start(
     timeout_s: float = 60.0,
     ready_url: str | None = None,
     ready_any_status: bool = False,
-    cwd: Path | None = None,
 ) -> Service:
     """Launch argv in a new session (so its children share its group) and poll url+ready_path until 200.
 
     ready_any_status: any HTTP answer means ready (a CloudEvent function answers GET with an error).
     """
     ready_url = ready_url or url + ready_path
-    service = launch(name, argv, url=url, log_path=log_path, env=env, cwd=cwd)
+    service = launch(name, argv, url=url, log_path=log_path, env=env)
     process = service.process
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -92,7 +91,6 @@ def launch(
     url: str,
     log_path: Path,
     env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
 ) -> Service:
     """Start argv in a new session (its children share its group), output appended to log_path; no waiting."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +101,6 @@ def launch(
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
-            cwd=cwd,
             start_new_session=True,
         )
     return Service(name=name, url=url, pid=process.pid, log_path=log_path, process=process)
