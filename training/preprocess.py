@@ -36,11 +36,14 @@ TOKEN_PATTERN = r"[\pL\pN_']+"
 NORMALIZER_LOCALE = "C.UTF-8"
 BIGRAM_JOINER = " "  # cannot occur inside a token, so a bigram key is unambiguous
 TOKENS = "tokens"  # [N, T] strings, right-padded with ""
-BIGRAMS = "bigrams"  # [N, max(T-1, 0)] strings
 
 
 def tokenizer_nodes(text: str = INPUT_NAME) -> list[onnx.NodeProto]:
-    """Nodes from raw text [N] to TOKENS [N, T] and BIGRAMS [N, T-1]; pads never match a vocabulary key."""
+    """Nodes from raw text [N] to TOKENS [N, T], right-padded with "" (a pad never matches a vocabulary key).
+
+    Bigrams are not formed here: the exported graph pairs adjacent token *ids* (see training.export), which
+    is the same feature as `bigrams()` below without building strings at serving time.
+    """
     return [
         helper.make_node(
             "StringNormalizer",
@@ -60,24 +63,7 @@ def tokenizer_nodes(text: str = INPUT_NAME) -> list[onnx.NodeProto]:
             pad_value="",
             tokenexp=TOKEN_PATTERN,
         ),
-        _int64_constant("zero", [0]),
-        _int64_constant("one", [1]),
-        _int64_constant("minus_one", [-1]),
-        _int64_constant("last", [np.iinfo(np.int64).max]),
-        helper.make_node(
-            "Constant", [], ["joiner"], value=helper.make_tensor("joiner", TensorProto.STRING, [], [BIGRAM_JOINER])
-        ),
-        helper.make_node("Slice", [TOKENS, "zero", "minus_one", "one"], ["left"]),
-        helper.make_node("Slice", [TOKENS, "one", "last", "one"], ["right"]),
-        helper.make_node("StringConcat", ["left", "joiner"], ["left_joined"]),
-        helper.make_node("StringConcat", ["left_joined", "right"], [BIGRAMS]),
     ]
-
-
-def _int64_constant(name: str, values: list[int]) -> onnx.NodeProto:
-    return helper.make_node(
-        "Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
-    )
 
 
 @cache
@@ -106,7 +92,7 @@ def tokenize(texts: Sequence[str], batch_size: int = 2048) -> list[list[str]]:
 
 
 def bigrams(tokens: Sequence[str]) -> list[str]:
-    """Adjacent token pairs, joined exactly as the graph's StringConcat joins them."""
+    """Adjacent token pairs: the bigram features, keyed as "left right" in the vocabulary."""
     return [f"{a}{BIGRAM_JOINER}{b}" for a, b in itertools.pairwise(tokens)]
 
 

@@ -25,6 +25,17 @@ METADATA = export.ModelMetadata(
 )
 
 
+def _random_model(vocabulary: preprocess.Vocabulary, dim: int, seed: int) -> FastTextClassifier:
+    torch.manual_seed(seed)
+    model = FastTextClassifier(len(vocabulary), dim)
+    with torch.no_grad():
+        model.embedding.weight.normal_()
+        model.embedding.weight[0].zero_()
+        model.linear.weight.normal_()
+        model.linear.bias.fill_(0.3)
+    return model.eval()
+
+
 @pytest.fixture
 def small_model() -> tuple[FastTextClassifier, preprocess.Vocabulary]:
     vocabulary = preprocess.Vocabulary.build(
@@ -32,14 +43,7 @@ def small_model() -> tuple[FastTextClassifier, preprocess.Vocabulary]:
         min_count=1,
         max_size=100,
     )
-    torch.manual_seed(0)
-    model = FastTextClassifier(len(vocabulary), 8)
-    with torch.no_grad():
-        model.embedding.weight.normal_()
-        model.embedding.weight[0].zero_()
-        model.linear.weight.normal_()
-        model.linear.bias.fill_(0.3)
-    return model.eval(), vocabulary
+    return _random_model(vocabulary, 8, seed=0), vocabulary
 
 
 def test_build_onnx_has_contract_signature_and_metadata(small_model) -> None:
@@ -102,3 +106,24 @@ def test_check_rejects_an_invalid_graph(small_model) -> None:
 
     with pytest.raises(export.ExportError, match=r"onnx\.checker"):
         export.check(broken)
+
+
+def test_feature_keys_never_confuse_unknown_tokens_with_known_features() -> None:
+    """A bigram kept without its unigram, unknown tokens on either side, and padding all key correctly."""
+    # "a b" is a feature but "b" is not (as when max_size cuts a unigram): "b" is in the token table only.
+    capped = preprocess.Vocabulary(features=("a", "a b", "c"))
+    model = _random_model(capped, 4, seed=1)
+    texts = ["b", "a b", "x b", "a x", "b a", "c b a", "b b", "a", "x", "a b c a b", ""]
+    model_bytes = export.build_onnx(model, capped, METADATA).SerializeToString()
+
+    session = export.session(model_bytes, extra_outputs=[export.FEATURE_KEYS])
+    keys = export.FeatureKeys.of(capped)
+    feature_id = {key: i for i, key in enumerate(keys.keys, start=1)}
+    found = []
+    for text in texts:
+        (row,) = session.run([export.FEATURE_KEYS], {INPUT_NAME: np.array([text], dtype=object)})[0].tolist()
+        found.append([feature_id[k] for k in row if k in feature_id])
+
+    assert found == capped.encode(preprocess.tokenize(texts))
+    assert found[:4] == [[], [1, 2], [], [1]]  # "b" alone and "x b" are unknown; "a x" is the unigram "a" only
+    assert export.verify_parity(model_bytes, model, capped, texts) <= export.PARITY_TOLERANCE

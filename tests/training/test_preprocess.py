@@ -42,27 +42,43 @@ def test_vocabulary_build_keeps_frequent_features_in_stable_order() -> None:
     assert vocabulary.encode([["good", "food", "unknown"], []]) == [[2, 1, 3], []]
 
 
-def _vocabulary_of(model: onnx.ModelProto) -> preprocess.Vocabulary:
-    encoder = next(node for node in model.graph.node if node.op_type == "LabelEncoder")
-    keys = next(attr for attr in encoder.attribute if attr.name == "keys_strings").strings
-    return preprocess.Vocabulary(features=tuple(key.decode() for key in keys))
+def _attribute(node: onnx.NodeProto, name: str) -> list:
+    return list(onnx.helper.get_attribute_value(next(a for a in node.attribute if a.name == name)))
+
+
+def _features_of(model: onnx.ModelProto) -> tuple[preprocess.Vocabulary, dict[int, int]]:
+    """The vocabulary the shipped graph holds, decoded from its own tables, and its key -> feature id map."""
+    token_encoder, score_encoder = [node for node in model.graph.node if node.op_type == "LabelEncoder"][:2]
+    ids, tokens = _attribute(token_encoder, "values_int64s"), _attribute(token_encoder, "keys_strings")
+    token_of = dict(zip(ids, tokens, strict=True))
+    stride = int(next(onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.name == "stride"))
+    keys = _attribute(score_encoder, "keys_int64s")
+
+    def feature(key: int) -> str:
+        if key < stride:
+            return token_of[key].decode()
+        return f"{token_of[key // stride].decode()} {token_of[key % stride].decode()}"
+
+    vocabulary = preprocess.Vocabulary(features=tuple(feature(key) for key in keys))
+    return vocabulary, {key: i for i, key in enumerate(keys, start=1)}
 
 
 def test_training_and_exported_graph_compute_identical_features_on_all_default_data(trained: dict) -> None:
-    """The ids training fed PyTorch equal the ids the shipped graph computes, on every default text."""
+    """The ids training fed PyTorch equal the features the shipped graph looks up, on every default text."""
     model_bytes = (Path(trained["staged_dir"]) / "model.onnx").read_bytes()
-    vocabulary = _vocabulary_of(onnx.load_from_string(model_bytes))
+    vocabulary, feature_id = _features_of(onnx.load_from_string(model_bytes))
     texts = data.load_dataset(None).texts
-    session = export.session(model_bytes, extra_outputs=[export.FEATURE_IDS])
+    session = export.session(model_bytes, extra_outputs=[export.FEATURE_KEYS])
 
     expected = vocabulary.encode(preprocess.tokenize(texts))
     mismatches = []
     for start in range(0, len(texts), 4096):
         batch = np.array(texts[start : start + 4096], dtype=object)
-        (ids,) = session.run([export.FEATURE_IDS], {"text": batch})
-        for offset, row in enumerate(ids.tolist()):
-            if [i for i in row if i] != expected[start + offset]:
+        (keys,) = session.run([export.FEATURE_KEYS], {"text": batch})
+        for offset, row in enumerate(keys.tolist()):
+            if [feature_id[k] for k in row if k in feature_id] != expected[start + offset]:
                 mismatches.append(start + offset)
 
     assert len(texts) == 178_107
+    assert len(vocabulary) > 100_000
     assert mismatches == []

@@ -33,5 +33,17 @@ def probabilities(session: Any, texts: list[str]) -> Any:
     """float32 [len(texts)]; texts must be non-empty (StringNormalizer rejects an empty batch)."""
     import numpy as np
 
-    (result,) = session.run([OUTPUT_NAME], {INPUT_NAME: np.array(texts, dtype=object)})
+    feed = {INPUT_NAME: np.array(texts, dtype=object)}
+    # InferenceSession.run re-checks, on every call, that the feed names every input, who owns any OrtValue
+    # in it and whether WebGPU graph capture is on: about 3.5 us, 15 % of a one-review inference here. The
+    # feed is always one numpy array under the input open_session checked, so the native session it wraps
+    # is called directly when this onnxruntime has one (it has since 1.0; the public path stays the fallback).
+    native = getattr(session, "_sess", None)
+    if native is not None:
+        (result,) = native.run(_OUTPUTS, feed, None)
+    else:
+        (result,) = session.run(_OUTPUTS, feed)
     return result
+
+
+_OUTPUTS = [OUTPUT_NAME]
