@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -92,3 +94,14 @@ def test_open_session_rejects_bytes_that_are_not_a_contract_model() -> None:
         open_session(b"not an onnx file")
     with pytest.raises(ModelContractError, match="signature"):
         open_session(wrong_output)
+
+
+def test_probabilities_from_many_threads_at_once_each_get_their_own_answers() -> None:
+    """predict serves 8 threads per instance from one session; each thread keeps its own RunOptions."""
+    session = open_session(_length_model())
+    texts = [" ".join(["w"] * n) for n in range(40)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda text: float(probabilities(session, [text])[0]), texts * 25))
+
+    np.testing.assert_allclose(answers, [1 / (1 + n) for n in range(40)] * 25, rtol=1e-6)

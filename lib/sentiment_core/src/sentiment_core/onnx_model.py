@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from sentiment_core.contract import INPUT_NAME, OUTPUT_NAME
@@ -34,16 +35,28 @@ def probabilities(session: Any, texts: list[str]) -> Any:
     import numpy as np
 
     feed = {INPUT_NAME: np.array(texts, dtype=object)}
-    # InferenceSession.run re-checks, on every call, that the feed names every input, who owns any OrtValue
-    # in it and whether WebGPU graph capture is on: about 3.5 us, 15 % of a one-review inference here. The
-    # feed is always one numpy array under the input open_session checked, so the native session it wraps
-    # is called directly when this onnxruntime has one (it has since 1.0; the public path stays the fallback).
+    # Measured on a one-review inference of about 20 us (docs/serving.md): without RunOptions the binding builds
+    # default ones on every call (2.7 us), so each thread keeps one; InferenceSession.run re-checks the feed's
+    # names, OrtValue ownership and WebGPU graph capture on every call (3.5 us), while open_session checked
+    # the signature once and the feed is always one numpy array under that input, so the native session it
+    # wraps is called directly when this onnxruntime has one (it has since 1.0; the public run is the fallback).
+    options = _run_options()
     native = getattr(session, "_sess", None)
     if native is not None:
-        (result,) = native.run(_OUTPUTS, feed, None)
+        (result,) = native.run(_OUTPUTS, feed, options)
     else:
-        (result,) = session.run(_OUTPUTS, feed)
+        (result,) = session.run(_OUTPUTS, feed, options)
     return result
 
 
 _OUTPUTS = [OUTPUT_NAME]
+_PER_THREAD = threading.local()
+
+
+def _run_options() -> Any:
+    options = getattr(_PER_THREAD, "run_options", None)
+    if options is None:
+        import onnxruntime as ort
+
+        options = _PER_THREAD.run_options = ort.RunOptions()
+    return options
