@@ -126,8 +126,9 @@ def build_onnx(model: FastTextClassifier, vocabulary: Vocabulary, metadata: Mode
             values_floats=[1.0] * len(keys),
             default_float=0.0,
         ),
-        helper.make_node("ReduceSum", ["feature_scores", "axis_1"], ["score_sum"], keepdims=0),
-        helper.make_node("ReduceSum", ["feature_known", "axis_1"], ["known_count"], keepdims=0),
+        # "one" doubles as the axis of the sums: onnxruntime would merge the two equal initializers anyway.
+        helper.make_node("ReduceSum", ["feature_scores", "one"], ["score_sum"], keepdims=0),
+        helper.make_node("ReduceSum", ["feature_known", "one"], ["known_count"], keepdims=0),
         # An empty or all-unknown text has no known feature: divide by 1, giving probability sigmoid(bias),
         # finite, exactly as EmbeddingBag's empty bag.
         helper.make_node("Max", ["known_count", "one_float"], ["divisor"]),
@@ -142,7 +143,6 @@ def build_onnx(model: FastTextClassifier, vocabulary: Vocabulary, metadata: Mode
         numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), "last"),
         numpy_helper.from_array(np.array(feature_keys.stride, np.int64), "stride"),
         numpy_helper.from_array(bias, "bias"),
-        numpy_helper.from_array(np.array([1], np.int64), "axis_1"),
         numpy_helper.from_array(np.array(1.0, np.float32), "one_float"),
     ]
     graph = helper.make_graph(

@@ -1,5 +1,6 @@
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -127,3 +128,18 @@ def test_feature_keys_never_confuse_unknown_tokens_with_known_features() -> None
     assert found == capped.encode(preprocess.tokenize(texts))
     assert found[:4] == [[], [1, 2], [], [1]]  # "b" alone and "x b" are unknown; "a x" is the unigram "a" only
     assert export.verify_parity(model_bytes, model, capped, texts) <= export.PARITY_TOLERANCE
+
+
+def test_onnxruntime_optimizers_find_nothing_to_change_in_the_exported_graph(small_model, tmp_path) -> None:
+    """sentiment_core.onnx_model opens models with optimizations off; this is the check that it loses nothing."""
+    exported = export.build_onnx(*small_model, METADATA)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(exported.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(tmp_path / "optimized.onnx")
+
+    def signature(model: onnx.ModelProto) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+        return sorted((n.op_type, tuple(n.input), tuple(n.output)) for n in model.graph.node)
+
+    assert signature(optimized) == signature(exported)
