@@ -7,6 +7,9 @@ from typing import Any
 
 from sentiment_core.contract import INPUT_NAME, OUTPUT_NAME
 
+_OUTPUTS = [OUTPUT_NAME]
+_PER_THREAD = threading.local()  # one onnxruntime.RunOptions per serving thread
+
 
 class ModelContractError(ValueError):
     """The bytes are not a loadable model with input `text` string [N] and output `probability` float [N]."""
@@ -51,10 +54,6 @@ def probabilities(session: Any, texts: list[str]) -> Any:
     else:
         (result,) = session.run(_OUTPUTS, feed, options)
     return result
-
-
-_OUTPUTS = [OUTPUT_NAME]
-_PER_THREAD = threading.local()
 
 
 def _run_options() -> Any:
