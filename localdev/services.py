@@ -227,30 +227,26 @@ def start_gcs_emulator(workdir: Path, port: int | None = None, data_dir: Path | 
 
 
 def start_firestore_emulator(workdir: Path, port: int | None = None) -> Service:
-    """The official Firestore emulator (Java), in its own process group: stopping the wrapper alone leaves Java."""
+    """The official Firestore emulator (Java)."""
     port = port or free_port()
-    argv = ["gcloud", "emulators", "firestore", "start", f"--host-port=127.0.0.1:{port}", "--quiet"]
-    return start(
-        "firestore",
-        argv,
-        url=f"127.0.0.1:{port}",
-        ready_path="",
-        log_path=workdir / "firestore.log",
-        timeout_s=60,
-        ready_url=f"http://127.0.0.1:{port}/",
-    )
+    return _start_gcloud_emulator("firestore", ["emulators", "firestore", "start", "--quiet"], workdir, port)
 
 
 def start_pubsub_emulator(workdir: Path, project: str, port: int | None = None) -> Service:
-    """The official Pub/Sub emulator (Java), in its own process group like Firestore's."""
+    """The official Pub/Sub emulator (Java)."""
     port = port or free_port()
-    argv = ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}", f"--project={project}"]
+    command = ["beta", "emulators", "pubsub", "start", f"--project={project}"]
+    return _start_gcloud_emulator("pubsub", command, workdir, port)
+
+
+def _start_gcloud_emulator(name: str, command: list[str], workdir: Path, port: int) -> Service:
+    """A gcloud emulator in its own process group: stopping the gcloud wrapper alone leaves its Java child."""
     return start(
-        "pubsub",
-        argv,
+        name,
+        ["gcloud", *command, f"--host-port=127.0.0.1:{port}"],
         url=f"127.0.0.1:{port}",
         ready_path="",
-        log_path=workdir / "pubsub.log",
+        log_path=workdir / f"{name}.log",
         timeout_s=60,
         ready_url=f"http://127.0.0.1:{port}/",
     )
