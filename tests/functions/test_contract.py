@@ -190,7 +190,7 @@ def test_cors_preflight_answers_204_with_methods_and_headers(predict_url) -> Non
     assert answer.status == 204
     assert answer.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert "POST" in answer.headers["Access-Control-Allow-Methods"]
-    assert answer.headers["Access-Control-Allow-Headers"] == "Content-Type"
+    assert answer.headers["Access-Control-Allow-Headers"] == "Content-Type, Idempotency-Key"
 
 
 @pytest.mark.parametrize(

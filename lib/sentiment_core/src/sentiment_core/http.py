@@ -152,7 +152,8 @@ class Cors:
     def headers(self, request: flask.Request) -> dict[str, str]:
         origin = request.headers.get("Origin", "")
         if origin and ("*" in self.allowed_origins or origin in self.allowed_origins):
-            return {"Access-Control-Allow-Origin": origin}
+            # A page reads Idempotent-Replayed only if it is exposed (CORS hides non-safelisted headers).
+            return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": "Idempotent-Replayed"}
         return {}
 
     def preflight(self, request: flask.Request, allow: str) -> flask.Response:
@@ -161,7 +162,7 @@ class Cors:
             response.headers.update(
                 {
                     "Access-Control-Allow-Methods": allow,
-                    "Access-Control-Allow-Headers": "Content-Type",
+                    "Access-Control-Allow-Headers": "Content-Type, Idempotency-Key",
                     "Access-Control-Max-Age": str(self.max_age_s),
                 }
             )
