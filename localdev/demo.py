@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
   Sample: "{SAMPLE}" -> {answer} ({prediction["probability"]:.3f}); feedback counted,
   {statistics["feedback"]} of {statistics["predictions"]} predictions have an answer.
 
-  Promote another version: train again (make demo, or python -m training.train --tracking-uri {urls["mlflow"]}
-  --register), then in the MLflow UI open yelp-sentiment, pick the version and set its alias to "production".
-  predict follows within seconds; promoting an older version rolls back.
+  Promote another version: train again (make demo, or .venv/bin/python -m training.train --tracking-uri
+  {urls["mlflow"]} --register), then in the MLflow UI open yelp-sentiment, pick the version and set its alias
+  to "production". predict follows within seconds; promoting an older version rolls back.
   Logs: {stack.LOGS}    Stop: make down""")
     if detach:
         return 0

@@ -1,4 +1,4 @@
-"""Export: the trained weights inside the text-in ONNX graph of DESIGN.md, checked against PyTorch."""
+"""Export: the trained weights inside the text-in ONNX graph of docs/architecture.md, checked against PyTorch."""
 
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def build_onnx(model: FastTextClassifier, vocabulary: Vocabulary, metadata: Mode
 
 
 def check(onnx_model: onnx.ModelProto) -> None:
-    """onnx.checker (plain: full_check segfaults on Tokenizer -> LabelEncoder, see NOTES.md)."""
+    """onnx.checker (plain: full_check segfaults on Tokenizer -> LabelEncoder in onnx 1.23.2)."""
     try:
         onnx.checker.check_model(onnx_model)
     except onnx.checker.ValidationError as exc:

@@ -1,4 +1,4 @@
-"""The Pub/Sub event of DESIGN.md (topic `model-production-changed`): one schema, used by publisher and consumer."""
+"""The Pub/Sub event of docs/architecture.md (topic `model-production-changed`): one schema, publisher and consumer."""
 
 from __future__ import annotations
 

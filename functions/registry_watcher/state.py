@@ -3,7 +3,8 @@
 Every change is a compare-and-swap: read the document, decide, then commit the new state and its history
 entries in one batch guarded by the update time that was read. Two watcher runs at once cannot both win, so a
 change is claimed (and its event published) once. Transactions would give the same guarantee, but the emulator
-locks documents pessimistically and concurrent transactions on one document time out there (NOTES.md).
+locks documents pessimistically and concurrent transactions on one document time out there (with 4 threads,
+14 of 40 committed).
 """
 
 from __future__ import annotations

@@ -64,8 +64,8 @@ resource "google_cloudfunctions2_function" "main" {
   depends_on = [google_project_service.main, google_secret_manager_secret_version.main]
 }
 
-# Invokers: allUsers only on predict, feedback and the signed webhook receiver (DESIGN.md); the others are
-# invoked by the Scheduler's and Pub/Sub's service accounts only.
+# Invokers: allUsers only on predict, feedback and the signed webhook receiver (docs/architecture.md); the
+# others are invoked by the Scheduler's and Pub/Sub's service accounts only.
 locals {
   invokers = merge(
     { for name, f in local.functions : "${name}/allUsers" => { function = name, member = "allUsers" } if f.public },
@@ -83,7 +83,7 @@ locals {
 }
 
 resource "google_cloud_run_v2_service_iam_member" "invoker" {
-  #checkov:skip=CKV_GCP_102:predict, feedback and the HMAC-checked webhook receiver are public by design (DESIGN.md)
+  #checkov:skip=CKV_GCP_102:predict, feedback and the HMAC-checked webhook receiver are public by design (docs/architecture.md)
   for_each = local.invokers
 
   location = var.region

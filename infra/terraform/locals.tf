@@ -15,7 +15,7 @@ locals {
     "storage.googleapis.com",
   ])
 
-  # One service account per component (STYLE 20): each gets only the roles its code uses (iam.tf).
+  # One service account per component: each gets only the roles its code uses (iam.tf).
   service_accounts = {
     predict          = "predict function"
     feedback         = "feedback function"
@@ -28,7 +28,8 @@ locals {
   }
 
   # The deployed functions. One source (registry_watcher) is deployed three times with different entry points
-  # and identities; the webhook receiver is the only internal function that allUsers may invoke (DESIGN.md).
+  # and identities; the webhook receiver is the only internal function that allUsers may invoke
+  # (docs/architecture.md).
   functions = {
     predict = {
       source          = "predict"

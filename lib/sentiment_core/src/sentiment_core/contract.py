@@ -1,4 +1,4 @@
-"""Names fixed by DESIGN.md: users, docs and checks depend on them."""
+"""Names marked as contracts in docs/architecture.md: users, docs and checks depend on them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The staged model folder: `model.onnx` beside `manifest.json` (DESIGN.md, model artifact)."""
+"""The staged model folder: `model.onnx` beside `manifest.json` (docs/architecture.md, model artifact)."""
 
 from __future__ import annotations
 
