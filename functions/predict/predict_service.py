@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -12,12 +15,13 @@ from typing import Any
 import flask
 
 from sentiment_core import config, http
-from sentiment_core.records import Prediction, StoreUnavailable
+from sentiment_core.records import Prediction, PredictionsExist, StoreUnavailable
 from sentiment_core.tokens import feedback_token
 from sentiment_core.web import PublicSettings
 
 MAX_BATCH = 100
 RETRY_AFTER_S = "5"
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +52,43 @@ def parse_body(body: dict[str, Any]) -> tuple[list[str], bool | None, bool]:
     return [http.clean_text(body["text"])], body.get("is_positive_user_answered"), False
 
 
+def idempotency_key(request: flask.Request) -> str | None:
+    """The request's Idempotency-Key header, checked; None when absent."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        raise http.bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 64 of A-Z a-z 0-9 _ -")
+    return key
+
+
+def request_fingerprint(body: dict[str, Any]) -> str:
+    """sha256 of the body's meaning (key order and spacing aside): what makes a retry 'the same request'."""
+    canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def prediction_ids(key: str | None, count: int) -> list[str]:
+    """Random ids, or ids derived from the key, one per position, so every retry names the same records."""
+    if key is None:
+        return [uuid.uuid4().hex for _ in range(count)]
+    return [hashlib.sha256(f"idempotency-key:{key}:{i}".encode()).hexdigest()[:32] for i in range(count)]
+
+
+def resolve_existing(
+    ours: list[Prediction], stored: list[tuple[Prediction, str | None] | None], fingerprint: str
+) -> tuple[list[Prediction], bool]:
+    """What to answer when records with our ids exist: the stored ones and whether that is a replay.
+
+    Stored by this very request (its earlier attempt's answer was lost): not a replay. Stored by an earlier
+    request with the same body: a replay. Anything else: the key was used for another body (422).
+    """
+    if any(item is None or item[1] != fingerprint for item in stored):
+        raise http.ApiError(
+            422, "idempotency_key_reused", "this Idempotency-Key was used with another body; use a new key"
+        )
+    predictions = [item[0] for item in stored if item is not None]
+    return predictions, predictions != ours
+
+
 def to_api(prediction: Prediction, secret: bytes) -> dict[str, Any]:
     """The stored prediction plus the token that lets its receiver answer for it."""
     http.finite_number(prediction.probability)
@@ -55,8 +96,15 @@ def to_api(prediction: Prediction, secret: bytes) -> dict[str, Any]:
 
 
 def handle_predict(request: flask.Request, model: Any, store: Callable[[], Any], secret: bytes) -> flask.Response:
-    """POST /: infer, store every prediction (or none), answer 201; 503 if the store cannot be written in time."""
-    texts, user_answer, is_batch = parse_body(http.read_json_object(request))
+    """POST /: infer, store every prediction (or none), answer 201; 503 if the store cannot be written in time.
+
+    With an Idempotency-Key, a retry of the same body answers what the first attempt stored, whatever that
+    attempt's own answer was (201, 503 or none), and stores nothing new.
+    """
+    key = idempotency_key(request)
+    body = http.read_json_object(request)
+    texts, user_answer, is_batch = parse_body(body)
+    fingerprint = request_fingerprint(body) if key is not None else None
     started = time.perf_counter()
     probabilities = model.predict(texts)
     elapsed = time.perf_counter() - started
@@ -64,7 +112,7 @@ def handle_predict(request: flask.Request, model: Any, store: Callable[[], Any],
     now = datetime.now(UTC)
     predictions = [
         Prediction(
-            id=uuid.uuid4().hex,
+            id=prediction_id,
             text=text,
             probability=float(probability),
             model_answer=bool(probability >= manifest.threshold),
@@ -75,19 +123,36 @@ def handle_predict(request: flask.Request, model: Any, store: Callable[[], Any],
             inference_elapsed=elapsed / len(texts),
             created_at=now,
         )
-        for text, probability in zip(texts, probabilities, strict=True)
+        for prediction_id, text, probability in zip(prediction_ids(key, len(texts)), texts, probabilities, strict=True)
     ]
     objects = [to_api(p, secret) for p in predictions]  # non-finite output fails here, before anything is stored
+    replayed = False
     try:
-        store().save_predictions(predictions)
+        store().save_predictions(predictions, request_sha256=fingerprint)
+    except PredictionsExist:
+        if fingerprint is None:  # a random id taken: not this request's doing, and nothing was stored
+            raise _unavailable(key) from None
+        try:
+            stored = store().read_predictions([p.id for p in predictions])
+        except StoreUnavailable as exc:
+            raise _unavailable(key) from exc
+        existing, replayed = resolve_existing(predictions, stored, fingerprint)
+        objects = [to_api(p, secret) for p in existing]
     except StoreUnavailable as exc:
-        raise http.ApiError(
-            503,
-            "store_unavailable",
-            "predictions cannot be stored right now; retry later",
-            {"Retry-After": RETRY_AFTER_S},
-        ) from exc
-    return http.json_response({"predictions": objects} if is_batch else objects[0], 201)
+        raise _unavailable(key) from exc
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return http.json_response({"predictions": objects} if is_batch else objects[0], 201, headers)
+
+
+def _unavailable(key: str | None) -> http.ApiError:
+    retry = (
+        "retrying with the same Idempotency-Key is safe: nothing is stored twice"
+        if key is not None
+        else "retry later; send an Idempotency-Key header to make retries safe"
+    )
+    return http.ApiError(
+        503, "store_unavailable", f"predictions cannot be stored right now; {retry}", {"Retry-After": RETRY_AFTER_S}
+    )
 
 
 def handle_healthz(model: Any) -> flask.Response:

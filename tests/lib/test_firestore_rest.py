@@ -10,15 +10,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from sentiment_core.firestore_rest import MetadataTokenSource, RestPredictionWriter, encode_value
-from sentiment_core.records import Prediction, StoreUnavailable
+from sentiment_core.firestore_rest import MetadataTokenSource, RestPredictionWriter, decode_value, encode_value
+from sentiment_core.records import Prediction, PredictionsExist, StoreUnavailable
+
+# Firestore's REST error status for each HTTP status the fake answers (409 is ALREADY_EXISTS unless said).
+ERROR_STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 409: "ALREADY_EXISTS", 503: "UNAVAILABLE"}
 
 
 class FakeGoogle:
     """Scripted answers for the metadata server and documents:commit; records what it was sent."""
 
     def __init__(self) -> None:
-        self.commit_statuses: list[int] = []
+        self.commit_statuses: list[int | tuple[int, str]] = []
         self.requests: list[tuple[str, dict, bytes]] = []
         self.token_requests = 0
 
@@ -49,8 +52,11 @@ def fake() -> Iterator[tuple[FakeGoogle, str]]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             state.requests.append((self.path, dict(self.headers), body))
-            status = state.commit_statuses.pop(0) if state.commit_statuses else 200
-            self._answer(status, {"error": {"status": "X"}} if status != 200 else {"writeResults": []})
+            scripted = state.commit_statuses.pop(0) if state.commit_statuses else 200
+            status, error = scripted if isinstance(scripted, tuple) else (scripted, ERROR_STATUS.get(scripted))
+            self._answer(
+                status, {"error": {"code": status, "status": error}} if status != 200 else {"writeResults": []}
+            )
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -133,7 +139,37 @@ def test_transient_errors_are_retried_and_a_replayed_commit_counts_once(fake, wr
     assert len(state.requests) == 2
 
 
-@pytest.mark.parametrize("status", [400, 403, 409])
+def test_aborted_commit_is_retried(fake, writer) -> None:
+    """409 ABORTED is contention, not a stored record: tried again until it commits."""
+    state, base = fake
+    state.commit_statuses = [(409, "ABORTED"), (409, "ABORTED")]
+
+    writer(base).save_predictions([prediction()])
+
+    assert len(state.requests) == 3
+
+
+def test_existing_record_on_the_first_attempt_raises_predictions_exist(fake, writer) -> None:
+    state, base = fake
+    state.commit_statuses = [409]
+
+    with pytest.raises(PredictionsExist):
+        writer(base).save_predictions([prediction()])
+
+
+def test_idempotent_save_leaves_an_existing_record_to_the_caller_even_after_a_retry(fake, writer) -> None:
+    """With a request fingerprint the ids come from a key another request may share: the caller must look."""
+    state, base = fake
+    state.commit_statuses = [503, 409]
+
+    with pytest.raises(PredictionsExist):
+        writer(base).save_predictions([prediction()], request_sha256="f" * 64)
+
+    create = json.loads(state.requests[0][2])["writes"][0]
+    assert create["update"]["fields"]["request_sha256"] == {"stringValue": "f" * 64}
+
+
+@pytest.mark.parametrize("status", [400, 403])
 def test_refused_commit_raises_store_unavailable(fake, writer, status: int) -> None:
     state, base = fake
     state.commit_statuses = [status]
@@ -172,6 +208,13 @@ def test_metadata_server_missing_is_store_unavailable() -> None:
 )
 def test_encode_value_types(value, encoded) -> None:
     assert encode_value(value) == encoded
+
+
+@pytest.mark.parametrize(
+    "value", [None, True, 3, 0.25, "é", datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)], ids=repr
+)
+def test_decode_value_reads_what_encode_value_writes(value) -> None:
+    assert decode_value(encode_value(value)) == value
 
 
 def test_encode_value_rejects_unknown_types() -> None:

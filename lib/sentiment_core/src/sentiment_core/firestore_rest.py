@@ -27,6 +27,7 @@ from sentiment_core.records import (
     PREDICTIONS,
     Counts,
     Prediction,
+    PredictionsExist,
     StoreUnavailable,
 )
 
@@ -50,6 +51,22 @@ def encode_value(value: Any) -> dict[str, Any]:
     if isinstance(value, datetime):
         return {"timestampValue": value.isoformat().replace("+00:00", "Z")}
     raise TypeError(f"cannot store {type(value).__name__} in Firestore")
+
+
+def decode_value(value: dict[str, Any]) -> Any:
+    """A Firestore REST `Value` of the kinds encode_value writes, as the Python value."""
+    (kind, raw), *_ = value.items()
+    if kind == "nullValue":
+        return None
+    if kind == "integerValue":
+        return int(raw)
+    if kind == "doubleValue":
+        return float(raw)  # NaN and infinities arrive as strings
+    if kind == "timestampValue":
+        return datetime.fromisoformat(raw)
+    if kind in ("booleanValue", "stringValue"):
+        return raw
+    raise TypeError(f"cannot read a Firestore {kind}")
 
 
 class MetadataTokenSource:
@@ -96,28 +113,55 @@ class RestPredictionWriter:
         self._database = f"projects/{project}/databases/{database}"
         parsed = urllib.parse.urlsplit(endpoint)
         self._scheme, self._host = parsed.scheme, parsed.netloc
-        self._path = f"{parsed.path.rstrip('/')}/v1/{self._database}/documents:commit"
+        base = f"{parsed.path.rstrip('/')}/v1/{self._database}/documents"
+        self._commit_path, self._batch_get_path = f"{base}:commit", f"{base}:batchGet"
         self._timeout = timeout_s
         self._token = token
         # One keep-alive connection per serving thread: a TLS handshake per request would cost more than the
         # whole prediction.
         self._local = threading.local()
 
-    def save_predictions(self, predictions: Sequence[Prediction]) -> None:
-        """Atomic: every record and its counter increments, or nothing; a replayed commit creates nothing twice."""
-        writes = [self._create(p) for p in predictions]
+    def save_predictions(self, predictions: Sequence[Prediction], request_sha256: str | None = None) -> None:
+        """Atomic: every record and its counter increments, or nothing; a replayed commit creates nothing twice.
+
+        Records are created only where no document has their id. With request_sha256 (an idempotent request,
+        ids derived from its key) a record that already exists raises PredictionsExist: the caller reads
+        what is stored and decides whether it is this request's. Without it (random ids) an existing record
+        can only be this call's own earlier attempt whose answer was lost.
+        """
+        writes = [self._create(p, request_sha256) for p in predictions]
         by_version: dict[str, Counts] = {}
         for p in predictions:
             counted = Counts(1, int(p.user_answer is not None), int(bool(p.correct)))
             by_version[p.model_version] = by_version.get(p.model_version, Counts()) + counted
         writes += [self._increment(version, counts) for version, counts in by_version.items()]
-        self._commit({"writes": writes}, replay_ok=True)
+        self._commit({"writes": writes}, existing_is_ours=request_sha256 is None)
+
+    def read_predictions(self, ids: Sequence[str]) -> list[tuple[Prediction, str | None] | None]:
+        """Each stored prediction with the request_sha256 it was stored with, or None where there is none."""
+        names = [self._document(PREDICTIONS, i) for i in ids]
+        status, payload, _ = self._call(self._batch_get_path, json.dumps({"documents": names}).encode())
+        if status != 200:
+            raise StoreUnavailable(
+                f"Firestore refused the read: HTTP {status} {payload[:300].decode(errors='replace')}"
+            )
+        found: dict[str, tuple[Prediction, str | None]] = {}
+        for item in json.loads(payload):
+            document = item.get("found")
+            if document:
+                data = {k: decode_value(v) for k, v in document.get("fields", {}).items()}
+                document_id = document["name"].rsplit("/", 1)[1]
+                found[document_id] = (Prediction.from_document(document_id, data), data.get("request_sha256"))
+        return [found.get(i) for i in ids]
 
     def _document(self, collection: str, document_id: str) -> str:
         return f"{self._database}/documents/{collection}/{document_id}"
 
-    def _create(self, prediction: Prediction) -> dict[str, Any]:
-        fields = {k: encode_value(v) for k, v in prediction.to_document().items()}
+    def _create(self, prediction: Prediction, request_sha256: str | None) -> dict[str, Any]:
+        document = prediction.to_document()
+        if request_sha256 is not None:
+            document["request_sha256"] = request_sha256
+        fields = {k: encode_value(v) for k, v in document.items()}
         return {
             "update": {"name": self._document(PREDICTIONS, prediction.id), "fields": fields},
             "currentDocument": {"exists": False},
@@ -153,11 +197,11 @@ class RestPredictionWriter:
             connection.sock.settimeout(timeout)
         return connection
 
-    def _post(self, data: bytes, timeout: float) -> tuple[int, bytes]:
+    def _post(self, path: str, data: bytes, timeout: float) -> tuple[int, bytes]:
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self._token()}"}
         connection = self._connection(timeout)
         try:
-            connection.request("POST", self._path, body=data, headers=headers)
+            connection.request("POST", path, body=data, headers=headers)
             response = connection.getresponse()
             return response.status, response.read()
         except (OSError, http.client.HTTPException):
@@ -165,28 +209,41 @@ class RestPredictionWriter:
             self._local.connection = None
             raise
 
-    def _commit(self, body: dict[str, Any], replay_ok: bool) -> None:
-        """POST documents:commit, retrying transient failures until the deadline."""
+    def _call(self, path: str, data: bytes) -> tuple[int, bytes, int]:
+        """POST until an answer that is not transient, or the deadline (StoreUnavailable); status, body, attempts."""
         deadline = time.monotonic() + self._timeout
-        data = json.dumps(body).encode()
         attempt, delay = 0, 0.05
         while True:
             attempt += 1
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise StoreUnavailable(f"Firestore did not commit within {self._timeout:g} s")
+                raise StoreUnavailable(f"Firestore did not answer within {self._timeout:g} s")
             try:
-                status, payload = self._post(data, remaining)
+                status, payload = self._post(path, data, remaining)
             except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, refused connections
                 if deadline - time.monotonic() <= 0:
                     raise StoreUnavailable(f"Firestore did not answer: {exc}") from exc
             else:
-                if status == 200:
-                    return
-                if status == 409 and attempt > 1 and replay_ok:
-                    return  # our earlier attempt committed and its answer was lost: the records exist once
-                if status not in _RETRYABLE:
-                    detail = payload[:300].decode(errors="replace")
-                    raise StoreUnavailable(f"Firestore refused the commit: HTTP {status} {detail}")
+                # 409 is ABORTED (contention, transient) as well as ALREADY_EXISTS (final).
+                if status not in _RETRYABLE and not (status == 409 and _error_status(payload) == "ABORTED"):
+                    return status, payload, attempt
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.5)
+
+    def _commit(self, body: dict[str, Any], existing_is_ours: bool) -> None:
+        """documents:commit, retrying transient failures until the deadline."""
+        status, payload, attempts = self._call(self._commit_path, json.dumps(body).encode())
+        if status == 200:
+            return
+        if status == 409:  # ALREADY_EXISTS: a record with one of these ids is stored
+            if existing_is_ours and attempts > 1:
+                return  # our earlier attempt committed and its answer was lost: the records exist once
+            raise PredictionsExist("a prediction with one of these ids is stored already")
+        raise StoreUnavailable(f"Firestore refused the commit: HTTP {status} {payload[:300].decode(errors='replace')}")
+
+
+def _error_status(payload: bytes) -> str | None:
+    try:
+        return json.loads(payload)["error"]["status"]
+    except (ValueError, KeyError, TypeError):
+        return None

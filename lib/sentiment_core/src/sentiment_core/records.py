@@ -1,6 +1,8 @@
 """The Firestore document model: records, counters, ids and page tokens. No client library here.
 
-- `predictions/{id}`: random client-chosen ids (uuid4), so a retried write cannot create a duplicate.
+- `predictions/{id}`: ids chosen by predict, random (uuid4) or, for a request with an Idempotency-Key, derived
+  from the key and the text's position; records are only ever created where none exists, so a retried write
+  cannot create a duplicate. An idempotent request's records carry `request_sha256`, the fingerprint of its body.
 - `counter_shards/{version}--{n}`: `predictions`, `feedback` and `correct` per model version, split over
   NUM_SHARDS documents and changed only with increments, in the same atomic commit as the record they
   count. No single hot document; counters equal the records by construction.
@@ -33,6 +35,10 @@ class NotFound(LookupError):
 
 class FeedbackConflict(RuntimeError):
     """The prediction already has a different answer."""
+
+
+class PredictionsExist(RuntimeError):
+    """A record with one of the ids being created is already stored."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +86,14 @@ class Prediction:
 
     @classmethod
     def from_snapshot(cls, snapshot: Any) -> Prediction:
-        data = snapshot.to_dict()
+        return cls.from_document(snapshot.id, snapshot.to_dict())
+
+    @classmethod
+    def from_document(cls, prediction_id: str, data: dict[str, Any]) -> Prediction:
+        """The record from a document's fields (extra fields, such as request_sha256, are not part of it)."""
         names = {f.name for f in dataclasses.fields(cls)} - {"id"}
         created = data["created_at"]
-        return cls(id=snapshot.id, **{name: data[name] for name in names} | {"created_at": _as_utc(created)})
+        return cls(id=prediction_id, **{name: data[name] for name in names} | {"created_at": _as_utc(created)})
 
 
 def _as_utc(value: datetime) -> datetime:
