@@ -1,11 +1,11 @@
-# make install | test | demo | up | down | lint | fmt | bench | lock
+# make install | test | test-fast | demo | up | down | reset | lint | fmt | bench | lock
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: help install test demo up down lint fmt bench lock clean bundles
+.PHONY: help install test test-fast demo up down reset lint fmt bench lock clean bundles
 
 help:
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -17,8 +17,11 @@ $(VENV)/.installed: requirements/dev.txt lib/sentiment_core/pyproject.toml pypro
 	$(PIP) install --quiet --disable-pip-version-check -r requirements/dev.txt -e lib/sentiment_core -e .
 	touch $@
 
-test: install ## every test (starts its own MLflow server and emulators)
-	$(PY) -m pytest
+test: install ## every test: unit, system (real MLflow, emulators) and e2e (the whole stack); the 15 slowest listed
+	$(PY) -m pytest --durations=15
+
+test-fast: install ## the unit tier only (no server; under a minute)
+	$(PY) -m pytest -m unit --no-cov -q
 
 demo: install ## the whole loop: stack up, train, register, promote, serve, sample; Ctrl-C stops (DETACH=1 returns)
 	$(PY) -m localdev.demo $(if $(filter-out 0,$(DETACH)),--detach)
@@ -26,8 +29,11 @@ demo: install ## the whole loop: stack up, train, register, promote, serve, samp
 up: install ## start the local stack (emulators, MLflow, functions, router, scheduler, page); URLs in .local/stack.json
 	$(PY) -m localdev.stack up
 
-down: ## stop the local stack
-	@test -x $(PY) && $(PY) -m localdev.stack down || true
+down: ## stop the local stack; its data (Firestore, registry, buckets) stays in .local/ for the next `make up`
+	@if test -x $(PY); then $(PY) -m localdev.stack down; fi
+
+reset: ## stop the local stack and delete .local/: predictions, feedback, deployments, registry, buckets
+	@if test -x $(PY); then $(PY) -m localdev.stack reset; else rm -rf .local; fi
 
 bundles: install ## each function's self-contained deploy bundle in build/functions/<name> (Terraform zips them)
 	for f in predict feedback registry_watcher; do $(PY) -m localdev.bundle $$f build/functions/$$f; done

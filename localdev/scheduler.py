@@ -1,7 +1,8 @@
 """`python -m localdev.scheduler --url URL [--interval 60]`: Cloud Scheduler's job, locally.
 
 POSTs `{}` to the registry watcher at once and then every interval, and logs each answer on one line. A failed
-tick is logged and the next one comes on time, as with Cloud Scheduler.
+tick is logged and the next one comes on time, as with Cloud Scheduler. With --export-to, it also exports the
+Firestore emulator's data there after every tick, so a crash of the emulator loses at most one interval.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
+
+from localdev import services
 
 
 def tick(url: str, timeout_s: float) -> str:
@@ -29,13 +33,23 @@ def tick(url: str, timeout_s: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="the registry watcher's tick URL")
-    parser.add_argument("--interval", type=float, default=60.0, help="seconds between ticks (default 60)")
+    parser.add_argument("--interval", type=float, default=60.0, help="seconds between ticks")
+    parser.add_argument("--firestore", help="the Firestore emulator's host:port, to export after each tick")
+    parser.add_argument("--project", default="demo-local", help="the emulator's project")
+    parser.add_argument("--export-to", type=Path, help="folder of the Firestore export (replaced on success)")
     args = parser.parse_args(argv)
+    if (args.firestore is None) != (args.export_to is None):
+        parser.error("--firestore and --export-to go together")
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     while not stopped.is_set():
         started = time.monotonic()
         print(time.strftime("%H:%M:%S"), "tick:", tick(args.url, timeout_s=max(5.0, args.interval)), flush=True)
+        if args.export_to is not None:
+            try:
+                services.export_firestore(args.firestore, args.project, args.export_to)
+            except services.ServiceError as exc:  # the last good export stays; the next tick tries again
+                print(time.strftime("%H:%M:%S"), "export:", exc, flush=True)
         stopped.wait(max(0.0, args.interval - (time.monotonic() - started)))
     return 0
 

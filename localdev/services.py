@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
@@ -226,10 +228,53 @@ def start_gcs_emulator(workdir: Path, port: int | None = None, data_dir: Path | 
     )
 
 
-def start_firestore_emulator(workdir: Path, port: int | None = None) -> Service:
-    """The official Firestore emulator (Java)."""
+def start_firestore_emulator(workdir: Path, port: int | None = None, import_from: Path | None = None) -> Service:
+    """The official Firestore emulator (Java); with import_from, it starts with the data of that export."""
     port = port or free_port()
-    return _start_gcloud_emulator("firestore", ["emulators", "firestore", "start", "--quiet"], workdir, port)
+    command = ["emulators", "firestore", "start", "--quiet"]
+    metadata = firestore_export_metadata(import_from) if import_from else None
+    if metadata is not None:
+        command.append(f"--import-data={metadata}")
+    return _start_gcloud_emulator("firestore", command, workdir, port)
+
+
+def firestore_export_metadata(folder: Path) -> Path | None:
+    """The metadata file that names an export (what --import-data takes), or None if folder holds no export."""
+    found = sorted(folder.glob("*/*.overall_export_metadata"))
+    return found[-1] if found else None
+
+
+def export_firestore(emulator_url: str, project: str, destination: Path, timeout_s: float = 60.0) -> Path:
+    """Every document of the emulator's default database, written to destination (replaced only on success).
+
+    The emulator's own --export-on-exit is not used: stopped by a signal with its process group, it logs
+    "Failed during export" and writes nothing. Its export endpoint writes a complete snapshot on request.
+    """
+    staging = destination.with_name(destination.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    body = json.dumps({"database": f"projects/{project}/databases/(default)", "export_directory": str(staging)})
+    request = urllib.request.Request(
+        f"http://{emulator_url}/emulator/v1/projects/{project}:export",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            pass
+    except (urllib.error.URLError, OSError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ServiceError(f"the Firestore emulator at {emulator_url} did not export its data: {exc}") from exc
+    if firestore_export_metadata(staging) is None:
+        raise ServiceError(f"the Firestore emulator's export in {staging} has no metadata file")
+    previous = destination.with_name(destination.name + ".old")
+    shutil.rmtree(previous, ignore_errors=True)
+    if destination.exists():
+        destination.rename(previous)
+    staging.rename(destination)  # a crash in between leaves .old, still a complete export
+    shutil.rmtree(previous, ignore_errors=True)
+    return destination
 
 
 def start_pubsub_emulator(workdir: Path, project: str, port: int | None = None) -> Service:
@@ -320,3 +365,39 @@ def start_function(
         timeout_s=60,
         ready_any_status=ready_any_status,
     )
+
+
+@contextlib.contextmanager
+def frozen(pid: int, timeout_s: float = 10.0) -> Iterator[None]:
+    """The process group led by pid stopped (SIGSTOP: hung, not gone, data kept) until the block ends.
+
+    Returns only once every process of the group is stopped: a signal reaches each thread asynchronously.
+    """
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not all(_state(member) in ("T", "t", None) for member in _group(pid)):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"process group {pid} did not stop within {timeout_s:g} s")
+            time.sleep(0.01)
+        yield
+    finally:
+        os.killpg(pid, signal.SIGCONT)
+
+
+def _group(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getpgid(int(entry.name)) == pgid:
+                    members.append(int(entry.name))
+    return members
+
+
+def _state(pid: int) -> str | None:
+    """The process's state letter from /proc (T: stopped), None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None

@@ -25,11 +25,14 @@ import secrets
 import shutil
 import socket
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from localdev import services
+from sentiment_core.contract import MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # LOCAL_STACK_DIR moves the stack's state (tests use a temporary folder); .local/ by default.
@@ -39,6 +42,9 @@ PIDS_FILE = LOCAL_DIR / "pids.json"
 INTERNAL_FILE = LOCAL_DIR / "internal.json"
 SECRETS_FILE = LOCAL_DIR / "secrets.json"
 LOGS = LOCAL_DIR / "logs"
+# The Firestore emulator keeps its data in memory: `down` (and the scheduler, every tick) exports it here and
+# `up` imports it, so predictions, feedback and the deployment history outlive a restart.
+FIRESTORE_EXPORT = LOCAL_DIR / "firestore"
 
 PROJECT = "demo-local"
 ARTIFACTS_BUCKET = "mlflow-artifacts"
@@ -96,7 +102,7 @@ def up() -> dict[str, str]:
     try:
         urls = _start_all(port, keep)
     except BaseException:
-        down()
+        down(force=True)  # nothing was written since the import: the export on disk is still the data
         raise
     _write(STACK_FILE, urls)
     return urls
@@ -109,7 +115,7 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
         firestore, pubsub, gcs = (
             future.result()
             for future in [
-                pool.submit(services.start_firestore_emulator, LOGS),
+                pool.submit(services.start_firestore_emulator, LOGS, None, _saved_firestore()),
                 pool.submit(services.start_pubsub_emulator, LOGS, PROJECT),
                 pool.submit(services.start_gcs_emulator, LOGS, None, LOCAL_DIR / "gcs"),
             ]
@@ -137,7 +143,16 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
         "FEEDBACK_TOKEN_SECRET": secret["feedback_token"],
         "ALLOWED_ORIGINS": f"{urls['frontend']},http://localhost:{port['frontend']}",
     }
-    router, router_admin = services.start_router(LOGS / "predict", public_env, port=port["predict"])
+    # The restored deployment state says which version serves: the watcher will not redeploy what it already
+    # deployed, so the router starts on it (the staged files outlive the restart in the GCS emulator's folder).
+    serving = _serving_version(firestore.url)
+    router, router_admin = services.start_router(
+        LOGS / "predict",
+        public_env,
+        port=port["predict"],
+        model_uri=serving and serving["model_uri"],
+        model_version=serving and serving["version"],
+    )
     keep(router)
     consumer_port = services.free_port()
     watcher_env = {
@@ -190,7 +205,18 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
     keep(
         services.launch(
             "scheduler",
-            [sys.executable, "-m", "localdev.scheduler", "--url", urls["registry_watcher"], "--interval", interval],
+            [
+                *[
+                    sys.executable,
+                    "-m",
+                    "localdev.scheduler",
+                    "--url",
+                    urls["registry_watcher"],
+                    "--interval",
+                    interval,
+                ],
+                *["--firestore", firestore.url, "--project", PROJECT, "--export-to", str(FIRESTORE_EXPORT)],
+            ],
             url="",
             log_path=LOGS / "scheduler.log",
             env={"PYTHONPATH": str(REPO_ROOT)},
@@ -277,15 +303,62 @@ def _register_webhook(tracking_uri: str, url: str, secret: str) -> None:
     )
 
 
-def down() -> None:
-    """Stop every process group the stack started, and the router's revisions; keep the data under .local/."""
-    pids = [int(pid) for pid in _read(PIDS_FILE).values()]
-    with concurrent.futures.ThreadPoolExecutor(max(1, len(pids))) as pool:
-        list(pool.map(services.stop, pids))  # each may take its grace period: together, not one after another
+def down(force: bool = False) -> None:
+    """Stop every process group the stack started, and the router's revisions; keep the data under .local/.
+
+    Firestore's data is exported first. If that fails the stack keeps running (nothing is lost) unless force.
+    """
+    pids = _read(PIDS_FILE)
+    scheduler = pids.pop("scheduler", None)
+    if scheduler is not None:
+        services.stop(int(scheduler))  # its periodic export must not race the final one
+    firestore_host = _read(INTERNAL_FILE).get("FIRESTORE_EMULATOR_HOST")
+    if firestore_host and services.alive(int(pids.get("firestore", 0) or 0)):
+        try:
+            services.export_firestore(firestore_host, PROJECT, FIRESTORE_EXPORT)
+        except services.ServiceError as exc:
+            if not force:
+                raise StackError(
+                    f"{exc}; the stack is left running so nothing is lost (the scheduler is stopped). "
+                    "`python -m localdev.stack down --force` stops it anyway, losing what came after the last export"
+                ) from exc
+    stopping = [int(pid) for pid in pids.values()]
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(stopping))) as pool:
+        list(pool.map(services.stop, stopping))  # each may take its grace period: together, not one after another
     for pid in _read(LOGS / "predict" / "revisions.json").values():
         services.stop(int(pid))  # left only if the router itself could not stop them
     for path in (PIDS_FILE, STACK_FILE, INTERNAL_FILE):
         path.unlink(missing_ok=True)
+
+
+def reset() -> None:
+    """Stop the stack and delete its local state: Firestore's data, the registry, the buckets, secrets, logs."""
+    down(force=True)
+    shutil.rmtree(LOCAL_DIR, ignore_errors=True)
+
+
+def _saved_firestore() -> Path | None:
+    """The last complete export (a crash while replacing it leaves the previous one as .old)."""
+    for folder in (FIRESTORE_EXPORT, FIRESTORE_EXPORT.with_name(FIRESTORE_EXPORT.name + ".old")):
+        if services.firestore_export_metadata(folder) is not None:
+            return folder
+    return None
+
+
+def _serving_version(firestore_host: str) -> dict[str, str] | None:
+    """`serving` of the deployment document ({"version", "model_uri"}), or None (nothing deployed yet)."""
+    url = f"http://{firestore_host}/v1/projects/{PROJECT}/databases/(default)/documents/deployments/{MODEL_NAME}"
+    request = urllib.request.Request(url, headers={"Authorization": "Bearer owner"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            document = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+    fields = document.get("fields", {}).get("serving", {}).get("mapValue", {}).get("fields", {})
+    values = {name: fields.get(name, {}).get("stringValue") for name in ("version", "model_uri")}
+    return values if all(values.values()) else None
 
 
 def _secrets() -> dict[str, str]:
@@ -340,8 +413,11 @@ def _write(path: Path, value: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localdev.stack", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down", "status", "url"], help="what to do")
+    parser.add_argument("command", choices=["up", "down", "reset", "status", "url"], help="what to do")
     parser.add_argument("name", nargs="?", help=f"with url: which service ({', '.join(PUBLIC)})")
+    parser.add_argument(
+        "--force", action="store_true", help="with down: stop even if Firestore's data cannot be exported"
+    )
     args = parser.parse_args(argv)
     if args.command == "up":
         print("starting the local stack (logs in .local/logs/) ...", flush=True)
@@ -356,8 +432,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, url in sorted(urls.items()):
             print(f"{name:<17} {url}")
     elif args.command == "down":
-        down()
-        print("stack stopped")
+        try:
+            down(force=args.force)
+        except StackError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"stack stopped; its data is kept in {LOCAL_DIR} (`make reset` deletes it)")
+    elif args.command == "reset":
+        reset()
+        print(f"stack stopped and {LOCAL_DIR} deleted: predictions, feedback, deployments, registry and buckets")
     elif args.command == "status":
         pids = _read(PIDS_FILE)
         if not pids:

@@ -1,14 +1,25 @@
-"""Session fixtures: real servers (MLflow, GCS emulator) and one model trained on the default data."""
+"""Session fixtures: real servers (MLflow, emulators) and trained models; the test tiers.
+
+Tiers (markers, set here from what a test uses; a module may set its own): `unit` needs no server, `system`
+starts emulators or servers, `e2e` runs the whole local stack. `make test-fast` runs the unit tier.
+
+Two models: `trained`, small and quick (seconds), for everything that serves, gates or deploys a model; and
+`trained_full`, the default training run, only for the tests of training itself.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.auth.credentials import AnonymousCredentials
@@ -87,10 +98,9 @@ def default_data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Service]:
+def mlflow_server() -> services.Service:
     """A real MLflow tracking server (SQLite backend, proxied local artifacts) for the whole session."""
-    with services.start_mlflow(tmp_path_factory.mktemp("mlflow")) as service:
-        yield service
+    return EARLY["mlflow_server"].result()
 
 
 @pytest.fixture(scope="session")
@@ -114,11 +124,128 @@ def run_training(
     )
 
 
+# Enough data for a model the deploy gate accepts (validation accuracy about 0.91), in about 20 s.
+QUICK_RUN = ["--limit", "20000", "--epochs", "2"]
+
+
+class Early:
+    """What a session fixture needs, started in a thread as soon as collection shows a test will use it.
+
+    The slow parts of the session (MLflow servers, the training runs) then overlap the tests that come first
+    instead of stalling the first test that needs them. Whatever the work opened is closed at session end.
+    """
+
+    def __init__(self, work: Callable[[contextlib.ExitStack], Any]) -> None:
+        self._work = work
+        self._resources = contextlib.ExitStack()
+        self._future: concurrent.futures.Future | None = None
+
+    def start(self) -> None:
+        if self._future is None:
+            self._future = concurrent.futures.ThreadPoolExecutor(1).submit(self._work, self._resources)
+
+    def result(self) -> Any:
+        self.start()
+        return self._future.result()
+
+    def close(self) -> None:
+        self._resources.close()  # stops servers and kills a training still running, so the thread ends too
+        if self._future is not None:
+            concurrent.futures.wait([self._future])
+
+
+def _train_registered(resources: contextlib.ExitStack, tracking_uri: str, extra: list[str]) -> dict:
+    """`python -m training.train` registering, promoting and staging a model; its summary."""
+    staged = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="staged-"))) / "model"
+    argv = ["--quiet", "--tracking-uri", tracking_uri, "--register", "--promote", "--output-dir", str(staged), *extra]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "training.train", *argv],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    resources.callback(lambda: process.poll() is None and process.kill())
+    stdout, stderr = process.communicate(timeout=900)
+    if process.returncode != 0:
+        raise RuntimeError(f"training failed with exit code {process.returncode}:\n{stderr[-4000:]}")
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    return {**summary, "staged_dir": staged, "stderr": stderr, "tracking_uri": tracking_uri}
+
+
+def _server(resources: contextlib.ExitStack, prefix: str) -> services.Service:
+    workdir = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    return resources.enter_context(services.start_mlflow(workdir))
+
+
+def _full_run(resources: contextlib.ExitStack) -> dict:
+    return _train_registered(resources, _server(resources, "mlflow-full-").url, [])
+
+
+EARLY: dict[str, Early] = {"mlflow_server": Early(lambda resources: _server(resources, "mlflow-"))}
+EARLY["trained"] = Early(lambda resources: _train_registered(resources, mlflow_server_url(), QUICK_RUN))
+EARLY["trained_full"] = Early(_full_run)
+
+
+def mlflow_server_url() -> str:
+    return EARLY["mlflow_server"].result().url
+
+
 @pytest.fixture(scope="session")
-def trained(mlflow_server: services.Service, default_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One full run on the default data against the server: registered, promoted and staged."""
-    staged = tmp_path_factory.mktemp("staged") / "model"
-    result = run_training(["--tracking-uri", mlflow_server.url, "--register", "--promote", "--output-dir", str(staged)])
-    assert result.returncode == 0, result.stderr[-4000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    return {**summary, "staged_dir": staged, "stderr": result.stderr, "tracking_uri": mlflow_server.url}
+def trained(default_data_dir: Path, mlflow_server: services.Service) -> dict:
+    """A quick model in the session's MLflow server: registered, promoted (alias production) and staged."""
+    return _early_result("trained")
+
+
+@pytest.fixture(scope="session")
+def trained_full(default_data_dir: Path) -> dict:
+    """The default training run, as a user runs it, in an MLflow server of its own: registered, promoted, staged."""
+    return _early_result("trained_full")
+
+
+def _early_result(name: str) -> Any:
+    try:
+        return EARLY[name].result()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start now what the selected tests will need: the session's first test does not wait for all of it."""
+    needed = set().union(*(item.fixturenames for item in session.items)) if session.items else set()
+    for name in ("trained", "trained_full", "mlflow_server"):  # the quick model first: the first tests use it
+        if name in needed:
+            EARLY[name].start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for early in reversed(EARLY.values()):
+        early.close()
+
+
+SERVER_FIXTURES = frozenset(
+    {
+        "firestore_emulator",
+        "pubsub_emulator",
+        "gcs_emulator",
+        "mlflow_server",
+        "trained",
+        "trained_full",
+        "function_env",
+        "db",
+    }
+)
+TIERS = ("unit", "system", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test gets one tier: its own marker, else e2e under tests/localdev, system if it uses a server."""
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            continue
+        if "tests/localdev/" in item.nodeid:
+            item.add_marker(pytest.mark.e2e)
+        elif SERVER_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.system)
+        else:
+            item.add_marker(pytest.mark.unit)

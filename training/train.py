@@ -22,11 +22,21 @@ from training.model import save_checkpoint
 DEFAULTS = HyperParams()
 
 
+class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default once: not where the help text states it, nor for flags and unset options."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m training.train",
         description="Train the Yelp review sentiment model, track it in MLflow, export and register ONNX.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsOnce,
     )
     group = parser.add_argument_group("data")
     group.add_argument(
@@ -59,7 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument(
         "--tracking-uri",
         default=None,
-        help="MLflow tracking server or store (default: $MLFLOW_TRACKING_URI, else MLflow's local default)",
+        help="MLflow tracking server or store (default: $MLFLOW_TRACKING_URI, else MLflow's local store)",
     )
     group.add_argument("--experiment", default="yelp-sentiment", help="MLflow experiment name")
     group.add_argument("--run-name", default=None, help="MLflow run name")

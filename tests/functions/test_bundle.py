@@ -73,6 +73,7 @@ print(json.dumps({{"status": response.status_code, "shared": sentiment_core.__fi
     assert [m for m in report["modules"] if m.startswith(absent)] == []
 
 
+@pytest.mark.system  # pip resolves each bundle's requirements against the package index
 @pytest.mark.parametrize("name", ["predict", "feedback", "registry_watcher"])
 def test_bundle_requirements_are_pinned_and_resolve_without_torch_or_mlflow(name: str) -> None:
     requirements = requirements_of(name)

@@ -51,6 +51,7 @@ def checkov_report() -> dict:
     return {r["check_type"]: r for r in (reports if isinstance(reports, list) else [reports])}
 
 
+@pytest.mark.system  # checkov runs from its own virtualenv
 def test_checkov_finds_no_failed_check(checkov_report: dict) -> None:
     failed = [
         f"{c['check_id']} {c['resource']}"
@@ -62,6 +63,7 @@ def test_checkov_finds_no_failed_check(checkov_report: dict) -> None:
     assert checkov_report["terraform"]["summary"]["parsing_errors"] == 0
 
 
+@pytest.mark.system
 def test_checkov_ran_every_project_policy(checkov_report: dict) -> None:
     passed = {c["check_id"] for c in checkov_report["terraform"]["results"]["passed_checks"]}
 

@@ -2,13 +2,16 @@
 
 Train v1 -> promote -> v1 serves -> predictions and feedback -> train v2 -> the alias moved by the REST call the
 MLflow UI makes -> v2 serves while a client keeps sending requests -> statistics per version -> roll back.
+`make down` then `make up` keeps every prediction, answer and decision.
+
+One stack for the module; each test gets what it needs from fixtures (two trained versions, one serving), not
+from the tests before it, so any test runs alone too.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -24,8 +27,10 @@ from tests.functions.conftest import call
 from tests.functions.watcher_support import Versions
 from training.data import REPO_ROOT
 
-SERVE_WITHIN_S = 10.0
-MIN_RATE = 20.0
+# Deadlines for "it happens", not figures: bench/promotion.py measures how fast (about 2 s here).
+SERVE_WITHIN_S = 60.0
+# A tick with MLflow frozen must fail (503) rather than hang; the watcher's own timeout is 2 s.
+HANG_S = 30.0
 
 
 def stack_command(command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -53,7 +58,9 @@ def local_stack(tmp_path_factory) -> Iterator[dict]:
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         urls = json.loads((state / "stack.json").read_text())
-        yield {"urls": urls, "pids": pids, "state": state, "env": env}
+        fresh_predict = call(f"{urls['predict']}/healthz").error_code  # before anything is promoted
+        yield {"urls": urls, "pids": pids, "state": state, "env": env, "fresh_predict": fresh_predict}
+        pids = local_stack_pids(state)  # `up` again (test_down_then_up...) starts new processes
     finally:
         revisions = state / "logs" / "predict" / "revisions.json"
         revision_pids = json.loads(revisions.read_text()).values() if revisions.exists() else []
@@ -61,6 +68,31 @@ def local_stack(tmp_path_factory) -> Iterator[dict]:
         assert down.returncode == 0, down.stderr
         left = [pid for pid in [*pids.values(), *revision_pids] if services.alive(int(pid))]
         assert left == [], f"processes left after down: {[_command(pid) for pid in left]}"
+
+
+def local_stack_pids(state: Path) -> dict:
+    path = state / "pids.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@pytest.fixture(scope="module")
+def versions(local_stack: dict) -> tuple[str, str]:
+    """Two quick models registered as versions of yelp-sentiment (nothing promoted by this fixture)."""
+    return train(local_stack["urls"], local_stack["env"], seed=1), train(
+        local_stack["urls"], local_stack["env"], seed=2
+    )
+
+
+@pytest.fixture
+def serving(local_stack: dict, versions: tuple[str, str]) -> str:
+    """A version serving on predict: the one serving already, else the first promoted now."""
+    urls = local_stack["urls"]
+    current = serving_version(urls)
+    if current is None:
+        promote_as_the_ui_does(urls, versions[0])
+        wait_for_version(urls, versions[0], SERVE_WITHIN_S)
+        current = versions[0]
+    return current
 
 
 def _command(pid: int) -> str:
@@ -83,7 +115,7 @@ def test_stack_writes_the_contract_urls_and_up_again_starts_nothing(local_stack:
     assert call(f"{urls['mlflow']}/health").status == 200
     assert call(f"{urls['feedback']}/statistics").status == 200
     assert call(f"{urls['registry_watcher']}/status").status == 200
-    assert call(f"{urls['predict']}/healthz").error_code == "no_revision"  # nothing promoted yet
+    assert local_stack["fresh_predict"] == "no_revision"  # nothing promoted yet
 
 
 def train(urls: dict, env: dict, seed: int) -> str:
@@ -168,11 +200,12 @@ class Load:
         self.rate = len(self.answers) / (time.monotonic() - self.started)
 
 
-def test_whole_loop_train_promote_switch_under_load_statistics_and_rollback(local_stack: dict) -> None:
-    urls, env = local_stack["urls"], local_stack["env"]
-    v1 = train(urls, env, seed=1)
+def test_whole_loop_train_promote_switch_under_load_statistics_and_rollback(local_stack: dict, versions) -> None:
+    urls = local_stack["urls"]
+    v1, v2 = versions
+    before = call(f"{urls['feedback']}/statistics").json["statistics"]
     promote_as_the_ui_does(urls, v1)
-    wait_for_version(urls, v1, 60)
+    wait_for_version(urls, v1, SERVE_WITHIN_S)
     # The page's origin gets CORS through the router, as the browser needs it.
     preflight = call(
         urls["predict"],
@@ -203,7 +236,6 @@ def test_whole_loop_train_promote_switch_under_load_statistics_and_rollback(loca
             assert call(urls["feedback"], body).status == 200
             answered[prediction.json["details"]["model_version"]] += 1
 
-    v2 = train(urls, env, seed=2)
     with Load(urls["predict"]) as load:
         time.sleep(1.0)
         promote_as_the_ui_does(urls, v2)
@@ -211,18 +243,21 @@ def test_whole_loop_train_promote_switch_under_load_statistics_and_rollback(loca
         time.sleep(1.0)
 
     print(f"\nv2 serving {took:.2f} s after the alias was set; {len(load.answers)} requests at {load.rate:.1f}/s")
-    assert took <= SERVE_WITHIN_S
     assert Counter(status for status, _, _ in load.answers) == Counter({201: len(load.answers)})
-    assert load.rate >= MIN_RATE
     assert {version for _, version, _ in load.answers} == {v1, v2}
     made.update(version for _, version, _ in load.answers)
 
     statistics = call(f"{urls['feedback']}/statistics").json["statistics"]
     by_version = statistics["by_model_version"]
-    assert {v: by_version[v]["predictions"] for v in by_version} == dict(made)
-    assert by_version[v1]["feedback"] == answered[v1] == 2
-    assert by_version[v1]["correct"] == 1  # "lovely place" answered positive, "great pizza" answered negative
-    assert statistics["predictions"] == sum(made.values())
+    earlier = before["by_model_version"]
+
+    def added(version: str, field: str) -> int:
+        return by_version.get(version, {}).get(field, 0) - earlier.get(version, {}).get(field, 0)
+
+    assert {v: added(v, "predictions") for v in by_version if added(v, "predictions")} == dict(made)
+    assert added(v1, "feedback") == answered[v1] == 2
+    assert added(v1, "correct") == 1  # "lovely place" answered positive, "great pizza" answered negative
+    assert statistics["predictions"] - before["predictions"] == sum(made.values())
 
     promote_as_the_ui_does(urls, v1)
     wait_for_version(urls, v1, SERVE_WITHIN_S)
@@ -243,15 +278,12 @@ def stored_prediction(local_stack: dict, prediction_id: str) -> bool:
     return call(url, headers={"Authorization": "Bearer owner"}).status == 200
 
 
-def test_frozen_firestore_mid_load_loses_nothing_acknowledged(local_stack: dict) -> None:
+def test_frozen_firestore_mid_load_loses_nothing_acknowledged(local_stack: dict, serving: str) -> None:
     urls, firestore_pid = local_stack["urls"], int(local_stack["pids"]["firestore"])
     with Load(urls["predict"]) as load:
         time.sleep(1.0)
-        os.killpg(firestore_pid, signal.SIGSTOP)
-        try:
+        with services.frozen(firestore_pid):
             time.sleep(4.0)
-        finally:
-            os.killpg(firestore_pid, signal.SIGCONT)
         time.sleep(2.0)
 
     statuses = Counter(status for status, _, _ in load.answers)
@@ -267,7 +299,7 @@ def watcher_status(urls: dict) -> dict:
     return answer.json
 
 
-def test_duplicated_pubsub_message_redeploys_nothing(local_stack: dict, monkeypatch) -> None:
+def test_duplicated_pubsub_message_redeploys_nothing(local_stack: dict, serving: str, monkeypatch) -> None:
     from google.cloud import pubsub_v1
 
     urls, hosts = local_stack["urls"], internal(local_stack)
@@ -311,7 +343,7 @@ def other_version(urls: dict, serving: str) -> str:
     return next(str(v.version) for v in versions if str(v.version) != serving and v.run_id)
 
 
-def test_mlflow_stopped_during_a_tick_then_started_the_loop_catches_up(local_stack: dict) -> None:
+def test_mlflow_stopped_during_a_tick_then_started_the_loop_catches_up(local_stack: dict, serving: str) -> None:
     from mlflow import MlflowClient
 
     urls, mlflow_pid = local_stack["urls"], int(local_stack["pids"]["mlflow"])
@@ -323,15 +355,9 @@ def test_mlflow_stopped_during_a_tick_then_started_the_loop_catches_up(local_sta
     try:
         time.sleep(1.1)  # the server's webhook cache
         promote_as_the_ui_does(urls, wanted)
-        os.killpg(mlflow_pid, signal.SIGSTOP)
-        try:
-            started = time.monotonic()
-            failed = call(urls["registry_watcher"], {}, timeout=30)
-            elapsed = time.monotonic() - started
-        finally:
-            os.killpg(mlflow_pid, signal.SIGCONT)
+        with services.frozen(mlflow_pid):
+            failed = call(urls["registry_watcher"], {}, timeout=HANG_S)
         assert (failed.status, failed.error_code) == (503, "registry_unavailable")
-        assert elapsed <= 5.0
         assert serving_version(urls) == serving
 
         caught_up = call(urls["registry_watcher"], {}, timeout=60)
@@ -341,7 +367,7 @@ def test_mlflow_stopped_during_a_tick_then_started_the_loop_catches_up(local_sta
         client.update_webhook(hook.webhook_id, status="ACTIVE")
 
 
-def test_corrupt_model_promoted_is_refused_and_the_old_version_keeps_serving(local_stack: dict) -> None:
+def test_corrupt_model_promoted_is_refused_and_the_old_version_keeps_serving(local_stack: dict, serving: str) -> None:
     urls = local_stack["urls"]
     serving = serving_version(urls)
     bad = Versions(urls["mlflow"]).add_variant("yelp-sentiment", model_bytes=b"\x08\x07 not an onnx model")
@@ -356,3 +382,33 @@ def test_corrupt_model_promoted_is_refused_and_the_old_version_keeps_serving(loc
     assert refused["reason"] == "model_invalid"
     assert serving_version(urls) == serving
     assert call(urls["predict"], {"text": "still serving"}).status == 201
+
+
+def test_down_then_up_keeps_predictions_feedback_statistics_and_deployments(local_stack: dict, serving: str) -> None:
+    urls, state = local_stack["urls"], local_stack["state"]
+    for i in range(5):
+        prediction = call(urls["predict"], {"text": f"restart review {i}: the soup was lovely"})
+        assert prediction.status == 201
+        body = {
+            "prediction_id": prediction.json["id"],
+            "is_positive_user_answered": i % 2 == 0,
+            "feedback_token": prediction.json["feedback_token"],
+        }
+        assert call(urls["feedback"], body).status == 200
+    statistics = call(f"{urls['feedback']}/statistics").json
+    recent = call(f"{urls['feedback']}/predictions?limit=100").json
+    history = watcher_status(urls)["history"]
+
+    down = stack_command("down", local_stack["env"])
+    up = stack_command("up", local_stack["env"])
+    assert down.returncode == 0, down.stderr
+    assert up.returncode == 0, up.stdout + up.stderr
+    urls = json.loads((state / "stack.json").read_text())
+    local_stack.update(urls=urls, pids=local_stack_pids(state))  # new processes (and ports) for the next tests
+
+    assert serving_version(urls) == serving  # the router starts on the version the restored state serves
+    assert call(f"{urls['feedback']}/statistics").json == statistics
+    assert call(f"{urls['feedback']}/predictions?limit=100").json == recent
+    kept = watcher_status(urls)["history"]
+    assert [entry for entry in history if entry not in kept] == []
+    assert call(urls["predict"], {"text": "after the restart"}).status == 201

@@ -9,8 +9,8 @@ from training import export
 
 
 @pytest.fixture(scope="module")
-def predict(trained: dict):
-    session = export.session((Path(trained["staged_dir"]) / "model.onnx").read_bytes())
+def predict(trained_full: dict):
+    session = export.session((Path(trained_full["staged_dir"]) / "model.onnx").read_bytes())
     return lambda texts: export.onnx_probabilities(session, list(texts))
 
 

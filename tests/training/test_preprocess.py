@@ -63,9 +63,9 @@ def _features_of(model: onnx.ModelProto) -> tuple[preprocess.Vocabulary, dict[in
     return vocabulary, {key: i for i, key in enumerate(keys, start=1)}
 
 
-def test_training_and_exported_graph_compute_identical_features_on_all_default_data(trained: dict) -> None:
+def test_training_and_exported_graph_compute_identical_features_on_all_default_data(trained_full: dict) -> None:
     """The ids training fed PyTorch equal the features the shipped graph looks up, on every default text."""
-    model_bytes = (Path(trained["staged_dir"]) / "model.onnx").read_bytes()
+    model_bytes = (Path(trained_full["staged_dir"]) / "model.onnx").read_bytes()
     vocabulary, feature_id = _features_of(onnx.load_from_string(model_bytes))
     texts = data.load_dataset(None).texts
     session = export.session(model_bytes, extra_outputs=[export.FEATURE_KEYS])

@@ -1,4 +1,4 @@
-"""What one real training run leaves in a real MLflow server (the session's `trained` run)."""
+"""What one real training run leaves in a real MLflow server (the session's `trained_full` run)."""
 
 import json
 import subprocess
@@ -20,13 +20,13 @@ from sentiment_core.manifest import read_staged_folder, sha256_file
 
 
 @pytest.fixture
-def client(trained: dict) -> MlflowClient:
-    mlflow.set_tracking_uri(trained["tracking_uri"])
-    return MlflowClient(trained["tracking_uri"])
+def client(trained_full: dict) -> MlflowClient:
+    mlflow.set_tracking_uri(trained_full["tracking_uri"])
+    return MlflowClient(trained_full["tracking_uri"])
 
 
-def test_run_logs_params_per_epoch_metrics_and_test_metrics(client: MlflowClient, trained: dict) -> None:
-    run = client.get_run(trained["run_id"])
+def test_run_logs_params_per_epoch_metrics_and_test_metrics(client: MlflowClient, trained_full: dict) -> None:
+    run = client.get_run(trained_full["run_id"])
 
     assert {
         "embedding_dim",
@@ -51,8 +51,8 @@ def test_run_logs_params_per_epoch_metrics_and_test_metrics(client: MlflowClient
     assert run.data.metrics["onnx_max_abs_diff_validation"] <= 1e-5
 
 
-def test_run_records_data_lineage_and_git_commit(client: MlflowClient, trained: dict) -> None:
-    run = client.get_run(trained["run_id"])
+def test_run_records_data_lineage_and_git_commit(client: MlflowClient, trained_full: dict) -> None:
+    run = client.get_run(trained_full["run_id"])
     report = json.loads(Path(client.download_artifacts(run.info.run_id, "data/report.json")).read_text())
 
     digests = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
@@ -64,8 +64,8 @@ def test_run_records_data_lineage_and_git_commit(client: MlflowClient, trained: 
     assert len(run.data.tags.get("mlflow.source.git.commit", "")) == 40
 
 
-def test_run_logs_plots_split_and_golden_outputs(client: MlflowClient, trained: dict) -> None:
-    run_id = trained["run_id"]
+def test_run_logs_plots_split_and_golden_outputs(client: MlflowClient, trained_full: dict) -> None:
+    run_id = trained_full["run_id"]
     artifacts = {a.path for a in client.list_artifacts(run_id, "plots")}
     golden = json.loads(Path(client.download_artifacts(run_id, GOLDEN_OUTPUTS_ARTIFACT)).read_text())
 
@@ -76,26 +76,28 @@ def test_run_logs_plots_split_and_golden_outputs(client: MlflowClient, trained: 
     assert golden["max_abs_diff_onnx"] <= 1e-5
 
 
-def test_logged_model_has_signature_input_example_and_logged_sha256(client: MlflowClient, trained: dict) -> None:
-    local = Path(mlflow.artifacts.download_artifacts(trained["model_uri"]))
+def test_logged_model_has_signature_input_example_and_logged_sha256(client: MlflowClient, trained_full: dict) -> None:
+    local = Path(mlflow.artifacts.download_artifacts(trained_full["model_uri"]))
     mlmodel = (local / "MLmodel").read_text()
 
     assert '"name": "text"' in mlmodel
     assert '"name": "probability"' in mlmodel
     assert (local / "input_example.json").is_file()
-    assert sha256_file(local / "model.onnx") == client.get_run(trained["run_id"]).data.tags[RUN_TAG_MODEL_SHA256]
+    assert sha256_file(local / "model.onnx") == client.get_run(trained_full["run_id"]).data.tags[RUN_TAG_MODEL_SHA256]
 
 
-def test_register_promote_sets_alias_and_version_tags(client: MlflowClient, trained: dict) -> None:
+def test_register_promote_sets_alias_and_version_tags(client: MlflowClient, trained_full: dict) -> None:
     version = client.get_model_version_by_alias(MODEL_NAME, PRODUCTION_ALIAS)
 
-    assert version.version == trained["model_version"]
-    assert version.run_id == trained["run_id"]
-    assert float(version.tags["test_accuracy"]) == pytest.approx(trained["test_accuracy"], abs=1e-4)
+    assert version.version == trained_full["model_version"]
+    assert version.run_id == trained_full["run_id"]
+    assert float(version.tags["test_accuracy"]) == pytest.approx(trained_full["test_accuracy"], abs=1e-4)
     assert {"val_accuracy", "test_roc_auc", "model_sha256", "label_rule"} <= version.tags.keys()
 
 
-def test_production_alias_model_runs_in_plain_onnxruntime_without_project_code(trained: dict, tmp_path: Path) -> None:
+def test_production_alias_model_runs_in_plain_onnxruntime_without_project_code(
+    trained_full: dict, tmp_path: Path
+) -> None:
     """What a user does: fetch models:/yelp-sentiment@production and run it, nothing of ours imported."""
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@{PRODUCTION_ALIAS}", dst_path=tmp_path))
     script = (
@@ -118,17 +120,17 @@ def test_production_alias_model_runs_in_plain_onnxruntime_without_project_code(t
     assert positive > 0.5 > negative
 
 
-def test_staged_folder_matches_registered_version(trained: dict) -> None:
-    manifest, model_bytes = read_staged_folder(Path(trained["staged_dir"]))
+def test_staged_folder_matches_registered_version(trained_full: dict) -> None:
+    manifest, model_bytes = read_staged_folder(Path(trained_full["staged_dir"]))
 
     assert manifest.model_name == MODEL_NAME
-    assert manifest.model_version == trained["model_version"]
-    assert manifest.mlflow_run_id == trained["run_id"]
+    assert manifest.model_version == trained_full["model_version"]
+    assert manifest.mlflow_run_id == trained_full["run_id"]
     assert manifest.threshold == 0.5
-    assert len(model_bytes) == trained["model_size_bytes"] <= 50 * 1024 * 1024
+    assert len(model_bytes) == trained_full["model_size_bytes"] <= 50 * 1024 * 1024
 
 
-def test_training_reports_progress_and_finishes(trained: dict) -> None:
-    assert "vocabulary:" in trained["stderr"]
-    assert "registered yelp-sentiment version" in trained["stderr"]
-    assert trained["test_accuracy"] > 0.9
+def test_training_reports_progress_and_finishes(trained_full: dict) -> None:
+    assert "vocabulary:" in trained_full["stderr"]
+    assert "registered yelp-sentiment version" in trained_full["stderr"]
+    assert trained_full["test_accuracy"] > 0.9

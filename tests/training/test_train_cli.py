@@ -1,24 +1,24 @@
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_training
-from training.data import REPO_ROOT
 from training.train import parse_args
 
 SMALL = ["--limit", "3000", "--epochs", "2", "--embedding-dim", "8"]
 
 
-def test_help_documents_every_option() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "training.train", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-    )
+def help_text(capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--help"])
+    assert exited.value.code == 0
+    return capsys.readouterr().out
 
-    parser_options = set(re.findall(r"--[a-z][a-z-]+", result.stdout))
+
+def test_help_documents_every_option(capsys) -> None:
+    parser_options = set(re.findall(r"--[a-z][a-z-]+", help_text(capsys)))
     for option in [
         "--data",
         "--positive-min-stars",
@@ -35,6 +35,18 @@ def test_help_documents_every_option() -> None:
         assert option in parser_options
 
 
+def test_help_states_each_default_at_most_once_and_none_for_flags(capsys) -> None:
+    text = help_text(capsys)
+    # One entry per option: its lines up to the next option.
+    entries = re.split(r"\n  (?=--)", text.split("options:", 1)[1])
+
+    for entry in entries:
+        assert len(re.findall(r"default", entry, flags=re.IGNORECASE)) <= 1, entry
+    assert "(default: None)" not in text
+    assert "(default: False)" not in text
+    assert "(default: 4)" in text  # --epochs still shows its default
+
+
 @pytest.mark.parametrize("argv", [["--threshold", "1.5"], ["--epochs", "many"], ["--limit", "3"], ["--no-such-option"]])
 def test_parse_args_bad_options_exit_with_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exited:
@@ -47,34 +59,38 @@ def test_parse_args_promote_implies_register() -> None:
     assert parse_args(["--promote"]).register is True
 
 
-def test_train_local_store_same_seed_gives_same_metrics(tmp_path: Path) -> None:
-    """Works without a server (a local SQLite store), and a seed fixes every metric."""
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    """The same small training twice, with a local SQLite store (no server): outputs, checkpoints and results."""
+    folder = tmp_path_factory.mktemp("two-runs")
+    store = f"sqlite:///{folder / 'mlflow.db'}"
     runs = [
         run_training(
             [
-                "--tracking-uri",
-                store,
-                *SMALL,
-                "--output-dir",
-                str(tmp_path / f"out{i}"),
-                "--checkpoint",
-                str(tmp_path / f"out{i}.pt"),
+                *["--tracking-uri", store, *SMALL],
+                *["--output-dir", str(folder / f"out{i}"), "--checkpoint", str(folder / f"out{i}.pt")],
             ]
         )
         for i in (1, 2)
     ]
+    return folder, runs
+
+
+@pytest.mark.system  # runs training as a user does, in a child process
+def test_train_local_store_same_seed_gives_same_metrics(two_runs) -> None:
+    """Works without a server (a local SQLite store), and a seed fixes every metric."""
+    folder, runs = two_runs
 
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-3000:]
     first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
     assert first["run_id"] != second["run_id"]
     assert (first["test_accuracy"], first["test_roc_auc"]) == (second["test_accuracy"], second["test_roc_auc"])
-    manifests = [json.loads((tmp_path / f"out{i}" / "manifest.json").read_text()) for i in (1, 2)]
+    manifests = [json.loads((folder / f"out{i}" / "manifest.json").read_text()) for i in (1, 2)]
     assert manifests[0]["model_version"] is None  # not registered
     assert manifests[0]["mlflow_run_id"] == first["run_id"]
 
 
+@pytest.mark.system  # runs training as a user does, in a child process
 def test_train_reports_bad_lines_and_never_crashes_on_them(tmp_path: Path) -> None:
     reviews = tmp_path / "reviews.jsonl"
     good = [
@@ -90,6 +106,7 @@ def test_train_reports_bad_lines_and_never_crashes_on_them(tmp_path: Path) -> No
     assert "line 61: malformed" in result.stderr
 
 
+@pytest.mark.system  # runs training as a user does, in a child process
 def test_train_missing_data_fails_with_a_clear_message(tmp_path: Path) -> None:
     result = run_training(["--data", str(tmp_path / "nope.csv"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
 
@@ -98,6 +115,7 @@ def test_train_missing_data_fails_with_a_clear_message(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.system  # runs training as a user does, in a child process
 def test_train_unreachable_tracking_server_fails_fast(tmp_path: Path) -> None:
     from localdev.services import free_port
 
@@ -107,29 +125,20 @@ def test_train_unreachable_tracking_server_fails_fast(tmp_path: Path) -> None:
     assert "cannot reach the MLflow tracking store" in result.stderr
 
 
-def test_train_checkpoint_reproduces_the_exported_model(tmp_path: Path) -> None:
+@pytest.mark.system  # runs training as a user does, in a child process
+def test_train_checkpoint_reproduces_the_exported_model(two_runs) -> None:
     """--checkpoint writes the PyTorch weights of the very model that was exported."""
     from training import export
     from training.model import load_checkpoint
     from training.preprocess import Vocabulary
 
-    result = run_training(
-        [
-            "--tracking-uri",
-            f"sqlite:///{tmp_path / 'm.db'}",
-            *SMALL,
-            "--output-dir",
-            str(tmp_path / "out"),
-            "--checkpoint",
-            str(tmp_path / "model.pt"),
-        ]
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    model, features = load_checkpoint(tmp_path / "model.pt")
+    folder, runs = two_runs
+    assert runs[0].returncode == 0, runs[0].stderr[-3000:]
+    model, features = load_checkpoint(folder / "out1.pt")
     vocabulary = Vocabulary(features=features)
     texts = ["great food", "awful service", "", "the food was not good"]
 
-    session = export.session((tmp_path / "out" / "model.onnx").read_bytes())
+    session = export.session((folder / "out1" / "model.onnx").read_bytes())
     difference = export.onnx_probabilities(session, texts) - export.torch_probabilities(model, vocabulary, texts)
 
     assert abs(difference).max() <= export.PARITY_TOLERANCE
