@@ -90,8 +90,8 @@ def in_process(model_path: Path, checkpoint: Path) -> None:
         f"ratio {onnx_one / torch_one:.2f}"
     )
     print(
-        f"               predict's call: list -> array -> native session; InferenceSession.run on a prebuilt "
-        f"array: {public_one * 1e6:.1f} us"
+        f"               predict's call: list -> array -> run with per-thread RunOptions; plain "
+        f"InferenceSession.run on a prebuilt array: {public_one * 1e6:.1f} us"
     )
     print(
         f"  1,000 batch  onnxruntime {1000 / onnx_batch:8.0f} /s   PyTorch (+ same tokeniser) "

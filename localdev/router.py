@@ -186,9 +186,9 @@ def proxy_handler(router: Router) -> type[BaseHTTPRequestHandler]:
                 return _send_json(self, 502, {"error": {"code": "bad_gateway", "message": str(exc)}})
             finally:
                 router.release(revision)
-            self.send_response(response.status)
+            self.send_response(response.status)  # writes this server's own Server and Date headers
             for key, value in response.getheaders():
-                if key.lower() not in HOP_BY_HOP | {"content-length"}:
+                if key.lower() not in HOP_BY_HOP | {"content-length", "server", "date"}:
                     self.send_header(key, value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

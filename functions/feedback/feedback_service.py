@@ -17,7 +17,10 @@ from sentiment_core.records import (
 from sentiment_core.store import Store
 from sentiment_core.tokens import verify_feedback_token
 
-UNAVAILABLE = http.ApiError(503, "store_unavailable", "the store cannot be reached; retry later", {"Retry-After": "5"})
+
+def unavailable() -> http.ApiError:
+    """A new error each time: an exception raised from many threads must not share its cause and traceback."""
+    return http.ApiError(503, "store_unavailable", "the store cannot be reached; retry later", {"Retry-After": "5"})
 
 
 def handle_feedback(request: flask.Request, store: Callable[[], Store], secret: bytes) -> flask.Response:
@@ -34,7 +37,7 @@ def handle_feedback(request: flask.Request, store: Callable[[], Store], secret: 
     except FeedbackConflict as exc:
         raise http.ApiError(409, "feedback_conflict", "this prediction already has a different answer") from exc
     except StoreUnavailable as exc:
-        raise UNAVAILABLE from exc
+        raise unavailable() from exc
     return http.json_response(prediction.to_api())
 
 
@@ -44,7 +47,7 @@ def handle_statistics(request: flask.Request, store: Callable[[], Store]) -> fla
     try:
         total, by_version = store().statistics()
     except StoreUnavailable as exc:
-        raise UNAVAILABLE from exc
+        raise unavailable() from exc
     statistics = total.as_api() | {"by_model_version": {v: c.as_api() for v, c in sorted(by_version.items())}}
     return http.json_response({"statistics": statistics})
 
@@ -63,7 +66,7 @@ def handle_predictions(request: flask.Request, store: Callable[[], Store]) -> fl
     except InvalidPageToken as exc:
         raise http.bad_request("invalid_page_token", "page_token is not one this service issued") from exc
     except StoreUnavailable as exc:
-        raise UNAVAILABLE from exc
+        raise unavailable() from exc
     return http.json_response({"predictions": [p.to_api() for p in items], "next_page_token": next_token})
 
 

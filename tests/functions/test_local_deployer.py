@@ -103,3 +103,13 @@ def test_revision_that_cannot_start_is_a_deploy_error_and_the_old_one_keeps_serv
 
     assert call(f"{service.url}/healthz").json["model_version"] == "1"
     assert call(service.url, {"text": "fine"}).status == 201
+
+
+def test_router_answers_with_one_server_and_one_date_header(router) -> None:
+    service, _ = router
+
+    answer = call(f"{service.url}/healthz")
+
+    assert answer.status == 200
+    assert len(answer.headers.get_all("Server")) == 1
+    assert len(answer.headers.get_all("Date")) == 1

@@ -41,18 +41,9 @@ def probabilities(session: Any, texts: list[str]) -> Any:
     """float32 [len(texts)]; texts must be non-empty (StringNormalizer rejects an empty batch)."""
     import numpy as np
 
-    feed = {INPUT_NAME: np.array(texts, dtype=object)}
-    # Measured on a one-review inference of about 20 us (docs/serving.md): without RunOptions the binding builds
-    # default ones on every call (2.7 us), so each thread keeps one; InferenceSession.run re-checks the feed's
-    # names, OrtValue ownership and WebGPU graph capture on every call (3.5 us), while open_session checked
-    # the signature once and the feed is always one numpy array under that input, so the native session it
-    # wraps is called directly when this onnxruntime has one (it has since 1.0; the public run is the fallback).
-    options = _run_options()
-    native = getattr(session, "_sess", None)
-    if native is not None:
-        (result,) = native.run(_OUTPUTS, feed, options)
-    else:
-        (result,) = session.run(_OUTPUTS, feed, options)
+    # Without RunOptions the binding builds default ones on every call (2.7 us of a ~25 us inference,
+    # docs/serving.md), so each thread keeps one.
+    (result,) = session.run(_OUTPUTS, {INPUT_NAME: np.array(texts, dtype=object)}, _run_options())
     return result
 
 
