@@ -1,4 +1,4 @@
-"""`python -m localdev.stack up|down|status|url NAME`: the whole loop on one machine, with real servers.
+"""`python -m localdev.stack up|down|reset|status|url NAME`: the whole loop on one machine, with real servers.
 
 `up` starts, each in its own process group and polled until ready: the Firestore, Pub/Sub and GCS emulators
 (buckets created), an MLflow server with its UI (SQLite store, artifacts in the GCS emulator's bucket, webhooks
@@ -6,7 +6,8 @@ to the watcher signed with a secret), `predict` behind the local router (a stabl
 watcher switches), `feedback`, `registry_watcher` and its redeploy consumer (a Pub/Sub push subscription with a
 dead-letter topic), a scheduler that ticks the watcher every minute, and the static page with its config.json.
 URLs go to .local/stack.json (keys mlflow, predict, feedback, registry_watcher, frontend), logs to .local/logs/.
-`down` stops every process the stack started.
+`down` exports the Firestore emulator's data to .local/firestore/ (`up` imports it) and stops every process the
+stack started; `reset` also deletes .local/.
 
 Ports: LOCAL_PORT_MLFLOW (5000), LOCAL_PORT_PREDICT (8080), LOCAL_PORT_FEEDBACK (8081),
 LOCAL_PORT_REGISTRY_WATCHER (8082), LOCAL_PORT_FRONTEND (8000); 0 picks a free port. LOCAL_TICK_INTERVAL_S
@@ -320,7 +321,8 @@ def down(force: bool = False) -> None:
             if not force:
                 raise StackError(
                     f"{exc}; the stack is left running so nothing is lost (the scheduler is stopped). "
-                    "`python -m localdev.stack down --force` stops it anyway, losing what came after the last export"
+                    "`.venv/bin/python -m localdev.stack down --force` stops it anyway, losing what came after the "
+                    "last export"
                 ) from exc
     stopping = [int(pid) for pid in pids.values()]
     with concurrent.futures.ThreadPoolExecutor(max(1, len(stopping))) as pool:
