@@ -30,7 +30,7 @@ down: ## stop the local stack
 	@test -x $(PY) && $(PY) -m localdev.stack down || true
 
 bundles: install ## each function's self-contained deploy bundle in build/functions/<name> (Terraform zips them)
-	for f in predict feedback registry_watcher; do $(PY) -m localdev.bundle $$f build/functions/$$f; done
+	for f in predict feedback registry_watcher redeploy; do $(PY) -m localdev.bundle $$f build/functions/$$f; done
 
 lint: install ## ruff and terraform fmt
 	$(VENV)/bin/ruff check .
