@@ -1,7 +1,7 @@
 # Each bundle (the function's folder plus the shared package, built by `make bundles`) is zipped and stored
 # under a name holding its hash, so a change of code is a new object and a new deployment.
 data "archive_file" "bundle" {
-  for_each = toset(["predict", "feedback", "registry_watcher"])
+  for_each = toset([for f in local.functions : f.source])
 
   type        = "zip"
   source_dir  = "${var.bundle_dir}/${each.value}"
@@ -64,7 +64,7 @@ resource "google_cloudfunctions2_function" "main" {
   depends_on = [google_project_service.main, google_secret_manager_secret_version.main]
 }
 
-# Invokers: allUsers only on predict, feedback and the signed webhook receiver (DESIGN.md); the others are
+# Invokers: allUsers only on predict, feedback and the signed webhook receiver (docs/architecture.md); the others are
 # invoked by the Scheduler's and Pub/Sub's service accounts only.
 locals {
   invokers = merge(
@@ -83,7 +83,7 @@ locals {
 }
 
 resource "google_cloud_run_v2_service_iam_member" "invoker" {
-  #checkov:skip=CKV_GCP_102:predict, feedback and the HMAC-checked webhook receiver are public by design (DESIGN.md)
+  #checkov:skip=CKV_GCP_102:predict, feedback and the HMAC-checked webhook receiver are public by design (docs/architecture.md)
   for_each = local.invokers
 
   location = var.region
