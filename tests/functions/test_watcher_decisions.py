@@ -72,6 +72,11 @@ def entry(kind: HistoryKind, version: str | None, **fields) -> HistoryEntry:
     return HistoryEntry(kind, version, NOW, **fields)
 
 
+TARGET_V2_NOW = Target("2", "run-2", SHA, "gs://b/m/v2", "event-2", NOW)
+STAGED_V2 = entry(HistoryKind.STAGED, "2", trigger="tick", model_uri="gs://b/m/v2", sha256=SHA, event_id="event-2")
+V2_CLAIM_LOST = dataclasses.replace(V2_CLAIMED, claim=THEIR_CLAIM)
+REFUSAL_DETAIL = "sha256_mismatch: file has x, the run logged y"
+
 NOTHING_SERVES = "no version of m has alias production or stage Production; no version is in service"
 KEEPS_V1 = "no version of m has alias production or stage Production; keeping version 1 in service"
 
@@ -198,10 +203,10 @@ TABLE = [
             dataclasses.replace(
                 SERVES_V1,
                 desired=V2,
-                target=Target("2", "run-2", SHA, "gs://b/m/v2", "event-2", NOW),
+                target=TARGET_V2_NOW,
                 outbox=EVENT_V2,
             ),
-            (entry(HistoryKind.STAGED, "2", trigger="tick", model_uri="gs://b/m/v2", sha256=SHA, event_id="event-2"),),
+            (STAGED_V2,),
             event_id="event-2",
         ),
         id="staged-under-our-claim-announces-the-event-naming-the-previous-version",
@@ -213,20 +218,20 @@ TABLE = [
             Action.PUBLISH,
             DeploymentState(
                 desired=V2,
-                target=Target("2", "run-2", SHA, "gs://b/m/v2", "event-2", NOW),
+                target=TARGET_V2_NOW,
                 outbox=dataclasses.replace(EVENT_V2, previous_version=None),
             ),
-            (entry(HistoryKind.STAGED, "2", trigger="tick", model_uri="gs://b/m/v2", sha256=SHA, event_id="event-2"),),
+            (STAGED_V2,),
             event_id="event-2",
         ),
         id="first-version-staged-has-no-previous-version",
     ),
     pytest.param(
-        dataclasses.replace(V2_CLAIMED, claim=THEIR_CLAIM),
+        V2_CLAIM_LOST,
         staged(),
         Decision(
             Action.IN_PROGRESS,
-            dataclasses.replace(V2_CLAIMED, claim=THEIR_CLAIM),
+            V2_CLAIM_LOST,
             detail="the claim on this version expired",
         ),
         id="staged-after-losing-the-claim-announces-nothing",
@@ -250,17 +255,17 @@ TABLE = [
                     detail="file has x, the run logged y",
                 ),
             ),
-            "sha256_mismatch: file has x, the run logged y",
+            REFUSAL_DETAIL,
         ),
         id="refusal-under-our-claim-is-recorded-and-releases-the-claim",
     ),
     pytest.param(
-        dataclasses.replace(V2_CLAIMED, claim=THEIR_CLAIM),
+        V2_CLAIM_LOST,
         rejected(),
         Decision(
             Action.REFUSED,
-            dataclasses.replace(V2_CLAIMED, claim=THEIR_CLAIM),
-            detail="sha256_mismatch: file has x, the run logged y",
+            V2_CLAIM_LOST,
+            detail=REFUSAL_DETAIL,
         ),
         id="refusal-after-losing-the-claim-records-nothing",
     ),
@@ -271,9 +276,9 @@ TABLE = [
         id="error-under-our-claim-releases-it",
     ),
     pytest.param(
-        dataclasses.replace(V2_CLAIMED, claim=THEIR_CLAIM),
+        V2_CLAIM_LOST,
         Abandoned(ME),
-        Decision(Action.RELEASED, dataclasses.replace(V2_CLAIMED, claim=THEIR_CLAIM)),
+        Decision(Action.RELEASED, V2_CLAIM_LOST),
         id="error-leaves-another-runs-claim-alone",
     ),
     pytest.param(
