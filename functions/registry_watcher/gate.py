@@ -1,4 +1,4 @@
-"""The deploy gate (DESIGN.md): a candidate version is refused, with the reason, unless every check passes.
+"""The deploy gate (docs/architecture.md): a candidate version is refused, with the reason, unless every check passes.
 
 Checks, in order: the ONNX file exists; its sha256 is the one the training run logged; onnxruntime loads it with
 the contract's signature; it reproduces the run's golden outputs (PyTorch's probabilities on fixed texts) within

@@ -94,7 +94,7 @@ class Reconciler:
         desired = Desired(found.version, found.run_id, found.chosen_by) if found else None
         decision = self._decide(Looked(desired, trigger, claimant, retry_refused, republished))
         if decision.action is Action.CLAIM:
-            decision = self._decide(self._check(found, claimant, trigger))
+            decision = self._decide(self._check(found, desired, claimant, trigger))
         if decision.action is Action.REFUSED:
             kept = decision.state.in_service
             logger.warning(
@@ -105,11 +105,12 @@ class Reconciler:
                 extra={"model_version": found.version, "trigger": trigger},
             )
         if decision.action is Action.PUBLISH:
-            logger.info("staged version %s at %s", found.version, decision.state.outbox.model_uri)
+            uri = decision.state.outbox.model_uri
+            logger.info("staged version %s at %s", found.version, uri, extra={"model_version": found.version})
             decision = self._publish(decision.state.outbox)
         return TickResult.of(decision)
 
-    def _check(self, found: ModelVersion, claimant: str, trigger: str) -> Staged | Rejected:
+    def _check(self, found: ModelVersion, desired: Desired, claimant: str, trigger: str) -> Staged | Rejected:
         """The deploy gate, then staging: what they found, as evidence for the next decision."""
         version = found.version
         logger.info("checking version %s", version, extra={"model_version": version, "trigger": trigger})
@@ -131,7 +132,6 @@ class Reconciler:
         except Exception:
             self._release(claimant)  # let the next tick try at once rather than after the claim expires
             raise
-        desired = Desired(version, found.run_id, found.chosen_by)
         return Staged(claimant, desired, candidate.logged_sha256, uri, uuid.uuid4().hex, trigger)
 
     def _release(self, claimant: str) -> None:
