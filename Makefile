@@ -36,7 +36,7 @@ reset: ## stop the local stack and delete .local/: predictions, feedback, deploy
 	@if test -x $(PY); then $(PY) -m localdev.stack reset; else rm -rf .local; fi
 
 bundles: install ## each function's self-contained deploy bundle in build/functions/<name> (Terraform zips them)
-	for f in predict feedback registry_watcher; do $(PY) -m localdev.bundle $$f build/functions/$$f; done
+	for f in predict feedback registry_watcher redeploy; do $(PY) -m localdev.bundle $$f build/functions/$$f; done
 
 lint: install ## ruff and terraform fmt
 	$(VENV)/bin/ruff check .

@@ -96,7 +96,6 @@ def main() -> int:
             "SERVING_BUCKET": bucket.name,
             "PUBSUB_TOPIC": topic,
             "MIN_VALIDATION_ACCURACY": "0.5",
-            "PREDICT_SERVICE": f"projects/{PROJECT}/locations/local/services/predict",
         }
         with services.start_function("registry_watcher", workdir, env, ready_path="/status") as watcher:
             hook = client.create_webhook(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_PACKAGE = REPO_ROOT / "lib" / "sentiment_core" / "src" / "sentiment_core"
-FUNCTIONS = ("predict", "feedback", "registry_watcher")
+FUNCTIONS = ("predict", "feedback", "registry_watcher", "redeploy")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "tests", "README.md")
 
 

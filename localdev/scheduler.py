@@ -1,13 +1,15 @@
 """`python -m localdev.scheduler --url URL [--interval 60]`: Cloud Scheduler's job, locally.
 
-POSTs `{}` to the registry watcher at once and then every interval, and logs each answer on one line. A failed
-tick is logged and the next one comes on time, as with Cloud Scheduler. With --export-to, it also exports the
-Firestore emulator's data there after every tick, so a crash of the emulator loses at most one interval.
+POSTs `{}` to the registry watcher at once and then every interval, and logs each answer on one line in words
+(what it did, the production and serving versions). A failed tick is logged and the next one comes on time, as
+with Cloud Scheduler. With --export-to, it also exports the Firestore emulator's data there after every tick, so
+a crash of the emulator loses at most one interval.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -20,20 +22,42 @@ from localdev import services
 
 
 def tick(url: str, timeout_s: float) -> str:
+    """One tick; its answer as a log line."""
     request = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"}, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return f"{response.status} {response.read().decode(errors='replace')}"
+            return describe(response.status, response.read().decode(errors="replace"))
     except urllib.error.HTTPError as exc:
-        return f"{exc.code} {exc.read().decode(errors='replace')}"
+        return describe(exc.code, exc.read().decode(errors="replace"))
     except (urllib.error.URLError, OSError) as exc:
         return f"error {exc}"
+
+
+def describe(status: int, body: str) -> str:
+    """The watcher's answer in words: "200 up_to_date: production version 3, serving version 3"; an absent
+    version reads "no production version" or "nothing serving", never "None"."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        return f"{status} {body.strip()}"
+    if isinstance(answer.get("error"), dict):
+        return f"{status} {answer['error'].get('code')}: {answer['error'].get('message')}"
+    desired, serving = answer.get("desired_version"), answer.get("serving_version")
+    line = f"{status} {answer.get('action')}: " + ", ".join(
+        [
+            f"production version {desired}" if desired else "no production version",
+            f"serving version {serving}" if serving else "nothing serving",
+        ]
+    )
+    return line + (f" ({answer['detail']})" if answer.get("detail") else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="the registry watcher's tick URL")
-    parser.add_argument("--interval", type=float, default=60.0, help="seconds between ticks")
+    parser.add_argument("--interval", type=float, default=60.0, help="seconds between ticks (default: 60)")
     parser.add_argument("--firestore", help="the Firestore emulator's host:port, to export after each tick")
     parser.add_argument("--project", default="demo-local", help="the emulator's project")
     parser.add_argument("--export-to", type=Path, help="folder of the Firestore export (replaced on success)")

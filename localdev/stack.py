@@ -3,8 +3,9 @@
 `up` starts, each in its own process group and polled until ready: the Firestore, Pub/Sub and GCS emulators
 (buckets created), an MLflow server with its UI (SQLite store, artifacts in the GCS emulator's bucket, webhooks
 to the watcher signed with a secret), `predict` behind the local router (a stable URL whose revisions the
-watcher switches), `feedback`, `registry_watcher` and its redeploy consumer (a Pub/Sub push subscription with a
-dead-letter topic), a scheduler that ticks the watcher every minute, and the static page with its config.json.
+watcher switches), `feedback`, `registry_watcher`, the redeploy (`functions/redeploy`, its own process fed by a
+Pub/Sub push subscription with a dead-letter topic), a scheduler that ticks the watcher every minute, and the
+static page with its config.json. Each function gets only its own settings, as in the cloud.
 URLs go to .local/stack.json (keys mlflow, predict, feedback, registry_watcher, frontend), logs to .local/logs/.
 `down` exports the Firestore emulator's data to .local/firestore/ (`up` imports it) and stops every process the
 stack started; `reset` also deletes .local/.
@@ -163,6 +164,10 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
         "SERVING_BUCKET": SERVING_BUCKET,
         "PUBSUB_TOPIC": TOPIC,
         "MIN_VALIDATION_ACCURACY": os.environ.get("LOCAL_MIN_VALIDATION_ACCURACY", "0.8"),
+    }
+    redeploy_env = {
+        "FIRESTORE_EMULATOR_HOST": firestore.url,
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
         "DEPLOYER": "local",
         "LOCAL_ROUTER_URL": router_admin,
         "LOCAL_PREDICT_URL": urls["predict"],
@@ -182,9 +187,9 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
             ),
             pool.submit(
                 services.start_function,
-                "registry_watcher",
+                "redeploy",
                 LOGS,
-                watcher_env,
+                redeploy_env,
                 port=consumer_port,
                 target="on_production_changed",
                 ready_any_status=True,

@@ -12,25 +12,27 @@ import flask
 import webhook
 from reconcile import PublishError, Reconciler
 from staging import StagingError
-from state import StateUnavailable, utc_now
 
 from sentiment_core import config, http
-from sentiment_core.contract import MODEL_NAME, PRODUCTION_ALIAS
+from sentiment_core.contract import PRODUCTION_ALIAS
+from sentiment_core.deployment_store import DeploymentStore, StateSettings, StateUnavailable, utc_now
+from sentiment_core.events import TOPIC
 from sentiment_core.registry import IdTokenSource, RegistryClient, RegistryError
 
 logger = logging.getLogger("sentiment.watcher")
 
 DELIVERIES = "webhook_deliveries"
-DEPLOYERS = ("cloud_run", "local")
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Every variable Terraform (or the local stack) sets on the watcher; all parsed at start-up."""
+    """Every variable Terraform (or the local stack) sets on the watcher; all parsed at start-up.
 
-    project: str
-    database: str
-    model_name: str
+    Only what the watcher uses: the deployment document, MLflow, the bucket and the topic. Nothing of Cloud Run:
+    the redeploy (functions/redeploy) moves predict.
+    """
+
+    state: StateSettings
     tracking_uri: str
     tracking_username: str | None
     tracking_password: str | None
@@ -41,23 +43,13 @@ class Settings:
     serving_bucket: str
     topic: str
     min_val_accuracy: float
-    deployer: str
-    predict_service: str | None
-    cloud_run_endpoint: str | None
-    local_router_url: str | None
-    local_predict_url: str | None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        project = config.required("GOOGLE_CLOUD_PROJECT", env)
-        deployer = config.optional("DEPLOYER", "cloud_run", env)
-        if deployer not in DEPLOYERS:
-            raise config.ConfigError(f"DEPLOYER must be one of {', '.join(DEPLOYERS)}, got {deployer!r}")
-        topic = config.optional("PUBSUB_TOPIC", "model-production-changed", env)
+        state = StateSettings.from_env(env)
+        topic = config.optional("PUBSUB_TOPIC", TOPIC, env)
         return cls(
-            project=project,
-            database=config.optional("FIRESTORE_DATABASE", "(default)", env),
-            model_name=config.optional("MODEL_NAME", MODEL_NAME, env),
+            state=state,
             tracking_uri=config.required("MLFLOW_TRACKING_URI", env),
             tracking_username=config.optional("MLFLOW_TRACKING_USERNAME", "", env) or None,
             tracking_password=config.optional("MLFLOW_TRACKING_PASSWORD", "", env) or None,
@@ -66,13 +58,8 @@ class Settings:
             mlflow_timeout_s=config.number("MLFLOW_TIMEOUT_S", 2.0, 0.1, 60.0, env),
             webhook_secret=config.secret("MLFLOW_WEBHOOK_SECRET", env),
             serving_bucket=config.required("SERVING_BUCKET", env),
-            topic=topic if topic.startswith("projects/") else f"projects/{project}/topics/{topic}",
+            topic=topic if topic.startswith("projects/") else f"projects/{state.project}/topics/{topic}",
             min_val_accuracy=config.number("MIN_VALIDATION_ACCURACY", 0.8, 0.0, 1.0, env),
-            deployer=deployer,
-            predict_service=config.required("PREDICT_SERVICE", env) if deployer == "cloud_run" else None,
-            cloud_run_endpoint=config.optional("CLOUD_RUN_ENDPOINT", "", env) or None,
-            local_router_url=config.required("LOCAL_ROUTER_URL", env) if deployer == "local" else None,
-            local_predict_url=config.required("LOCAL_PREDICT_URL", env) if deployer == "local" else None,
         )
 
     def registry(self) -> RegistryClient:
@@ -162,25 +149,16 @@ def _act_on(delivery: webhook.Delivery, reconciler: Callable[[], Reconciler], mo
     return run_tick(reconciler(), f"webhook:{delivery.event}", retry)
 
 
-def handle_status(state: Any) -> flask.Response:
+def handle_status(store: DeploymentStore) -> flask.Response:
     """GET /status: desired, announced and serving versions, a refusal if any, and the recent history."""
     try:
-        current = state.read().state
-        history = state.history(limit=20)
+        current = store.read().state.to_document()
+        history = store.history(limit=20)
     except StateUnavailable as exc:
         raise _unavailable("state_unavailable", exc) from exc
-    return http.json_response(
-        _jsonable(
-            {
-                "desired": current.desired,
-                "target": current.target,
-                "serving": current.serving,
-                "refused": current.refused,
-                "pending_event": current.outbox,
-                "history": history,
-            }
-        )
-    )
+    fields = ("desired", "target", "serving", "refused")
+    answer = {**{name: current[name] for name in fields}, "pending_event": current["outbox"], "history": history}
+    return http.json_response(_jsonable(answer))
 
 
 def _jsonable(value: Any) -> Any:
@@ -192,13 +170,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
     return value
-
-
-def log_unprocessable(event: Any, exc: Exception) -> None:
-    """The line an operator finds when a message lands in the dead-letter topic."""
-    logger.error(
-        "event %s cannot be processed (%s); Pub/Sub retries it and then moves it to the dead-letter topic",
-        event.get("id") if hasattr(event, "get") else None,
-        exc,
-        extra={"event_id": event.get("id") if hasattr(event, "get") else None},
-    )

@@ -1,7 +1,7 @@
 # Each bundle (the function's folder plus the shared package, built by `make bundles`) is zipped and stored
 # under a name holding its hash, so a change of code is a new object and a new deployment.
 data "archive_file" "bundle" {
-  for_each = toset(["predict", "feedback", "registry_watcher"])
+  for_each = toset([for f in local.functions : f.source])
 
   type        = "zip"
   source_dir  = "${var.bundle_dir}/${each.value}"

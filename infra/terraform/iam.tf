@@ -8,7 +8,7 @@ locals {
   secret_readers = merge(
     { for sa in ["predict", "feedback"] : "${sa}/feedback-token" => { sa = sa, secret_name = "feedback-token" } },
     {
-      for pair in setproduct(["registry-watcher", "registry-webhook", "redeployer"], ["mlflow-webhook", "mlflow-watcher-password"]) :
+      for pair in setproduct(["registry-watcher", "registry-webhook"], ["mlflow-webhook", "mlflow-watcher-password"]) :
       "${pair[0]}/${pair[1]}" => { sa = pair[0], secret_name = pair[1] }
     },
     {
@@ -70,7 +70,9 @@ resource "google_pubsub_topic_iam_member" "watcher_publisher" {
   member = "serviceAccount:${google_service_account.main[each.value].email}"
 }
 
-# The redeploy updates predict's Cloud Run service, whose revisions run as predict's service account.
+# The redeploy (and only it: the watchers hold no Cloud Run role) updates predict's Cloud Run service through
+# the Admin API (get, update, wait on the operation); the revisions it creates run as predict's service account,
+# which Cloud Run lets only a principal with actAs on that account attach.
 resource "google_cloud_run_v2_service_iam_member" "redeployer" {
   location = var.region
   name     = google_cloudfunctions2_function.main["predict"].service_config[0].service

@@ -21,15 +21,15 @@ locals {
     feedback         = "feedback function"
     registry-watcher = "registry_watcher function (scheduler ticks)"
     registry-webhook = "registry_watcher deployed as MLflow's webhook receiver"
-    redeployer       = "on_production_changed function (the redeploy)"
+    redeployer       = "on_production_changed function (the redeploy of predict)"
     scheduler        = "Cloud Scheduler's identity when it ticks the watcher"
     pubsub-push      = "Pub/Sub's identity when it pushes events to the redeploy"
     mlflow           = "MLflow tracking server on Cloud Run"
   }
 
-  # The deployed functions. One source (registry_watcher) is deployed three times with different entry points
-  # and identities; the webhook receiver is the only internal function that allUsers may invoke
-  # (docs/architecture.md).
+  # The deployed functions, each with its own identity. registry_watcher's source is deployed twice (the tick and
+  # the webhook receiver); the webhook receiver is the only internal function that allUsers may invoke
+  # (docs/architecture.md). The redeploy is a source of its own: it carries no MLflow setting or secret.
   functions = {
     predict = {
       source          = "predict"
@@ -68,7 +68,7 @@ locals {
       timeout         = 120
     }
     on-production-changed = {
-      source          = "registry_watcher"
+      source          = "redeploy"
       entry_point     = "on_production_changed"
       service_account = "redeployer"
       public          = false
@@ -99,10 +99,14 @@ locals {
     ALLOWED_ORIGINS      = local.cors_origins
   }
 
-  watcher_env = {
-    GOOGLE_CLOUD_PROJECT     = var.project_id
-    FIRESTORE_DATABASE       = google_firestore_database.main.name
-    MODEL_NAME               = var.model_name
+  # Where the deployment document lives: read by the watcher and the redeploy alike.
+  state_env = {
+    GOOGLE_CLOUD_PROJECT = var.project_id
+    FIRESTORE_DATABASE   = google_firestore_database.main.name
+    MODEL_NAME           = var.model_name
+  }
+
+  watcher_env = merge(local.state_env, {
     MLFLOW_TRACKING_URI      = google_cloud_run_v2_service.mlflow.uri
     MLFLOW_TRACKING_USERNAME = "watcher"
     MLFLOW_IAM_AUDIENCE      = google_cloud_run_v2_service.mlflow.uri
@@ -110,16 +114,19 @@ locals {
     SERVING_BUCKET           = google_storage_bucket.staged_models.name
     PUBSUB_TOPIC             = google_pubsub_topic.production_changed.id
     MIN_VALIDATION_ACCURACY  = tostring(var.min_validation_accuracy)
-    DEPLOYER                 = "cloud_run"
-    PREDICT_SERVICE          = local.predict_run_id
-  }
+  })
+
+  redeploy_env = merge(local.state_env, {
+    DEPLOYER        = "cloud_run"
+    PREDICT_SERVICE = local.predict_run_id
+  })
 
   function_env = {
     predict               = merge(local.public_env, { MODEL_URI = var.initial_model_uri, ORT_THREADS = "1" })
     feedback              = local.public_env
     registry-watcher      = local.watcher_env
     registry-webhook      = local.watcher_env
-    on-production-changed = local.watcher_env
+    on-production-changed = local.redeploy_env
   }
 
   function_secrets = {
@@ -127,7 +134,7 @@ locals {
     feedback              = { FEEDBACK_TOKEN_SECRET = google_secret_manager_secret.main["feedback-token"].secret_id }
     registry-watcher      = local.watcher_secrets
     registry-webhook      = local.watcher_secrets
-    on-production-changed = local.watcher_secrets
+    on-production-changed = {}
   }
 
   watcher_secrets = {

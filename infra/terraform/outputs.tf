@@ -18,6 +18,11 @@ output "registry_webhook_url" {
   value       = "${google_cloudfunctions2_function.main["registry-webhook"].service_config[0].uri}/webhook"
 }
 
+output "redeploy_url" {
+  description = "URL of the redeploy (on_production_changed): the push endpoint of the topic's subscription, internal."
+  value       = google_cloudfunctions2_function.main["on-production-changed"].service_config[0].uri
+}
+
 output "mlflow_url" {
   description = "MLflow tracking server and UI (IAM-protected: `gcloud run services proxy mlflow`)."
   value       = google_cloud_run_v2_service.mlflow.uri

@@ -122,12 +122,21 @@ def load_function_module(function: str, module: str):
 def watcher_module(name: str):
     """A module of registry_watcher, imported the way functions-framework does: its folder first on sys.path,
     so the modules import each other by their plain names and tests share one copy of each."""
+    return _unit_module("registry_watcher", name)
+
+
+def redeploy_module(name: str):
+    """A module of the redeploy, imported the same way (the two folders share no module name but main)."""
+    return _unit_module("redeploy", name)
+
+
+def _unit_module(function: str, name: str):
     import importlib
     import sys
 
     from localdev.services import FUNCTIONS_DIR
 
-    folder = str(FUNCTIONS_DIR / "registry_watcher")
+    folder = str(FUNCTIONS_DIR / function)
     if folder not in sys.path:
         sys.path.insert(0, folder)
     return importlib.import_module(name)

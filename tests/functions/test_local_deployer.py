@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from localdev import services
+from sentiment_core import events
 from sentiment_core.manifest import read_staged_folder, write_staged_folder
-from tests.functions.conftest import call, watcher_module
+from tests.functions.conftest import call, redeploy_module
 
-deployers = watcher_module("deployers")
-events = watcher_module("events")
+deployers = redeploy_module("deployers")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ Firestore, Pub/Sub and GCS emulators, and a local stand-in of the Cloud Run Admi
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -13,20 +12,25 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore, storage
 
+from localdev import services
+from sentiment_core import events
+from sentiment_core.deployment_store import DeploymentStore
 from sentiment_core.registry import RegistryClient, RegistryError
-from tests.functions.conftest import PROJECT, watcher_module, wrong_shape_onnx
+from tests.functions.conftest import PROJECT, redeploy_module, watcher_module, wrong_shape_onnx
 from tests.functions.fake_cloud_run import LATEST, FakeCloudRun
 from tests.functions.watcher_support import Topics, Versions
 
-deployers = watcher_module("deployers")
-events = watcher_module("events")
+deployers = redeploy_module("deployers")
+redeploy = redeploy_module("redeploy")
+redeploy_decisions = redeploy_module("redeploy_decisions")
+publishing = watcher_module("publisher")
 reconcile = watcher_module("reconcile")
-redeploy = watcher_module("redeploy")
 staging = watcher_module("staging")
-state_module = watcher_module("state")
+watcher_decisions = watcher_module("watcher_decisions")
 
 MIN_ACCURACY = 0.9
 SERVICE = f"projects/{PROJECT}/locations/europe-west1/services/predict"
+HANG_S = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -69,22 +73,22 @@ class Loop:
         self.topics = topics
         self.name = versions.new_model()
         self.topic = topics.topic()
-        self.state = state_module.StateStore(db, self.name)
+        self.state = DeploymentStore(db, self.name)
         self.bucket = bucket
         self.cloud_run = cloud_run
         self.redeployer = redeploy.Redeployer(
             self.state,
             deployers.CloudRunDeployer(SERVICE, client=_run_client(cloud_run.url), healthz_timeout_s=3),
-            self.name,
+            redeploy_decisions.Policy(self.name),
         )
 
     def reconciler(self, registry: RegistryClient | None = None, publisher=None):
         return reconcile.Reconciler(
             registry=registry or RegistryClient(self.versions.tracking_uri, timeout=2),
-            state=self.state,
+            store=self.state,
             stager=staging.GcsStager(self.bucket),
-            publisher=publisher or events.PubSubPublisher(self.topic),
-            model_name=self.name,
+            publisher=publisher or publishing.PubSubPublisher(self.topic),
+            policy=watcher_decisions.Policy(self.name),
             min_val_accuracy=MIN_ACCURACY,
         )
 
@@ -156,7 +160,7 @@ def test_promote_publishes_one_event_and_redeploys_once(loop: Loop) -> None:
     assert {"name": "MODEL_URI", "value": event["model_uri"]} in patch["template"]["containers"][0]["env"]
     assert patch["traffic"] == [{"type": LATEST, "percent": 100}]  # the manual split is replaced
     assert patch["template"]["labels"]["model-version"] == version
-    assert loop.state.read().state.serving["version"] == version
+    assert loop.state.read().state.serving.version == version
     assert [e["kind"] for e in reversed(loop.history())] == ["staged", "published", "deployed"]
 
     assert loop.tick().action == "up_to_date"
@@ -260,7 +264,7 @@ def test_alias_deleted_keeps_the_serving_version(loop: Loop) -> None:
     assert len(loop.history("no_production_version")) == 1  # said once, not every tick
     assert loop.topics.events(loop.topic) == []
     assert len(loop.cloud_run.patches) == 1
-    assert loop.state.read().state.serving["version"] == version
+    assert loop.state.read().state.serving.version == version
 
 
 def test_legacy_stage_production_is_honoured_and_the_alias_wins(loop: Loop) -> None:
@@ -288,7 +292,7 @@ def test_rollback_is_promoting_the_older_version_again(loop: Loop) -> None:
     assert (event["model_version"], event["previous_version"]) == (v1, v2)
     assert kind == "rolled_back"
     assert loop.cloud_run.model_uri() == f"gs://{loop.bucket}/{loop.name}/v{v1}"
-    assert loop.state.read().state.serving["version"] == v1
+    assert loop.state.read().state.serving.version == v1
     assert len(loop.cloud_run.patches) == 3
 
 
@@ -335,16 +339,15 @@ def test_revision_that_never_gets_ready_is_a_failed_deploy(loop: Loop) -> None:
 def test_mlflow_down_fails_the_tick_fast_and_the_next_tick_catches_up(loop: Loop, mlflow_server) -> None:
     version = loop.versions.add(loop.name)
     loop.versions.promote(loop.name, version)
-    os.killpg(mlflow_server.pid, signal.SIGSTOP)  # hung, not gone: the worst case for timeouts
-    try:
+    with services.frozen(mlflow_server.pid):  # hung, not gone: the worst case for timeouts
         started = time.monotonic()
         with pytest.raises(RegistryError):
             loop.tick()
         elapsed = time.monotonic() - started
-    finally:
-        os.killpg(mlflow_server.pid, signal.SIGCONT)
 
-    assert elapsed <= 5.0
+    # Not a figure (the client's timeout is 2 s; bench/ measures): only a tick that waits on the hung server
+    # for ever, as with no timeout at all, gets near this.
+    assert elapsed < HANG_S
     assert loop.topics.events(loop.topic) == []
     assert loop.state.read().state.claim is None
     assert loop.tick().action == "published"
@@ -353,15 +356,15 @@ def test_mlflow_down_fails_the_tick_fast_and_the_next_tick_catches_up(loop: Loop
 def test_unconfirmed_publish_stays_in_the_outbox_and_the_next_tick_sends_it(loop: Loop, topics: Topics) -> None:
     version = loop.versions.add(loop.name)
     loop.versions.promote(loop.name, version)
-    missing_topic = events.PubSubPublisher(topics.publisher.topic_path(PROJECT, "no-such-topic"), timeout_s=5)
+    missing_topic = publishing.PubSubPublisher(topics.publisher.topic_path(PROJECT, "no-such-topic"), timeout_s=5)
 
     with pytest.raises(reconcile.PublishError):
         loop.reconciler(publisher=missing_topic).tick("test")
     pending = loop.state.read().state.outbox
     result = loop.tick()
 
-    assert pending["model_version"] == version
-    assert (result.action, result.event_id) == ("republished", pending["event_id"])
+    assert pending.model_version == version
+    assert (result.action, result.event_id) == ("republished", pending.event_id)
     (event,) = loop.topics.events(loop.topic)
-    assert event["event_id"] == pending["event_id"]
+    assert event["event_id"] == pending.event_id
     assert loop.state.read().state.outbox is None

@@ -1,5 +1,6 @@
-"""registry_watcher as deployed: both entry points under functions-framework, MLflow's own webhooks, a Pub/Sub
-push subscription with a dead-letter topic, Firestore, GCS, and the Cloud Run Admin API stand-in."""
+"""registry_watcher and the redeploy as deployed: each unit under functions-framework with only its own settings,
+MLflow's own webhooks, a Pub/Sub push subscription with a dead-letter topic, Firestore, GCS, and the Cloud Run
+Admin API stand-in."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def eventually(
 
 @pytest.fixture(scope="module")
 def stack(trained, firestore_emulator, pubsub_emulator, gcs_emulator, tmp_path_factory) -> Iterator[dict]:
-    """Model, topic, subscriptions, bucket, the two functions and an MLflow webhook, for this module."""
+    """Model, topic, subscriptions, bucket, the two units and an MLflow webhook, for this module."""
     workdir = tmp_path_factory.mktemp("watcher-http")
     with pytest.MonkeyPatch.context() as patch:
         emulator_env = {
@@ -61,7 +62,7 @@ def stack(trained, firestore_emulator, pubsub_emulator, gcs_emulator, tmp_path_f
             f"serving-http-{uuid.uuid4().hex[:8]}"
         )
         with FakeCloudRun(SERVICE, "gs://nowhere/initial") as cloud_run:
-            env = {
+            watcher_env = {
                 **emulator_env,
                 "MODEL_NAME": name,
                 "MLFLOW_TRACKING_URI": trained["tracking_uri"],
@@ -69,14 +70,20 @@ def stack(trained, firestore_emulator, pubsub_emulator, gcs_emulator, tmp_path_f
                 "SERVING_BUCKET": bucket.name,
                 "PUBSUB_TOPIC": topic,
                 "MIN_VALIDATION_ACCURACY": "0.9",
+            }
+            # The redeploy gets no MLflow setting and no webhook secret: it starts and works without them.
+            redeploy_env = {
+                "FIRESTORE_EMULATOR_HOST": firestore_emulator.url,
+                "GOOGLE_CLOUD_PROJECT": PROJECT,
+                "MODEL_NAME": name,
                 "DEPLOYER": "cloud_run",
                 "PREDICT_SERVICE": SERVICE,
                 "CLOUD_RUN_ENDPOINT": cloud_run.url,
             }
             with (
-                services.start_function("registry_watcher", workdir, env, ready_path="/status") as watcher,
+                services.start_function("registry_watcher", workdir, watcher_env, ready_path="/status") as watcher,
                 services.start_function(
-                    "registry_watcher", workdir, env, target="on_production_changed", ready_any_status=True
+                    "redeploy", workdir, redeploy_env, target="on_production_changed", ready_any_status=True
                 ) as consumer,
             ):
                 topics.subscription(
@@ -122,7 +129,7 @@ def serving(stack: dict, version: str) -> bool:
 
 
 def logs(stack: dict) -> str:
-    """Both functions' logs, for the message of a failed wait."""
+    """Both units' logs, for the message of a failed wait."""
     return "\n".join(services.tail(stack[name].log_path, 40) for name in ("watcher", "consumer"))
 
 

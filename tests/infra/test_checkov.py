@@ -1,7 +1,7 @@
 """checkov on infra/terraform, with the project's own policies (infra/checkov) for what checkov cannot see.
 
 checkov runs from a virtualenv of its own: its `bc-python-hcl2` and the tests' `python-hcl2` both install a
-module named `hcl2` (NOTES.md). The virtualenv is made once per machine and cached.
+module named `hcl2`, and one would shadow the other. The virtualenv is made once per machine and cached.
 """
 
 from __future__ import annotations

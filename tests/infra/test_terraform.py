@@ -74,16 +74,24 @@ def env_names(expression: Any) -> set[str]:
     return names
 
 
+SHARED = REPO_ROOT / "lib/sentiment_core/src/sentiment_core"
+# The shared modules whose settings each unit parses (the watcher imports `web` for serve(), but web's
+# PublicSettings are predict's and feedback's).
+SETTINGS_MODULES = {
+    "predict": {"config", "web", "firestore_rest"},
+    "feedback": {"config", "web"},
+    "registry_watcher": {"config", "registry", "deployment_store"},
+    "redeploy": {"config", "deployment_store"},
+}
+
+
 def code_reads(source: str) -> set[str]:
-    """Every variable a function's bundle reads: its folder and the shared package, by their read calls."""
+    """Every variable a function's bundle reads: its folder and its shared settings modules, by their read calls."""
     pattern = re.compile(
         r"""(?:config\.(?:required|optional|number|secret)\(|os\.environ\.get\(|os\.environ\[)\s*["']([A-Z][A-Z0-9_]+)"""
     )
     files = [*(REPO_ROOT / "functions" / source).glob("*.py")]
-    used_shared = {"predict": {"config", "web", "firestore_rest"}, "feedback": {"config", "web"}}.get(
-        source, {"config", "registry"}
-    )
-    files += [REPO_ROOT / "lib/sentiment_core/src/sentiment_core" / f"{m}.py" for m in used_shared]
+    files += [SHARED / f"{m}.py" for m in SETTINGS_MODULES[source]]
     return {name for path in files for name in pattern.findall(path.read_text())}
 
 
@@ -126,6 +134,30 @@ def test_each_environment_variable_the_code_reads_is_set(name: str) -> None:
     assert missing == set()
 
 
+@pytest.mark.parametrize(
+    "name", ["predict", "feedback", "registry-watcher", "registry-webhook", "on-production-changed"]
+)
+def test_each_function_gets_only_the_variables_its_code_reads(name: str) -> None:
+    spec = functions()[name]
+    set_by_terraform = env_names(locals_()["function_env"][name]) | env_names(locals_()["function_secrets"][name])
+
+    unused = set_by_terraform - code_reads(spec["source"])
+
+    assert unused == set()
+
+
+def test_redeploy_neither_reads_nor_gets_mlflow_settings_or_the_webhook_secret() -> None:
+    spec = functions()["on-production-changed"]
+    given = env_names(locals_()["function_env"]["on-production-changed"])
+    given |= env_names(locals_()["function_secrets"]["on-production-changed"])
+
+    mlflow = {name for name in given | code_reads(spec["source"]) if name.startswith("MLFLOW_")}
+
+    assert spec["source"] == "redeploy"
+    assert mlflow == set()
+    assert {"MLFLOW_TRACKING_URI", "MLFLOW_WEBHOOK_SECRET"} <= code_reads("registry_watcher")  # the check can see
+
+
 def test_every_function_has_max_instances_and_its_own_service_account() -> None:
     specs = functions()
     accounts = [spec["service_account"] for spec in specs.values()]
@@ -142,7 +174,7 @@ def test_only_predict_feedback_and_the_signed_webhook_receiver_are_public() -> N
     webhook = functions()["registry-webhook"]
 
     assert public == {"predict", "feedback", "registry-webhook"}
-    assert webhook["ingress"] == "ALLOW_INTERNAL_ONLY"  # DESIGN.md: the one exception, internal ingress + HMAC
+    assert webhook["ingress"] == "ALLOW_INTERNAL_ONLY"  # docs/architecture.md: the one exception, internal + HMAC
     assert "allUsers" not in (TERRAFORM / "mlflow.tf").read_text()
 
 
@@ -275,9 +307,8 @@ ROLES_USED = {
         "roles/pubsub.publisher",
         "roles/run.invoker",  # on MLflow's service
     },
-    "redeployer": {
+    "redeployer": {  # no secret: the redeploy never talks to MLflow
         "roles/datastore.user",
-        "roles/secretmanager.secretAccessor",
         "roles/run.developer",  # on predict's service
         "roles/iam.serviceAccountUser",  # on predict's service account, to deploy revisions that run as it
     },

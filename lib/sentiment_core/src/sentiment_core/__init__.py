@@ -1,4 +1,4 @@
-"""Code shared by several deploy units (training, predict, feedback, registry_watcher).
+"""Code shared by several deploy units (training, predict, feedback, registry_watcher, redeploy).
 
 Kept free of torch and mlflow so that every function bundle can carry it cheaply.
 """

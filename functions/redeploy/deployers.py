@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Protocol
 
-from events import ProductionChanged
+from sentiment_core.events import ProductionChanged
 
 MODEL_URI_ENV = "MODEL_URI"
 
@@ -135,21 +135,3 @@ class LocalDeployer:
             raise DeployError(f"the local router at {self._admin} failed: {exc}") from exc
         wait_until_serving(self._public, event.model_version, 30.0)
         return Deployed(revision=revision, url=self._public)
-
-
-def make_deployer(settings: Any) -> Deployer:
-    """The deployer the settings name (DEPLOYER=cloud_run|local)."""
-    if settings.deployer == "local":
-        return LocalDeployer(settings.local_router_url, settings.local_predict_url)
-    client = None
-    if settings.cloud_run_endpoint:
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import run_v2
-
-        # A local stand-in of the Admin API (tests): no Google credentials, plain HTTP on loopback.
-        client = run_v2.ServicesClient(
-            credentials=AnonymousCredentials(),
-            transport="rest",
-            client_options={"api_endpoint": settings.cloud_run_endpoint},
-        )
-    return CloudRunDeployer(settings.predict_service, client=client)

@@ -7,9 +7,7 @@ import json
 
 import pytest
 
-from tests.functions.conftest import watcher_module
-
-events = watcher_module("events")
+from sentiment_core import events
 
 GOOD = {
     "event_id": "e1",

@@ -1,4 +1,8 @@
-"""The Pub/Sub event of docs/architecture.md (topic `model-production-changed`): one schema, publisher and consumer."""
+"""The Pub/Sub event `model-production-changed` (docs/architecture.md): one schema for publisher and consumer.
+
+registry_watcher publishes it (and keeps it in the deployment document's outbox until Pub/Sub confirms it); the
+redeploy consumes it. Both bundles carry this module.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ class ProductionChanged:
 
     @classmethod
     def from_dict(cls, data: Any) -> ProductionChanged:
+        """The event in a message's data, checked field by field; InvalidEvent says what is wrong."""
         if not isinstance(data, dict):
             raise InvalidEvent("event data must be a JSON object")
         names = [f.name for f in dataclasses.fields(cls)]
@@ -67,19 +72,3 @@ def from_pubsub_message(message: Any) -> ProductionChanged:
     except (binascii.Error, ValueError, TypeError) as exc:
         raise InvalidEvent(f"message data is not base64 JSON: {exc}") from exc
     return ProductionChanged.from_dict(decoded)
-
-
-class PubSubPublisher:
-    """Publishes events and waits for the server's acknowledgement (an unconfirmed event stays in the outbox)."""
-
-    def __init__(self, topic_path: str, timeout_s: float = 10.0) -> None:
-        from google.cloud import pubsub_v1  # 0.5 s of import: only the processes that publish pay it
-
-        self._client = pubsub_v1.PublisherClient()
-        self._topic = topic_path
-        self._timeout = timeout_s
-
-    def publish(self, event: ProductionChanged) -> str:
-        """The message id Pub/Sub assigned."""
-        future = self._client.publish(self._topic, event.to_json(), **event.attributes())
-        return future.result(timeout=self._timeout)

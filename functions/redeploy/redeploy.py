@@ -1,0 +1,68 @@
+"""The consumer of `model-production-changed`: redeploy `predict` on the staged version, once per change.
+
+Delivery is at least once. A duplicate of the event that already serves, an event superseded by a newer
+promotion, or one whose deploy another delivery is running, is acknowledged and changes nothing. A failed deploy
+raises, so Pub/Sub delivers again; after the subscription's maximum attempts the message goes to the dead-letter
+topic. An event that can never be processed (malformed) raises too, and ends there (redeploy_service).
+
+What to do is redeploy_decisions.decide; this is the one place its effects happen: the deploy itself, and each
+decision committed to the deployment document as a compare-and-swap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+
+from deployers import Deployer, DeployError
+from redeploy_decisions import Action, Delivered, Evidence, Failed, Policy, Succeeded, decide
+
+from sentiment_core.deployment_store import DeploymentStore
+from sentiment_core.deployments import Decision
+from sentiment_core.events import ProductionChanged
+
+logger = logging.getLogger("sentiment.redeploy")
+
+
+@dataclasses.dataclass
+class Redeployer:
+    store: DeploymentStore
+    deployer: Deployer
+    policy: Policy
+
+    def handle(self, event: ProductionChanged) -> Action:
+        """What was done: deployed, rolled_back, already_serving, superseded, in_progress or other_model."""
+        fields = {"model_version": event.model_version, "event_id": event.event_id}
+        delivery = uuid.uuid4().hex  # owns the deploy lease this delivery may take
+        decision = self._decide(Delivered(event, delivery))
+        if decision.action is Action.OTHER_MODEL:
+            logger.warning("event %s for model %s ignored: %s", event.event_id, event.model_name, decision.detail)
+            return decision.action
+        if decision.action is not Action.DEPLOY:
+            logger.info("event %s: %s, nothing to deploy", event.event_id, decision.action, extra=fields)
+            return decision.action
+        try:
+            deployed = self.deployer.deploy(event)
+        except DeployError as exc:
+            self._decide(Failed(event, delivery, str(exc)))
+            logger.error(
+                "redeploy to version %s failed: %s; Pub/Sub will deliver the event again and, after the "
+                "subscription's maximum attempts, move it to the dead-letter topic",
+                event.model_version,
+                exc,
+                extra=fields,
+            )
+            raise
+        decision = self._decide(Succeeded(event, delivery, deployed.revision, deployed.url))
+        logger.info(
+            "version %s serving (%s, revision %s)",
+            event.model_version,
+            decision.action,
+            deployed.revision,
+            extra=fields,
+        )
+        return decision.action
+
+    def _decide(self, evidence: Evidence) -> Decision[Action]:
+        return self.store.apply(lambda state, now: decide(state, evidence, self.policy, now))

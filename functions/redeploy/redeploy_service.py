@@ -1,0 +1,86 @@
+"""The redeploy's settings and its handling of one Pub/Sub delivery; main.py wires these to functions-framework."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from deployers import CloudRunDeployer, Deployer, LocalDeployer
+from redeploy import Redeployer
+
+from sentiment_core import config
+from sentiment_core.deployment_store import StateSettings
+from sentiment_core.events import InvalidEvent, from_pubsub_message
+
+logger = logging.getLogger("sentiment.redeploy")
+
+DEPLOYERS = ("cloud_run", "local")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every variable Terraform (or the local stack) sets on the redeploy; all parsed at start-up.
+
+    Only what the redeploy uses: the deployment document and predict's service. No MLflow setting or secret.
+    """
+
+    state: StateSettings
+    deployer: str
+    predict_service: str | None
+    cloud_run_endpoint: str | None
+    local_router_url: str | None
+    local_predict_url: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        deployer = config.optional("DEPLOYER", "cloud_run", env)
+        if deployer not in DEPLOYERS:
+            raise config.ConfigError(f"DEPLOYER must be one of {', '.join(DEPLOYERS)}, got {deployer!r}")
+        return cls(
+            state=StateSettings.from_env(env),
+            deployer=deployer,
+            predict_service=config.required("PREDICT_SERVICE", env) if deployer == "cloud_run" else None,
+            cloud_run_endpoint=config.optional("CLOUD_RUN_ENDPOINT", "", env) or None,
+            local_router_url=config.required("LOCAL_ROUTER_URL", env) if deployer == "local" else None,
+            local_predict_url=config.required("LOCAL_PREDICT_URL", env) if deployer == "local" else None,
+        )
+
+    def make_deployer(self) -> Deployer:
+        """The deployer DEPLOYER names: Cloud Run's Admin API, or the local stack's router."""
+        if self.deployer == "local":
+            return LocalDeployer(self.local_router_url, self.local_predict_url)
+        client = None
+        if self.cloud_run_endpoint:
+            from google.auth.credentials import AnonymousCredentials
+            from google.cloud import run_v2
+
+            # A local stand-in of the Admin API (tests): no Google credentials, plain HTTP on loopback.
+            client = run_v2.ServicesClient(
+                credentials=AnonymousCredentials(),
+                transport="rest",
+                client_options={"api_endpoint": self.cloud_run_endpoint},
+            )
+        return CloudRunDeployer(self.predict_service, client=client)
+
+
+def handle(event: Any, redeployer: Callable[[], Redeployer]) -> None:
+    """One push delivery: the event inside the message, redeployed once; raises to have Pub/Sub deliver again."""
+    try:
+        change = from_pubsub_message((event.get_data() or {}).get("message"))
+    except (InvalidEvent, AttributeError) as exc:
+        log_unprocessable(event, exc)
+        raise
+    redeployer().handle(change)
+
+
+def log_unprocessable(event: Any, exc: Exception) -> None:
+    """The line an operator finds when a message lands in the dead-letter topic."""
+    event_id = event.get("id") if hasattr(event, "get") else None
+    logger.error(
+        "event %s cannot be processed (%s); Pub/Sub retries it and then moves it to the dead-letter topic",
+        event_id,
+        exc,
+        extra={"event_id": event_id},
+    )

@@ -1,0 +1,221 @@
+"""What a reconcile tick decides, as a pure function: decide(state, evidence, policy, now) -> Decision.
+
+No I/O and no clock in here: reconcile.py observes (the registry, the gate, staging, Pub/Sub), turns what it saw
+into evidence, and commits each decision as one compare-and-swap. A tick is a chain of decisions:
+
+    Looked (the registry's answer) -> CLAIM -> Staged -> PUBLISH -> Confirmed -> PUBLISHED
+                                            -> Rejected -> REFUSED
+                                            -> Abandoned (an error) -> RELEASED
+                                   -> UP_TO_DATE | REPUBLISHED | REFUSED_EARLIER | IN_PROGRESS
+                                      | NO_PRODUCTION_VERSION
+
+A new kind of evidence (a rollout's live statistics, say) is a new dataclass and a new branch of decide().
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from enum import StrEnum
+
+from sentiment_core.deployments import (
+    Decision,
+    DeploymentState,
+    Desired,
+    HistoryEntry,
+    HistoryKind,
+    Lease,
+    Refusal,
+    Target,
+    outbox_cleared,
+)
+from sentiment_core.events import ProductionChanged
+
+CLAIM_TTL_S = 300.0  # longer than a gate + staging of a large model; a crashed claimer blocks at most this long
+
+
+class Action(StrEnum):
+    """A tick's answer (the `action` of `POST /`), or a step the tick still has to take."""
+
+    UP_TO_DATE = "up_to_date"
+    REPUBLISHED = "republished"  # up to date, after publishing an event an earlier run left in the outbox
+    NO_PRODUCTION_VERSION = "no_production_version"
+    REFUSED_EARLIER = "refused_earlier"
+    IN_PROGRESS = "in_progress"
+    REFUSED = "refused"
+    PUBLISHED = "published"
+    RELEASED = "released"  # the check failed with an error: claim given back, the error goes to the caller
+    CLAIM = "claim"  # step: check and stage the desired version under the claim just taken
+    PUBLISH = "publish"  # step: publish the event just put in the outbox
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    model_name: str
+    claim_ttl_s: float = CLAIM_TTL_S
+
+
+@dataclasses.dataclass(frozen=True)
+class Looked:
+    """The registry's production version (None: there is none) and why the tick runs."""
+
+    desired: Desired | None
+    trigger: str
+    claimant: str  # this tick's id: the owner of any claim it takes
+    retry_refused: str | None = None  # a version promoted again: a past refusal of it no longer holds
+    republished: str | None = None  # the event id this tick published from the outbox first, if any
+
+
+@dataclasses.dataclass(frozen=True)
+class Staged:
+    """The gate accepted the claimed version and its files are staged at model_uri."""
+
+    claimant: str
+    desired: Desired
+    sha256: str
+    model_uri: str
+    event_id: str  # the id of the event to announce
+    trigger: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+    """The gate (or staging) refused the claimed version."""
+
+    claimant: str
+    version: str
+    reason: str
+    detail: str
+    trigger: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Abandoned:
+    """Checking or staging the claimed version failed with an error."""
+
+    claimant: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Confirmed:
+    """Pub/Sub confirmed the event."""
+
+    event_id: str
+    message_id: str
+
+
+Evidence = Looked | Staged | Rejected | Abandoned | Confirmed
+
+
+def decide(state: DeploymentState, evidence: Evidence, policy: Policy, now: datetime) -> Decision[Action]:
+    """What the tick does next given what it saw, and what it writes."""
+    match evidence:
+        case Looked():
+            return _looked(state, evidence, policy, now)
+        case Staged():
+            return _staged(state, evidence, policy, now)
+        case Rejected():
+            return _rejected(state, evidence, now)
+        case Abandoned():
+            if not _holds_claim(state, evidence.claimant):
+                return Decision(Action.RELEASED, state)
+            return Decision(Action.RELEASED, dataclasses.replace(state, claim=None))
+        case Confirmed():
+            cleared, history = outbox_cleared(state, evidence.event_id, evidence.message_id, now)
+            return Decision(Action.PUBLISHED, cleared, history, event_id=evidence.event_id)
+    raise TypeError(f"no decision for {evidence!r}")
+
+
+def _looked(state: DeploymentState, seen: Looked, policy: Policy, now: datetime) -> Decision[Action]:
+    if seen.desired is None:
+        return _no_production_version(state, seen, policy, now)
+    desired = seen.desired
+    new = state if state.desired == desired else dataclasses.replace(state, desired=desired)
+    refused = new.refused
+    if refused and (refused.version != desired.version or seen.retry_refused == desired.version):
+        new = dataclasses.replace(new, refused=None)  # promoting again, or another version, starts over
+    if new.target is not None and new.target.version == desired.version:
+        if seen.republished:
+            return Decision(Action.REPUBLISHED, new, event_id=seen.republished)
+        return Decision(Action.UP_TO_DATE, new)
+    if new.refused is not None:
+        return Decision(Action.REFUSED_EARLIER, new, detail=f"{new.refused.reason}: {new.refused.detail}")
+    if new.claim is not None and new.claim.active(now):
+        # The document is the claimer's until it announces: write nothing, not even the desired version.
+        return Decision(Action.IN_PROGRESS, state, detail=f"another run is staging version {new.claim.key}")
+    claim = Lease.take(desired.version, seen.claimant, now, policy.claim_ttl_s)
+    return Decision(Action.CLAIM, dataclasses.replace(new, claim=claim))
+
+
+def _no_production_version(state: DeploymentState, seen: Looked, policy: Policy, now: datetime) -> Decision[Action]:
+    kept = state.in_service
+    detail = f"no version of {policy.model_name} has alias production or stage Production; " + (
+        f"keeping version {kept} in service" if kept else "no version is in service"
+    )
+    if state.desired is None and state.refused is None:
+        return Decision(Action.NO_PRODUCTION_VERSION, state, detail=detail)  # said once, not on every tick
+    entry = HistoryEntry(
+        HistoryKind.NO_PRODUCTION_VERSION,
+        None,
+        now,
+        trigger=seen.trigger,
+        kept=state.target.version if state.target else None,
+    )
+    return Decision(
+        Action.NO_PRODUCTION_VERSION, dataclasses.replace(state, desired=None, refused=None), (entry,), detail
+    )
+
+
+def _staged(state: DeploymentState, staged: Staged, policy: Policy, now: datetime) -> Decision[Action]:
+    if not _holds_claim(state, staged.claimant):
+        # The claim expired and another run took over: it announces, not us.
+        return Decision(Action.IN_PROGRESS, state, detail="the claim on this version expired")
+    desired = staged.desired
+    event = ProductionChanged(
+        event_id=staged.event_id,
+        model_name=policy.model_name,
+        model_version=desired.version,
+        mlflow_run_id=desired.run_id,
+        model_uri=staged.model_uri,
+        sha256=staged.sha256,
+        previous_version=state.in_service,
+    )
+    target = Target(
+        version=desired.version,
+        run_id=desired.run_id,
+        sha256=staged.sha256,
+        model_uri=staged.model_uri,
+        event_id=staged.event_id,
+        staged_at=now,
+    )
+    entry = HistoryEntry(
+        HistoryKind.STAGED,
+        desired.version,
+        now,
+        trigger=staged.trigger,
+        model_uri=staged.model_uri,
+        sha256=staged.sha256,
+        event_id=staged.event_id,
+    )
+    announced = dataclasses.replace(state, target=target, outbox=event, claim=None)
+    return Decision(Action.PUBLISH, announced, (entry,), event_id=staged.event_id)
+
+
+def _rejected(state: DeploymentState, rejected: Rejected, now: datetime) -> Decision[Action]:
+    detail = f"{rejected.reason}: {rejected.detail}"
+    if not _holds_claim(state, rejected.claimant):
+        return Decision(Action.REFUSED, state, detail=detail)
+    refusal = Refusal(version=rejected.version, reason=rejected.reason, detail=rejected.detail, at=now)
+    entry = HistoryEntry(
+        HistoryKind.REFUSED,
+        rejected.version,
+        now,
+        trigger=rejected.trigger,
+        reason=rejected.reason,
+        detail=rejected.detail,
+    )
+    return Decision(Action.REFUSED, dataclasses.replace(state, refused=refusal, claim=None), (entry,), detail)
+
+
+def _holds_claim(state: DeploymentState, claimant: str) -> bool:
+    return state.claim is not None and state.claim.owner == claimant

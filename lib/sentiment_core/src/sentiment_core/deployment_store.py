@@ -1,0 +1,139 @@
+"""The deployment document in Firestore: reads, and decisions committed as compare-and-swap.
+
+Every change reads the document, lets a pure decision function choose from what it read, then commits the new
+state and its history entries in one batch guarded by the update time that was read. Two runs at once cannot
+both win, so a change is claimed (and its event published) once. Firestore transactions would give the same
+guarantee, but the emulator locks documents pessimistically and concurrent transactions on one document time
+out there (docs/promotion.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sentiment_core import config
+from sentiment_core.contract import MODEL_NAME
+from sentiment_core.deployments import Decision, DeploymentState, HistoryEntry
+
+DEPLOYMENTS = "deployments"
+HISTORY = "history"
+
+
+class StateUnavailable(RuntimeError):
+    """Firestore could not be read or written in time."""
+
+
+class StateContended(StateUnavailable):
+    """Too many concurrent writers: every compare-and-swap attempt lost."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class StateSettings:
+    """Where the deployment document lives; every unit that reads or writes it parses these variables."""
+
+    project: str
+    database: str
+    model_name: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> StateSettings:
+        return cls(
+            project=config.required("GOOGLE_CLOUD_PROJECT", env),
+            database=config.optional("FIRESTORE_DATABASE", "(default)", env),
+            model_name=config.optional("MODEL_NAME", MODEL_NAME, env),
+        )
+
+
+def firestore_client(settings: StateSettings) -> Any:
+    """A Firestore client (honours FIRESTORE_EMULATOR_HOST); imported here so that importing costs nothing."""
+    from google.cloud import firestore
+
+    return firestore.Client(project=settings.project, database=settings.database)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    state: DeploymentState
+    update_time: Any  # None when the document does not exist yet
+
+
+D = TypeVar("D", bound=Decision)
+
+
+class DeploymentStore:
+    """Reads and conditional writes of one model's deployment document."""
+
+    def __init__(
+        self, client: Any, model_name: str, timeout_s: float = 5.0, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self._client = client
+        self._document = client.collection(DEPLOYMENTS).document(model_name)
+        self._timeout = timeout_s
+        self._clock = clock
+
+    def read(self) -> Snapshot:
+        from google.api_core import exceptions as gexc
+
+        try:
+            snapshot = self._document.get(timeout=self._timeout)
+        except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+            raise StateUnavailable(f"cannot read {self._document.path}: {exc}") from exc
+        if not snapshot.exists:
+            return Snapshot(DeploymentState(), None)
+        return Snapshot(DeploymentState.from_document(snapshot.to_dict()), snapshot.update_time)
+
+    def commit(self, read: Snapshot, new: DeploymentState, history: Iterable[HistoryEntry] = ()) -> bool:
+        """Write new state and history entries atomically if nobody wrote since `read`; False if someone did."""
+        from google.api_core import exceptions as gexc
+
+        batch = self._client.batch()
+        if read.update_time is None:
+            batch.create(self._document, new.to_document())
+        else:
+            batch.update(
+                self._document,
+                new.to_document(),
+                option=self._client.write_option(last_update_time=read.update_time),
+            )
+        for entry in history:
+            # Time-ordered ids keep the history readable in the console; the suffix keeps them unique.
+            entry_id = f"{entry.at.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:8]}"
+            batch.create(self._document.collection(HISTORY).document(entry_id), entry.to_document())
+        try:
+            batch.commit(timeout=self._timeout)
+        except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.Conflict):
+            return False
+        except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+            raise StateUnavailable(f"cannot write {self._document.path}: {exc}") from exc
+        return True
+
+    def apply(self, decide: Callable[[DeploymentState, datetime], D], attempts: int = 25) -> D:
+        """decide(current state, now) until its decision is committed (or writes nothing); that decision."""
+        for attempt in range(attempts):
+            snapshot = self.read()
+            decision = decide(snapshot.state, self._clock())
+            if not decision.writes(snapshot.state) or self.commit(snapshot, decision.state, decision.history):
+                return decision
+            time.sleep(random.uniform(0, 0.02 * (attempt + 1)))  # spread the losers of a race apart
+        raise StateContended(f"{self._document.path}: {attempts} concurrent-write conflicts in a row")
+
+    def history(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The stored entries, newest first, as they are in Firestore (what `/status` shows)."""
+        from google.api_core import exceptions as gexc
+        from google.cloud import firestore
+
+        query = self._document.collection(HISTORY).order_by("at", direction=firestore.Query.DESCENDING).limit(limit)
+        try:
+            return [doc.to_dict() for doc in query.stream(timeout=self._timeout)]
+        except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+            raise StateUnavailable(f"cannot read the history: {exc}") from exc

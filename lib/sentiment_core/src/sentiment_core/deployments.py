@@ -1,0 +1,202 @@
+"""The deployment document `deployments/{model}` and its history entries, as typed values (docs/promotion.md).
+
+Every unit that takes part in a deployment reads and writes this one document through these types:
+registry_watcher claims a change, stages it and puts its event in the outbox; the redeploy leases the deploy and
+records what serves. The Firestore field names below are what `/status` shows and what tests read: renaming one
+is a format change. Nothing here does I/O or reads a clock; `deployment_store` does both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from sentiment_core.events import ProductionChanged
+
+
+class HistoryKind(StrEnum):
+    """What a history entry records (its `kind` field)."""
+
+    STAGED = "staged"
+    PUBLISHED = "published"
+    REFUSED = "refused"
+    DEPLOYED = "deployed"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+    NO_PRODUCTION_VERSION = "no_production_version"
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    """Work someone is doing (a claim on a change, a deploy in progress), theirs until it expires: a crashed
+    holder blocks nobody for longer."""
+
+    key: str  # the version claimed, or the event id being deployed
+    owner: str
+    expires_at: datetime
+
+    @classmethod
+    def take(cls, key: str, owner: str, now: datetime, seconds: float) -> Lease:
+        return cls(key=key, owner=owner, expires_at=now + timedelta(seconds=seconds))
+
+    def active(self, now: datetime) -> bool:
+        return now < self.expires_at
+
+
+@dataclasses.dataclass(frozen=True)
+class Desired:
+    """The version the registry named on the last look."""
+
+    version: str
+    run_id: str
+    chosen_by: str  # "alias" or "stage"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """The last version staged and announced: what should be serving."""
+
+    version: str
+    run_id: str
+    sha256: str
+    model_uri: str
+    event_id: str
+    staged_at: datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class Serving:
+    """The version the last successful redeploy put in front of traffic."""
+
+    version: str
+    run_id: str
+    sha256: str
+    model_uri: str
+    event_id: str
+    deployed_at: datetime
+    revision: str | None = None
+    url: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """A version the deploy gate refused; not checked again until it is promoted again."""
+
+    version: str
+    reason: str
+    detail: str
+    at: datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentState:
+    """What is known of one registered model's deployment (the document's fields).
+
+    outbox: an event committed but not yet confirmed published. claim: a reconcile run staging a change.
+    deploying: a redeploy in progress.
+    """
+
+    desired: Desired | None = None
+    target: Target | None = None
+    serving: Serving | None = None
+    outbox: ProductionChanged | None = None
+    refused: Refusal | None = None
+    claim: Lease | None = None
+    deploying: Lease | None = None
+
+    @property
+    def in_service(self) -> str | None:
+        """The version announced for serving, else the one serving; None when there is neither."""
+        if self.target is not None:
+            return self.target.version
+        return self.serving.version if self.serving is not None else None
+
+    def to_document(self) -> dict[str, Any]:
+        """Every field, None where unset, so that an update clears what a decision cleared."""
+        return {
+            field.name: None if (part := getattr(self, field.name)) is None else dataclasses.asdict(part)
+            for field in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def from_document(cls, data: dict[str, Any] | None) -> DeploymentState:
+        """The stored document; fields and keys this code does not know (written by a newer one) are ignored."""
+        data = data or {}
+        return cls(**{name: _part(kind, data.get(name)) for name, kind in _PARTS.items()})
+
+
+_PARTS = {
+    "desired": Desired,
+    "target": Target,
+    "serving": Serving,
+    "outbox": ProductionChanged,
+    "refused": Refusal,
+    "claim": Lease,
+    "deploying": Lease,
+}
+
+
+def _part(kind: type, value: Any) -> Any:
+    if not isinstance(value, dict):
+        return None
+    names = {field.name for field in dataclasses.fields(kind)}
+    return kind(**{key: item for key, item in value.items() if key in names})
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryEntry:
+    """One decision in `deployments/{model}/history`: its kind, the version, when, and what explains it."""
+
+    kind: HistoryKind
+    version: str | None
+    at: datetime
+    trigger: str | None = None
+    event_id: str | None = None
+    message_id: str | None = None
+    model_uri: str | None = None
+    sha256: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    error: str | None = None
+    revision: str | None = None
+    url: str | None = None
+    kept: str | None = None  # with no_production_version: the version left in service
+
+    def to_document(self) -> dict[str, Any]:
+        """kind, version and at always; the other fields only where set."""
+        fields = {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+        return {**fields, "kind": self.kind.value, "version": self.version}
+
+
+ActionT = TypeVar("ActionT", bound=StrEnum)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision(Generic[ActionT]):
+    """What one decision step chose: its action, the state to leave behind and the entries that record it.
+
+    A decision that leaves the state as it found it and records nothing writes nothing.
+    """
+
+    action: ActionT
+    state: DeploymentState
+    history: tuple[HistoryEntry, ...] = ()
+    detail: str = ""
+    event_id: str | None = None  # the event the action concerns (published, republished)
+
+    def writes(self, before: DeploymentState) -> bool:
+        return self.state != before or bool(self.history)
+
+
+def outbox_cleared(
+    state: DeploymentState, event_id: str, message_id: str, now: datetime
+) -> tuple[DeploymentState, tuple[HistoryEntry, ...]]:
+    """The state once Pub/Sub confirmed event_id: its outbox emptied and a `published` entry; unchanged and
+    unrecorded when the outbox holds no such event (another run confirmed it first)."""
+    pending = state.outbox
+    if pending is None or pending.event_id != event_id:
+        return state, ()
+    entry = HistoryEntry(HistoryKind.PUBLISHED, pending.model_version, now, event_id=event_id, message_id=message_id)
+    return dataclasses.replace(state, outbox=None), (entry,)

@@ -1,0 +1,70 @@
+"""Each unit parses only its own variables, once, and names the one that is missing or wrong. No server."""
+
+from __future__ import annotations
+
+import pytest
+
+from sentiment_core.config import ConfigError
+from tests.functions.conftest import redeploy_module, watcher_module
+
+watcher_service = watcher_module("watcher_service")
+redeploy_service = redeploy_module("redeploy_service")
+
+WATCHER = {
+    "GOOGLE_CLOUD_PROJECT": "p",
+    "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+    "MLFLOW_WEBHOOK_SECRET": "webhook-secret-0123456789",
+    "SERVING_BUCKET": "gs://serving",
+}
+REDEPLOY = {"GOOGLE_CLOUD_PROJECT": "p", "PREDICT_SERVICE": "projects/p/locations/l/services/predict"}
+
+
+def test_watcher_settings_need_no_cloud_run_setting() -> None:
+    settings = watcher_service.Settings.from_env(WATCHER)
+
+    assert (settings.state.project, settings.state.model_name) == ("p", "yelp-sentiment")
+    assert settings.topic == "projects/p/topics/model-production-changed"
+    assert not hasattr(settings, "predict_service")
+
+
+def test_redeploy_settings_need_no_mlflow_setting_or_secret() -> None:
+    settings = redeploy_service.Settings.from_env(REDEPLOY)
+
+    assert (settings.state.project, settings.deployer, settings.predict_service) == (
+        "p",
+        "cloud_run",
+        "projects/p/locations/l/services/predict",
+    )
+    assert not any(field.startswith(("tracking", "webhook", "mlflow")) for field in vars(settings))
+
+
+@pytest.mark.parametrize(
+    ("unit", "env", "message"),
+    [
+        (
+            "watcher",
+            {k: v for k, v in WATCHER.items() if k != "MLFLOW_TRACKING_URI"},
+            "MLFLOW_TRACKING_URI must be set",
+        ),
+        ("watcher", WATCHER | {"MLFLOW_WEBHOOK_SECRET": "short"}, "MLFLOW_WEBHOOK_SECRET must be at least 16"),
+        ("watcher", WATCHER | {"MIN_VALIDATION_ACCURACY": "high"}, "MIN_VALIDATION_ACCURACY must be a number"),
+        ("redeploy", {"PREDICT_SERVICE": "s"}, "GOOGLE_CLOUD_PROJECT must be set"),
+        ("redeploy", {"GOOGLE_CLOUD_PROJECT": "p"}, "PREDICT_SERVICE must be set"),
+        ("redeploy", REDEPLOY | {"DEPLOYER": "kubernetes"}, "DEPLOYER must be one of cloud_run, local"),
+        ("redeploy", {"GOOGLE_CLOUD_PROJECT": "p", "DEPLOYER": "local"}, "LOCAL_ROUTER_URL must be set"),
+    ],
+    ids=[
+        "watcher-no-mlflow",
+        "watcher-short-secret",
+        "watcher-bad-accuracy",
+        "redeploy-no-project",
+        "redeploy-cloud-run-no-service",
+        "redeploy-unknown-deployer",
+        "redeploy-local-no-router",
+    ],
+)
+def test_unit_settings_missing_or_malformed_variable_fails_naming_it(unit: str, env: dict, message: str) -> None:
+    settings = watcher_service.Settings if unit == "watcher" else redeploy_service.Settings
+
+    with pytest.raises(ConfigError, match=message):
+        settings.from_env(env)

@@ -1,0 +1,137 @@
+"""The deployment document's typed model keeps the stored Firestore format (what /status and the tests read)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+import pytest
+
+from sentiment_core.deployments import Decision, DeploymentState, Desired, HistoryEntry, HistoryKind, Lease
+
+AT = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+SHA = "a" * 64
+
+# A document as the watcher and the redeploy have stored it since the promotion loop was built.
+STORED = {
+    "desired": {"version": "3", "run_id": "r3", "chosen_by": "alias"},
+    "target": {
+        "version": "2",
+        "run_id": "r2",
+        "sha256": SHA,
+        "model_uri": "gs://b/m/v2",
+        "event_id": "e2",
+        "staged_at": AT,
+    },
+    "serving": {
+        "version": "1",
+        "run_id": "r1",
+        "sha256": SHA,
+        "model_uri": "gs://b/m/v1",
+        "event_id": "e1",
+        "deployed_at": AT,
+        "revision": "predict-00001",
+        "url": "https://predict",
+    },
+    "outbox": {
+        "event_id": "e2",
+        "model_name": "m",
+        "model_version": "2",
+        "mlflow_run_id": "r2",
+        "model_uri": "gs://b/m/v2",
+        "sha256": SHA,
+        "previous_version": "1",
+    },
+    "refused": {"version": "3", "reason": "model_invalid", "detail": "not an onnx file", "at": AT},
+    "claim": {"key": "3", "owner": "tick-1", "expires_at": AT},
+    "deploying": None,
+}
+
+
+def test_deployment_document_reads_into_typed_parts_and_writes_back_unchanged() -> None:
+    state = DeploymentState.from_document(STORED)
+
+    assert state.desired == Desired("3", "r3", "alias")
+    assert (state.target.version, state.serving.revision, state.outbox.previous_version) == ("2", "predict-00001", "1")
+    assert state.claim == Lease("3", "tick-1", AT)
+    assert state.to_document() == STORED
+
+
+def test_deployment_document_fields_a_newer_writer_added_are_ignored() -> None:
+    newer = {**STORED, "rollout": {"state": "baking"}, "desired": {**STORED["desired"], "note": "x"}}
+
+    state = DeploymentState.from_document(newer)
+
+    assert state.to_document() == STORED
+
+
+def test_missing_deployment_document_is_the_empty_state_with_every_field_cleared() -> None:
+    state = DeploymentState.from_document(None)
+
+    assert state == DeploymentState()
+    assert state.to_document() == dict.fromkeys(STORED)
+    assert state.in_service is None
+
+
+def test_in_service_is_the_announced_version_else_the_serving_one() -> None:
+    state = DeploymentState.from_document(STORED)
+
+    assert state.in_service == "2"
+    assert DeploymentState(serving=state.serving).in_service == "1"
+
+
+@pytest.mark.parametrize(
+    ("entry", "document"),
+    [
+        (
+            HistoryEntry(HistoryKind.STAGED, "2", AT, trigger="tick", model_uri="gs://b/m/v2", event_id="e2"),
+            {
+                "kind": "staged",
+                "version": "2",
+                "at": AT,
+                "trigger": "tick",
+                "model_uri": "gs://b/m/v2",
+                "event_id": "e2",
+            },
+        ),
+        (
+            HistoryEntry(HistoryKind.NO_PRODUCTION_VERSION, None, AT, trigger="tick"),
+            {"kind": "no_production_version", "version": None, "at": AT, "trigger": "tick"},
+        ),
+        (
+            HistoryEntry(HistoryKind.FAILED, "2", AT, event_id="e2", error="boom"),
+            {"kind": "failed", "version": "2", "at": AT, "event_id": "e2", "error": "boom"},
+        ),
+    ],
+    ids=["staged", "no-production-version", "failed"],
+)
+def test_history_entry_document_has_kind_version_and_at_and_only_the_fields_set(entry, document) -> None:
+    stored = entry.to_document()
+
+    assert stored == document
+    assert type(stored["kind"]) is str  # a plain string in Firestore, not the enum's repr
+
+
+class Step(StrEnum):
+    GO = "go"
+
+
+@pytest.mark.parametrize(
+    ("decision", "writes"),
+    [
+        (Decision(Step.GO, DeploymentState()), False),
+        (Decision(Step.GO, DeploymentState(desired=Desired("1", "r", "alias"))), True),
+        (Decision(Step.GO, DeploymentState(), (HistoryEntry(HistoryKind.FAILED, "1", AT),)), True),
+    ],
+    ids=["unchanged", "state-changed", "history-only"],
+)
+def test_decision_writes_when_it_changes_the_state_or_records_an_entry(decision, writes: bool) -> None:
+    assert decision.writes(DeploymentState()) is writes
+
+
+def test_lease_is_active_until_its_expiry_only() -> None:
+    lease = Lease.take("3", "tick-1", AT, seconds=60)
+
+    assert lease.expires_at == AT + timedelta(seconds=60)
+    assert lease.active(AT + timedelta(seconds=59))
+    assert not lease.active(AT + timedelta(seconds=60))
