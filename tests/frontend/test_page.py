@@ -3,9 +3,7 @@ functions and the Firestore emulator: analyze, give feedback, see statistics cha
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
 import urllib.parse
 from collections.abc import Iterator
@@ -13,27 +11,27 @@ from pathlib import Path
 
 import pytest
 
-from localdev import services
-from tests.functions.conftest import call
+from localdev import services, website
+from tests.functions.conftest import ORIGIN, call
 
 CHROMIUM = Path("/usr/bin/chromium")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+POSITIVE = "The pasta was wonderful and the staff were so friendly. Great value!"
 
 
 @pytest.fixture(scope="module")
 def site(function_env: dict, tmp_path_factory) -> Iterator[dict]:
-    """The page served as a static site, and predict and feedback allowing its origin."""
+    """The page built as the local stack builds it, served as a static site; predict and feedback allow its
+    origin."""
     workdir = tmp_path_factory.mktemp("site")
     port = services.free_port()
     origin = f"http://127.0.0.1:{port}"
     env = {**function_env, "ALLOWED_ORIGINS": origin}
     root = workdir / "www"
-    shutil.copytree(REPO_ROOT / "frontend", root, ignore=shutil.ignore_patterns("README.md"))
     with (
         services.start_function("predict", workdir, env) as predict,
         services.start_function("feedback", workdir, env, ready_path="/statistics") as feedback,
     ):
-        (root / "config.json").write_text(json.dumps({"predict_url": predict.url, "feedback_url": feedback.url}))
+        website.build(root, predict.url, feedback.url)
         argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)]
         with services.start("site", argv, url=origin, ready_path="/config.json", log_path=workdir / "site.log"):
             yield {"url": origin, "predict": predict, "feedback": feedback}
@@ -59,6 +57,13 @@ def screenshots(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def open_page(browser, site: dict, **options):
+    context = browser.new_context(**options)
+    page = context.new_page()
+    page.goto(site["url"])
+    return context, page
 
 
 def test_page_analyze_feedback_statistics_paging_and_errors(site, browser, clean_db, screenshots: Path) -> None:
@@ -119,6 +124,41 @@ def test_page_analyze_feedback_statistics_paging_and_errors(site, browser, clean
     allowed = {site["url"], site["predict"].url, site["feedback"].url}
     origins = {f"{urllib.parse.urlsplit(u).scheme}://{urllib.parse.urlsplit(u).netloc}" for u in requested}
     assert origins <= allowed, origins - allowed
+    context.close()
+
+
+def test_page_csp_lets_it_connect_only_to_its_site_and_the_two_function_origins(site, browser) -> None:
+    context, page = open_page(browser, site)
+    policy = page.locator('meta[http-equiv="Content-Security-Policy"]').get_attribute("content")
+    directives = {name: values for name, *values in (part.split() for part in policy.split(";") if part.strip())}
+    # A fetch to an origin the policy does not name (CORS would allow this one): the browser refuses to send it.
+    refused = page.evaluate(
+        """async (url) => {
+          const violated = new Promise((resolve) => document.addEventListener(
+            "securitypolicyviolation", (event) => resolve(event.effectiveDirective), { once: true }));
+          const sent = fetch(url).then(() => "answered", () => "failed");
+          return Promise.race([violated, sent.then((outcome) => new Promise((resolve) => setTimeout(
+            () => resolve(`no violation (${outcome})`), 2000)))]);
+        }""",
+        f"{ORIGIN}/",
+    )
+
+    assert set(directives["connect-src"]) == {"'self'", site["predict"].url, site["feedback"].url}
+    assert refused == "connect-src"
+    context.close()
+
+
+def test_page_favicon_is_an_svg_served_by_the_site_itself(site, browser) -> None:
+    context, page = open_page(browser, site)
+    href = page.locator('link[rel="icon"]').get_attribute("href")
+    icon_url = urllib.parse.urljoin(f"{site['url']}/", href)
+
+    icon = call(icon_url)
+
+    assert icon_url.startswith(f"{site['url']}/")
+    assert icon.status == 200
+    assert icon.headers["Content-Type"] == "image/svg+xml"
+    assert icon.raw.startswith(b"<svg ")
     context.close()
 
 
