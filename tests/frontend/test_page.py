@@ -3,10 +3,12 @@ functions and the Firestore emulator: analyze, give feedback, see statistics cha
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,20 +23,37 @@ POSITIVE = "The pasta was wonderful and the staff were so friendly. Great value!
 @pytest.fixture(scope="module")
 def site(function_env: dict, tmp_path_factory) -> Iterator[dict]:
     """The page built as the local stack builds it, served as a static site; predict and feedback allow its
-    origin."""
+    origin. A test may stop predict to see the page's errors: `live_site` starts it again."""
     workdir = tmp_path_factory.mktemp("site")
     port = services.free_port()
     origin = f"http://127.0.0.1:{port}"
     env = {**function_env, "ALLOWED_ORIGINS": origin}
     root = workdir / "www"
-    with (
-        services.start_function("predict", workdir, env) as predict,
-        services.start_function("feedback", workdir, env, ready_path="/statistics") as feedback,
-    ):
-        website.build(root, predict.url, feedback.url)
+    with contextlib.ExitStack() as running:
+        feedback = running.enter_context(services.start_function("feedback", workdir, env, ready_path="/statistics"))
+        site = {"url": origin, "feedback": feedback, "workdir": workdir, "env": env}
+        site["predict"] = services.start_function("predict", workdir, env)
+        running.callback(lambda: site["predict"].stop())
+        website.build(root, site["predict"].url, feedback.url)
         argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)]
-        with services.start("site", argv, url=origin, ready_path="/config.json", log_path=workdir / "site.log"):
-            yield {"url": origin, "predict": predict, "feedback": feedback}
+        running.enter_context(
+            services.start("site", argv, url=origin, ready_path="/config.json", log_path=workdir / "site.log")
+        )
+        yield site
+
+
+@pytest.fixture
+def live_site(site: dict) -> dict:
+    """The site with predict answering, on the URL its config.json names."""
+    try:
+        answering = call(f"{site['predict'].url}/healthz", timeout=10).status == 200
+    except OSError:  # refused: stopped by an earlier test
+        answering = False
+    if not answering:
+        site["predict"].stop()
+        port = urllib.parse.urlsplit(site["predict"].url).port
+        site["predict"] = services.start_function("predict", site["workdir"], site["env"], port=port)
+    return site
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +78,50 @@ def screenshots(tmp_path: Path) -> Path:
     return folder
 
 
+def unavailable(retry_after_s: int) -> Callable:
+    """A route handler answering as predict or feedback do when their store is down (with CORS, as they do)."""
+
+    def answer(route) -> None:
+        origin = route.request.headers.get("origin", "")
+        route.fulfill(
+            status=503,
+            headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Expose-Headers": "Idempotent-Replayed, Retry-After",
+                "Retry-After": str(retry_after_s),
+            },
+            json={"error": {"code": "store_unavailable", "message": "the store cannot be reached; retry later"}},
+        )
+
+    return answer
+
+
+def intercept_predict(page, site: dict, failures: list[Callable]) -> list[dict]:
+    """Every POST the page sends to predict (Idempotency-Key, body, when), answered by the next of `failures`
+    while there are any, then passed on to the real predict."""
+    sent: list[dict] = []
+
+    def handle(route) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        sent.append(
+            {
+                "key": route.request.headers.get("idempotency-key"),
+                "body": route.request.post_data,
+                "at": time.monotonic(),
+            }
+        )
+        if failures:
+            failures.pop(0)(route)
+        else:
+            route.continue_()
+
+    predict = site["predict"].url
+    page.route(lambda url: url.startswith(f"{predict}/"), handle)
+    return sent
+
+
 def open_page(browser, site: dict, **options):
     context = browser.new_context(**options)
     page = context.new_page()
@@ -66,9 +129,10 @@ def open_page(browser, site: dict, **options):
     return context, page
 
 
-def test_page_analyze_feedback_statistics_paging_and_errors(site, browser, clean_db, screenshots: Path) -> None:
+def test_page_analyze_feedback_statistics_paging_and_errors(live_site, browser, clean_db, screenshots: Path) -> None:
     from playwright.sync_api import expect
 
+    site = live_site
     context = browser.new_context(viewport={"width": 1000, "height": 1400})
     page = context.new_page()
     requested: list[str] = []
@@ -79,13 +143,14 @@ def test_page_analyze_feedback_statistics_paging_and_errors(site, browser, clean
     expect(page.locator("#stats-overall")).to_have_text("No feedback yet")
 
     # A positive review, by keyboard: type, Ctrl+Enter.
-    page.get_by_label("Review text").fill("The pasta was wonderful and the staff were so friendly. Great value!")
+    page.get_by_label("Review text").fill(POSITIVE)
     page.get_by_label("Review text").press("Control+Enter")
     expect(page.locator("#result-label")).to_have_text("Positive")
     expect(page.locator("#result-model")).to_contain_text("version")
     page.get_by_role("button", name="Yes").click()
     expect(page.locator("#feedback-status")).to_have_text("Thanks, your answer counted.")
     expect(page.locator("#stats-overall")).to_have_text("100.0% right")
+    expect(page.locator("#stats-counts")).to_have_text("1 prediction, 1 with feedback, 1 correct.")
     page.screenshot(path=str(screenshots / "page-positive.png"), full_page=True)
 
     # A negative one, which the user says the model got wrong: the rate halves.
@@ -114,7 +179,9 @@ def test_page_analyze_feedback_statistics_paging_and_errors(site, browser, clean
     # Errors in plain words: too long, then predict down.
     page.get_by_label("Review text").fill("x" * 5001)
     page.get_by_role("button", name="Analyze").click()
-    expect(page.locator("#analyze-error")).to_have_text("The review is too long: 5,001 characters, the limit is 5,000.")
+    expect(page.locator("#analyze-error")).to_have_text(
+        "The review is too long: 5,001 characters, the limit is 5,000. Shorten it and try again."
+    )
     site["predict"].stop()
     page.get_by_label("Review text").fill("Is anybody there?")
     page.get_by_role("button", name="Analyze").click()
@@ -124,6 +191,57 @@ def test_page_analyze_feedback_statistics_paging_and_errors(site, browser, clean
     allowed = {site["url"], site["predict"].url, site["feedback"].url}
     origins = {f"{urllib.parse.urlsplit(u).scheme}://{urllib.parse.urlsplit(u).netloc}" for u in requested}
     assert origins <= allowed, origins - allowed
+    context.close()
+
+
+def test_page_analyze_with_empty_text_clears_the_previous_result(live_site, browser) -> None:
+    from playwright.sync_api import expect
+
+    context, page = open_page(browser, live_site)
+    sent = intercept_predict(page, live_site, failures=[])
+    page.get_by_label("Review text").fill(POSITIVE)
+    page.get_by_role("button", name="Analyze").click()
+    expect(page.locator("#result")).to_be_visible()
+
+    page.get_by_label("Review text").fill("   ")
+    page.get_by_role("button", name="Analyze").click()
+
+    expect(page.locator("#result")).to_be_hidden()
+    expect(page.locator("#analyze-error")).to_have_text("There is no review to analyze. Write a review first.")
+    assert len(sent) == 1
+    context.close()
+
+
+def test_page_statistics_error_replaces_the_numbers_until_they_load_again(live_site, browser, clean_db) -> None:
+    from playwright.sync_api import expect
+
+    prediction = call(live_site["predict"].url, {"text": POSITIVE}).json
+    answer = {
+        "prediction_id": prediction["id"],
+        "is_positive_user_answered": True,
+        "feedback_token": prediction["feedback_token"],
+    }
+    assert call(live_site["feedback"].url, answer).status in (200, 201)
+    context, page = open_page(browser, live_site)
+    numbers = [page.locator(f"#stats-{part}") for part in ("overall", "counts", "chart", "table")]
+    expect(page.locator("#stats-counts")).to_have_text("1 prediction, 1 with feedback, 1 correct.")
+    statistics = f"{live_site['feedback'].url}/statistics"
+
+    page.route(statistics, unavailable(5))
+    page.get_by_role("button", name="Refresh").click()
+
+    expect(page.locator("#stats-error")).to_have_text(
+        "The statistics service is unavailable right now. Try again in 5 seconds."
+    )
+    for part in numbers:
+        expect(part).to_be_hidden()
+
+    page.unroute(statistics)
+    page.get_by_role("button", name="Refresh").click()
+
+    expect(page.locator("#stats-error")).to_be_hidden()
+    for part in numbers:
+        expect(part).to_be_visible()
     context.close()
 
 
@@ -162,18 +280,29 @@ def test_page_favicon_is_an_svg_served_by_the_site_itself(site, browser) -> None
     context.close()
 
 
-def test_page_on_a_phone_has_no_horizontal_scroll(site, browser, screenshots: Path) -> None:
-    context = browser.new_context(viewport={"width": 375, "height": 800}, is_mobile=True)
-    page = context.new_page()
-    page.goto(site["url"])
-    page.wait_for_selector("#stats-overall:not(:text('Loading…'))")
+def test_page_on_a_phone_has_no_horizontal_scroll(live_site, browser, clean_db, screenshots: Path) -> None:
+    # Content as wide as it gets: a review with a word longer than the screen, and a full statistics table.
+    prediction = call(live_site["predict"].url, {"text": "Sooo" + "o" * 120 + " good! " + POSITIVE}).json
+    answer = {
+        "prediction_id": prediction["id"],
+        "is_positive_user_answered": False,
+        "feedback_token": prediction["feedback_token"],
+    }
+    assert call(live_site["feedback"].url, answer).status in (200, 201)
+    context, page = open_page(browser, live_site, viewport={"width": 375, "height": 800}, is_mobile=True)
+    page.wait_for_selector("#stats-table:not([hidden])")
+    page.wait_for_selector("#recent-list li")
 
     width = page.evaluate("document.documentElement.scrollWidth")
     wide = page.evaluate(
         "[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > 376)"
         ".map(e => e.tagName + '#' + e.id + '.' + e.className)"
     )
+    table_overflow = page.evaluate(
+        "(() => { const wrap = document.querySelector('.table-wrap'); return wrap.scrollWidth - wrap.clientWidth; })()"
+    )
 
     assert width <= 375, wide
+    assert table_overflow <= 0  # the whole table on screen, not behind a scroll bar of its own
     page.screenshot(path=str(screenshots / "page-phone.png"), full_page=True)
     context.close()
