@@ -245,6 +245,14 @@ def test_page_statistics_error_replaces_the_numbers_until_they_load_again(live_s
     context.close()
 
 
+@pytest.mark.parametrize(("function", "path"), [("predict", "/healthz"), ("feedback", "/statistics")])
+def test_functions_let_the_page_read_retry_after_and_idempotent_replayed(site, function: str, path: str) -> None:
+    answer = call(site[function].url + path, headers={"Origin": site["url"]})
+
+    exposed = {name.strip().lower() for name in answer.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"retry-after", "idempotent-replayed"} <= exposed
+
+
 def test_page_csp_lets_it_connect_only_to_its_site_and_the_two_function_origins(site, browser) -> None:
     context, page = open_page(browser, site)
     policy = page.locator('meta[http-equiv="Content-Security-Policy"]').get_attribute("content")
