@@ -4,6 +4,11 @@
 
 const MAX_CHARS = 5000;
 const PAGE_SIZE = 10;
+// An Analyze that meets a 503 or no answer at all is sent again, at most this often, with the same
+// Idempotency-Key: predict then stores it once, and answers a repeat with what it stored the first time.
+const MAX_RETRIES = 2;
+// Retry-After beyond this is longer than anyone waits for a click: the page says when to try instead.
+const MAX_RETRY_WAIT_S = 10;
 
 const $ = (id) => document.getElementById(id);
 const state = { config: null, prediction: null, pageTokens: [null], page: 0 };
@@ -24,6 +29,7 @@ const ERROR_BY_CODE = {
   feedback_conflict: ["This prediction already has a different answer", "Only the first answer counts"],
   invalid_feedback_token: ["This answer could not be verified", "Analyze the review again"],
   prediction_not_found: ["This prediction no longer exists", "Analyze the review again"],
+  idempotency_key_reused: ["The service took this for a repeat of another review", "Analyze the review again"],
 };
 
 function describe(error, service) {
@@ -66,7 +72,7 @@ async function call(url, options = {}) {
   let response;
   try {
     // Only requests with a body say JSON: a plain GET stays a "simple" request, with no CORS preflight.
-    const headers = options.body ? { "Content-Type": "application/json" } : {};
+    const headers = { ...(options.body ? { "Content-Type": "application/json" } : {}), ...options.headers };
     response = await fetch(url, { ...options, headers });
   } catch (exc) {
     throw new TypeError(`network: ${exc}`);
@@ -83,6 +89,35 @@ async function call(url, options = {}) {
     throw new ServiceError(response.status, error.code || "", error.message || response.statusText, retryAfterS);
   }
   return body;
+}
+
+// How long to wait before sending again, or null to give up: only a 503 or no answer is worth repeating.
+function retryDelayS(error, retriesDone) {
+  if (retriesDone >= MAX_RETRIES) return null;
+  if (error instanceof ServiceError && error.status !== 503) return null;
+  const told = error instanceof ServiceError ? error.retryAfterS : null;
+  const wait = told === null ? retriesDone + 1 : told;
+  return wait <= MAX_RETRY_WAIT_S ? wait : null;
+}
+
+// call(), repeated with the very same options (so the same Idempotency-Key) while retryDelayS allows.
+async function callWithRetries(url, options, onRetry) {
+  for (let retriesDone = 0; ; retriesDone += 1) {
+    try {
+      return await call(url, options);
+    } catch (error) {
+      const waitS = retryDelayS(error, retriesDone);
+      if (waitS === null) throw error;
+      onRetry(error, waitS, retriesDone + 1);
+      await new Promise((resolve) => setTimeout(resolve, waitS * 1000));
+    }
+  }
+}
+
+// 32 hex characters from the browser's CSPRNG (crypto.randomUUID needs a secure context; this does not).
+function newIdempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
 }
 
 function show(element, text) {
@@ -130,15 +165,26 @@ async function analyze(event) {
     return;
   }
   const button = $("analyze");
+  const progress = $("analyze-progress");
   busy(button, true, "Analyzing…");
+  // One key per click, kept for this click's retries: a retry of a request that was stored replays it.
+  const headers = { "Idempotency-Key": newIdempotencyKey() };
+  const options = { method: "POST", body: JSON.stringify({ text }), headers };
+  const onRetry = (error, waitS, retry) => {
+    const why = error instanceof ServiceError ? "is unavailable" : "did not answer";
+    busy(button, true, "Retrying…");
+    const when = `retrying in ${plural(waitS, "second")} (retry ${retry} of ${MAX_RETRIES})`;
+    show(progress, `The prediction service ${why}; ${when}…`);
+  };
   try {
-    const prediction = await call(state.config.predict_url, { method: "POST", body: JSON.stringify({ text }) });
+    const prediction = await callWithRetries(state.config.predict_url, options, onRetry);
     renderPrediction(prediction);
     refreshStatistics();
     loadPage(0);
   } catch (error) {
     showError($("analyze-error"), describe(error, "prediction"));
   } finally {
+    show(progress, "");
     busy(button, false, "Analyze");
   }
 }

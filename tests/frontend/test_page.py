@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import time
 import urllib.parse
@@ -96,6 +97,10 @@ def unavailable(retry_after_s: int) -> Callable:
     return answer
 
 
+def unreachable(route) -> None:
+    route.abort("connectionrefused")
+
+
 def intercept_predict(page, site: dict, failures: list[Callable]) -> list[dict]:
     """Every POST the page sends to predict (Idempotency-Key, body, when), answered by the next of `failures`
     while there are any, then passed on to the real predict."""
@@ -185,12 +190,91 @@ def test_page_analyze_feedback_statistics_paging_and_errors(live_site, browser, 
     site["predict"].stop()
     page.get_by_label("Review text").fill("Is anybody there?")
     page.get_by_role("button", name="Analyze").click()
-    expect(page.locator("#analyze-error")).to_contain_text("Cannot reach the prediction service")
+    expect(page.locator("#analyze-progress")).to_contain_text("did not answer; retrying in 1 second (retry 1 of 2)")
+    # Two retries, 1 s and 2 s apart, before the page gives up.
+    expect(page.locator("#analyze-error")).to_contain_text("Cannot reach the prediction service", timeout=15_000)
+    expect(page.locator("#analyze-progress")).to_be_hidden()
     page.screenshot(path=str(screenshots / "page-predict-down.png"), full_page=True)
 
     allowed = {site["url"], site["predict"].url, site["feedback"].url}
     origins = {f"{urllib.parse.urlsplit(u).scheme}://{urllib.parse.urlsplit(u).netloc}" for u in requested}
     assert origins <= allowed, origins - allowed
+    context.close()
+
+
+def test_page_sends_a_new_idempotency_key_with_each_analyze(live_site, browser) -> None:
+    from playwright.sync_api import expect
+
+    context, page = open_page(browser, live_site)
+    sent = intercept_predict(page, live_site, failures=[])
+
+    page.get_by_label("Review text").fill(POSITIVE)
+    for _ in range(2):  # the same text twice: two clicks, two predictions
+        page.get_by_role("button", name="Analyze").click()
+        expect(page.locator("#result")).to_be_visible()
+        expect(page.get_by_role("button", name="Analyze")).to_be_enabled()
+
+    assert len(sent) == 2
+    assert all(re.fullmatch(r"[0-9a-f]{32}", attempt["key"] or "") for attempt in sent), sent
+    assert sent[0]["key"] != sent[1]["key"]
+    context.close()
+
+
+@pytest.mark.parametrize("failure", [unavailable(1), unreachable], ids=["503-retry-after-1", "no-answer"])
+def test_page_analyze_retries_a_failed_request_with_the_same_key_and_shows_the_result(
+    live_site, browser, clean_db, failure: Callable
+) -> None:
+    from playwright.sync_api import expect
+
+    context, page = open_page(browser, live_site)
+    sent = intercept_predict(page, live_site, failures=[failure])
+
+    page.get_by_label("Review text").fill(POSITIVE)
+    page.get_by_role("button", name="Analyze").click()
+
+    expect(page.locator("#analyze-progress")).to_contain_text("retrying in 1 second (retry 1 of 2)")
+    expect(page.get_by_role("button", name="Retrying…")).to_be_disabled()
+    expect(page.locator("#result-label")).to_have_text("Positive")
+    expect(page.locator("#analyze-progress")).to_be_hidden()
+    expect(page.locator("#analyze-error")).to_be_hidden()
+    assert len(sent) == 2
+    assert (sent[1]["key"], sent[1]["body"]) == (sent[0]["key"], sent[0]["body"])
+    assert sent[1]["at"] - sent[0]["at"] >= 1.0  # Retry-After, or the first pause when there was no answer
+    assert clean_db.collection("predictions").count().get()[0][0].value == 1
+    context.close()
+
+
+def test_page_analyze_gives_up_after_two_retries_with_the_same_key(live_site, browser) -> None:
+    from playwright.sync_api import expect
+
+    context, page = open_page(browser, live_site)
+    sent = intercept_predict(page, live_site, failures=[unavailable(1)] * 3)
+
+    page.get_by_label("Review text").fill(POSITIVE)
+    page.get_by_role("button", name="Analyze").click()
+
+    expect(page.locator("#analyze-error")).to_have_text(
+        "The prediction service is unavailable right now. Try again in 1 second.", timeout=10_000
+    )
+    expect(page.get_by_role("button", name="Analyze")).to_be_enabled()
+    assert len(sent) == 3
+    assert len({attempt["key"] for attempt in sent}) == 1
+    context.close()
+
+
+def test_page_analyze_does_not_wait_out_a_long_retry_after_and_says_when_to_try(live_site, browser) -> None:
+    from playwright.sync_api import expect
+
+    context, page = open_page(browser, live_site)
+    sent = intercept_predict(page, live_site, failures=[unavailable(60)])
+
+    page.get_by_label("Review text").fill(POSITIVE)
+    page.get_by_role("button", name="Analyze").click()
+
+    expect(page.locator("#analyze-error")).to_have_text(
+        "The prediction service is unavailable right now. Try again in 60 seconds."
+    )
+    assert len(sent) == 1
     context.close()
 
 
