@@ -127,6 +127,17 @@ def intercept_predict(page, site: dict, failures: list[Callable]) -> list[dict]:
     return sent
 
 
+def answered_prediction(site: dict, text: str, *, user_says_positive: bool) -> None:
+    """A prediction with feedback, made through the functions, for the page to show."""
+    prediction = call(site["predict"].url, {"text": text}).json
+    answer = {
+        "prediction_id": prediction["id"],
+        "is_positive_user_answered": user_says_positive,
+        "feedback_token": prediction["feedback_token"],
+    }
+    assert call(site["feedback"].url, answer).status == 200
+
+
 def open_page(browser, site: dict, **options):
     context = browser.new_context(**options)
     page = context.new_page()
@@ -299,13 +310,7 @@ def test_page_analyze_with_empty_text_clears_the_previous_result(live_site, brow
 def test_page_statistics_error_replaces_the_numbers_until_they_load_again(live_site, browser, clean_db) -> None:
     from playwright.sync_api import expect
 
-    prediction = call(live_site["predict"].url, {"text": POSITIVE}).json
-    answer = {
-        "prediction_id": prediction["id"],
-        "is_positive_user_answered": True,
-        "feedback_token": prediction["feedback_token"],
-    }
-    assert call(live_site["feedback"].url, answer).status in (200, 201)
+    answered_prediction(live_site, POSITIVE, user_says_positive=True)
     context, page = open_page(browser, live_site)
     numbers = [page.locator(f"#stats-{part}") for part in ("overall", "counts", "chart", "table")]
     expect(page.locator("#stats-counts")).to_have_text("1 prediction, 1 with feedback, 1 correct.")
@@ -374,13 +379,7 @@ def test_page_favicon_is_an_svg_served_by_the_site_itself(site, browser) -> None
 
 def test_page_on_a_phone_has_no_horizontal_scroll(live_site, browser, clean_db, screenshots: Path) -> None:
     # Content as wide as it gets: a review with a word longer than the screen, and a full statistics table.
-    prediction = call(live_site["predict"].url, {"text": "Sooo" + "o" * 120 + " good! " + POSITIVE}).json
-    answer = {
-        "prediction_id": prediction["id"],
-        "is_positive_user_answered": False,
-        "feedback_token": prediction["feedback_token"],
-    }
-    assert call(live_site["feedback"].url, answer).status in (200, 201)
+    answered_prediction(live_site, "Sooo" + "o" * 120 + " good! " + POSITIVE, user_says_positive=False)
     context, page = open_page(browser, live_site, viewport={"width": 375, "height": 800}, is_mobile=True)
     page.wait_for_selector("#stats-table:not([hidden])")
     page.wait_for_selector("#recent-list li")
