@@ -4,42 +4,75 @@
 
 const MAX_CHARS = 5000;
 const PAGE_SIZE = 10;
+// An Analyze that meets a 503 or no answer at all is sent again, at most this often, with the same
+// Idempotency-Key: predict then stores it once, and answers a repeat with what it stored the first time.
+const MAX_RETRIES = 2;
+// Retry-After beyond this is longer than anyone waits for a click: the page says when to try instead.
+const MAX_RETRY_WAIT_S = 10;
 
 const $ = (id) => document.getElementById(id);
 const state = { config: null, prediction: null, pageTokens: [null], page: 0 };
 
 class ServiceError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, retryAfterS) {
     super(message);
     this.status = status;
     this.code = code;
+    this.retryAfterS = retryAfterS; // null when the answer named no wait
   }
 }
 
-// What a person should read for each failure: plain words first, the service's code last.
-function plainMessage(error, service) {
+// Every error on the page reads the same way, "<what went wrong>. <what to do>.", and is rendered by showError.
+const ERROR_BY_CODE = {
+  invalid_text: ["The review must be 1 to 5,000 characters of ordinary text", "Edit it and try again"],
+  body_too_large: ["The review is too long: the limit is 5,000 characters", "Shorten it and try again"],
+  feedback_conflict: ["This prediction already has a different answer", "Only the first answer counts"],
+  invalid_feedback_token: ["This answer could not be verified", "Analyze the review again"],
+  prediction_not_found: ["This prediction no longer exists", "Analyze the review again"],
+  idempotency_key_reused: ["The service took this for a repeat of another review", "Analyze the review again"],
+};
+
+function describe(error, service) {
   if (!(error instanceof ServiceError)) {
-    return `Cannot reach the ${service} service. Check your connection (or that the service is running) and try again.`;
+    const action = "Check your connection (or that the service is running) and try again";
+    return { problem: `Cannot reach the ${service} service`, action };
   }
-  const byCode = {
-    invalid_text: "The review must be 1 to 5,000 characters of ordinary text.",
-    body_too_large: "The review is too long: the limit is 5,000 characters.",
-    feedback_conflict: "This prediction already has a different answer.",
-    invalid_feedback_token: "This answer could not be verified; analyze the review again.",
-    prediction_not_found: "This prediction no longer exists; analyze the review again.",
-  };
-  if (byCode[error.code]) return byCode[error.code];
+  if (ERROR_BY_CODE[error.code]) {
+    const [problem, action] = ERROR_BY_CODE[error.code];
+    return { problem, action };
+  }
   if (error.status === 503) {
-    return `The ${service} service is unavailable right now. Try again in a few seconds.`;
+    const wait = error.retryAfterS ? `in ${plural(error.retryAfterS, "second")}` : "in a few seconds";
+    return { problem: `The ${service} service is unavailable right now`, action: `Try again ${wait}` };
   }
-  return `The ${service} service answered with an error (${error.code || error.status}): ${error.message}`;
+  const detail = error.code ? `${error.code}: ${error.message}` : `HTTP ${error.status}`;
+  return { problem: `The ${service} service answered with an error (${detail})`, action: "Try again later" };
+}
+
+function showError(element, { problem, action }) {
+  const what = document.createElement("strong");
+  what.textContent = `${problem}.`;
+  element.replaceChildren(what, ` ${action}.`);
+  element.hidden = false;
+}
+
+function clearError(element) {
+  element.replaceChildren();
+  element.hidden = true;
+}
+
+// Seconds from a Retry-After header (delta-seconds or an HTTP date); null if absent or unreadable.
+function retryAfterSeconds(value) {
+  if (!value) return null;
+  const seconds = /^\d+$/.test(value.trim()) ? Number(value) : (Date.parse(value) - Date.now()) / 1000;
+  return Number.isFinite(seconds) ? Math.max(0, Math.ceil(seconds)) : null;
 }
 
 async function call(url, options = {}) {
   let response;
   try {
     // Only requests with a body say JSON: a plain GET stays a "simple" request, with no CORS preflight.
-    const headers = options.body ? { "Content-Type": "application/json" } : {};
+    const headers = { ...(options.body ? { "Content-Type": "application/json" } : {}), ...options.headers };
     response = await fetch(url, { ...options, headers });
   } catch (exc) {
     throw new TypeError(`network: ${exc}`);
@@ -52,9 +85,39 @@ async function call(url, options = {}) {
   }
   if (!response.ok) {
     const error = (body && body.error) || {};
-    throw new ServiceError(response.status, error.code || "", error.message || response.statusText);
+    const retryAfterS = retryAfterSeconds(response.headers.get("Retry-After"));
+    throw new ServiceError(response.status, error.code || "", error.message || response.statusText, retryAfterS);
   }
   return body;
+}
+
+// How long to wait before sending again, or null to give up: only a 503 or no answer is worth repeating.
+function retryDelayS(error, retriesDone) {
+  if (retriesDone >= MAX_RETRIES) return null;
+  if (error instanceof ServiceError && error.status !== 503) return null;
+  const told = error instanceof ServiceError ? error.retryAfterS : null;
+  const wait = told === null ? retriesDone + 1 : told;
+  return wait <= MAX_RETRY_WAIT_S ? wait : null;
+}
+
+// call(), repeated with the very same options (so the same Idempotency-Key) while retryDelayS allows.
+async function callWithRetries(url, options, onRetry) {
+  for (let retriesDone = 0; ; retriesDone += 1) {
+    try {
+      return await call(url, options);
+    } catch (error) {
+      const waitS = retryDelayS(error, retriesDone);
+      if (waitS === null) throw error;
+      onRetry(error, waitS, retriesDone + 1);
+      await new Promise((resolve) => setTimeout(resolve, waitS * 1000));
+    }
+  }
+}
+
+// 32 hex characters from the browser's CSPRNG (crypto.randomUUID needs a secure context; this does not).
+function newIdempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
 }
 
 function show(element, text) {
@@ -72,6 +135,10 @@ function percent(value) {
   return value === null || value === undefined ? "–" : `${(value * 100).toFixed(1)}%`;
 }
 
+function plural(count, noun) {
+  return `${count.toLocaleString("en")} ${count === 1 ? noun : `${noun}s`}`;
+}
+
 // --- Analyze -----------------------------------------------------------------------------------------------
 
 function updateCount() {
@@ -82,28 +149,42 @@ function updateCount() {
 async function analyze(event) {
   event.preventDefault();
   const text = $("review").value.trim();
-  show($("analyze-error"), "");
+  // The answer on screen belongs to the previous text: whatever this click leads to, it no longer applies.
+  clearError($("analyze-error"));
+  $("result").hidden = true;
+  state.prediction = null;
   if (!text) {
-    show($("analyze-error"), "Write a review first.");
+    showError($("analyze-error"), { problem: "There is no review to analyze", action: "Write a review first" });
     $("review").focus();
     return;
   }
   if (text.length > MAX_CHARS) {
-    show($("analyze-error"), `The review is too long: ${text.length.toLocaleString("en")} characters, the limit is 5,000.`);
+    const problem = `The review is too long: ${text.length.toLocaleString("en")} characters, the limit is 5,000`;
+    showError($("analyze-error"), { problem, action: "Shorten it and try again" });
     $("review").focus();
     return;
   }
   const button = $("analyze");
+  const progress = $("analyze-progress");
   busy(button, true, "Analyzing…");
+  // One key per click, kept for this click's retries: a retry of a request that was stored replays it.
+  const headers = { "Idempotency-Key": newIdempotencyKey() };
+  const options = { method: "POST", body: JSON.stringify({ text }), headers };
+  const onRetry = (error, waitS, retry) => {
+    const why = error instanceof ServiceError ? "is unavailable" : "did not answer";
+    busy(button, true, "Retrying…");
+    const when = `retrying in ${plural(waitS, "second")} (retry ${retry} of ${MAX_RETRIES})`;
+    show(progress, `The prediction service ${why}; ${when}…`);
+  };
   try {
-    const prediction = await call(state.config.predict_url, { method: "POST", body: JSON.stringify({ text }) });
+    const prediction = await callWithRetries(state.config.predict_url, options, onRetry);
     renderPrediction(prediction);
     refreshStatistics();
     loadPage(0);
   } catch (error) {
-    $("result").hidden = true;
-    show($("analyze-error"), plainMessage(error, "prediction"));
+    showError($("analyze-error"), describe(error, "prediction"));
   } finally {
+    show(progress, "");
     busy(button, false, "Analyze");
   }
 }
@@ -124,6 +205,7 @@ function renderPrediction(prediction) {
     `Answered by ${details.model_name} version ${details.model_version} (run ${details.mlflow_run_id.slice(0, 12)})`;
   for (const id of ["feedback-yes", "feedback-no"]) $(id).disabled = false;
   show($("feedback-status"), "");
+  clearError($("feedback-error"));
   $("result").hidden = false;
 }
 
@@ -138,6 +220,7 @@ async function sendFeedback(agrees) {
   };
   const buttons = [$("feedback-yes"), $("feedback-no")];
   buttons.forEach((b) => busy(b, true));
+  clearError($("feedback-error"));
   show($("feedback-status"), "Sending…");
   try {
     await call(state.config.feedback_url, { method: "POST", body: JSON.stringify(body) });
@@ -145,7 +228,8 @@ async function sendFeedback(agrees) {
     await refreshStatistics();
     loadPage(state.page);
   } catch (error) {
-    show($("feedback-status"), plainMessage(error, "feedback"));
+    show($("feedback-status"), "");
+    showError($("feedback-error"), describe(error, "feedback"));
     buttons.forEach((b) => busy(b, false));
     return;
   }
@@ -155,21 +239,25 @@ async function sendFeedback(agrees) {
 // --- Statistics --------------------------------------------------------------------------------------------
 
 async function refreshStatistics() {
-  show($("stats-error"), "");
   try {
     const { statistics } = await call(`${state.config.feedback_url}/statistics`);
+    clearError($("stats-error"));
     renderStatistics(statistics);
   } catch (error) {
-    show($("stats-error"), plainMessage(error, "statistics"));
-    $("stats-overall").textContent = "–";
+    // Numbers from an earlier answer would read as current: the card shows the error alone. (toggleAttribute:
+    // the chart is an SVG element, which has no `hidden` property.)
+    for (const id of ["stats-overall", "stats-counts", "stats-chart", "stats-table"]) {
+      $(id).toggleAttribute("hidden", true);
+    }
+    showError($("stats-error"), describe(error, "statistics"));
   }
 }
 
 function renderStatistics(statistics) {
-  $("stats-overall").textContent =
-    statistics.feedback === 0 ? "No feedback yet" : `${percent(statistics.correctness_rate)} right`;
-  $("stats-counts").textContent =
-    `${statistics.predictions} predictions, ${statistics.feedback} with feedback, ${statistics.correct} correct.`;
+  const rate = statistics.feedback === 0 ? "No feedback yet" : `${percent(statistics.correctness_rate)} right`;
+  show($("stats-overall"), rate);
+  const predictions = plural(statistics.predictions, "prediction");
+  show($("stats-counts"), `${predictions}, ${statistics.feedback} with feedback, ${statistics.correct} correct.`);
   const versions = Object.keys(statistics.by_model_version).sort((a, b) => Number(a) - Number(b));
   const tbody = $("stats-table").querySelector("tbody");
   tbody.replaceChildren();
@@ -193,8 +281,9 @@ function drawChart(versions, byVersion) {
   const title = svg.querySelector("title");
   svg.replaceChildren(title);
   const rated = versions.filter((v) => byVersion[v].correctness_rate !== null);
-  svg.hidden = rated.length === 0;
-  if (svg.hidden) return;
+  // An SVG element has no `hidden` property: the attribute itself is set.
+  svg.toggleAttribute("hidden", rated.length === 0);
+  if (rated.length === 0) return;
   const ns = "http://www.w3.org/2000/svg";
   const rowHeight = 26;
   const left = 56;
@@ -220,7 +309,7 @@ function drawChart(versions, byVersion) {
 // --- Recent predictions ------------------------------------------------------------------------------------
 
 async function loadPage(page) {
-  show($("recent-error"), "");
+  clearError($("recent-error"));
   const token = state.pageTokens[page];
   const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
   if (token) query.set("page_token", token);
@@ -233,7 +322,7 @@ async function loadPage(page) {
     renderRecent(body.predictions, page);
     more.hidden = !body.next_page_token;
   } catch (error) {
-    show($("recent-error"), plainMessage(error, "feedback"));
+    showError($("recent-error"), describe(error, "feedback"));
   } finally {
     busy(more, false);
   }
@@ -273,8 +362,12 @@ async function start() {
     state.config = await response.json();
     if (!state.config.predict_url || !state.config.feedback_url) throw new Error("incomplete");
   } catch (exc) {
-    const message = "The page cannot find its configuration (config.json), so it cannot reach the services.";
-    for (const id of ["analyze-error", "stats-error", "recent-error"]) show($(id), message);
+    const message = {
+      problem: "The page cannot read its configuration (config.json), so it cannot reach the services",
+      action: "Reload the page; if that does not help, the site was deployed without it",
+    };
+    for (const id of ["analyze-error", "stats-error", "recent-error"]) showError($(id), message);
+    $("stats-overall").hidden = true;
     $("analyze").disabled = true;
     return;
   }

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from localdev import services
+from localdev import services, website
 from sentiment_core.contract import MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -234,12 +234,9 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
 
 
 def _start_frontend(port: int, urls: dict[str, str]) -> services.Service:
-    """The page's files, copied as to the site bucket, with the config.json that names the function URLs."""
+    """The page's files as in the site bucket: config.json names the function URLs, the CSP their origins."""
     site = LOCAL_DIR / "site"
-    shutil.rmtree(site, ignore_errors=True)
-    shutil.copytree(REPO_ROOT / "frontend", site, ignore=shutil.ignore_patterns("README.md", "tests"))
-    config = {"predict_url": urls["predict"], "feedback_url": urls["feedback"]}
-    (site / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    website.build(site, urls["predict"], urls["feedback"])
     argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)]
     return services.start(
         "frontend", argv, url=urls["frontend"], ready_path="/config.json", log_path=LOGS / "frontend.log"

@@ -105,13 +105,28 @@ resource "google_storage_bucket_iam_member" "site_public" {
 }
 
 resource "google_storage_bucket_object" "site" {
-  for_each = toset(["index.html", "app.js", "style.css"])
+  for_each = toset(["app.js", "style.css", "favicon.svg"])
 
   bucket        = google_storage_bucket.site.name
   name          = each.value
   source        = "${path.module}/../../frontend/${each.value}"
-  content_type  = lookup({ html = "text/html", js = "text/javascript", css = "text/css" }, regex("[a-z]+$", each.value))
+  content_type  = lookup({ js = "text/javascript", css = "text/css", svg = "image/svg+xml" }, regex("[a-z]+$", each.value))
   cache_control = "no-cache"
+}
+
+# A bucket cannot send a Content-Security-Policy header: index.html carries it in a meta element, rendered
+# here with the function origins so that the page may connect to them and to nothing else (as localdev/website.py
+# does for the local stack).
+resource "google_storage_bucket_object" "site_index" {
+  bucket        = google_storage_bucket.site.name
+  name          = "index.html"
+  content_type  = "text/html"
+  cache_control = "no-cache"
+  content = templatefile("${path.module}/../../frontend/index.html", {
+    connect_origins = join(" ", distinct([
+      for name in ["predict", "feedback"] : regex("^https://[^/]+", google_cloudfunctions2_function.main[name].service_config[0].uri)
+    ]))
+  })
 }
 
 resource "google_storage_bucket_object" "site_config" {

@@ -3,40 +3,58 @@ functions and the Firestore emulator: analyze, give feedback, see statistics cha
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-import shutil
+import re
 import sys
+import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from localdev import services
-from tests.functions.conftest import call
+from localdev import services, website
+from tests.functions.conftest import ORIGIN, call
 
 CHROMIUM = Path("/usr/bin/chromium")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+POSITIVE = "The pasta was wonderful and the staff were so friendly. Great value!"
 
 
 @pytest.fixture(scope="module")
 def site(function_env: dict, tmp_path_factory) -> Iterator[dict]:
-    """The page served as a static site, and predict and feedback allowing its origin."""
+    """The page built as the local stack builds it, served as a static site; predict and feedback allow its
+    origin. A test may stop predict to see the page's errors: `live_site` starts it again."""
     workdir = tmp_path_factory.mktemp("site")
     port = services.free_port()
     origin = f"http://127.0.0.1:{port}"
     env = {**function_env, "ALLOWED_ORIGINS": origin}
     root = workdir / "www"
-    shutil.copytree(REPO_ROOT / "frontend", root, ignore=shutil.ignore_patterns("README.md"))
-    with (
-        services.start_function("predict", workdir, env) as predict,
-        services.start_function("feedback", workdir, env, ready_path="/statistics") as feedback,
-    ):
-        (root / "config.json").write_text(json.dumps({"predict_url": predict.url, "feedback_url": feedback.url}))
+    with contextlib.ExitStack() as running:
+        feedback = running.enter_context(services.start_function("feedback", workdir, env, ready_path="/statistics"))
+        site = {"url": origin, "feedback": feedback, "workdir": workdir, "env": env}
+        site["predict"] = services.start_function("predict", workdir, env)
+        running.callback(lambda: site["predict"].stop())
+        website.build(root, site["predict"].url, feedback.url)
         argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)]
-        with services.start("site", argv, url=origin, ready_path="/config.json", log_path=workdir / "site.log"):
-            yield {"url": origin, "predict": predict, "feedback": feedback}
+        running.enter_context(
+            services.start("site", argv, url=origin, ready_path="/config.json", log_path=workdir / "site.log")
+        )
+        yield site
+
+
+@pytest.fixture
+def live_site(site: dict) -> dict:
+    """The site with predict answering, on the URL its config.json names."""
+    try:
+        answering = call(f"{site['predict'].url}/healthz", timeout=10).status == 200
+    except OSError:  # refused: stopped by an earlier test
+        answering = False
+    if not answering:
+        site["predict"].stop()
+        port = urllib.parse.urlsplit(site["predict"].url).port
+        site["predict"] = services.start_function("predict", site["workdir"], site["env"], port=port)
+    return site
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +79,76 @@ def screenshots(tmp_path: Path) -> Path:
     return folder
 
 
-def test_page_analyze_feedback_statistics_paging_and_errors(site, browser, clean_db, screenshots: Path) -> None:
+def unavailable(retry_after_s: int) -> Callable:
+    """A route handler answering as predict or feedback do when their store is down (with CORS, as they do)."""
+
+    def answer(route) -> None:
+        origin = route.request.headers.get("origin", "")
+        route.fulfill(
+            status=503,
+            headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Expose-Headers": "Idempotent-Replayed, Retry-After",
+                "Retry-After": str(retry_after_s),
+            },
+            json={"error": {"code": "store_unavailable", "message": "the store cannot be reached; retry later"}},
+        )
+
+    return answer
+
+
+def unreachable(route) -> None:
+    route.abort("connectionrefused")
+
+
+def intercept_predict(page, site: dict, failures: list[Callable]) -> list[dict]:
+    """Every POST the page sends to predict (Idempotency-Key, body, when), answered by the next of `failures`
+    while there are any, then passed on to the real predict."""
+    sent: list[dict] = []
+
+    def handle(route) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        sent.append(
+            {
+                "key": route.request.headers.get("idempotency-key"),
+                "body": route.request.post_data,
+                "at": time.monotonic(),
+            }
+        )
+        if failures:
+            failures.pop(0)(route)
+        else:
+            route.continue_()
+
+    predict = site["predict"].url
+    page.route(lambda url: url.startswith(f"{predict}/"), handle)
+    return sent
+
+
+def answered_prediction(site: dict, text: str, *, user_says_positive: bool) -> None:
+    """A prediction with feedback, made through the functions, for the page to show."""
+    prediction = call(site["predict"].url, {"text": text}).json
+    answer = {
+        "prediction_id": prediction["id"],
+        "is_positive_user_answered": user_says_positive,
+        "feedback_token": prediction["feedback_token"],
+    }
+    assert call(site["feedback"].url, answer).status == 200
+
+
+def open_page(browser, site: dict, **options):
+    context = browser.new_context(**options)
+    page = context.new_page()
+    page.goto(site["url"])
+    return context, page
+
+
+def test_page_analyze_feedback_statistics_paging_and_errors(live_site, browser, clean_db, screenshots: Path) -> None:
     from playwright.sync_api import expect
 
+    site = live_site
     context = browser.new_context(viewport={"width": 1000, "height": 1400})
     page = context.new_page()
     requested: list[str] = []
@@ -74,13 +159,14 @@ def test_page_analyze_feedback_statistics_paging_and_errors(site, browser, clean
     expect(page.locator("#stats-overall")).to_have_text("No feedback yet")
 
     # A positive review, by keyboard: type, Ctrl+Enter.
-    page.get_by_label("Review text").fill("The pasta was wonderful and the staff were so friendly. Great value!")
+    page.get_by_label("Review text").fill(POSITIVE)
     page.get_by_label("Review text").press("Control+Enter")
     expect(page.locator("#result-label")).to_have_text("Positive")
     expect(page.locator("#result-model")).to_contain_text("version")
     page.get_by_role("button", name="Yes").click()
     expect(page.locator("#feedback-status")).to_have_text("Thanks, your answer counted.")
     expect(page.locator("#stats-overall")).to_have_text("100.0% right")
+    expect(page.locator("#stats-counts")).to_have_text("1 prediction, 1 with feedback, 1 correct.")
     page.screenshot(path=str(screenshots / "page-positive.png"), full_page=True)
 
     # A negative one, which the user says the model got wrong: the rate halves.
@@ -109,11 +195,16 @@ def test_page_analyze_feedback_statistics_paging_and_errors(site, browser, clean
     # Errors in plain words: too long, then predict down.
     page.get_by_label("Review text").fill("x" * 5001)
     page.get_by_role("button", name="Analyze").click()
-    expect(page.locator("#analyze-error")).to_have_text("The review is too long: 5,001 characters, the limit is 5,000.")
+    expect(page.locator("#analyze-error")).to_have_text(
+        "The review is too long: 5,001 characters, the limit is 5,000. Shorten it and try again."
+    )
     site["predict"].stop()
     page.get_by_label("Review text").fill("Is anybody there?")
     page.get_by_role("button", name="Analyze").click()
-    expect(page.locator("#analyze-error")).to_contain_text("Cannot reach the prediction service")
+    expect(page.locator("#analyze-progress")).to_contain_text("did not answer; retrying in 1 second (retry 1 of 2)")
+    # Two retries, 1 s and 2 s apart, before the page gives up.
+    expect(page.locator("#analyze-error")).to_contain_text("Cannot reach the prediction service", timeout=15_000)
+    expect(page.locator("#analyze-progress")).to_be_hidden()
     page.screenshot(path=str(screenshots / "page-predict-down.png"), full_page=True)
 
     allowed = {site["url"], site["predict"].url, site["feedback"].url}
@@ -122,18 +213,187 @@ def test_page_analyze_feedback_statistics_paging_and_errors(site, browser, clean
     context.close()
 
 
-def test_page_on_a_phone_has_no_horizontal_scroll(site, browser, screenshots: Path) -> None:
-    context = browser.new_context(viewport={"width": 375, "height": 800}, is_mobile=True)
-    page = context.new_page()
-    page.goto(site["url"])
-    page.wait_for_selector("#stats-overall:not(:text('Loading…'))")
+def test_page_sends_a_new_idempotency_key_with_each_analyze(live_site, browser) -> None:
+    from playwright.sync_api import expect
+
+    context, page = open_page(browser, live_site)
+    sent = intercept_predict(page, live_site, failures=[])
+
+    page.get_by_label("Review text").fill(POSITIVE)
+    for _ in range(2):  # the same text twice: two clicks, two predictions
+        page.get_by_role("button", name="Analyze").click()
+        expect(page.locator("#result")).to_be_visible()
+        expect(page.get_by_role("button", name="Analyze")).to_be_enabled()
+
+    assert len(sent) == 2
+    assert all(re.fullmatch(r"[0-9a-f]{32}", attempt["key"] or "") for attempt in sent), sent
+    assert sent[0]["key"] != sent[1]["key"]
+    context.close()
+
+
+@pytest.mark.parametrize("failure", [unavailable(1), unreachable], ids=["503-retry-after-1", "no-answer"])
+def test_page_analyze_retries_a_failed_request_with_the_same_key_and_shows_the_result(
+    live_site, browser, clean_db, failure: Callable
+) -> None:
+    from playwright.sync_api import expect
+
+    context, page = open_page(browser, live_site)
+    sent = intercept_predict(page, live_site, failures=[failure])
+
+    page.get_by_label("Review text").fill(POSITIVE)
+    page.get_by_role("button", name="Analyze").click()
+
+    expect(page.locator("#analyze-progress")).to_contain_text("retrying in 1 second (retry 1 of 2)")
+    expect(page.get_by_role("button", name="Retrying…")).to_be_disabled()
+    expect(page.locator("#result-label")).to_have_text("Positive")
+    expect(page.locator("#analyze-progress")).to_be_hidden()
+    expect(page.locator("#analyze-error")).to_be_hidden()
+    assert len(sent) == 2
+    assert (sent[1]["key"], sent[1]["body"]) == (sent[0]["key"], sent[0]["body"])
+    assert sent[1]["at"] - sent[0]["at"] >= 1.0  # Retry-After, or the first pause when there was no answer
+    assert clean_db.collection("predictions").count().get()[0][0].value == 1
+    context.close()
+
+
+def test_page_analyze_gives_up_after_two_retries_with_the_same_key(live_site, browser) -> None:
+    from playwright.sync_api import expect
+
+    context, page = open_page(browser, live_site)
+    sent = intercept_predict(page, live_site, failures=[unavailable(1)] * 3)
+
+    page.get_by_label("Review text").fill(POSITIVE)
+    page.get_by_role("button", name="Analyze").click()
+
+    expect(page.locator("#analyze-error")).to_have_text(
+        "The prediction service is unavailable right now. Try again in 1 second.", timeout=10_000
+    )
+    expect(page.get_by_role("button", name="Analyze")).to_be_enabled()
+    assert len(sent) == 3
+    assert len({attempt["key"] for attempt in sent}) == 1
+    context.close()
+
+
+def test_page_analyze_does_not_wait_out_a_long_retry_after_and_says_when_to_try(live_site, browser) -> None:
+    from playwright.sync_api import expect
+
+    context, page = open_page(browser, live_site)
+    sent = intercept_predict(page, live_site, failures=[unavailable(60)])
+
+    page.get_by_label("Review text").fill(POSITIVE)
+    page.get_by_role("button", name="Analyze").click()
+
+    expect(page.locator("#analyze-error")).to_have_text(
+        "The prediction service is unavailable right now. Try again in 60 seconds."
+    )
+    assert len(sent) == 1
+    context.close()
+
+
+def test_page_analyze_with_empty_text_clears_the_previous_result(live_site, browser) -> None:
+    from playwright.sync_api import expect
+
+    context, page = open_page(browser, live_site)
+    sent = intercept_predict(page, live_site, failures=[])
+    page.get_by_label("Review text").fill(POSITIVE)
+    page.get_by_role("button", name="Analyze").click()
+    expect(page.locator("#result")).to_be_visible()
+
+    page.get_by_label("Review text").fill("   ")
+    page.get_by_role("button", name="Analyze").click()
+
+    expect(page.locator("#result")).to_be_hidden()
+    expect(page.locator("#analyze-error")).to_have_text("There is no review to analyze. Write a review first.")
+    assert len(sent) == 1
+    context.close()
+
+
+def test_page_statistics_error_replaces_the_numbers_until_they_load_again(live_site, browser, clean_db) -> None:
+    from playwright.sync_api import expect
+
+    answered_prediction(live_site, POSITIVE, user_says_positive=True)
+    context, page = open_page(browser, live_site)
+    numbers = [page.locator(f"#stats-{part}") for part in ("overall", "counts", "chart", "table")]
+    expect(page.locator("#stats-counts")).to_have_text("1 prediction, 1 with feedback, 1 correct.")
+    statistics = f"{live_site['feedback'].url}/statistics"
+
+    page.route(statistics, unavailable(5))
+    page.get_by_role("button", name="Refresh").click()
+
+    expect(page.locator("#stats-error")).to_have_text(
+        "The statistics service is unavailable right now. Try again in 5 seconds."
+    )
+    for part in numbers:
+        expect(part).to_be_hidden()
+
+    page.unroute(statistics)
+    page.get_by_role("button", name="Refresh").click()
+
+    expect(page.locator("#stats-error")).to_be_hidden()
+    for part in numbers:
+        expect(part).to_be_visible()
+    context.close()
+
+
+@pytest.mark.parametrize(("function", "path"), [("predict", "/healthz"), ("feedback", "/statistics")])
+def test_functions_let_the_page_read_retry_after_and_idempotent_replayed(site, function: str, path: str) -> None:
+    answer = call(site[function].url + path, headers={"Origin": site["url"]})
+
+    exposed = {name.strip().lower() for name in answer.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"retry-after", "idempotent-replayed"} <= exposed
+
+
+def test_page_csp_lets_it_connect_only_to_its_site_and_the_two_function_origins(site, browser) -> None:
+    context, page = open_page(browser, site)
+    policy = page.locator('meta[http-equiv="Content-Security-Policy"]').get_attribute("content")
+    directives = {name: values for name, *values in (part.split() for part in policy.split(";") if part.strip())}
+    # A fetch to an origin the policy does not name (CORS would allow this one): the browser refuses to send it.
+    refused = page.evaluate(
+        """async (url) => {
+          const violated = new Promise((resolve) => document.addEventListener(
+            "securitypolicyviolation", (event) => resolve(event.effectiveDirective), { once: true }));
+          const sent = fetch(url).then(() => "answered", () => "failed");
+          return Promise.race([violated, sent.then((outcome) => new Promise((resolve) => setTimeout(
+            () => resolve(`no violation (${outcome})`), 2000)))]);
+        }""",
+        f"{ORIGIN}/",
+    )
+
+    assert set(directives["connect-src"]) == {"'self'", site["predict"].url, site["feedback"].url}
+    assert refused == "connect-src"
+    context.close()
+
+
+def test_page_favicon_is_an_svg_served_by_the_site_itself(site, browser) -> None:
+    context, page = open_page(browser, site)
+    href = page.locator('link[rel="icon"]').get_attribute("href")
+    icon_url = urllib.parse.urljoin(f"{site['url']}/", href)
+
+    icon = call(icon_url)
+
+    assert icon_url.startswith(f"{site['url']}/")
+    assert icon.status == 200
+    assert icon.headers["Content-Type"] == "image/svg+xml"
+    assert icon.raw.startswith(b"<svg ")
+    context.close()
+
+
+def test_page_on_a_phone_has_no_horizontal_scroll(live_site, browser, clean_db, screenshots: Path) -> None:
+    # Content as wide as it gets: a review with a word longer than the screen, and a full statistics table.
+    answered_prediction(live_site, "Sooo" + "o" * 120 + " good! " + POSITIVE, user_says_positive=False)
+    context, page = open_page(browser, live_site, viewport={"width": 375, "height": 800}, is_mobile=True)
+    page.wait_for_selector("#stats-table:not([hidden])")
+    page.wait_for_selector("#recent-list li")
 
     width = page.evaluate("document.documentElement.scrollWidth")
     wide = page.evaluate(
         "[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > 376)"
         ".map(e => e.tagName + '#' + e.id + '.' + e.className)"
     )
+    table_overflow = page.evaluate(
+        "(() => { const wrap = document.querySelector('.table-wrap'); return wrap.scrollWidth - wrap.clientWidth; })()"
+    )
 
     assert width <= 375, wide
+    assert table_overflow <= 0  # the whole table on screen, not behind a scroll bar of its own
     page.screenshot(path=str(screenshots / "page-phone.png"), full_page=True)
     context.close()

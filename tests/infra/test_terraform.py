@@ -209,6 +209,20 @@ def test_firestore_is_protected() -> None:
     assert database["delete_protection_state"] == "DELETE_PROTECTION_ENABLED"
 
 
+def test_the_site_bucket_gets_every_file_of_the_page_with_index_html_rendered() -> None:
+    objects = resources("google_storage_bucket_object")
+    copied = set(re.findall(r'"([\w.-]+)"', objects["site"]["for_each"]))
+    page_files = {path.name for path in (REPO_ROOT / "frontend").iterdir() if path.name != "README.md"}
+    placeholders = set(re.findall(r"\$\{(\w+)\}", (REPO_ROOT / "frontend" / "index.html").read_text()))
+
+    assert copied | {"index.html"} == page_files
+    assert all(f"{name.rsplit('.', 1)[1]} =" in objects["site"]["content_type"] for name in copied)
+    assert unquote(objects["site_index"]["name"]) == "index.html"
+    assert 'templatefile("${path.module}/../../frontend/index.html"' in objects["site_index"]["content"]
+    assert placeholders == {"connect_origins"}
+    assert all(f"{name} =" in objects["site_index"]["content"] for name in placeholders)
+
+
 PROVIDER_WHEEL = "cdktf-cdktf-provider-google==16.12.1"  # the google provider 6.50 schema, in its jsii assembly
 META = {"for_each", "count", "depends_on", "lifecycle", "provider", "__comments__", "__is_block__"}
 

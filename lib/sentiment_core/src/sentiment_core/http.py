@@ -152,8 +152,12 @@ class Cors:
     def headers(self, request: flask.Request) -> dict[str, str]:
         origin = request.headers.get("Origin", "")
         if origin and ("*" in self.allowed_origins or origin in self.allowed_origins):
-            # A page reads Idempotent-Replayed only if it is exposed (CORS hides non-safelisted headers).
-            return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": "Idempotent-Replayed"}
+            # A page reads these only if they are exposed (CORS hides non-safelisted headers): Idempotent-Replayed,
+            # and Retry-After, which the page waits out before it retries.
+            return {
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Expose-Headers": "Idempotent-Replayed, Retry-After",
+            }
         return {}
 
     def preflight(self, request: flask.Request, allow: str) -> flask.Response:

@@ -1,0 +1,41 @@
+"""The static page as it is deployed: the files of frontend/, a config.json naming the function URLs, and
+index.html rendered so that its Content-Security-Policy lets the page connect to those two origins only.
+
+Terraform renders the same template for the site bucket (infra/terraform/storage.tf): a bucket cannot send a
+Content-Security-Policy header, so the policy is a meta element written when the URLs are known.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import string
+import urllib.parse
+from pathlib import Path
+
+FRONTEND_DIR = Path(__file__).resolve().parents[1] / "frontend"
+
+
+def origin(url: str) -> str:
+    """scheme://host[:port] of a URL: what a Content-Security-Policy source names."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def connect_origins(predict_url: str, feedback_url: str) -> str:
+    """The origins the page may connect to besides its own, space-separated, each once."""
+    return " ".join(dict.fromkeys([origin(predict_url), origin(feedback_url)]))
+
+
+def build(destination: Path, predict_url: str, feedback_url: str) -> None:
+    """Write the site into destination (replaced): the page's files, config.json and the rendered index.html."""
+    shutil.rmtree(destination, ignore_errors=True)
+    shutil.copytree(FRONTEND_DIR, destination, ignore=shutil.ignore_patterns("README.md"))
+    index = destination / "index.html"
+    # substitute, not safe_substitute: a placeholder left unfilled would fail here, not silently in a browser.
+    template = string.Template(index.read_text())
+    index.write_text(template.substitute(connect_origins=connect_origins(predict_url, feedback_url)))
+    config = {"predict_url": predict_url, "feedback_url": feedback_url}
+    (destination / "config.json").write_text(json.dumps(config, indent=2) + "\n")
