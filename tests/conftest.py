@@ -148,6 +148,11 @@ class Early:
         self.start()
         return self._future.result()
 
+    def settled(self) -> None:
+        """Wait until the work, if started, has ended (either way)."""
+        if self._future is not None:
+            concurrent.futures.wait([self._future])
+
     def close(self) -> None:
         self._resources.close()  # stops servers and kills a training still running, so the thread ends too
         if self._future is not None:
@@ -179,7 +184,10 @@ def _server(resources: contextlib.ExitStack, prefix: str) -> services.Service:
 
 
 def _full_run(resources: contextlib.ExitStack) -> dict:
-    return _train_registered(resources, _server(resources, "mlflow-full-").url, [])
+    server = _server(resources, "mlflow-full-")
+    # Two trainings at once on two cores would delay the quick model, which the first tests wait for.
+    EARLY["trained"].settled()
+    return _train_registered(resources, server.url, [])
 
 
 EARLY: dict[str, Early] = {"mlflow_server": Early(lambda resources: _server(resources, "mlflow-"))}
