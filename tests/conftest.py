@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -128,16 +129,59 @@ def run_training(
 QUICK_RUN = ["--limit", "20000", "--epochs", "2"]
 
 
+class Cancelled(RuntimeError):
+    """The session ended before the work did."""
+
+
+class Resources:
+    """What background work opened (servers, folders, child processes), closed once at session end.
+
+    The work adds to it from its own thread while the session may close it at any moment: whatever is added
+    after the close is closed at once and the work is cancelled, so nothing outlives the session.
+    """
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def enter(self, context: contextlib.AbstractContextManager) -> Any:
+        value = context.__enter__()  # outside the lock: starting a server takes seconds
+        with self._lock:
+            if not self._closed:
+                self._stack.push(context)
+                return value
+        context.__exit__(None, None, None)
+        raise Cancelled
+
+    def callback(self, cleanup: Callable[[], object]) -> None:
+        with self._lock:
+            if not self._closed:
+                self._stack.callback(cleanup)
+                return
+        cleanup()
+        raise Cancelled
+
+    def check(self) -> None:
+        if self._closed:
+            raise Cancelled
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._stack.close()
+
+
 class Early:
     """What a session fixture needs, started in a thread as soon as collection shows a test will use it.
 
     The slow parts of the session (MLflow servers, the training runs) then overlap the tests that come first
-    instead of stalling the first test that needs them. Whatever the work opened is closed at session end.
+    instead of stalling the first test that needs them.
     """
 
-    def __init__(self, work: Callable[[contextlib.ExitStack], Any]) -> None:
+    def __init__(self, work: Callable[[Resources], Any]) -> None:
         self._work = work
-        self._resources = contextlib.ExitStack()
+        self._resources = Resources()
         self._future: concurrent.futures.Future | None = None
 
     def start(self) -> None:
@@ -153,15 +197,14 @@ class Early:
         if self._future is not None:
             concurrent.futures.wait([self._future])
 
-    def close(self) -> None:
-        self._resources.close()  # stops servers and kills a training still running, so the thread ends too
-        if self._future is not None:
-            concurrent.futures.wait([self._future])
+    def cancel(self) -> None:
+        """Stop the servers and kill the child processes the work opened; the work then ends soon."""
+        self._resources.close()
 
 
-def _train_registered(resources: contextlib.ExitStack, tracking_uri: str, extra: list[str]) -> dict:
+def _train_registered(resources: Resources, tracking_uri: str, extra: list[str]) -> dict:
     """`python -m training.train` registering, promoting and staging a model; its summary."""
-    staged = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="staged-"))) / "model"
+    staged = Path(resources.enter(tempfile.TemporaryDirectory(prefix="staged-"))) / "model"
     argv = ["--quiet", "--tracking-uri", tracking_uri, "--register", "--promote", "--output-dir", str(staged), *extra]
     process = subprocess.Popen(
         [sys.executable, "-m", "training.train", *argv],
@@ -178,15 +221,16 @@ def _train_registered(resources: contextlib.ExitStack, tracking_uri: str, extra:
     return {**summary, "staged_dir": staged, "stderr": stderr, "tracking_uri": tracking_uri}
 
 
-def _server(resources: contextlib.ExitStack, prefix: str) -> services.Service:
-    workdir = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
-    return resources.enter_context(services.start_mlflow(workdir))
+def _server(resources: Resources, prefix: str) -> services.Service:
+    workdir = Path(resources.enter(tempfile.TemporaryDirectory(prefix=prefix)))
+    return resources.enter(services.start_mlflow(workdir))
 
 
-def _full_run(resources: contextlib.ExitStack) -> dict:
+def _full_run(resources: Resources) -> dict:
     server = _server(resources, "mlflow-full-")
     # Two trainings at once on two cores would delay the quick model, which the first tests wait for.
     EARLY["trained"].settled()
+    resources.check()
     return _train_registered(resources, server.url, [])
 
 
@@ -227,8 +271,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    for early in reversed(EARLY.values()):
-        early.close()
+    for early in EARLY.values():  # all cancelled first: one work may be waiting on another
+        early.cancel()
+    for early in EARLY.values():
+        early.settled()
 
 
 SERVER_FIXTURES = frozenset(

@@ -1,7 +1,8 @@
 """The consumer of `model-production-changed`: redeploy `predict` on the staged version, once per change.
 
 Delivery is at least once. A duplicate of the event that already serves, an event superseded by a newer
-promotion, or one whose deploy another delivery is running, is acknowledged and changes nothing. A failed deploy
+promotion, or one whose deploy another delivery is running, is acknowledged and changes nothing. An event that
+arrives while another event's deploy runs raises, so it is delivered again once that deploy is done. A failed deploy
 raises, so Pub/Sub delivers again; after the subscription's maximum attempts the message goes to the dead-letter
 topic. An event that can never be processed (malformed) raises too, and ends there (redeploy_service).
 
@@ -25,6 +26,10 @@ from sentiment_core.events import ProductionChanged
 logger = logging.getLogger("sentiment.redeploy")
 
 
+class DeployBusy(RuntimeError):
+    """Another event's deploy is running: raised so that Pub/Sub delivers this event again later."""
+
+
 @dataclasses.dataclass
 class Redeployer:
     store: DeploymentStore
@@ -39,6 +44,9 @@ class Redeployer:
         if decision.action is Action.OTHER_MODEL:
             logger.warning("event %s for model %s ignored: %s", event.event_id, event.model_name, decision.detail)
             return decision.action
+        if decision.action is Action.BUSY:
+            logger.info("event %s waits: %s", event.event_id, decision.detail, extra=fields)
+            raise DeployBusy(decision.detail)
         if decision.action is not Action.DEPLOY:
             logger.info("event %s: %s, nothing to deploy", event.event_id, decision.action, extra=fields)
             return decision.action

@@ -6,6 +6,7 @@ decision as one compare-and-swap.
     Delivered -> DEPLOY (the deploy lease taken) -> Succeeded -> DEPLOYED | ROLLED_BACK
                                                  -> Failed -> FAILED (Pub/Sub delivers the event again)
               -> ALREADY_SERVING | SUPERSEDED | IN_PROGRESS | OTHER_MODEL (acknowledged, nothing deployed)
+              -> BUSY (another event's deploy runs: not acknowledged, so Pub/Sub delivers it again later)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Action(StrEnum):
     ALREADY_SERVING = "already_serving"  # a redelivery or a duplicate
     SUPERSEDED = "superseded"  # a newer event has been announced since
     IN_PROGRESS = "in_progress"  # another delivery of this event holds the deploy lease
+    BUSY = "busy"  # another event's deploy holds the lease: two updates of one service must not overlap
     OTHER_MODEL = "other_model"
     DEPLOY = "deploy"  # step: deploy under the lease just taken
 
@@ -98,8 +100,10 @@ def _delivered(state: DeploymentState, delivered: Delivered, policy: Policy, now
     if state.target is not None and state.target.event_id != event.event_id:
         return Decision(Action.SUPERSEDED, state, detail=f"version {state.target.version} was announced since")
     deploying = state.deploying
-    if deploying is not None and deploying.key == event.event_id and deploying.active(now):
-        return Decision(Action.IN_PROGRESS, state)
+    if deploying is not None and deploying.active(now):
+        if deploying.key == event.event_id:
+            return Decision(Action.IN_PROGRESS, state)
+        return Decision(Action.BUSY, state, detail=f"the deploy of event {deploying.key} is still running")
     lease = Lease.take(event.event_id, delivered.deployer, now, policy.lease_s)
     return Decision(Action.DEPLOY, dataclasses.replace(state, deploying=lease))
 

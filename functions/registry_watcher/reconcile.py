@@ -30,7 +30,7 @@ from watcher_decisions import (
 )
 
 from sentiment_core.deployment_store import DeploymentStore
-from sentiment_core.deployments import Decision, Desired
+from sentiment_core.deployments import Decision, Desired, HistoryKind
 from sentiment_core.events import ProductionChanged
 from sentiment_core.registry import ModelVersion, RegistryClient
 
@@ -105,8 +105,11 @@ class Reconciler:
                 extra={"model_version": found.version, "trigger": trigger},
             )
         if decision.action is Action.PUBLISH:
-            uri = decision.state.outbox.model_uri
-            logger.info("staged version %s at %s", found.version, uri, extra={"model_version": found.version})
+            fields = {"model_version": found.version, "event_id": decision.event_id}
+            if any(entry.kind is HistoryKind.REANNOUNCED for entry in decision.history):
+                logger.warning("%s: announcing it again", decision.detail, extra=fields)
+            else:
+                logger.info("staged version %s at %s", found.version, decision.state.outbox.model_uri, extra=fields)
             decision = self._publish(decision.state.outbox)
         return TickResult.of(decision)
 

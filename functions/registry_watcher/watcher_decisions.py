@@ -8,6 +8,7 @@ into evidence, and commits each decision as one compare-and-swap. A tick is a ch
                                             -> Abandoned (an error) -> RELEASED
                                    -> UP_TO_DATE | REPUBLISHED | REFUSED_EARLIER | IN_PROGRESS
                                       | NO_PRODUCTION_VERSION
+                                   -> PUBLISH (the announced version still not serving: announced again)
 
 A new kind of evidence (a rollout's live statistics, say) is a new dataclass and a new branch of decide().
 """
@@ -32,6 +33,10 @@ from sentiment_core.deployments import (
 from sentiment_core.events import ProductionChanged
 
 CLAIM_TTL_S = 300.0  # longer than a gate + staging of a large model; a crashed claimer blocks at most this long
+# An announced version not serving this long after its event, with no deploy running, lost its event (a message
+# dropped after its last delivery attempt, an emulator restarted): publish it again. Longer than a redeploy
+# normally takes from event to serving, so a deploy on its way is not disturbed; the consumer is idempotent.
+REANNOUNCE_AFTER_S = 120.0
 
 
 class Action(StrEnum):
@@ -53,6 +58,7 @@ class Action(StrEnum):
 class Policy:
     model_name: str
     claim_ttl_s: float = CLAIM_TTL_S
+    reannounce_after_s: float = REANNOUNCE_AFTER_S
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +143,8 @@ def _looked(state: DeploymentState, seen: Looked, policy: Policy, now: datetime)
     if new.target is not None and new.target.version == desired.version:
         if seen.republished:
             return Decision(Action.REPUBLISHED, new, event_id=seen.republished)
+        if _lost_its_event(new, policy, now):
+            return _reannounce(new, policy, now)
         return Decision(Action.UP_TO_DATE, new)
     if new.refused is not None:
         return Decision(Action.REFUSED_EARLIER, new, detail=f"{new.refused.reason}: {new.refused.detail}")
@@ -145,6 +153,35 @@ def _looked(state: DeploymentState, seen: Looked, policy: Policy, now: datetime)
         return Decision(Action.IN_PROGRESS, state, detail=f"another run is staging version {new.claim.key}")
     claim = Lease.take(desired.version, seen.claimant, now, policy.claim_ttl_s)
     return Decision(Action.CLAIM, dataclasses.replace(new, claim=claim))
+
+
+def _lost_its_event(state: DeploymentState, policy: Policy, now: datetime) -> bool:
+    """The announced version is not serving, nothing is on its way, and its event is old enough to be lost."""
+    target, serving, deploying = state.target, state.serving, state.deploying
+    if target is None or state.outbox is not None or (deploying is not None and deploying.active(now)):
+        return False
+    if serving is not None and (serving.version, serving.sha256) == (target.version, target.sha256):
+        return False
+    return (now - target.last_announced).total_seconds() >= policy.reannounce_after_s
+
+
+def _reannounce(state: DeploymentState, policy: Policy, now: datetime) -> Decision[Action]:
+    """The target's event, with its own id, back in the outbox: the consumer deploys it once."""
+    target = state.target
+    serving = state.serving.version if state.serving is not None else None
+    event = ProductionChanged(
+        event_id=target.event_id,
+        model_name=policy.model_name,
+        model_version=target.version,
+        mlflow_run_id=target.run_id,
+        model_uri=target.model_uri,
+        sha256=target.sha256,
+        previous_version=serving,
+    )
+    detail = f"version {target.version} was announced but {f'version {serving}' if serving else 'nothing'} serves"
+    entry = HistoryEntry(HistoryKind.REANNOUNCED, target.version, now, event_id=target.event_id, detail=detail)
+    announced = dataclasses.replace(state, target=dataclasses.replace(target, announced_at=now), outbox=event)
+    return Decision(Action.PUBLISH, announced, (entry,), detail, event_id=target.event_id)
 
 
 def _no_production_version(state: DeploymentState, seen: Looked, policy: Policy, now: datetime) -> Decision[Action]:

@@ -94,6 +94,16 @@ TABLE = [
         id="another-delivery-deploying-this-event-is-in-progress",
     ),
     pytest.param(
+        dataclasses.replace(V2_ANNOUNCED, deploying=dataclasses.replace(THEIR_LEASE, key="event-1")),
+        Delivered(EVENT_V2, ME),
+        Decision(
+            Action.BUSY,
+            dataclasses.replace(V2_ANNOUNCED, deploying=dataclasses.replace(THEIR_LEASE, key="event-1")),
+            detail="the deploy of event event-1 is still running",
+        ),
+        id="another-events-deploy-running-makes-this-one-wait-for-redelivery",
+    ),
+    pytest.param(
         dataclasses.replace(V2_ANNOUNCED, deploying=dataclasses.replace(THEIR_LEASE, expires_at=EARLIER)),
         Delivered(EVENT_V2, ME),
         Decision(Action.DEPLOY, dataclasses.replace(V2_ANNOUNCED, deploying=NEW_LEASE)),

@@ -82,18 +82,18 @@ class Loop:
             redeploy_decisions.Policy(self.name),
         )
 
-    def reconciler(self, registry: RegistryClient | None = None, publisher=None):
+    def reconciler(self, registry: RegistryClient | None = None, publisher=None, **policy):
         return reconcile.Reconciler(
             registry=registry or RegistryClient(self.versions.tracking_uri, timeout=2),
             store=self.state,
             stager=staging.GcsStager(self.bucket),
             publisher=publisher or publishing.PubSubPublisher(self.topic),
-            policy=watcher_decisions.Policy(self.name),
+            policy=watcher_decisions.Policy(self.name, **policy),
             min_val_accuracy=MIN_ACCURACY,
         )
 
-    def tick(self, **kwargs):
-        return self.reconciler().tick("test", **kwargs)
+    def tick(self, trigger: str = "test", *, policy: dict | None = None, **kwargs):
+        return self.reconciler(**(policy or {})).tick(trigger, **kwargs)
 
     def deliver(self, event: dict) -> str:
         """What the push subscription does with one message: hand its event to the consumer."""
@@ -334,6 +334,25 @@ def test_revision_that_never_gets_ready_is_a_failed_deploy(loop: Loop) -> None:
 
     with pytest.raises(deployers.DeployError, match="not ready"):
         loop.deliver(event)
+
+
+def test_event_lost_after_publishing_is_announced_again_and_the_version_then_serves(loop: Loop) -> None:
+    """Pub/Sub confirmed the event but it never reached the consumer (dropped, or an emulator restarted)."""
+    version = loop.versions.add(loop.name)
+    loop.versions.promote(loop.name, version)
+    assert loop.tick().action == "published"
+    (lost,) = loop.topics.events(loop.topic)  # taken off the topic and never delivered
+
+    assert loop.tick().action == "up_to_date"  # not yet: the event may still be on its way
+    again = loop.tick(policy={"reannounce_after_s": 0})
+    (event,) = loop.topics.events(loop.topic)
+
+    assert again.action == "published"
+    assert event["event_id"] == lost["event_id"]  # the same change, so a late original deploys nothing twice
+    assert loop.deliver(event) == "deployed"
+    assert loop.state.read().state.serving.version == version
+    assert [e["version"] for e in loop.history("reannounced")] == [version]
+    assert loop.tick(policy={"reannounce_after_s": 0}).action == "up_to_date"
 
 
 def test_mlflow_down_fails_the_tick_fast_and_the_next_tick_catches_up(loop: Loop, mlflow_server) -> None:

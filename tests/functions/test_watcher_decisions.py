@@ -77,6 +77,8 @@ STAGED_V2 = entry(HistoryKind.STAGED, "2", trigger="tick", model_uri="gs://b/m/v
 V2_CLAIM_LOST = dataclasses.replace(V2_CLAIMED, claim=THEIR_CLAIM)
 REFUSAL_DETAIL = "sha256_mismatch: file has x, the run logged y"
 
+LOST_DETAIL = "version 2 was announced but version 1 serves"
+TARGET_V2_RECENT = Target("2", "run-2", SHA, "gs://b/m/v2", "event-2", NOW - timedelta(seconds=30))
 NOTHING_SERVES = "no version of m has alias production or stage Production; no version is in service"
 KEEPS_V1 = "no version of m has alias production or stage Production; keeping version 1 in service"
 
@@ -120,6 +122,52 @@ TABLE = [
         looked(V1),
         Decision(Action.UP_TO_DATE, SERVES_V1),
         id="announced-version-is-up-to-date",
+    ),
+    pytest.param(
+        dataclasses.replace(V2_ANNOUNCED, desired=V2, outbox=None),
+        looked(V2),
+        Decision(
+            Action.PUBLISH,
+            dataclasses.replace(
+                V2_ANNOUNCED, target=dataclasses.replace(V2_ANNOUNCED.target, announced_at=NOW), outbox=EVENT_V2
+            ),
+            (entry(HistoryKind.REANNOUNCED, "2", event_id="event-2", detail=LOST_DETAIL),),
+            LOST_DETAIL,
+            event_id="event-2",
+        ),
+        id="announced-version-still-not-serving-long-after-its-event-is-announced-again-with-its-id",
+    ),
+    pytest.param(
+        dataclasses.replace(V2_ANNOUNCED, outbox=None, target=TARGET_V2_RECENT),
+        looked(V2),
+        Decision(Action.UP_TO_DATE, dataclasses.replace(V2_ANNOUNCED, outbox=None, target=TARGET_V2_RECENT)),
+        id="announced-version-on-its-way-is-left-to-its-event",
+    ),
+    pytest.param(
+        dataclasses.replace(V2_ANNOUNCED, outbox=None, deploying=Lease("event-2", OTHER, NOW + timedelta(60))),
+        looked(V2),
+        Decision(
+            Action.UP_TO_DATE,
+            dataclasses.replace(V2_ANNOUNCED, outbox=None, deploying=Lease("event-2", OTHER, NOW + timedelta(60))),
+        ),
+        id="announced-version-being-deployed-is-not-announced-again",
+    ),
+    pytest.param(
+        dataclasses.replace(
+            V2_ANNOUNCED,
+            outbox=None,
+            target=dataclasses.replace(V2_ANNOUNCED.target, announced_at=NOW - timedelta(seconds=30)),
+        ),
+        looked(V2),
+        Decision(
+            Action.UP_TO_DATE,
+            dataclasses.replace(
+                V2_ANNOUNCED,
+                outbox=None,
+                target=dataclasses.replace(V2_ANNOUNCED.target, announced_at=NOW - timedelta(seconds=30)),
+            ),
+        ),
+        id="version-announced-again-recently-is-not-announced-on-every-tick",
     ),
     pytest.param(
         SERVES_V1,

@@ -65,6 +65,17 @@ def test_deployment_document_fields_a_newer_writer_added_are_ignored() -> None:
     assert state.to_document() == STORED
 
 
+def test_target_announced_again_keeps_when_in_the_document() -> None:
+    later = AT + timedelta(minutes=5)
+    document = {**STORED, "target": {**STORED["target"], "announced_at": later}}
+
+    state = DeploymentState.from_document(document)
+
+    assert state.target.last_announced == later
+    assert DeploymentState.from_document(STORED).target.last_announced == AT  # never announced again: staged_at
+    assert state.to_document() == document
+
+
 def test_missing_deployment_document_is_the_empty_state_with_every_field_cleared() -> None:
     state = DeploymentState.from_document(None)
 

@@ -26,6 +26,7 @@ class HistoryKind(StrEnum):
     ROLLED_BACK = "rolled_back"
     FAILED = "failed"
     NO_PRODUCTION_VERSION = "no_production_version"
+    REANNOUNCED = "reannounced"  # the announced version was still not serving: its event published again
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +65,11 @@ class Target:
     model_uri: str
     event_id: str
     staged_at: datetime
+    announced_at: datetime | None = None  # when its event was last put in the outbox again (None: only when staged)
+
+    @property
+    def last_announced(self) -> datetime:
+        return self.announced_at or self.staged_at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +122,7 @@ class DeploymentState:
     def to_document(self) -> dict[str, Any]:
         """Every field, None where unset, so that an update clears what a decision cleared."""
         return {
-            field.name: None if (part := getattr(self, field.name)) is None else dataclasses.asdict(part)
+            field.name: None if (part := getattr(self, field.name)) is None else _part_document(part)
             for field in dataclasses.fields(self)
         }
 
@@ -136,6 +142,14 @@ _PARTS = {
     "claim": Lease,
     "deploying": Lease,
 }
+
+
+# Fields added after documents were first stored: left out while unset, so those documents keep their shape.
+_ADDED_LATER = frozenset({"announced_at"})
+
+
+def _part_document(part: Any) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(part).items() if not (k in _ADDED_LATER and v is None)}
 
 
 def _part(kind: type, value: Any) -> Any:
