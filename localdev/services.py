@@ -75,15 +75,17 @@ def start(
     service = launch(name, argv, url=url, log_path=log_path, env=env)
     process = service.process
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            stop(process.pid)  # children it may have left behind
-            raise ServiceError(f"{name} exited with {process.returncode}:\n{tail(log_path)}")
-        if _answers(ready_url, ready_any_status):
-            return service
-        time.sleep(0.2)
-    service.stop()
-    raise ServiceError(f"{name} did not answer {ready_url} within {timeout_s:.0f} s:\n{tail(log_path)}")
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise ServiceError(f"{name} exited with {process.returncode}:\n{tail(log_path)}")
+            if _answers(ready_url, ready_any_status):
+                return service
+            time.sleep(0.2)
+        raise ServiceError(f"{name} did not answer {ready_url} within {timeout_s:.0f} s:\n{tail(log_path)}")
+    except BaseException:  # not ready, or interrupted while waiting (Ctrl-C): nobody else will stop it
+        service.stop()  # its whole group: children an exited wrapper may have left behind too
+        raise
 
 
 def launch(
