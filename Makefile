@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 .PHONY: help install test test-fast demo up down reset lint fmt bench lock clean bundles
 
 help:
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 install: $(VENV)/.installed ## create .venv with the pinned dependencies (torch: the CPU wheel)
 
@@ -33,7 +33,7 @@ down: ## stop the local stack; its data (Firestore, registry, buckets) stays in 
 	@if test -x $(PY); then $(PY) -m localdev.stack down; fi
 
 reset: ## stop the local stack and delete .local/: predictions, feedback, deployments, registry, buckets
-	@if test -x $(PY); then $(PY) -m localdev.stack reset; else rm -rf .local; fi
+	@if test -x $(PY); then $(PY) -m localdev.stack reset; else rm -rf $${LOCAL_STACK_DIR:-.local}; fi
 
 bundles: install ## each function's self-contained deploy bundle in build/functions/<name> (Terraform zips them)
 	for f in predict feedback registry_watcher redeploy; do $(PY) -m localdev.bundle $$f build/functions/$$f; done

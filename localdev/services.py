@@ -269,6 +269,7 @@ def export_firestore(emulator_url: str, project: str, destination: Path, timeout
         shutil.rmtree(staging, ignore_errors=True)
         raise ServiceError(f"the Firestore emulator at {emulator_url} did not export its data: {exc}") from exc
     if firestore_export_metadata(staging) is None:
+        shutil.rmtree(staging, ignore_errors=True)
         raise ServiceError(f"the Firestore emulator's export in {staging} has no metadata file")
     previous = destination.with_name(destination.name + ".old")
     shutil.rmtree(previous, ignore_errors=True)

@@ -306,23 +306,25 @@ def _register_webhook(tracking_uri: str, url: str, secret: str) -> None:
     )
 
 
-def down(force: bool = False) -> None:
+def down(force: bool = False, keep_data: bool = True) -> None:
     """Stop every process group the stack started, and the router's revisions; keep the data under .local/.
 
-    Firestore's data is exported first. If that fails the stack keeps running (nothing is lost) unless force.
+    Firestore's data is exported first (after the scheduler, whose own exports must not race it). If that fails
+    the rest of the stack keeps running, so nothing is lost, unless force. keep_data=False skips the export.
     """
     pids = _read(PIDS_FILE)
     scheduler = pids.pop("scheduler", None)
     if scheduler is not None:
-        services.stop(int(scheduler))  # its periodic export must not race the final one
+        services.stop(int(scheduler))
+        _write(PIDS_FILE, pids)
     firestore_host = _read(INTERNAL_FILE).get("FIRESTORE_EMULATOR_HOST")
-    if firestore_host and services.alive(int(pids.get("firestore", 0) or 0)):
+    if keep_data and firestore_host and services.alive(int(pids.get("firestore", 0) or 0)):
         try:
             services.export_firestore(firestore_host, PROJECT, FIRESTORE_EXPORT)
         except services.ServiceError as exc:
             if not force:
                 raise StackError(
-                    f"{exc}; the stack is left running so nothing is lost (the scheduler is stopped). "
+                    f"{exc}; the stack is left running (but its scheduler) so nothing is lost. "
                     "`.venv/bin/python -m localdev.stack down --force` stops it anyway, losing what came after the "
                     "last export"
                 ) from exc
@@ -337,13 +339,23 @@ def down(force: bool = False) -> None:
 
 def reset() -> None:
     """Stop the stack and delete its local state: Firestore's data, the registry, the buckets, secrets, logs."""
-    down(force=True)
+    if LOCAL_DIR.resolve() in (Path.home().resolve(), REPO_ROOT, Path("/")) or not _is_stack_dir(LOCAL_DIR):
+        raise StackError(f"{LOCAL_DIR} does not look like a local stack's folder: not deleting it")
+    down(force=True, keep_data=False)
     shutil.rmtree(LOCAL_DIR, ignore_errors=True)
 
 
+def _is_stack_dir(folder: Path) -> bool:
+    """Absent, empty, or holding only what the stack writes there."""
+    known = {"stack.json", "pids.json", "internal.json", "secrets.json", "logs", "mlflow", "gcs", "site", "models"}
+    names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    return all(name in known or name.startswith(FIRESTORE_EXPORT.name) for name in names)
+
+
 def _saved_firestore() -> Path | None:
-    """The last complete export (a crash while replacing it leaves the previous one as .old)."""
-    for folder in (FIRESTORE_EXPORT, FIRESTORE_EXPORT.with_name(FIRESTORE_EXPORT.name + ".old")):
+    """The newest complete export: a crash while one replaced the other leaves it as .new (or the older as .old)."""
+    for suffix in ("", ".new", ".old"):
+        folder = FIRESTORE_EXPORT.with_name(FIRESTORE_EXPORT.name + suffix)
         if services.firestore_export_metadata(folder) is not None:
             return folder
     return None
@@ -443,7 +455,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"stack stopped; its data is kept in {LOCAL_DIR} (`make reset` deletes it)")
     elif args.command == "reset":
-        reset()
+        try:
+            reset()
+        except StackError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"stack stopped and {LOCAL_DIR} deleted: predictions, feedback, deployments, registry and buckets")
     elif args.command == "status":
         pids = _read(PIDS_FILE)

@@ -1,7 +1,7 @@
 """Session fixtures: real servers (MLflow, emulators) and trained models; the test tiers.
 
-Tiers (markers, set here from what a test uses; a module may set its own): `unit` needs no server, `system`
-starts emulators or servers, `e2e` runs the whole local stack. `make test-fast` runs the unit tier.
+Tiers (markers, set here from the fixtures a test uses; a module may set its own): `unit` needs no server,
+`system` starts emulators or servers, `e2e` runs the whole local stack. `make test-fast` runs the unit tier.
 
 Two models: `trained`, small and quick (seconds), for everything that serves, gates or deploys a model; and
 `trained_full`, the default training run, only for the tests of training itself.
@@ -293,11 +293,11 @@ TIERS = ("unit", "system", "e2e")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test gets one tier: its own marker, else e2e under tests/localdev, system if it uses a server."""
+    """Every test gets one tier: its own marker, else e2e on the whole stack, system if it uses a server."""
     for item in items:
         if any(item.get_closest_marker(tier) for tier in TIERS):
             continue
-        if "tests/localdev/" in item.nodeid:
+        if "local_stack" in item.fixturenames:
             item.add_marker(pytest.mark.e2e)
         elif SERVER_FIXTURES.intersection(item.fixturenames):
             item.add_marker(pytest.mark.system)

@@ -55,3 +55,25 @@ def test_stack_url_of_a_stopped_stack_says_how_to_start_it(tmp_path: Path) -> No
 
     assert result.returncode == 1
     assert "make up" in result.stderr
+
+
+def test_stack_reset_deletes_a_stopped_stacks_folder(tmp_path: Path) -> None:
+    state = tmp_path / "local"
+    for name in ("firestore/export_1", "mlflow", "gcs/bucket", "logs"):
+        (state / name).mkdir(parents=True)
+    (state / "secrets.json").write_text("{}")
+
+    result = stack("reset", state)
+
+    assert result.returncode == 0, result.stderr
+    assert not state.exists()
+
+
+def test_stack_reset_refuses_a_folder_that_is_not_a_stacks(tmp_path: Path) -> None:
+    (tmp_path / "thesis.tex").write_text("years of work")
+
+    result = stack("reset", tmp_path)
+
+    assert result.returncode == 1
+    assert "does not look like a local stack's folder" in result.stderr
+    assert (tmp_path / "thesis.tex").exists()
