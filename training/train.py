@@ -22,21 +22,14 @@ from training.model import save_checkpoint
 DEFAULTS = HyperParams()
 
 
-class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default once: not where the help text states it, nor for flags and unset options."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
-            return text
-        return super()._get_help_string(action)
+# Each help text states its own default, once (argparse expands %(default)s); flags and unset options have none.
+D = " (default: %(default)s)"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m training.train",
         description="Train the Yelp review sentiment model, track it in MLflow, export and register ONNX.",
-        formatter_class=_DefaultsOnce,
     )
     group = parser.add_argument_group("data")
     group.add_argument(
@@ -48,22 +41,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         f"Default: every file in {data.DEFAULT_DATA_DIR}",
     )
     group.add_argument(
-        "--positive-min-stars", type=float, default=3.0, help="a review is positive when stars >= this value"
+        "--positive-min-stars", type=float, default=3.0, help="a review is positive when stars >= this value" + D
     )
-    group.add_argument("--val-fraction", type=float, default=0.1, help="share of each class for validation")
-    group.add_argument("--test-fraction", type=float, default=0.1, help="share of each class for the test set")
+    group.add_argument("--val-fraction", type=float, default=0.1, help="share of each class for validation" + D)
+    group.add_argument("--test-fraction", type=float, default=0.1, help="share of each class for the test set" + D)
     group.add_argument("--limit", type=int, default=None, help="use only the first N usable examples (quick runs)")
 
     group = parser.add_argument_group("model")
-    group.add_argument("--embedding-dim", type=int, default=DEFAULTS.embedding_dim, help="embedding size")
-    group.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="passes over the training set")
-    group.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="examples per step")
-    group.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate, help="Adam learning rate")
-    group.add_argument("--lr-decay", type=float, default=DEFAULTS.lr_decay, help="learning-rate factor per epoch")
-    group.add_argument("--min-count", type=int, default=DEFAULTS.min_count, help="drop features seen fewer times")
-    group.add_argument("--max-features", type=int, default=DEFAULTS.max_features, help="vocabulary cap")
-    group.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed for the split and the training")
-    group.add_argument("--threshold", type=float, default=0.5, help="decision threshold stored in the model")
+    group.add_argument("--embedding-dim", type=int, default=DEFAULTS.embedding_dim, help="embedding size" + D)
+    group.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="passes over the training set" + D)
+    group.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="examples per step" + D)
+    group.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate, help="Adam learning rate" + D)
+    group.add_argument("--lr-decay", type=float, default=DEFAULTS.lr_decay, help="learning-rate factor per epoch" + D)
+    group.add_argument("--min-count", type=int, default=DEFAULTS.min_count, help="drop features seen fewer times" + D)
+    group.add_argument("--max-features", type=int, default=DEFAULTS.max_features, help="vocabulary cap" + D)
+    group.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed for the split and the training" + D)
+    group.add_argument("--threshold", type=float, default=0.5, help="decision threshold stored in the model" + D)
 
     group = parser.add_argument_group("tracking and output")
     group.add_argument(
@@ -71,7 +64,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="MLflow tracking server or store (default: $MLFLOW_TRACKING_URI, else MLflow's local store)",
     )
-    group.add_argument("--experiment", default="yelp-sentiment", help="MLflow experiment name")
+    group.add_argument("--experiment", default="yelp-sentiment", help="MLflow experiment name" + D)
     group.add_argument("--run-name", default=None, help="MLflow run name")
     group.add_argument("--register", action="store_true", help=f"register the model as a version of {MODEL_NAME}")
     group.add_argument(

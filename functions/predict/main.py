@@ -30,7 +30,12 @@ def _model() -> predict_model.Model:
         return _loaded_model()
     except predict_model.ModelError as exc:
         logging.getLogger("sentiment").error("model unavailable: %s", exc)
-        raise http.ApiError(503, "model_unavailable", "the model is not available", {"Retry-After": "30"}) from exc
+        raise http.ApiError(
+            503,
+            "model_unavailable",
+            "the model is not available; nothing was stored, retrying is safe",
+            {"Retry-After": "30"},
+        ) from exc
 
 
 @functools.cache

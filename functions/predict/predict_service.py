@@ -129,11 +129,11 @@ def handle_predict(request: flask.Request, model: Any, store: Callable[[], Any],
     replayed = False
     try:
         store().save_predictions(predictions, request_sha256=fingerprint)
-    except PredictionsExist:
+    except PredictionsExist as exists:
         if fingerprint is None:  # a random id taken: not this request's doing, and nothing was stored
             raise _unavailable(key) from None
         try:
-            stored = store().read_predictions([p.id for p in predictions])
+            stored = store().read_predictions([p.id for p in predictions], exists.deadline)
         except StoreUnavailable as exc:
             raise _unavailable(key) from exc
         existing, replayed = resolve_existing(predictions, stored, fingerprint)

@@ -1,4 +1,4 @@
-"""Black-box: both functions over HTTP against the Firestore emulator, item by item of DESIGN.md's contract."""
+"""Black-box: both functions over HTTP against the Firestore emulator, item by item of docs/architecture.md."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ class FakeGoogle:
 
     def __init__(self) -> None:
         self.commit_statuses: list[int | tuple[int, str]] = []
+        self.batch_get_answer: list[dict] = []
         self.requests: list[tuple[str, dict, bytes]] = []
         self.token_requests = 0
 
@@ -52,6 +53,9 @@ def fake() -> Iterator[tuple[FakeGoogle, str]]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             state.requests.append((self.path, dict(self.headers), body))
+            if self.path.endswith(":batchGet"):
+                self._answer(200, state.batch_get_answer)
+                return
             scripted = state.commit_statuses.pop(0) if state.commit_statuses else 200
             status, error = scripted if isinstance(scripted, tuple) else (scripted, ERROR_STATUS.get(scripted))
             self._answer(
@@ -137,6 +141,35 @@ def test_transient_errors_are_retried_and_a_replayed_commit_counts_once(fake, wr
     writer(base).save_predictions([prediction()])
 
     assert len(state.requests) == 2
+
+
+def test_read_predictions_decodes_stored_records_and_their_fingerprint_and_none_where_missing(fake, writer) -> None:
+    state, base = fake
+    stored = prediction(user_answer=True)
+    fields = {k: encode_value(v) for k, v in stored.to_document().items()} | {"request_sha256": encode_value("f")}
+    name = "projects/proj/databases/(default)/documents/predictions/"
+    state.batch_get_answer = [
+        {"missing": name + "b" * 32},
+        {"found": {"name": name + "a" * 32, "fields": fields}},
+    ]
+
+    found = writer(base).read_predictions(["a" * 32, "b" * 32])
+
+    ((path, _, body),) = state.requests
+    assert path.endswith("/documents:batchGet")
+    assert json.loads(body) == {"documents": [name + "a" * 32, name + "b" * 32]}
+    assert found == [(stored, "f"), None]
+
+
+def test_read_predictions_past_its_deadline_is_store_unavailable_without_asking(fake, writer) -> None:
+    import time
+
+    state, base = fake
+
+    with pytest.raises(StoreUnavailable):
+        writer(base).read_predictions(["a" * 32], deadline=time.monotonic() - 1)
+
+    assert state.requests == []
 
 
 def test_aborted_commit_is_retried(fake, writer) -> None:

@@ -137,10 +137,15 @@ class RestPredictionWriter:
         writes += [self._increment(version, counts) for version, counts in by_version.items()]
         self._commit({"writes": writes}, existing_is_ours=request_sha256 is None)
 
-    def read_predictions(self, ids: Sequence[str]) -> list[tuple[Prediction, str | None] | None]:
-        """Each stored prediction with the request_sha256 it was stored with, or None where there is none."""
+    def read_predictions(
+        self, ids: Sequence[str], deadline: float | None = None
+    ) -> list[tuple[Prediction, str | None] | None]:
+        """Each stored prediction with the request_sha256 it was stored with, or None where there is none.
+
+        deadline: a monotonic time to finish by (default: the store's bound from now).
+        """
         names = [self._document(PREDICTIONS, i) for i in ids]
-        status, payload, _ = self._call(self._batch_get_path, json.dumps({"documents": names}).encode())
+        status, payload, _ = self._call(self._batch_get_path, json.dumps({"documents": names}).encode(), deadline)
         if status != 200:
             raise StoreUnavailable(
                 f"Firestore refused the read: HTTP {status} {payload[:300].decode(errors='replace')}"
@@ -209,9 +214,10 @@ class RestPredictionWriter:
             self._local.connection = None
             raise
 
-    def _call(self, path: str, data: bytes) -> tuple[int, bytes, int]:
+    def _call(self, path: str, data: bytes, deadline: float | None = None) -> tuple[int, bytes, int]:
         """POST until an answer that is not transient, or the deadline (StoreUnavailable); status, body, attempts."""
-        deadline = time.monotonic() + self._timeout
+        if deadline is None:
+            deadline = time.monotonic() + self._timeout
         attempt, delay = 0, 0.05
         while True:
             attempt += 1
@@ -232,13 +238,14 @@ class RestPredictionWriter:
 
     def _commit(self, body: dict[str, Any], existing_is_ours: bool) -> None:
         """documents:commit, retrying transient failures until the deadline."""
-        status, payload, attempts = self._call(self._commit_path, json.dumps(body).encode())
+        deadline = time.monotonic() + self._timeout
+        status, payload, attempts = self._call(self._commit_path, json.dumps(body).encode(), deadline)
         if status == 200:
             return
         if status == 409:  # ALREADY_EXISTS: a record with one of these ids is stored
             if existing_is_ours and attempts > 1:
                 return  # our earlier attempt committed and its answer was lost: the records exist once
-            raise PredictionsExist("a prediction with one of these ids is stored already")
+            raise PredictionsExist("a prediction with one of these ids is stored already", deadline)
         raise StoreUnavailable(f"Firestore refused the commit: HTTP {status} {payload[:300].decode(errors='replace')}")
 
 

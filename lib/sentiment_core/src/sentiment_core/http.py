@@ -211,5 +211,10 @@ def dispatch(
 def finite_number(value: float) -> float:
     """Probabilities go out as JSON numbers; a NaN would make the response invalid JSON."""
     if not math.isfinite(value):
-        raise ApiError(503, "model_unavailable", "the model returned a non-finite value", {"Retry-After": "5"})
+        raise ApiError(
+            503,
+            "model_unavailable",
+            "the model returned a non-finite value; nothing was stored, retrying is safe",
+            {"Retry-After": "5"},
+        )
     return value

@@ -38,7 +38,15 @@ class FeedbackConflict(RuntimeError):
 
 
 class PredictionsExist(RuntimeError):
-    """A record with one of the ids being created is already stored."""
+    """A record with one of the ids being created is already stored.
+
+    deadline: the monotonic time by which the whole store call had to end; reading what is stored must end by
+    then too, so an idempotent request stays within the same bound as any other.
+    """
+
+    def __init__(self, message: str, deadline: float | None = None) -> None:
+        super().__init__(message)
+        self.deadline = deadline
 
 
 @dataclasses.dataclass(frozen=True)
