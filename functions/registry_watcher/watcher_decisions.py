@@ -30,7 +30,6 @@ from sentiment_core.deployments import (
     Target,
     outbox_cleared,
 )
-from sentiment_core.events import ProductionChanged
 
 CLAIM_TTL_S = 300.0  # longer than a gate + staging of a large model; a crashed claimer blocks at most this long
 # An announced version not serving this long after its event, with no deploy running, lost its event (a message
@@ -169,15 +168,7 @@ def _reannounce(state: DeploymentState, policy: Policy, now: datetime) -> Decisi
     """The target's event, with its own id, back in the outbox: the consumer deploys it once."""
     target = state.target
     serving = state.serving.version if state.serving is not None else None
-    event = ProductionChanged(
-        event_id=target.event_id,
-        model_name=policy.model_name,
-        model_version=target.version,
-        mlflow_run_id=target.run_id,
-        model_uri=target.model_uri,
-        sha256=target.sha256,
-        previous_version=serving,
-    )
+    event = target.event(policy.model_name, serving)
     detail = f"version {target.version} was announced but {f'version {serving}' if serving else 'nothing'} serves"
     entry = HistoryEntry(HistoryKind.REANNOUNCED, target.version, now, event_id=target.event_id, detail=detail)
     announced = dataclasses.replace(state, target=dataclasses.replace(target, announced_at=now), outbox=event)
@@ -208,15 +199,6 @@ def _staged(state: DeploymentState, staged: Staged, policy: Policy, now: datetim
         # The claim expired and another run took over: it announces, not us.
         return Decision(Action.IN_PROGRESS, state, detail="the claim on this version expired")
     desired = staged.desired
-    event = ProductionChanged(
-        event_id=staged.event_id,
-        model_name=policy.model_name,
-        model_version=desired.version,
-        mlflow_run_id=desired.run_id,
-        model_uri=staged.model_uri,
-        sha256=staged.sha256,
-        previous_version=state.in_service,
-    )
     target = Target(
         version=desired.version,
         run_id=desired.run_id,
@@ -225,6 +207,7 @@ def _staged(state: DeploymentState, staged: Staged, policy: Policy, now: datetim
         event_id=staged.event_id,
         staged_at=now,
     )
+    event = target.event(policy.model_name, state.in_service)
     entry = HistoryEntry(
         HistoryKind.STAGED,
         desired.version,

@@ -71,6 +71,18 @@ class Target:
     def last_announced(self) -> datetime:
         return self.announced_at or self.staged_at
 
+    def event(self, model_name: str, previous_version: str | None) -> ProductionChanged:
+        """The event that announces this target (the same id each time: the consumer deploys it once)."""
+        return ProductionChanged(
+            event_id=self.event_id,
+            model_name=model_name,
+            model_version=self.version,
+            mlflow_run_id=self.run_id,
+            model_uri=self.model_uri,
+            sha256=self.sha256,
+            previous_version=previous_version,
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class Serving:
