@@ -27,13 +27,11 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 
 from localdev import services
+from tests.support import ORIGIN, PROJECT, SECRET, STORE_TIMEOUT_S
 from training.data import DEFAULT_DATA_DIR, REPO_ROOT
 
-# The functions' test settings (tests/functions, tests/frontend).
-PROJECT = "demo-functions-test"
-SECRET = "test-secret-0123456789abcdef"
-ORIGIN = "https://reviews.example"
-STORE_TIMEOUT_S = 2.0
+# Test modules import what they share from tests/support.py, never from here: a conftest imported by name is a
+# second copy of this module, with a second set of background servers and trainings.
 
 
 @pytest.fixture(scope="session")
@@ -110,21 +108,6 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.
         yield service
 
 
-def run_training(
-    args: list[str], env: dict[str, str] | None = None, timeout: float = 600
-) -> subprocess.CompletedProcess:
-    """`python -m training.train ARGS` in a child process, exactly as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "training.train", "--quiet", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
-
-
 # Enough data for a model the deploy gate accepts (validation accuracy about 0.91), in about 20 s.
 QUICK_RUN = ["--limit", "20000", "--epochs", "2"]
 
@@ -183,10 +166,12 @@ class Early:
         self._work = work
         self._resources = Resources()
         self._future: concurrent.futures.Future | None = None
+        self._lock = threading.Lock()  # started from the session's thread and from other work's threads
 
     def start(self) -> None:
-        if self._future is None:
-            self._future = concurrent.futures.ThreadPoolExecutor(1).submit(self._work, self._resources)
+        with self._lock:
+            if self._future is None:
+                self._future = concurrent.futures.ThreadPoolExecutor(1).submit(self._work, self._resources)
 
     def result(self) -> Any:
         self.start()

@@ -14,7 +14,7 @@ import pytest
 from google.cloud import firestore
 
 from localdev import services
-from tests.conftest import ORIGIN, PROJECT, SECRET, STORE_TIMEOUT_S  # noqa: F401 (re-exported to tests)
+from tests.support import ORIGIN, PROJECT, SECRET, STORE_TIMEOUT_S  # noqa: F401 (re-exported to tests)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_training
+from tests.support import run_training
 from training.train import parse_args
 
 SMALL = ["--limit", "3000", "--epochs", "2", "--embedding-dim", "8"]
