@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats
 
 from sentiment_core.config import ConfigError
 from sentiment_core.rollout import (
@@ -551,3 +552,39 @@ def test_decide_any_evidence_gives_a_consistent_decision(
             assert decision.percent == 0
     if decision.action is not RolloutAction.HOLD:
         assert decision.state.ended_at == (None if decision.action is RolloutAction.ADVANCE else now)
+
+
+@pytest.mark.parametrize(
+    ("events_n", "total_n", "events_s", "total_s"),
+    [(30, 200, 90, 1800), (0, 500, 40, 4500), (12, 1000, 3, 1000), (1, 1, 0, 9)],
+)
+def test_where_events_fell_is_the_binomial_likelihood_ratio_of_the_split(
+    events_n: int, total_n: int, events_s: int, total_s: int
+) -> None:
+    """Checked against scipy's binomial: where the events fell, given how many there were."""
+    share = total_n / (total_n + total_s)
+    rate_s = (events_s + 1) / (total_s + 2)
+    ratio = (rate_s + 0.05) / rate_s
+    alternative = ratio * share / (ratio * share + 1 - share)
+    events = events_n + events_s
+
+    expected = stats.binom.logpmf(events_n, events, alternative) - stats.binom.logpmf(events_n, events, share)
+
+    assert where_events_fell(events_n, total_n, events_s, total_s, 0.05) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("yes_n", "total_n", "yes_s", "total_s"),
+    [(600, 1000, 4500, 9000), (400, 1000, 4500, 9000), (51, 100, 450, 900)],
+)
+def test_shift_beyond_margin_is_the_gaussian_likelihood_ratio_of_the_difference(
+    yes_n: int, total_n: int, yes_s: int, total_s: int
+) -> None:
+    """Checked against scipy's normal: the difference at margin + shift against at the margin, same side."""
+    rate_n, rate_s = (yes_n + 1) / (total_n + 2), (yes_s + 1) / (total_s + 2)
+    sd = math.sqrt(rate_n * (1 - rate_n) / (total_n + 1) + rate_s * (1 - rate_s) / (total_s + 1))
+    difference = abs(rate_n - rate_s)
+
+    expected = stats.norm.logpdf(difference, 0.07, sd) - stats.norm.logpdf(difference, 0.02, sd)
+
+    assert shift_beyond_margin(yes_n, total_n, yes_s, total_s, 0.02, 0.05) == pytest.approx(expected)
