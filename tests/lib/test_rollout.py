@@ -77,13 +77,26 @@ COMPLETE, ROLL_BACK, HOLD, ADVANCE = (
 )
 COMPLETED, ROLLED_BACK, ABORTED = RolloutStatus.COMPLETED, RolloutStatus.ROLLED_BACK, RolloutStatus.ABORTED
 
+
+def rolls_back(state: RolloutState, reason: Reason, now: datetime, status: RolloutStatus = ROLLED_BACK) -> tuple:
+    return ROLL_BACK, reason, ended(state, status, reason, now), 0
+
+
+def completes(state: RolloutState, reason: Reason, now: datetime) -> tuple:
+    return COMPLETE, reason, ended(state, COMPLETED, reason, now), 100
+
+
+def advances(state: RolloutState, now: datetime) -> tuple:
+    return ADVANCE, Reason.EVIDENCE_HOLDS, dataclasses.replace(state, step=state.step + 1, step_started_at=now), 50
+
+
 TABLE = [
     pytest.param(
         AT_10,
         evidence(feedback=0, ready=False),
         IMMEDIATE,
         T0,
-        (COMPLETE, Reason.IMMEDIATE, ended(AT_10, COMPLETED, Reason.IMMEDIATE, T0), 100),
+        completes(AT_10, Reason.IMMEDIATE, T0),
         id="steps-100-completes-at-once-as-the-immediate-switch",
     ),
     pytest.param(
@@ -115,7 +128,7 @@ TABLE = [
         evidence(feedback=500),
         DEFAULT,
         BAKED,
-        (ADVANCE, Reason.EVIDENCE_HOLDS, dataclasses.replace(AT_10, step=1, step_started_at=BAKED), 50),
+        advances(AT_10, BAKED),
         id="baked-first-step-with-its-feedback-advances-and-restarts-the-bake",
     ),
     pytest.param(
@@ -123,7 +136,7 @@ TABLE = [
         evidence(feedback=500, accuracy=0.97),
         DEFAULT,
         BAKED,
-        (ADVANCE, Reason.EVIDENCE_HOLDS, dataclasses.replace(AT_10, step=1, step_started_at=BAKED), 50),
+        advances(AT_10, BAKED),
         id="better-candidate-advances",
     ),
     pytest.param(
@@ -147,7 +160,7 @@ TABLE = [
         evidence(feedback=1000),
         DEFAULT,
         T1_BAKED,
-        (COMPLETE, Reason.EVIDENCE_HOLDS, ended(AT_50, COMPLETED, Reason.EVIDENCE_HOLDS, T1_BAKED), 100),
+        completes(AT_50, Reason.EVIDENCE_HOLDS, T1_BAKED),
         id="last-partial-step-baked-with-min-feedback-completes",
     ),
     pytest.param(
@@ -155,7 +168,7 @@ TABLE = [
         evidence(feedback=1000),
         RolloutSettings(steps=(10, 100)),
         BAKED,
-        (COMPLETE, Reason.EVIDENCE_HOLDS, ended(AT_10, COMPLETED, Reason.EVIDENCE_HOLDS, BAKED), 100),
+        completes(AT_10, Reason.EVIDENCE_HOLDS, BAKED),
         id="one-partial-step-asks-all-the-min-feedback-then-completes",
     ),
     pytest.param(
@@ -163,7 +176,7 @@ TABLE = [
         evidence(feedback=0),
         RolloutSettings(min_feedback=0),
         BAKED,
-        (ADVANCE, Reason.EVIDENCE_HOLDS, dataclasses.replace(AT_10, step=1, step_started_at=BAKED), 50),
+        advances(AT_10, BAKED),
         id="min-feedback-0-advances-once-baked",
     ),
     pytest.param(
@@ -171,7 +184,7 @@ TABLE = [
         evidence(feedback=200, accuracy=0.85),
         DEFAULT,
         A_MINUTE,
-        (ROLL_BACK, Reason.FEEDBACK_WORSE, ended(AT_10, ROLLED_BACK, Reason.FEEDBACK_WORSE, A_MINUTE), 0),
+        rolls_back(AT_10, Reason.FEEDBACK_WORSE, A_MINUTE),
         id="worse-feedback-rolls-back-before-the-bake-ends",
     ),
     pytest.param(
@@ -179,7 +192,7 @@ TABLE = [
         evidence(feedback=600, accuracy=0.88),
         DEFAULT,
         T1_BAKED,
-        (ROLL_BACK, Reason.FEEDBACK_WORSE, ended(AT_50, ROLLED_BACK, Reason.FEEDBACK_WORSE, T1_BAKED), 0),
+        rolls_back(AT_50, Reason.FEEDBACK_WORSE, T1_BAKED),
         id="worse-feedback-rolls-back-from-the-second-step",
     ),
     pytest.param(
@@ -187,7 +200,7 @@ TABLE = [
         evidence(feedback=200, accuracy=0.85, ready=False),
         DEFAULT,
         BAKED,
-        (ROLL_BACK, Reason.FEEDBACK_WORSE, ended(AT_10, ROLLED_BACK, Reason.FEEDBACK_WORSE, BAKED), 0),
+        rolls_back(AT_10, Reason.FEEDBACK_WORSE, BAKED),
         id="evidence-counts-even-while-not-ready",
     ),
     pytest.param(
@@ -195,7 +208,7 @@ TABLE = [
         evidence(positive_rate=0.6),
         DEFAULT,
         BAKED,
-        (ROLL_BACK, Reason.POSITIVE_RATE_SHIFT, ended(AT_10, ROLLED_BACK, Reason.POSITIVE_RATE_SHIFT, BAKED), 0),
+        rolls_back(AT_10, Reason.POSITIVE_RATE_SHIFT, BAKED),
         id="positive-rate-up-10-points-rolls-back",
     ),
     pytest.param(
@@ -203,7 +216,7 @@ TABLE = [
         evidence(positive_rate=0.4),
         DEFAULT,
         BAKED,
-        (ROLL_BACK, Reason.POSITIVE_RATE_SHIFT, ended(AT_10, ROLLED_BACK, Reason.POSITIVE_RATE_SHIFT, BAKED), 0),
+        rolls_back(AT_10, Reason.POSITIVE_RATE_SHIFT, BAKED),
         id="positive-rate-down-10-points-rolls-back",
     ),
     pytest.param(
@@ -211,7 +224,7 @@ TABLE = [
         evidence(positive_rate=0.515),
         DEFAULT,
         BAKED,
-        (ADVANCE, Reason.EVIDENCE_HOLDS, dataclasses.replace(AT_10, step=1, step_started_at=BAKED), 50),
+        advances(AT_10, BAKED),
         id="positive-rate-shift-within-the-margin-advances",
     ),
     pytest.param(
@@ -219,7 +232,7 @@ TABLE = [
         evidence(errors=10),
         DEFAULT,
         BAKED,
-        (ROLL_BACK, Reason.SERVER_ERRORS, ended(AT_10, ROLLED_BACK, Reason.SERVER_ERRORS, BAKED), 0),
+        rolls_back(AT_10, Reason.SERVER_ERRORS, BAKED),
         id="server-errors-on-the-candidate-only-roll-back",
     ),
     pytest.param(
@@ -227,7 +240,7 @@ TABLE = [
         evidence(errors=10, accuracy=0.85, positive_rate=0.6),
         DEFAULT,
         BAKED,
-        (ROLL_BACK, Reason.SERVER_ERRORS, ended(AT_10, ROLLED_BACK, Reason.SERVER_ERRORS, BAKED), 0),
+        rolls_back(AT_10, Reason.SERVER_ERRORS, BAKED),
         id="several-failed-checks-report-server-errors-first",
     ),
     pytest.param(
@@ -235,7 +248,7 @@ TABLE = [
         evidence(feedback=100),
         DEFAULT,
         LATE,
-        (ROLL_BACK, Reason.MAX_TIME, ended(AT_10, ROLLED_BACK, Reason.MAX_TIME, LATE), 0),
+        rolls_back(AT_10, Reason.MAX_TIME, LATE),
         id="not-completed-within-max-time-rolls-back",
     ),
     pytest.param(
@@ -243,7 +256,7 @@ TABLE = [
         evidence(feedback=1000),
         DEFAULT,
         LATE,
-        (ROLL_BACK, Reason.MAX_TIME, ended(AT_50, ROLLED_BACK, Reason.MAX_TIME, LATE), 0),
+        rolls_back(AT_50, Reason.MAX_TIME, LATE),
         id="max-time-comes-before-completing",
     ),
     pytest.param(
@@ -251,7 +264,7 @@ TABLE = [
         evidence(feedback=200, accuracy=0.85),
         DEFAULT,
         LATE,
-        (ROLL_BACK, Reason.FEEDBACK_WORSE, ended(AT_10, ROLLED_BACK, Reason.FEEDBACK_WORSE, LATE), 0),
+        rolls_back(AT_10, Reason.FEEDBACK_WORSE, LATE),
         id="a-failed-check-past-max-time-gives-its-own-reason",
     ),
     pytest.param(
@@ -259,7 +272,7 @@ TABLE = [
         evidence(feedback=0, command=Command.ABORT),
         DEFAULT,
         T1,
-        (ROLL_BACK, Reason.ABORTED, ended(AT_50, ABORTED, Reason.ABORTED, T1), 0),
+        rolls_back(AT_50, Reason.ABORTED, T1, ABORTED),
         id="abort-command-rolls-back-as-aborted",
     ),
     pytest.param(
@@ -267,7 +280,7 @@ TABLE = [
         evidence(feedback=0, command=Command.COMPLETE),
         DEFAULT,
         T0,
-        (COMPLETE, Reason.COMPLETED_BY_OPERATOR, ended(AT_10, COMPLETED, Reason.COMPLETED_BY_OPERATOR, T0), 100),
+        completes(AT_10, Reason.COMPLETED_BY_OPERATOR, T0),
         id="complete-command-completes-at-once",
     ),
     pytest.param(
@@ -275,7 +288,7 @@ TABLE = [
         evidence(feedback=200, accuracy=0.85, command=Command.COMPLETE),
         DEFAULT,
         T0,
-        (COMPLETE, Reason.COMPLETED_BY_OPERATOR, ended(AT_10, COMPLETED, Reason.COMPLETED_BY_OPERATOR, T0), 100),
+        completes(AT_10, Reason.COMPLETED_BY_OPERATOR, T0),
         id="complete-command-overrides-failed-checks",
     ),
     pytest.param(

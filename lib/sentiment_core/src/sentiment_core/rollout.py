@@ -13,7 +13,7 @@ looking on every tick costs nothing. ROLLOUT_ALPHA is split between them (union 
   is N's with probability N's share of the feedback (binomial, conditioned on the number of wrong answers; exact
   on counts, so it needs no normal approximation near 100% accuracy). Alternative: N wrong FEEDBACK_DROP more
   often than S. One-sided: a better N never rolls back.
-- positive rate (10%, half to each side): N's share of positive answers minus S's on the same traffic, beyond
+- positive rate (10%, half to each side): N's positive rate minus S's on the same traffic, beyond
   a tolerated POSITIVE_RATE_MARGIN (a better model may shift it a little), Gaussian SPRT on the difference.
 - server errors (10%): which version each failed request came from, as for the feedback, alternative: N fails
   SERVER_ERROR_EXCESS more of its requests than S.
@@ -22,6 +22,7 @@ looking on every tick costs nothing. ROLLOUT_ALPHA is split between them (union 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from datetime import datetime
@@ -357,55 +358,40 @@ def _end(
 def evaluate(evidence: RolloutEvidence, settings: RolloutSettings) -> tuple[Check, ...]:
     """The three sequential tests on the evidence, in the order a rollback reports them."""
     stable, candidate = evidence.stable, evidence.candidate
-    errors = Check(
-        Reason.SERVER_ERRORS,
-        "failed requests / requests",
-        candidate.server_errors,
-        candidate.requests,
-        stable.server_errors,
-        stable.requests,
-        where_events_fell(
-            candidate.server_errors,
-            candidate.requests,
-            stable.server_errors,
-            stable.requests,
-            settings.server_error_excess,
+    tests = [
+        (
+            Reason.SERVER_ERRORS,
+            "failed requests / requests",
+            (candidate.server_errors, candidate.requests, stable.server_errors, stable.requests),
+            functools.partial(where_events_fell, excess=settings.server_error_excess),
+            settings.alpha_server_errors,
         ),
-        math.log(1 / settings.alpha_server_errors),
-    )
-    feedback = Check(
-        Reason.FEEDBACK_WORSE,
-        "wrong answers / feedback answers",
-        candidate.wrong,
-        candidate.feedback,
-        stable.wrong,
-        stable.feedback,
-        where_events_fell(candidate.wrong, candidate.feedback, stable.wrong, stable.feedback, settings.feedback_drop),
-        math.log(1 / settings.alpha_feedback),
-    )
-    positive = Check(
-        Reason.POSITIVE_RATE_SHIFT,
-        "positive answers / predictions",
-        candidate.positive,
-        candidate.predictions,
-        stable.positive,
-        stable.predictions,
-        shift_beyond_margin(
-            candidate.positive,
-            candidate.predictions,
-            stable.positive,
-            stable.predictions,
-            settings.positive_rate_margin,
-            settings.positive_rate_shift,
+        (
+            Reason.FEEDBACK_WORSE,
+            "wrong answers / feedback answers",
+            (candidate.wrong, candidate.feedback, stable.wrong, stable.feedback),
+            functools.partial(where_events_fell, excess=settings.feedback_drop),
+            settings.alpha_feedback,
         ),
-        math.log(1 / settings.alpha_positive_rate_side),
+        (
+            Reason.POSITIVE_RATE_SHIFT,
+            "positive answers / predictions",
+            (candidate.positive, candidate.predictions, stable.positive, stable.predictions),
+            functools.partial(
+                shift_beyond_margin, margin=settings.positive_rate_margin, shift=settings.positive_rate_shift
+            ),
+            settings.alpha_positive_rate_side,
+        ),
+    ]
+    return tuple(
+        Check(reason, events, *counts, statistic(*counts), math.log(1 / alpha))
+        for reason, events, counts, statistic, alpha in tests
     )
-    return errors, feedback, positive
 
 
 def where_events_fell(events_n: int, total_n: int, events_s: int, total_s: int, excess: float) -> float:
     """Log likelihood ratio that N's event rate is S's plus `excess`, against equal rates, from which version
-    each event (a wrong answer, a failed request) came from.
+    each event (a wrong answer, a failed request) came.
 
     With equal rates an event is N's with probability share = total_n / (total_n + total_s) whatever the order
     of the events; the likelihood of the split is binomial given the number of events, a martingale in the
