@@ -430,7 +430,8 @@ def test_settings_from_env_parses_rollout_variables(env: dict[str, str], expecte
         ({"ROLLOUT_ALPHA": "0"}, "ROLLOUT_ALPHA must be between"),
         ({"ROLLOUT_ALPHA": "0.6"}, "ROLLOUT_ALPHA must be between"),
         ({"ROLLOUT_MAX_S": "1200"}, "ROLLOUT_MAX_S (1200) must be at least ROLLOUT_BAKE_S (900) times the 2 steps"),
-        ({"ROLLOUT_MAX_S": "30"}, "ROLLOUT_MAX_S must be between"),
+        ({"ROLLOUT_MAX_S": "30"}, "ROLLOUT_MAX_S must be between 60 and 604800, got 30"),
+        ({"ROLLOUT_MIN_FEEDBACK": "1e6"}, "ROLLOUT_MIN_FEEDBACK must be between 0 and 100000"),
     ],
 )
 def test_settings_from_env_malformed_names_the_variable(env: dict[str, str], message: str) -> None:

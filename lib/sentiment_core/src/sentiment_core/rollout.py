@@ -43,7 +43,7 @@ DEFAULT_BAKE_S = 900.0  # 15 scheduler ticks at each step: a crash loop or a col
 DEFAULT_MIN_FEEDBACK = 1000  # feedback answers on N before it may complete: 5-point drops caught >= 95%
 DEFAULT_ALPHA = 0.05
 DEFAULT_MAX_S = 86_400.0  # a whole day of traffic; a candidate that has not earned its place by then goes back
-MAX_STEP_S = 7 * 86_400.0
+WEEK_S = 7 * 86_400.0  # the longest bake and the longest rollout accepted
 
 
 class RolloutStatus(StrEnum):
@@ -133,12 +133,12 @@ class RolloutSettings:
         """ROLLOUT_STEPS, ROLLOUT_BAKE_S, ROLLOUT_MIN_FEEDBACK, ROLLOUT_ALPHA, ROLLOUT_MAX_S; ConfigError names the
         variable to fix."""
         steps = _steps(config.optional("ROLLOUT_STEPS", DEFAULT_STEPS, env))
-        bake_s = config.number("ROLLOUT_BAKE_S", DEFAULT_BAKE_S, 0.0, MAX_STEP_S, env)
-        min_feedback = config.number("ROLLOUT_MIN_FEEDBACK", DEFAULT_MIN_FEEDBACK, 0, 1_000_000, env)
+        bake_s = config.number("ROLLOUT_BAKE_S", DEFAULT_BAKE_S, 0.0, WEEK_S, env)
+        min_feedback = config.number("ROLLOUT_MIN_FEEDBACK", DEFAULT_MIN_FEEDBACK, 0, 100_000, env)
         if not min_feedback.is_integer():
             raise config.ConfigError(f"ROLLOUT_MIN_FEEDBACK must be a whole number, got {min_feedback:g}")
-        alpha = config.number("ROLLOUT_ALPHA", DEFAULT_ALPHA, 1e-6, 0.5, env)
-        max_s = config.number("ROLLOUT_MAX_S", DEFAULT_MAX_S, 60.0, 30 * 86_400.0, env)
+        alpha = config.number("ROLLOUT_ALPHA", DEFAULT_ALPHA, 0.0001, 0.5, env)
+        max_s = config.number("ROLLOUT_MAX_S", DEFAULT_MAX_S, 60.0, WEEK_S, env)
         if max_s < bake_s * (len(steps) - 1):
             raise config.ConfigError(
                 f"ROLLOUT_MAX_S ({max_s:g}) must be at least ROLLOUT_BAKE_S ({bake_s:g}) times the {len(steps) - 1} "
