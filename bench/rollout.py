@@ -2,13 +2,13 @@
 
     .venv/bin/python bench/rollout.py [--rollouts 1000] [--seed 13]
 
-Simulates rollouts with `sentiment_core.rollout.decide` and the default ROLLOUT_* settings (10,50,100; bake
-900 s; 1,000 feedback answers; alpha 0.05; 24 h). One tick a minute, as Cloud Scheduler sends them: each tick
-brings a random number of predictions (Poisson, 100 on average), split between the two versions by the
-candidate's share at that step; each prediction is positive, gets feedback (1 in 5) and is right at the
-version's rates, and a request fails at the version's error rate. The policy sees only the counts since the
-rollout began, so a feedback answer that comes late only moves calendar time. The rollouts of a case run side
-by side (numpy draws the counts for all of them at once) and `decide` is called for each one on every tick.
+Simulates rollouts with `sentiment_core.rollout.decide` and the ROLLOUT_* settings of this environment, the
+defaults when unset (10,50,100; bake 900 s; 1,000 feedback answers; alpha 0.05; 24 h). One tick a minute, as Cloud
+Scheduler sends them: each tick brings a random number of predictions (Poisson, 100 on average), split between the
+two versions by the candidate's share at that step; each prediction is positive, gets feedback (1 in 5) and is
+right at the version's rates, and a request fails at the version's error rate. The policy sees only the counts
+since the rollout began, so a feedback answer that comes late only moves calendar time. The rollouts of a case run
+side by side (numpy draws the counts for all of them at once) and `decide` is called for each one on every tick.
 
 Targets (with ROLLOUT_MIN_FEEDBACK and ROLLOUT_ALPHA at their defaults): a candidate as accurate as the stable
 version rolled back in <= 5% of rollouts; 5 points worse rolled back in >= 95% within 1,000 feedback answers on
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
@@ -210,7 +211,7 @@ def main() -> int:
     parser.add_argument("--per-tick", type=float, default=100.0, help="mean predictions per tick (one a minute)")
     args = parser.parse_args()
     rollouts = max(1000, args.rollouts)
-    settings = rollout.RolloutSettings.from_env({})  # the defaults, as a watcher with no ROLLOUT_* gets them
+    settings = rollout.RolloutSettings.from_env(os.environ)  # as the watcher reads them: the defaults if unset
     print(f"settings: {settings}", flush=True)
     rows = []
     for number, case in enumerate(cases()):
