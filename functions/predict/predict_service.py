@@ -105,27 +105,16 @@ def handle_predict(request: flask.Request, model: Any, store: Callable[[], Any],
     body = http.read_json_object(request)
     texts, user_answer, is_batch = parse_body(body)
     fingerprint = request_fingerprint(body) if key is not None else None
-    started = time.perf_counter()
-    probabilities = model.predict(texts)
-    elapsed = time.perf_counter() - started
-    manifest = model.manifest
-    now = datetime.now(UTC)
-    predictions = [
-        Prediction(
-            id=prediction_id,
-            text=text,
-            probability=float(probability),
-            model_answer=bool(probability >= manifest.threshold),
-            user_answer=user_answer,
-            model_name=manifest.model_name,
-            model_version=manifest.model_version or "unregistered",
-            mlflow_run_id=manifest.mlflow_run_id,
-            inference_elapsed=elapsed / len(texts),
-            created_at=now,
-        )
-        for prediction_id, text, probability in zip(prediction_ids(key, len(texts)), texts, probabilities, strict=True)
-    ]
-    objects = [to_api(p, secret) for p in predictions]  # non-finite output fails here, before anything is stored
+    version = model.manifest.model_version or "unregistered"
+    try:
+        predictions = _infer(model, texts, user_answer, prediction_ids(key, len(texts)))
+        objects = [to_api(p, secret) for p in predictions]  # non-finite output fails here, before anything is stored
+    except Exception:
+        # The model failed on a valid request (an exception, a non-finite output): this version's server error,
+        # counted in its window for the rollout. Crashes and a model that never loads cannot count themselves;
+        # the rollout sees those as a candidate that is not ready.
+        _count_server_error(store, version)
+        raise
     replayed = False
     try:
         store().save_predictions(predictions, request_sha256=fingerprint)
@@ -142,6 +131,38 @@ def handle_predict(request: flask.Request, model: Any, store: Callable[[], Any],
         raise _unavailable(key) from exc
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return http.json_response({"predictions": objects} if is_batch else objects[0], 201, headers)
+
+
+def _infer(model: Any, texts: list[str], user_answer: bool | None, ids: list[str]) -> list[Prediction]:
+    """The model's predictions for the texts, as records to store."""
+    started = time.perf_counter()
+    probabilities = model.predict(texts)
+    elapsed = time.perf_counter() - started
+    manifest = model.manifest
+    now = datetime.now(UTC)
+    return [
+        Prediction(
+            id=prediction_id,
+            text=text,
+            probability=float(probability),
+            model_answer=bool(probability >= manifest.threshold),
+            user_answer=user_answer,
+            model_name=manifest.model_name,
+            model_version=manifest.model_version or "unregistered",
+            mlflow_run_id=manifest.mlflow_run_id,
+            inference_elapsed=elapsed / len(texts),
+            created_at=now,
+        )
+        for prediction_id, text, probability in zip(ids, texts, probabilities, strict=True)
+    ]
+
+
+def _count_server_error(store: Callable[[], Any], version: str) -> None:
+    try:
+        writer = store()
+    except Exception:  # no writer (no project, no token): the request's own error is what matters
+        return
+    writer.count_server_error(version, datetime.now(UTC))
 
 
 def _unavailable(key: str | None) -> http.ApiError:

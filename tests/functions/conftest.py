@@ -7,6 +7,7 @@ import json
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,19 +84,56 @@ def counters(db: firestore.Client) -> dict[str, dict[str, int]]:
     return totals
 
 
+def count(query) -> int:
+    """An aggregation query's count."""
+    return int(query.count().get()[0][0].value)
+
+
 def counted_from_records(db: firestore.Client, version: str) -> dict[str, int]:
     """The same numbers, recomputed from the records with aggregation queries."""
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     records = db.collection("predictions").where(filter=FieldFilter("model_version", "==", version))
 
-    def count(query) -> int:
-        return int(query.count().get()[0][0].value)
-
     return {
         "predictions": count(records),
         "feedback": count(records.where(filter=FieldFilter("has_feedback", "==", True))),
         "correct": count(records.where(filter=FieldFilter("correct", "==", True))),
+    }
+
+
+WINDOW_FIELDS = ("predictions", "positive", "feedback", "correct", "server_errors")
+
+
+def window_counters(db: firestore.Client) -> dict[tuple[str, datetime], dict[str, int]]:
+    """Window counter shards summed per model version and hour."""
+    totals: dict[tuple[str, datetime], dict[str, int]] = {}
+    for shard in db.collection("counter_windows").stream():
+        data = shard.to_dict()
+        window = totals.setdefault((data["model_version"], data["hour"]), dict.fromkeys(WINDOW_FIELDS, 0))
+        for field in WINDOW_FIELDS:
+            window[field] += int(data.get(field, 0))
+    return totals
+
+
+def window_counted_from_records(db: firestore.Client, version: str, hour: datetime) -> dict[str, int]:
+    """The same numbers for one version and hour, from the records with aggregation queries (no server errors:
+    a failed request stores no record)."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    records = (
+        db.collection("predictions")
+        .where(filter=FieldFilter("model_version", "==", version))
+        .where(filter=FieldFilter("created_at", ">=", hour))
+        .where(filter=FieldFilter("created_at", "<", hour + timedelta(hours=1)))
+    )
+
+    return {
+        "predictions": count(records),
+        "positive": count(records.where(filter=FieldFilter("model_answer", "==", True))),
+        "feedback": count(records.where(filter=FieldFilter("has_feedback", "==", True))),
+        "correct": count(records.where(filter=FieldFilter("correct", "==", True))),
+        "server_errors": 0,
     }
 
 

@@ -1,4 +1,4 @@
-"""Under concurrency the counters equal the records; with Firestore frozen, predict degrades to bounded 503s."""
+"""Under concurrency every counter (lifetime and per hour) equals the records; a frozen Firestore gives bounded 503s."""
 
 from __future__ import annotations
 
@@ -8,14 +8,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from localdev import services
-from tests.functions.conftest import STORE_TIMEOUT_S, call, counted_from_records, counters
+from tests.functions.conftest import (
+    STORE_TIMEOUT_S,
+    call,
+    counted_from_records,
+    counters,
+    window_counted_from_records,
+    window_counters,
+)
 
 # A client's deadline that only a hung request reaches (predict's own bound is STORE_TIMEOUT_S); how long
 # requests take under a freeze is a figure for bench/, not an assertion.
 HANG_S = 30.0
 
 
-def test_2000_concurrent_mixed_requests_keep_every_aggregate_equal_to_the_records(
+def test_2000_concurrent_mixed_requests_keep_every_aggregate_and_window_equal_to_the_records(
     predict_url, feedback_url, clean_db, trained
 ) -> None:
     made: list[dict] = []
@@ -51,6 +58,11 @@ def test_2000_concurrent_mixed_requests_keep_every_aggregate_equal_to_the_record
     assert from_records["predictions"] == statuses.count(201) == len(made)
     statistics = call(feedback_url + "/statistics").json["statistics"]
     assert {k: statistics[k] for k in ("predictions", "feedback", "correct")} == from_records
+    windows = window_counters(clean_db)
+    assert windows, "every prediction counts in its version's hour"
+    for (window_version, hour), counted in windows.items():
+        assert counted == window_counted_from_records(clean_db, window_version, hour)
+    assert {k: sum(w[k] for w in windows.values()) for k in from_records} == from_records  # no hour missed
 
 
 def test_frozen_firestore_gives_bounded_503s_and_every_201_is_stored(predict_url, firestore_emulator, clean_db) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -101,7 +102,7 @@ def writer() -> Iterator:
         rest.close()
 
 
-def test_save_predictions_sends_one_atomic_commit_with_a_metadata_token(fake, writer) -> None:
+def test_save_predictions_sends_one_atomic_commit_with_its_window_counter_and_a_metadata_token(fake, writer) -> None:
     state, base = fake
 
     writer(base).save_predictions([prediction(user_answer=True)])
@@ -110,7 +111,7 @@ def test_save_predictions_sends_one_atomic_commit_with_a_metadata_token(fake, wr
     commit = json.loads(body)
     assert path == "/v1/projects/proj/databases/(default)/documents:commit"
     assert headers["Authorization"] == "Bearer token-1"
-    create, increment = commit["writes"]
+    create, increment, window = commit["writes"]
     assert create["currentDocument"] == {"exists": False}
     assert create["update"]["name"].endswith("/documents/predictions/" + "a" * 32)
     assert create["update"]["fields"]["created_at"] == {"timestampValue": "2026-01-02T03:04:05.678000Z"}
@@ -121,6 +122,32 @@ def test_save_predictions_sends_one_atomic_commit_with_a_metadata_token(fake, wr
         "feedback": "1",
         "correct": "1",
     }
+    assert re.fullmatch(r".*/documents/counter_windows/3--2026010203--([0-9]|1[0-5])", window["update"]["name"])
+    assert window["update"]["fields"] == {
+        "model_version": {"stringValue": "3"},
+        "hour": {"timestampValue": "2026-01-02T03:00:00Z"},
+    }
+    assert window["updateMask"] == {"fieldPaths": ["model_version", "hour"]}
+    assert {t["fieldPath"]: t["increment"]["integerValue"] for t in window["updateTransforms"]} == {
+        "predictions": "1",
+        "positive": "1",
+        "feedback": "1",
+        "correct": "1",
+    }
+
+
+def test_count_server_error_commits_one_increment_and_never_raises(fake, writer) -> None:
+    state, base = fake
+    state.commit_statuses = [200, 403]
+    rest = writer(base)
+
+    rest.count_server_error("3", datetime(2026, 1, 2, 3, 59, tzinfo=UTC))
+    rest.count_server_error("3", datetime(2026, 1, 2, 4, tzinfo=UTC))  # refused: the request's 5xx is unchanged
+
+    (write,) = json.loads(state.requests[0][2])["writes"]
+    assert "/counter_windows/3--2026010203--" in write["update"]["name"]
+    assert write["updateTransforms"] == [{"fieldPath": "server_errors", "increment": {"integerValue": "1"}}]
+    assert len(state.requests) == 2
 
 
 def test_token_is_cached_across_commits(fake, writer) -> None:

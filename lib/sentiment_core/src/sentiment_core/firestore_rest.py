@@ -7,6 +7,7 @@ which reads and queries, keeps the client library. Same documents, same counters
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -23,12 +24,17 @@ from typing import Any
 from sentiment_core.records import (
     COUNTER_FIELDS,
     COUNTER_SHARDS,
+    COUNTER_WINDOWS,
     NUM_SHARDS,
     PREDICTIONS,
+    WINDOW_FIELDS,
     Counts,
     Prediction,
     PredictionsExist,
     StoreUnavailable,
+    WindowCounts,
+    window_document_id,
+    window_hour,
 )
 
 PRODUCTION_ENDPOINT = "https://firestore.googleapis.com"
@@ -131,11 +137,25 @@ class RestPredictionWriter:
         """
         writes = [self._create(p, request_sha256) for p in predictions]
         by_version: dict[str, Counts] = {}
+        by_window: dict[tuple[str, datetime], WindowCounts] = {}
         for p in predictions:
             counted = Counts(1, int(p.user_answer is not None), int(bool(p.correct)))
             by_version[p.model_version] = by_version.get(p.model_version, Counts()) + counted
+            window = (p.model_version, window_hour(p.created_at))
+            by_window[window] = by_window.get(window, WindowCounts()) + WindowCounts.of(p)
         writes += [self._increment(version, counts) for version, counts in by_version.items()]
+        writes += [self._window_increment(version, hour, counts) for (version, hour), counts in by_window.items()]
         self._commit({"writes": writes}, existing_is_ours=request_sha256 is None)
+
+    def count_server_error(self, version: str, at: datetime) -> None:
+        """One server error of `version` in its window counter; best effort, never raises.
+
+        The request that failed answers a 5xx whatever happens here: a counter that cannot be written only
+        makes the rollout's server-error check a little blinder, it must not change the answer.
+        """
+        body = {"writes": [self._window_increment(version, window_hour(at), WindowCounts(server_errors=1))]}
+        with contextlib.suppress(StoreUnavailable):
+            self._call(self._commit_path, json.dumps(body).encode())
 
     def read_predictions(
         self, ids: Sequence[str], deadline: float | None = None
@@ -174,15 +194,11 @@ class RestPredictionWriter:
 
     def _increment(self, version: str, counts: Counts) -> dict[str, Any]:
         shard = self._document(COUNTER_SHARDS, f"{version}--{random.randrange(NUM_SHARDS)}")
-        return {
-            "update": {"name": shard, "fields": {"model_version": encode_value(version)}},
-            "updateMask": {"fieldPaths": ["model_version"]},
-            "updateTransforms": [
-                {"fieldPath": name, "increment": {"integerValue": str(getattr(counts, name))}}
-                for name in COUNTER_FIELDS
-                if getattr(counts, name)
-            ],
-        }
+        return _increments(shard, {"model_version": version}, counts, COUNTER_FIELDS)
+
+    def _window_increment(self, version: str, hour: datetime, counts: WindowCounts) -> dict[str, Any]:
+        shard = self._document(COUNTER_WINDOWS, window_document_id(version, hour, random.randrange(NUM_SHARDS)))
+        return _increments(shard, {"model_version": version, "hour": hour}, counts, WINDOW_FIELDS)
 
     def close(self) -> None:
         """Close this thread's connection (instances live as long as the process; tests close theirs)."""
@@ -247,6 +263,19 @@ class RestPredictionWriter:
                 return  # our earlier attempt committed and its answer was lost: the records exist once
             raise PredictionsExist("a prediction with one of these ids is stored already", deadline)
         raise StoreUnavailable(f"Firestore refused the commit: HTTP {status} {payload[:300].decode(errors='replace')}")
+
+
+def _increments(name: str, fields: dict[str, Any], counts: Any, counted: Sequence[str]) -> dict[str, Any]:
+    """A write that sets `fields` and adds the non-zero `counted` fields of `counts` (no read, no lock)."""
+    return {
+        "update": {"name": name, "fields": {k: encode_value(v) for k, v in fields.items()}},
+        "updateMask": {"fieldPaths": list(fields)},
+        "updateTransforms": [
+            {"fieldPath": field, "increment": {"integerValue": str(getattr(counts, field))}}
+            for field in counted
+            if getattr(counts, field)
+        ],
+    }
 
 
 def _error_status(payload: bytes) -> str | None:

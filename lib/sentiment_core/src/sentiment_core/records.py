@@ -6,6 +6,10 @@
 - `counter_shards/{version}--{n}`: `predictions`, `feedback` and `correct` per model version, split over
   NUM_SHARDS documents and changed only with increments, in the same atomic commit as the record they
   count. No single hot document; counters equal the records by construction.
+- `counter_windows/{version}--{YYYYMMDDHH}--{n}`: the same counts per model version and UTC hour (plus
+  `positive`, the model's positive answers, and `server_errors`), for the rollout's evidence over a window. A
+  record counts in the hour it was created, its feedback too whenever that arrives, so the counters of an
+  hour equal its records and a window is the predictions made in it. Read by `store.window_evidence`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ COUNTER_SHARDS = "counter_shards"
 NUM_SHARDS = 16
 PREDICTION_ID = re.compile(r"[0-9a-f]{32}")
 COUNTER_FIELDS = ("predictions", "feedback", "correct")
+COUNTER_WINDOWS = "counter_windows"
+WINDOW_FIELDS = ("predictions", "positive", "feedback", "correct", "server_errors")
 
 
 class StoreUnavailable(RuntimeError):
@@ -125,6 +131,48 @@ class Counts:
             "feedback": self.feedback,
             "correct": self.correct,
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowCounts:
+    """Increments of one window counter: what some records (or failed requests) add to their version's hour."""
+
+    predictions: int = 0
+    positive: int = 0
+    feedback: int = 0
+    correct: int = 0
+    server_errors: int = 0
+
+    @classmethod
+    def of(cls, prediction: Prediction) -> WindowCounts:
+        return cls(
+            1, int(prediction.model_answer), int(prediction.user_answer is not None), int(bool(prediction.correct))
+        )
+
+    def __add__(self, other: WindowCounts) -> WindowCounts:
+        return WindowCounts(*(getattr(self, f) + getattr(other, f) for f in WINDOW_FIELDS))
+
+
+def window_hour(moment: datetime) -> datetime:
+    """The UTC hour that `moment` falls in: the granularity of the window counters."""
+    utc = _as_utc(moment)
+    # Built, not replace()d: the client library's timestamps are a datetime subclass whose replace() fails.
+    return datetime(utc.year, utc.month, utc.day, utc.hour, tzinfo=UTC)
+
+
+def window_key(version: str, moment: datetime) -> str:
+    """`{version}--{YYYYMMDDHH}`: the id prefix of a version's window counters for the hour of `moment`.
+
+    Fixed-width hours sort as text in time order, so a version's hours from one on are an id range.
+    """
+    return f"{version}--{window_hour(moment):%Y%m%d%H}"
+
+
+def window_document_id(version: str, moment: datetime, shard: int) -> str:
+    """The id of one shard of a version's window counter for the hour of `moment`."""
+    if not 0 <= shard < NUM_SHARDS:
+        raise ValueError(f"shard must be in 0..{NUM_SHARDS - 1}, got {shard}")
+    return f"{window_key(version, moment)}--{shard}"
 
 
 class InvalidPageToken(ValueError):

@@ -1,4 +1,4 @@
-"""Firestore through the client library: feedback's reads, conditional writes and queries."""
+"""Firestore through the client library: feedback's reads, conditional writes and queries; the rollout's evidence."""
 
 from __future__ import annotations
 
@@ -14,16 +14,23 @@ from google.cloud import firestore
 from sentiment_core.records import (
     COUNTER_FIELDS,
     COUNTER_SHARDS,
+    COUNTER_WINDOWS,
     NUM_SHARDS,
     PREDICTIONS,
+    WINDOW_FIELDS,
     Counts,
     FeedbackConflict,
     NotFound,
     Prediction,
     StoreUnavailable,
+    WindowCounts,
     decode_page_token,
     encode_page_token,
+    window_document_id,
+    window_hour,
+    window_key,
 )
+from sentiment_core.rollout import VersionCounts
 
 
 class Store:
@@ -68,9 +75,20 @@ class Store:
                 option=self._client.write_option(last_update_time=snapshot.update_time),
             )
             counts = Counts(0, 1, int(bool(updated.correct)))
-            batch.set(
-                self._shard(prediction.model_version), self._increments(prediction.model_version, counts), merge=True
+            version = prediction.model_version
+            batch.set(self._shard(version), _increments({"model_version": version}, counts, COUNTER_FIELDS), merge=True)
+            # The window of the hour the prediction was made in, whenever the answer comes: a window's feedback
+            # is about the predictions made in it, so both versions' feedback covers the same traffic.
+            hour = window_hour(prediction.created_at)
+            window = self._client.collection(COUNTER_WINDOWS).document(
+                window_document_id(version, hour, random.randrange(NUM_SHARDS))
             )
+            increments = _increments(
+                {"model_version": version, "hour": hour},
+                WindowCounts(feedback=1, correct=counts.correct),
+                WINDOW_FIELDS,
+            )
+            batch.set(window, increments, merge=True)
             try:
                 batch.commit(retry=self._retry, timeout=self._timeout)
             except gexc.FailedPrecondition:
@@ -118,11 +136,34 @@ class Store:
     def _shard(self, version: str) -> Any:
         return self._client.collection(COUNTER_SHARDS).document(f"{version}--{random.randrange(NUM_SHARDS)}")
 
-    @staticmethod
-    def _increments(version: str, counts: Counts) -> dict[str, Any]:
-        fields: dict[str, Any] = {"model_version": version}
-        for name in COUNTER_FIELDS:
-            value = getattr(counts, name)
-            if value:
-                fields[name] = firestore.Increment(value)
-        return fields
+
+def _increments(fields: dict[str, Any], counts: Any, counted: tuple[str, ...]) -> dict[str, Any]:
+    """`fields` plus an increment of each non-zero `counted` field of `counts`, for a merge set."""
+    return fields | {name: firestore.Increment(getattr(counts, name)) for name in counted if getattr(counts, name)}
+
+
+def window_evidence(client: firestore.Client, version: str, since: datetime, timeout_s: float = 10.0) -> VersionCounts:
+    """What `version` did from the UTC hour of `since` on, summed over its window counters.
+
+    One range query over document ids (`{version}--{hour}` sorts in time order): it reads the version's
+    existing counters of those hours, at most hours x NUM_SHARDS documents, never a prediction, and needs no
+    composite index. Two versions read with the same `since` cover the same hours, so the same window.
+    """
+    windows = client.collection(COUNTER_WINDOWS)
+    # "~" sorts after every digit: the upper bound closes the range on this version's hour keys.
+    first, end = windows.document(window_key(version, since)), windows.document(f"{version}--~")
+    query = windows.where(filter=firestore.FieldFilter("__name__", ">=", first)).where(
+        filter=firestore.FieldFilter("__name__", "<", end)
+    )
+    totals = dict.fromkeys(WINDOW_FIELDS, 0)
+    retry = Retry(predicate=if_transient_error, initial=0.05, maximum=0.5, timeout=timeout_s)
+    try:
+        for counter in query.stream(retry=retry, timeout=timeout_s):
+            data = counter.to_dict()
+            if data.get("model_version") != version:
+                continue  # an id of another version that happens to share the prefix (ids are free text)
+            for field in WINDOW_FIELDS:
+                totals[field] += int(data.get(field, 0))
+    except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+        raise StoreUnavailable(str(exc)) from exc
+    return VersionCounts(version=version, **totals)
