@@ -273,7 +273,8 @@ def _traffic_key(targets: Any) -> list[tuple[int, str, int, str]]:
 
 class LocalDeployer:
     """The local stack's router (localdev.router) plays Cloud Run: it starts a predict process on the new
-    version, waits until it is healthy, switches traffic to it and drains the old one."""
+    version, waits until it is healthy, then gives it all traffic or, as a candidate, its share; a revision that
+    loses its traffic is drained and stopped."""
 
     def __init__(self, admin_url: str, public_url: str, timeout_s: float = 120.0) -> None:
         self._admin = admin_url.rstrip("/")
@@ -281,16 +282,50 @@ class LocalDeployer:
         self._timeout = timeout_s
 
     def deploy(self, event: ProductionChanged) -> Deployed:
-        body = json.dumps({"model_uri": event.model_uri, "model_version": event.model_version}).encode()
+        answer = self._call("POST", "/revisions", {"model_uri": event.model_uri, "model_version": event.model_version})
+        wait_until_serving(self._public, event.model_version, 30.0)
+        return Deployed(revision=answer["revision"], url=self._public)
+
+    def deploy_candidate(self, event: ProductionChanged, percent: int) -> Deployed:
+        check_share(percent)
+        body = {"model_uri": event.model_uri, "model_version": event.model_version, "percent": percent}
+        answer = self._call("POST", "/revisions", body)
+        wait_until_serving(answer["url"], event.model_version, 30.0)
+        return Deployed(revision=answer["revision"], url=answer["url"], split=_split(answer))
+
+    def set_split(self, split: Split) -> None:
+        self._call("PUT", "/traffic", dataclasses.asdict(split))
+
+    def complete(self, split: Split) -> Deployed:
+        return self._take_all(split.candidate)
+
+    def roll_back(self, split: Split) -> Deployed:
+        return self._take_all(split.stable)
+
+    def current_split(self) -> Split | None:
+        return _split(self._call("GET", "/revisions"))
+
+    def _take_all(self, revision: str) -> Deployed:
+        answer = self._call("PUT", "/traffic", {"revision": revision})
+        wait_until_serving(self._public, answer["model_version"], 30.0)
+        return Deployed(revision=revision, url=self._public)
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
-            f"{self._admin}/revisions", data=body, headers={"Content-Type": "application/json"}, method="POST"
+            f"{self._admin}{path}", data=data, headers={"Content-Type": "application/json"}, method=method
         )
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                revision = json.loads(response.read())["revision"]
+                return json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            raise DeployError(f"the local router refused the revision: {exc.read()[:500]!r}") from exc
-        except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+            raise DeployError(
+                f"the local router refused the revision change ({method} {path}): {exc.read()[:500]!r}"
+            ) from exc
+        except (urllib.error.URLError, OSError, ValueError) as exc:
             raise DeployError(f"the local router at {self._admin} failed: {exc}") from exc
-        wait_until_serving(self._public, event.model_version, 30.0)
-        return Deployed(revision=revision, url=self._public)
+
+
+def _split(described: dict[str, Any]) -> Split | None:
+    split = described.get("split")
+    return Split(split["stable"], split["candidate"], split["percent"]) if split else None

@@ -12,7 +12,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from sentiment_core import events
-from tests.functions.conftest import PROJECT, call, redeploy_module
+from tests.functions.conftest import PROJECT, call, production_changed, redeploy_module
 from tests.functions.fake_cloud_run import LATEST, FakeCloudRun
 
 deployers = redeploy_module("deployers")
@@ -52,15 +52,7 @@ def deployer(cloud_run):
 
 
 def event(bucket: str, version: str, event_id: str | None = None) -> events.ProductionChanged:
-    return events.ProductionChanged(
-        event_id=event_id or f"e{version}",
-        model_name="yelp-sentiment",
-        model_version=version,
-        mlflow_run_id="r",
-        model_uri=f"gs://{bucket}/v{version}",
-        sha256="0" * 64,
-        previous_version=None,
-    )
+    return production_changed(version, f"gs://{bucket}/v{version}", event_id)
 
 
 def served_version(url: str) -> str:
