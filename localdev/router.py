@@ -1,4 +1,4 @@
-"""The local stand-in for Cloud Run's traffic switch: one stable URL in front of `predict` processes.
+"""The local stand-in for Cloud Run's traffic: one stable URL in front of one or two `predict` processes.
 
 `python -m localdev.router --port P --admin-port A --workdir DIR [--model-uri URI]`
 
@@ -6,6 +6,10 @@
 - `POST http://127.0.0.1:A/revisions {"model_uri", "model_version"}` starts a new revision on that model, waits
   until its /healthz reports the version, switches traffic to it, lets the old revision finish the requests it
   holds, then stops it: the page never sees an error. `GET /revisions` says what serves.
+- With `"percent": P` (0 to 99) the new revision is a candidate instead: it gets P% of the requests and the
+  serving (stable) revision the rest. `PUT /traffic {"stable", "candidate", "percent"}` moves the share;
+  `PUT /traffic {"revision"}` gives that revision all traffic (complete, or roll back) and drains and stops the
+  other one. Each is idempotent; a change that names revisions that are not live is a 409.
 - SIGTERM stops every revision it started.
 
 The environment of the router (Firestore emulator, secrets, ...) is the environment of every revision.
@@ -47,53 +51,138 @@ class Revision:
     in_flight: int = 0
 
 
+class Conflict(RuntimeError):
+    """The traffic change names revisions that are not live, or a candidate is already live: a 409."""
+
+
 class Router:
-    """The current revision, switched atomically; in-flight counts let an old revision drain before it stops."""
+    """One or two live revisions and their shares, changed atomically; in-flight counts let a revision that lost
+    its traffic drain before it stops.
+
+    The stable revision comes first; a candidate beside it gets `percent` of the requests by smooth weighted
+    round robin (the nginx scheme): deterministic, and within one request of the exact share over any run of
+    requests, so a test can assert the counts rather than hope a random draw lands near them.
+    """
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self._lock = threading.Lock()
         self._deploy_lock = threading.Lock()  # one revision change at a time, like Cloud Run's operations
-        self._current: Revision | None = None
+        self._live: list[Revision] = []  # the stable revision, then the candidate if there is one
+        self._weights: dict[str, int] = {}
+        self._credit: dict[str, int] = {}
         self._count = 0
 
     @property
     def current(self) -> Revision | None:
-        return self._current
+        """The stable revision."""
+        live = self._live
+        return live[0] if live else None
+
+    def traffic(self) -> list[tuple[Revision, int]]:
+        """The live revisions and their percent, the stable one first."""
+        with self._lock:
+            return [(revision, self._weights[revision.name]) for revision in self._live]
 
     def acquire(self) -> Revision | None:
         with self._lock:
-            if self._current is not None:
-                self._current.in_flight += 1
-            return self._current
+            if not self._live:
+                return None
+            for revision in self._live:
+                self._credit[revision.name] += self._weights[revision.name]
+            chosen = max(self._live, key=lambda r: self._credit[r.name])
+            self._credit[chosen.name] -= 100
+            chosen.in_flight += 1
+            return chosen
 
     def release(self, revision: Revision) -> None:
         with self._lock:
             revision.in_flight -= 1
 
     def deploy(self, model_uri: str, model_version: str) -> Revision:
+        """A new revision takes all traffic; every other one drains and stops."""
         with self._deploy_lock:
-            self._count += 1
-            name = f"predict-{self._count:05d}"
-            env = {**os.environ, "MODEL_URI": model_uri}
-            # Up means answering at all: a revision whose model cannot load answers 503, and fails at once below.
-            service = services.start_function("predict", self.workdir, env, ready_any_status=True)
-            revision = Revision(name, model_uri, model_version, service)
-            try:
-                reported = _healthz(service.url).get("model_version")
-                if model_version and reported != model_version:
-                    raise RuntimeError(f"{name} serves version {reported!r}, not {model_version!r}")
-            except Exception:
-                service.stop()
-                raise
-            with self._lock:
-                old, self._current = self._current, revision
-            logger.info("%s (version %s) takes all traffic", name, model_version)
-            self._record(revision, old)
-            if old is not None:
-                self._drain(old)
-                self._record(revision)
+            revision = self._start(model_uri, model_version)
+            self._take_all(revision)
             return revision
+
+    def deploy_candidate(self, model_uri: str, model_version: str, percent: int) -> Revision:
+        """A new revision beside the stable one gets `percent` of the requests; the same call again only sets
+        the share (a redelivered event starts no second process)."""
+        with self._deploy_lock:
+            if not self._live:
+                raise Conflict("no revision serves yet: deploy one before a candidate")
+            if len(self._live) == 2:
+                candidate = self._live[1]
+                if (candidate.model_uri, candidate.model_version) != (model_uri, model_version):
+                    raise Conflict(f"{candidate.name} is already a candidate: complete or roll it back first")
+                self._set_weights(self._live[0], candidate, percent)
+                return candidate
+            stable = self._live[0]
+            candidate = self._start(model_uri, model_version)
+            with self._lock:
+                self._live = [stable, candidate]
+                self._credit[candidate.name] = 0
+                self._set_weights_locked(stable, candidate, percent)
+            logger.info("%s (version %s) takes %d%% beside %s", candidate.name, model_version, percent, stable.name)
+            self._record(stable, candidate)
+            return candidate
+
+    def set_split(self, stable: str, candidate: str, percent: int) -> None:
+        with self._deploy_lock:
+            names = [revision.name for revision in self._live]
+            if names != [stable, candidate]:
+                raise Conflict(f"the live revisions are {names}, not stable {stable} and candidate {candidate}")
+            self._set_weights(self._live[0], self._live[1], percent)
+
+    def take_all(self, name: str) -> Revision:
+        """`name` (a live revision) takes all traffic; the other drains and stops. Completes or rolls back."""
+        with self._deploy_lock:
+            winner = next((revision for revision in self._live if revision.name == name), None)
+            if winner is None:
+                raise Conflict(f"{name} is not live (live: {[revision.name for revision in self._live]})")
+            self._take_all(winner)
+            return winner
+
+    def _start(self, model_uri: str, model_version: str) -> Revision:
+        self._count += 1
+        name = f"predict-{self._count:05d}"
+        env = {**os.environ, "MODEL_URI": model_uri}
+        # Up means answering at all: a revision whose model cannot load answers 503, and fails at once below.
+        service = services.start_function("predict", self.workdir, env, ready_any_status=True)
+        try:
+            reported = _healthz(service.url).get("model_version")
+            if model_version and reported != model_version:
+                raise RuntimeError(f"{name} serves version {reported!r}, not {model_version!r}")
+        except Exception:
+            service.stop()
+            raise
+        return Revision(name, model_uri, model_version, service)
+
+    def _set_weights(self, stable: Revision, candidate: Revision, percent: int) -> None:
+        with self._lock:
+            self._set_weights_locked(stable, candidate, percent)
+        logger.info("%s takes %d%%, %s the rest", candidate.name, percent, stable.name)
+
+    def _set_weights_locked(self, stable: Revision, candidate: Revision, percent: int) -> None:
+        if self._weights.get(candidate.name) != percent:  # the same split again keeps the round robin's place
+            self._weights[stable.name], self._weights[candidate.name] = 100 - percent, percent
+            self._credit[stable.name] = self._credit[candidate.name] = 0
+
+    def _take_all(self, winner: Revision) -> None:
+        with self._lock:
+            if self._live == [winner]:
+                return  # already so: the same change applied again changes nothing
+            losers = [revision for revision in self._live if revision is not winner]
+            self._live = [winner]
+            self._weights = {winner.name: 100}
+            self._credit = {winner.name: 0}
+        logger.info("%s (version %s) takes all traffic", winner.name, winner.model_version)
+        self._record(winner, *losers)
+        for loser in losers:  # out of the table already: no new request reaches it while it drains
+            self._drain(loser)
+        if losers:
+            self._record(winner)
 
     def _record(self, *revisions: Revision | None) -> None:
         """The live revisions' process groups, so `make down` can stop them even if the router was killed."""
@@ -109,9 +198,9 @@ class Router:
 
     def stop(self) -> None:
         with self._lock:
-            current, self._current = self._current, None
-        if current is not None:
-            current.service.stop()
+            live, self._live = self._live, []
+        for revision in live:
+            revision.service.stop()
 
 
 def _healthz(url: str) -> dict[str, Any]:
@@ -206,39 +295,95 @@ def admin_handler(router: Router) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _describe(self) -> dict[str, Any]:
-            current = router.current
-            if current is None:
-                return {"revision": None}
+            traffic = router.traffic()
+            if not traffic:
+                return {"revision": None, "traffic": [], "split": None}
+            stable = traffic[0][0]
+            split = None
+            if len(traffic) == 2:
+                split = {"stable": stable.name, "candidate": traffic[1][0].name, "percent": traffic[1][1]}
             return {
-                "revision": current.name,
-                "model_uri": current.model_uri,
-                "model_version": current.model_version,
-                "url": current.service.url,
-                "pid": current.service.pid,
+                "revision": stable.name,
+                "model_uri": stable.model_uri,
+                "model_version": stable.model_version,
+                "url": stable.service.url,
+                "pid": stable.service.pid,
+                "traffic": [
+                    {
+                        "revision": revision.name,
+                        "model_version": revision.model_version,
+                        "percent": percent,
+                        "url": revision.service.url,
+                        "pid": revision.service.pid,
+                    }
+                    for revision, percent in traffic
+                ],
+                "split": split,
             }
+
+        def _error(self, status: int, code: str, message: str) -> None:
+            _send_json(self, status, {"error": {"code": code, "message": message}})
+
+        def _request(self) -> dict[str, Any] | None:
+            try:
+                request = json.loads(_read_body(self) or b"{}")
+            except ValueError:
+                request = None
+            return request if isinstance(request, dict) else None
 
         def do_GET(self) -> None:
             if self.path in ("/healthz", "/revisions"):
                 return _send_json(self, 200, {"status": "ok", **self._describe()})
-            return _send_json(self, 404, {"error": {"code": "not_found", "message": self.path}})
+            return self._error(404, "not_found", self.path)
 
         def do_POST(self) -> None:
             if self.path != "/revisions":
-                return _send_json(self, 404, {"error": {"code": "not_found", "message": self.path}})
+                return self._error(404, "not_found", self.path)
+            request = self._request() or {}
+            model_uri, version = request.get("model_uri"), request.get("model_version")
+            percent = request.get("percent", 100)
+            if not isinstance(model_uri, str) or not isinstance(version, str) or not _is_percent(percent, 100):
+                give = "give model_uri, model_version and optionally percent (0 to 100, 100 takes all traffic)"
+                return self._error(400, "invalid_request", give)
             try:
-                request = json.loads(_read_body(self) or b"{}")
-                model_uri, version = str(request["model_uri"]), str(request["model_version"])
-            except (ValueError, KeyError, TypeError):
-                invalid = {"code": "invalid_request", "message": "give model_uri and model_version"}
-                return _send_json(self, 400, {"error": invalid})
-            try:
-                revision = router.deploy(model_uri, version)
+                if percent == 100:
+                    revision = router.deploy(model_uri, version)
+                else:
+                    revision = router.deploy_candidate(model_uri, version, percent)
+            except Conflict as exc:
+                return self._error(409, "conflict", str(exc))
             except Exception as exc:  # the old revision keeps serving; say why the new one did not start
                 logger.error("revision on %s failed to start: %s", model_uri, exc)
-                return _send_json(self, 500, {"error": {"code": "revision_failed", "message": str(exc)}})
-            return _send_json(self, 201, {"revision": revision.name, "url": revision.service.url})
+                return self._error(500, "revision_failed", str(exc))
+            answer = {"revision": revision.name, "url": revision.service.url, "split": self._describe()["split"]}
+            return _send_json(self, 201, answer)
+
+        def do_PUT(self) -> None:
+            """{"stable", "candidate", "percent"} sets a split; {"revision"} gives one revision all traffic."""
+            if self.path != "/traffic":
+                return self._error(404, "not_found", self.path)
+            request = self._request() or {}
+            try:
+                if isinstance(request.get("revision"), str):
+                    router.take_all(request["revision"])
+                elif (
+                    isinstance(request.get("stable"), str)
+                    and isinstance(request.get("candidate"), str)
+                    and _is_percent(request.get("percent"), 99)
+                ):
+                    router.set_split(request["stable"], request["candidate"], request["percent"])
+                else:
+                    give = 'give {"revision"} or {"stable", "candidate", "percent" (0 to 99)}'
+                    return self._error(400, "invalid_request", give)
+            except Conflict as exc:
+                return self._error(409, "conflict", str(exc))
+            return _send_json(self, 200, self._describe())
 
     return Admin
+
+
+def _is_percent(value: Any, highest: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= highest
 
 
 def main(argv: list[str] | None = None) -> int:

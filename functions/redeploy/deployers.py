@@ -1,12 +1,18 @@
 """Putting a staged version in front of traffic: Cloud Run in the cloud, the local router at home.
 
 Both end the same way: the public URL's /healthz must report the new version before the deploy counts as done.
+A progressive rollout puts the new version beside the serving one instead: `deploy_candidate` gives it a share of
+the traffic (a `Split`), `set_split` moves the share, and `complete` or `roll_back` leaves one revision with all of
+it. Every traffic change is idempotent: applying the split that is already in place changes nothing, so the
+watcher can apply its decision again after a crash.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -15,20 +21,64 @@ from typing import Any, Protocol
 from sentiment_core.events import ProductionChanged
 
 MODEL_URI_ENV = "MODEL_URI"
+CANDIDATE_TAG = "candidate"
 
 
 class DeployError(RuntimeError):
     """The new version is not serving (the old one still is)."""
 
 
+def check_share(percent: int) -> None:
+    """A candidate's share: 100 is not a split (the stable revision would stay live for nothing), it is complete."""
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent < 100:
+        raise ValueError(f"a candidate's share is a whole percent from 0 to 99 (100 is complete), got {percent!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Traffic shared by two live revisions: the candidate gets `percent`, the stable revision the rest."""
+
+    stable: str
+    candidate: str
+    percent: int
+
+    def __post_init__(self) -> None:
+        check_share(self.percent)
+        if not self.stable or not self.candidate or self.stable == self.candidate:
+            raise ValueError(f"a split needs two different revisions, got {self.stable!r} and {self.candidate!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Deployed:
     revision: str
-    url: str
+    url: str  # for a candidate, its own URL (it can be called directly); otherwise the public URL
+    split: Split | None = None  # set when the revision is a candidate beside the stable one
 
 
 class Deployer(Protocol):
-    def deploy(self, event: ProductionChanged) -> Deployed: ...
+    def deploy(self, event: ProductionChanged) -> Deployed:
+        """The event's version takes all the traffic at once; every other revision is drained."""
+        ...
+
+    def deploy_candidate(self, event: ProductionChanged, percent: int) -> Deployed:
+        """A new revision on the event's version gets `percent` of the traffic; the serving one keeps the rest."""
+        ...
+
+    def set_split(self, split: Split) -> None:
+        """Move the candidate's share; a no-op when the split is already in place."""
+        ...
+
+    def complete(self, split: Split) -> Deployed:
+        """The candidate takes all the traffic; the stable revision is drained."""
+        ...
+
+    def roll_back(self, split: Split) -> Deployed:
+        """The stable revision takes all the traffic back; the candidate is drained."""
+        ...
+
+    def current_split(self) -> Split | None:
+        """The split in place, or None when one revision has all the traffic."""
+        ...
 
 
 def wait_until_serving(url: str, version: str, timeout_s: float, headers: dict[str, str] | None = None) -> None:
@@ -52,9 +102,10 @@ def wait_until_serving(url: str, version: str, timeout_s: float, headers: dict[s
 class CloudRunDeployer:
     """Updates the Cloud Run service behind `predict` (Cloud Run Admin API v2) to a new revision.
 
-    The new revision gets MODEL_URI = the staged folder and a `model-version` label; traffic is set to 100% on
-    the latest revision explicitly, because a manual rollback leaves a fixed split that would otherwise keep
-    every request on the old revision. Cloud Run drains the old instances itself.
+    The new revision gets MODEL_URI = the staged folder and a `model-version` label. `deploy` sets traffic to
+    100% on the latest revision explicitly, because a manual rollback leaves a fixed split that would otherwise
+    keep every request on the old revision. A rollout pins traffic by revision name instead, the candidate
+    tagged `candidate` so that it has a URL of its own. Cloud Run drains the old instances itself.
     """
 
     def __init__(
@@ -74,47 +125,156 @@ class CloudRunDeployer:
         self._healthz_timeout = healthz_timeout_s
 
     def deploy(self, event: ProductionChanged) -> Deployed:
+        run_v2 = self._run
+        service = self._get()
+        self._configure(service, event, revision="")  # a fixed name from the last deploy would fail the update
+        latest = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
+        service.traffic[:] = [run_v2.TrafficTarget(type_=latest, percent=100)]
+        updated = self._update(service)
+        ready = self._ready_revision(updated)
+        wait_until_serving(updated.uri, event.model_version, self._healthz_timeout)
+        return Deployed(revision=ready, url=updated.uri)
+
+    def deploy_candidate(self, event: ProductionChanged, percent: int) -> Deployed:
+        check_share(percent)
+        service = self._get()
+        name = self._candidate_name(event)
+        stable, candidate = self._serving(service)
+        if candidate not in (None, name):
+            raise DeployError(f"{candidate} is already a candidate beside {stable}: complete or roll it back first")
+        split = Split(stable, name, percent)
+        if candidate is None:
+            # Named here so that the same update can route traffic to it: one operation, and a revision that
+            # fails to start fails the update with the stable revision still serving everything.
+            self._configure(service, event, revision=name)
+            service.traffic[:] = self._targets(split)
+            updated = self._update(service)
+        else:  # a retry: the revision exists, only its share may need setting
+            updated = self._route(self._targets(split))
+        ready = self._ready_revision(updated)
+        if ready != name:
+            raise DeployError(f"the candidate revision {name} is not the latest ready one ({ready})")
+        url = self._tag_uri(updated)
+        wait_until_serving(url, event.model_version, self._healthz_timeout)
+        return Deployed(revision=name, url=url, split=split)
+
+    def set_split(self, split: Split) -> None:
+        self._route(self._targets(split))
+
+    def complete(self, split: Split) -> Deployed:
+        return Deployed(revision=split.candidate, url=self._route(self._targets_all(split.candidate)).uri)
+
+    def roll_back(self, split: Split) -> Deployed:
+        return Deployed(revision=split.stable, url=self._route(self._targets_all(split.stable)).uri)
+
+    def current_split(self) -> Split | None:
+        service = self._get()
+        stable, candidate = self._serving(service)
+        if candidate is None:
+            return None
+        percent = next(t.percent for t in service.traffic_statuses if t.tag == CANDIDATE_TAG)
+        return Split(stable, candidate, percent)
+
+    def _get(self) -> Any:
         from google.api_core import exceptions as gexc
 
-        run_v2 = self._run
         try:
-            service = self._client.get_service(name=self._service_name)
-            template = service.template
-            if not template.containers:
-                raise DeployError(f"{self._service_name} has no container to configure")
-            container = template.containers[0]
-            for variable in container.env:
-                if variable.name == MODEL_URI_ENV:
-                    variable.value = event.model_uri
-                    break
-            else:
-                container.env.append(run_v2.EnvVar(name=MODEL_URI_ENV, value=event.model_uri))
-            template.labels["model-version"] = event.model_version
-            template.revision = ""  # a fixed revision name from the last deploy would make this update fail
-            service.traffic.clear()
-            service.traffic.append(
-                run_v2.TrafficTarget(
-                    type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST, percent=100
-                )
-            )
+            return self._client.get_service(name=self._service_name)
+        except gexc.GoogleAPIError as exc:
+            raise DeployError(f"reading the Cloud Run service {self._service_name} failed: {exc}") from exc
+
+    def _update(self, service: Any) -> Any:
+        from google.api_core import exceptions as gexc
+
+        try:
             operation = self._client.update_service(service=service)
-            updated = operation.result(timeout=self._ready_timeout)
-        except DeployError:
-            raise
+            return operation.result(timeout=self._ready_timeout)
         except (gexc.GoogleAPIError, TimeoutError) as exc:
             raise DeployError(f"Cloud Run update of {self._service_name} failed: {exc}") from exc
-        ready = updated.latest_ready_revision
-        if not ready or ready != updated.latest_created_revision:
-            raise DeployError(
-                f"revision {updated.latest_created_revision} is not ready (latest ready: {ready or 'none'})"
+
+    def _configure(self, service: Any, event: ProductionChanged, *, revision: str) -> None:
+        template = service.template
+        if not template.containers:
+            raise DeployError(f"{self._service_name} has no container to configure")
+        container = template.containers[0]
+        for variable in container.env:
+            if variable.name == MODEL_URI_ENV:
+                variable.value = event.model_uri
+                break
+        else:
+            container.env.append(self._run.EnvVar(name=MODEL_URI_ENV, value=event.model_uri))
+        template.labels["model-version"] = event.model_version
+        template.revision = revision
+
+    def _candidate_name(self, event: ProductionChanged) -> str:
+        """Deterministic, so a redelivered event finds its revision; unique per promotion, because Cloud Run
+        never reuses a revision name and a version promoted again after a rollback needs a new revision."""
+        service_id = self._service_name.rsplit("/", 1)[-1]
+        version = re.sub(r"[^a-z0-9]+", "-", event.model_version.lower()).strip("-")[:20]
+        digest = hashlib.sha256(f"{event.event_id}:{event.model_uri}".encode()).hexdigest()[:8]
+        return f"{service_id}-v{version}-{digest}"
+
+    def _serving(self, service: Any) -> tuple[str, str | None]:
+        """(the stable revision, the tagged candidate or None), from what the service reports it routes."""
+        latest = self._run.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
+        stable, candidate = None, None
+        for status in service.traffic_statuses:
+            revision = status.revision or (
+                service.latest_ready_revision.rsplit("/", 1)[-1] if status.type_ == latest else ""
             )
-        wait_until_serving(updated.uri, event.model_version, self._healthz_timeout)
-        return Deployed(revision=ready.rsplit("/", 1)[-1], url=updated.uri)
+            if status.tag == CANDIDATE_TAG:
+                candidate = revision
+            elif status.percent > 0:
+                if stable is not None:
+                    raise DeployError(f"{self._service_name} splits traffic by hand ({stable}, {revision})")
+                stable = revision
+        if stable is None:
+            raise DeployError(f"{self._service_name} routes no traffic to a stable revision")
+        return stable, candidate
+
+    def _targets(self, split: Split) -> list[Any]:
+        run_v2 = self._run
+        by_revision = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
+        return [
+            run_v2.TrafficTarget(type_=by_revision, revision=split.stable, percent=100 - split.percent),
+            run_v2.TrafficTarget(type_=by_revision, revision=split.candidate, percent=split.percent, tag=CANDIDATE_TAG),
+        ]
+
+    def _targets_all(self, revision: str) -> list[Any]:
+        by_revision = self._run.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
+        return [self._run.TrafficTarget(type_=by_revision, revision=revision, percent=100)]
+
+    def _route(self, targets: list[Any]) -> Any:
+        """Traffic to `targets` (the template untouched, so no new revision); no update when already so."""
+        service = self._get()
+        if _traffic_key(service.traffic) == _traffic_key(targets):
+            return service
+        service.traffic[:] = targets
+        return self._update(service)
+
+    def _ready_revision(self, service: Any) -> str:
+        ready = service.latest_ready_revision
+        if not ready or ready != service.latest_created_revision:
+            raise DeployError(
+                f"revision {service.latest_created_revision} is not ready (latest ready: {ready or 'none'})"
+            )
+        return ready.rsplit("/", 1)[-1]
+
+    def _tag_uri(self, service: Any) -> str:
+        for status in service.traffic_statuses:
+            if status.tag == CANDIDATE_TAG and status.uri:
+                return status.uri
+        raise DeployError(f"{self._service_name} reports no URL for the tag {CANDIDATE_TAG!r}")
+
+
+def _traffic_key(targets: Any) -> list[tuple[int, str, int, str]]:
+    return sorted((int(t.type_), t.revision, t.percent, t.tag) for t in targets)
 
 
 class LocalDeployer:
     """The local stack's router (localdev.router) plays Cloud Run: it starts a predict process on the new
-    version, waits until it is healthy, switches traffic to it and drains the old one."""
+    version, waits until it is healthy, then gives it all traffic or, as a candidate, its share; a revision that
+    loses its traffic is drained and stopped."""
 
     def __init__(self, admin_url: str, public_url: str, timeout_s: float = 120.0) -> None:
         self._admin = admin_url.rstrip("/")
@@ -122,16 +282,50 @@ class LocalDeployer:
         self._timeout = timeout_s
 
     def deploy(self, event: ProductionChanged) -> Deployed:
-        body = json.dumps({"model_uri": event.model_uri, "model_version": event.model_version}).encode()
+        answer = self._call("POST", "/revisions", {"model_uri": event.model_uri, "model_version": event.model_version})
+        wait_until_serving(self._public, event.model_version, 30.0)
+        return Deployed(revision=answer["revision"], url=self._public)
+
+    def deploy_candidate(self, event: ProductionChanged, percent: int) -> Deployed:
+        check_share(percent)
+        body = {"model_uri": event.model_uri, "model_version": event.model_version, "percent": percent}
+        answer = self._call("POST", "/revisions", body)
+        wait_until_serving(answer["url"], event.model_version, 30.0)
+        return Deployed(revision=answer["revision"], url=answer["url"], split=_split(answer))
+
+    def set_split(self, split: Split) -> None:
+        self._call("PUT", "/traffic", dataclasses.asdict(split))
+
+    def complete(self, split: Split) -> Deployed:
+        return self._take_all(split.candidate)
+
+    def roll_back(self, split: Split) -> Deployed:
+        return self._take_all(split.stable)
+
+    def current_split(self) -> Split | None:
+        return _split(self._call("GET", "/revisions"))
+
+    def _take_all(self, revision: str) -> Deployed:
+        answer = self._call("PUT", "/traffic", {"revision": revision})
+        wait_until_serving(self._public, answer["model_version"], 30.0)
+        return Deployed(revision=revision, url=self._public)
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
-            f"{self._admin}/revisions", data=body, headers={"Content-Type": "application/json"}, method="POST"
+            f"{self._admin}{path}", data=data, headers={"Content-Type": "application/json"}, method=method
         )
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                revision = json.loads(response.read())["revision"]
+                return json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            raise DeployError(f"the local router refused the revision: {exc.read()[:500]!r}") from exc
-        except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+            raise DeployError(
+                f"the local router refused the revision change ({method} {path}): {exc.read()[:500]!r}"
+            ) from exc
+        except (urllib.error.URLError, OSError, ValueError) as exc:
             raise DeployError(f"the local router at {self._admin} failed: {exc}") from exc
-        wait_until_serving(self._public, event.model_version, 30.0)
-        return Deployed(revision=revision, url=self._public)
+
+
+def _split(described: dict[str, Any]) -> Split | None:
+    split = described.get("split")
+    return Split(split["stable"], split["candidate"], split["percent"]) if split else None

@@ -15,6 +15,7 @@ import pytest
 from google.cloud import firestore
 
 from localdev import services
+from sentiment_core import events
 from tests.support import ORIGIN, PROJECT, SECRET, STORE_TIMEOUT_S  # noqa: F401 (re-exported to tests)
 
 
@@ -193,3 +194,16 @@ def wrong_shape_onnx() -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
     return model.SerializeToString()
+
+
+def production_changed(version: str, model_uri: str, event_id: str | None = None) -> events.ProductionChanged:
+    """The event the watcher publishes when `version`, staged at `model_uri`, becomes production."""
+    return events.ProductionChanged(
+        event_id=event_id or f"e{version}",
+        model_name="yelp-sentiment",
+        model_version=version,
+        mlflow_run_id="r",
+        model_uri=model_uri,
+        sha256="0" * 64,
+        previous_version=None,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 from localdev import services
 from sentiment_core import events
 from sentiment_core.manifest import read_staged_folder, write_staged_folder
-from tests.functions.conftest import call, redeploy_module
+from tests.functions.conftest import call, production_changed, redeploy_module
 
 deployers = redeploy_module("deployers")
 
@@ -43,16 +44,8 @@ def router(function_env, staged, tmp_path) -> Iterator[tuple[services.Service, s
         yield service, admin
 
 
-def event(staged: dict[str, Path], version: str) -> object:
-    return events.ProductionChanged(
-        event_id=f"e{version}",
-        model_name="yelp-sentiment",
-        model_version=version,
-        mlflow_run_id="r",
-        model_uri=f"file://{staged[version]}",
-        sha256="0" * 64,
-        previous_version=None,
-    )
+def event(staged: dict[str, Path], version: str, event_id: str | None = None) -> events.ProductionChanged:
+    return production_changed(version, f"file://{staged[version]}", event_id)
 
 
 def test_deploy_under_load_switches_versions_with_no_failed_request(router, staged) -> None:
@@ -113,3 +106,145 @@ def test_router_answers_with_one_server_and_one_date_header(router) -> None:
     assert answer.status == 200
     assert len(answer.headers.get_all("Server")) == 1
     assert len(answer.headers.get_all("Date")) == 1
+
+
+class Load:
+    """Clients sending predictions through the router, each answer recorded with the phase (the split in
+    place) at its start and at its end: an answer inside one phase was routed by that phase's split."""
+
+    def __init__(self, url: str, clients: int = 4) -> None:
+        self.url = url
+        self.phase = "before"
+        self.answers: list[tuple[str, int, str | None, str]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
+
+    def __enter__(self) -> Load:
+        # A fresh emulator's first writes can take longer than predict's store bound (a 503, by design): warm it.
+        deadline = time.monotonic() + 30
+        while call(self.url, {"text": "warm up"}).status != 201 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _client(self) -> None:
+        while not self._stop.is_set():
+            started = self.phase
+            answer = call(self.url, {"text": "the soup was lovely"})
+            version = (answer.json or {}).get("details", {}).get("model_version")
+            self.answers.append((started, answer.status, version or answer.error_code, self.phase))
+
+    def versions(self, phase: str) -> collections.Counter:
+        """Answers per version among those that started and ended in `phase`."""
+        return collections.Counter(v for start, _, v, end in list(self.answers) if start == end == phase)
+
+    def enter(self, phase: str, answers: int = 200) -> collections.Counter:
+        """Mark `phase` (the change before it is done) and wait for `answers` answers inside it."""
+        self.phase = phase
+        deadline = time.monotonic() + 120  # a bound on a stuck run, not a measurement
+        while sum(self.versions(phase).values()) < answers and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.versions(phase)
+
+    def failures(self) -> list[tuple[str, int, str | None, str]]:
+        return [answer for answer in self.answers if answer[1] != 201]
+
+
+def live_pids(admin: str) -> dict[str, int]:
+    return {target["revision"]: target["pid"] for target in call(f"{admin}/revisions").json["traffic"]}
+
+
+def share(counts: collections.Counter, version: str) -> float:
+    assert sum(counts.values()) >= 200, counts  # enough answers for the share to mean something
+    return counts[version] / sum(counts.values())
+
+
+def test_candidate_under_load_gets_each_share_then_completes_with_no_failed_request(router, staged) -> None:
+    service, admin = router
+    deployer = deployers.LocalDeployer(admin, service.url)
+
+    with Load(service.url) as load:
+        before = load.enter("stable only", answers=50)
+        deployed = deployer.deploy_candidate(event(staged, "2"), 25)
+        pids = live_pids(admin)
+        at_25 = load.enter("25%")
+        deployer.set_split(dataclasses.replace(deployed.split, percent=50))
+        at_50 = load.enter("50%")
+        done = deployer.complete(deployed.split)
+        after = load.enter("completed", answers=50)
+
+    assert load.failures() == []
+    assert set(before) == {"1"}
+    assert deployed.split == deployers.Split(stable="predict-00001", candidate="predict-00002", percent=25)
+    assert call(f"{deployed.url}/healthz").json["model_version"] == "2"  # the candidate's own URL
+    # Round robin by weight: exact over the requests the router routed; only the few in flight at a change are
+    # left out of a phase's count.
+    assert abs(share(at_25, "2") - 0.25) <= 0.05, at_25
+    assert abs(share(at_50, "2") - 0.50) <= 0.05, at_50
+    assert set(after) == {"2"}
+    assert done == deployers.Deployed(revision="predict-00002", url=service.url)
+    assert live_pids(admin) == {"predict-00002": pids["predict-00002"]}
+    assert not services.alive(pids["predict-00001"])  # drained and stopped
+    assert deployer.current_split() is None
+
+
+def test_candidate_rolled_back_under_load_leaves_the_stable_revision_with_no_failed_request(router, staged) -> None:
+    service, admin = router
+    deployer = deployers.LocalDeployer(admin, service.url)
+
+    with Load(service.url) as load:
+        deployed = deployer.deploy_candidate(event(staged, "2"), 50)
+        pids = live_pids(admin)
+        at_50 = load.enter("50%")
+        back = deployer.roll_back(deployed.split)
+        after = load.enter("rolled back", answers=50)
+
+    assert load.failures() == []
+    assert abs(share(at_50, "2") - 0.50) <= 0.05, at_50
+    assert set(after) == {"1"}
+    assert back == deployers.Deployed(revision="predict-00001", url=service.url)
+    assert live_pids(admin) == {"predict-00001": pids["predict-00001"]}
+    assert not services.alive(pids["predict-00002"])
+
+
+def test_every_traffic_change_applied_twice_changes_nothing(router, staged) -> None:
+    service, admin = router
+    deployer = deployers.LocalDeployer(admin, service.url)
+
+    first = deployer.deploy_candidate(event(staged, "2"), 10)
+    again = deployer.deploy_candidate(event(staged, "2"), 10)  # a redelivered event
+    pids = live_pids(admin)
+    split = dataclasses.replace(first.split, percent=50)
+    deployer.set_split(split)
+    deployer.set_split(split)
+    current = deployer.current_split()
+    deployer.roll_back(split)
+    deployer.roll_back(split)
+
+    assert again == first
+    assert set(pids) == {"predict-00001", "predict-00002"}  # one candidate process, not two
+    assert current == split
+    assert live_pids(admin) == {"predict-00001": pids["predict-00001"]}
+    assert call(f"{service.url}/healthz").json["model_version"] == "1"
+
+
+def test_traffic_change_naming_revisions_that_are_not_live_is_refused(router, staged) -> None:
+    service, admin = router
+    deployer = deployers.LocalDeployer(admin, service.url)
+    live = deployer.deploy_candidate(event(staged, "2"), 10)
+    other = event(staged, "1", event_id="e-other")
+
+    with pytest.raises(deployers.DeployError, match="already a candidate"):
+        deployer.deploy_candidate(other, 10)
+    with pytest.raises(deployers.DeployError, match="not stable"):
+        deployer.set_split(deployers.Split("predict-00001", "predict-00009", 50))
+    with pytest.raises(deployers.DeployError, match="not live"):
+        deployer.complete(deployers.Split("predict-00001", "predict-00009", 50))
+
+    assert deployer.current_split() == live.split
