@@ -1,5 +1,6 @@
 """The REST registry client against a real MLflow server: alias first, legacy stage as the fallback."""
 
+import json
 import subprocess
 import sys
 import uuid
@@ -73,6 +74,50 @@ def test_production_version_unknown_model_is_none(mlflow_server) -> None:
     assert RegistryClient(mlflow_server.url).production_version("no-such-model") is None
 
 
+def test_set_alias_moves_the_alias_and_is_idempotent(mlflow_server, registry) -> None:
+    client, name = registry
+    client.set_registered_model_alias(name, "production", "3")
+    registry_client = RegistryClient(mlflow_server.url)
+
+    registry_client.set_alias(name, "production", "2")
+    registry_client.set_alias(name, "production", "2")
+
+    assert client.get_model_version_by_alias(name, "production").version == "2"
+    assert registry_client.production_version(name).version == "2"
+
+
+def test_set_version_tag_sets_and_overwrites_the_tag(mlflow_server, registry) -> None:
+    client, name = registry
+    registry_client = RegistryClient(mlflow_server.url)
+
+    registry_client.set_version_tag(name, "3", "deployment_status", "serving")
+    registry_client.set_version_tag(name, "3", "deployment_status", "rolled_back")
+    registry_client.set_version_tag(name, "3", "deployment_reason", "feedback_worse")
+
+    tags = client.get_model_version(name, "3").tags
+    assert (tags["deployment_status"], tags["deployment_reason"]) == ("rolled_back", "feedback_worse")
+    assert "deployment_status" not in client.get_model_version(name, "2").tags
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda client, name: client.set_alias(name, "production", "99"),
+        lambda client, name: client.set_alias("no-such-model", "production", "1"),
+        lambda client, name: client.set_version_tag(name, "99", "deployment_status", "retired"),
+        lambda client, name: client.set_version_tag("no-such-model", "1", "deployment_status", "retired"),
+    ],
+    ids=["alias-unknown-version", "alias-unknown-model", "tag-unknown-version", "tag-unknown-model"],
+)
+def test_registry_write_to_a_missing_model_or_version_raises_registry_error(mlflow_server, registry, write) -> None:
+    client, name = registry
+
+    with pytest.raises(RegistryError, match=r"cannot set|HTTP 4\d\d"):
+        write(RegistryClient(mlflow_server.url), name)
+
+    assert client.get_registered_model(name).aliases == {}
+
+
 def test_registry_unreachable_raises_registry_error_quickly() -> None:
     client = RegistryClient(f"http://127.0.0.1:{free_port()}", timeout=2)
 
@@ -103,7 +148,7 @@ def test_shared_package_imports_without_torch_or_mlflow() -> None:
 
 
 class _Scripted:
-    """A loopback HTTP server answering GETs from a script of (status, body, delay) and counting requests."""
+    """A loopback HTTP server answering GETs and POSTs from a script of (status, body, delay) and counting requests."""
 
     def __init__(self, script: list[tuple[int, bytes, float]]) -> None:
         import threading
@@ -113,6 +158,7 @@ class _Scripted:
         self.requests = 0
         self.headers: list[dict[str, str]] = []
         self.paths: list[str] = []
+        self.bodies: list[bytes] = []
         scripted = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -124,11 +170,14 @@ class _Scripted:
                 scripted.requests += 1
                 scripted.headers.append(dict(self.headers))
                 scripted.paths.append(self.path)
+                scripted.bodies.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
                 time.sleep(delay)
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            do_POST = do_GET
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -162,6 +211,29 @@ def test_registry_retries_are_bounded() -> None:
         server.close()
 
     assert server.requests == 3
+
+
+def test_registry_write_answered_5xx_is_retried_once_with_the_same_body() -> None:
+    server = _Scripted([(503, b'{"error_code": "TEMPORARILY_UNAVAILABLE"}', 0), (200, b"{}", 0)])
+    try:
+        RegistryClient(server.url, timeout=2, backoff_s=0.01).set_alias("m", "production", "3")
+    finally:
+        server.close()
+
+    assert server.paths == ["/api/2.0/mlflow/registered-models/alias"] * 2
+    assert [json.loads(body) for body in server.bodies] == [{"name": "m", "alias": "production", "version": "3"}] * 2
+
+
+def test_registry_write_forbidden_raises_registry_error_without_retry() -> None:
+    """What a watcher identity without EDIT on the model gets from MLflow's basic auth."""
+    server = _Scripted([(403, b'{"error_code": "PERMISSION_DENIED", "message": "Permission denied"}', 0)])
+    try:
+        with pytest.raises(RegistryError, match="HTTP 403: Permission denied"):
+            RegistryClient(server.url, timeout=2).set_version_tag("m", "3", "deployment_status", "retired")
+    finally:
+        server.close()
+
+    assert server.requests == 1
 
 
 def test_registry_timeout_is_not_retried() -> None:

@@ -1,7 +1,8 @@
-"""Read-only MLflow Model Registry look-ups over its REST API.
+"""MLflow Model Registry look-ups, and the two writes a rollout makes, over its REST API.
 
-The watcher needs only "which version is in production?", so it talks REST with the standard library
-instead of importing mlflow (1.7 s and 140 MB that a Cloud Function would pay on every cold start).
+The watcher needs "which version is in production?" and, when a rollout ends, to move the alias back and tag
+versions, so it talks REST with the standard library instead of importing mlflow (1.7 s and 140 MB that a Cloud
+Function would pay on every cold start).
 """
 
 from __future__ import annotations
@@ -186,6 +187,21 @@ class RegistryClient:
         if len(data) > max_bytes:
             raise RegistryError(f"{path} is larger than {max_bytes} bytes")
         return data
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point `alias` of model `name` at `version` (MLflow permission EDIT on the model)."""
+        body = {"name": name, "alias": alias, "version": str(version)}
+        self._write("/api/2.0/mlflow/registered-models/alias", body, f"alias {alias} of {name} v{version}")
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        """Set tag `key` = `value` on a model version (MLflow permission EDIT on the model)."""
+        body = {"name": name, "version": str(version), "key": key, "value": value}
+        self._write("/api/2.0/mlflow/model-versions/set-tag", body, f"tag {key} of {name} v{version}")
+
+    def _write(self, path: str, body: dict[str, Any], what: str) -> None:
+        # Both writes set a value rather than change one, so the retry of a 5xx in _call cannot apply twice.
+        if self._call("POST", path, body) is None:
+            raise RegistryError(f"cannot set {what}: the model or version does not exist")
 
     def _with_iam(self) -> dict[str, str]:
         headers = dict(self._headers)
