@@ -16,8 +16,10 @@ from staging import StagingError
 from sentiment_core import config, http
 from sentiment_core.contract import PRODUCTION_ALIAS
 from sentiment_core.deployment_store import DeploymentStore, StateSettings, StateUnavailable, utc_now
+from sentiment_core.deployments import Rollout
 from sentiment_core.events import TOPIC
 from sentiment_core.registry import IdTokenSource, RegistryClient, RegistryError
+from sentiment_core.rollout import Command, Reason, RolloutAction
 
 logger = logging.getLogger("sentiment.watcher")
 
@@ -150,15 +152,73 @@ def _act_on(delivery: webhook.Delivery, reconciler: Callable[[], Reconciler], mo
 
 
 def handle_status(store: DeploymentStore) -> flask.Response:
-    """GET /status: desired, announced and serving versions, a refusal if any, and the recent history."""
+    """GET /status: desired, announced and serving versions, a refusal if any, the rollout, the recent history."""
     try:
-        current = store.read().state.to_document()
+        state = store.read().state
         history = store.history(limit=20)
     except StateUnavailable as exc:
         raise _unavailable("state_unavailable", exc) from exc
+    current = state.to_document()
     fields = ("desired", "target", "serving", "refused")
-    answer = {**{name: current[name] for name in fields}, "pending_event": current["outbox"], "history": history}
+    answer = {
+        **{name: current[name] for name in fields},
+        "pending_event": current["outbox"],
+        "rollout": rollout_status(state.rollout),
+        "history": history,
+    }
     return http.json_response(_jsonable(answer))
+
+
+def rollout_status(rollout: Rollout | None) -> dict[str, Any] | None:
+    """The `rollout` of /status (docs/architecture.md): None when no rollout was ever recorded.
+
+    evidence: the policy's last decision with the numbers of every check (None before its first decision).
+    next_decision: what the next tick does unless the evidence changes: a person's pending command, else the
+    reason the last decision held (None when the rollout is over or has not been decided at this step yet).
+    """
+    if rollout is None:
+        return None
+    last = rollout.last_decision
+    evidence = None
+    if last is not None:
+        checks = {check.name.value: check.to_document() for check in last.checks}
+        evidence = {
+            "at": last.at,
+            "action": last.action.value,
+            "reason": last.reason.value,
+            "detail": last.detail,
+            "checks": checks,
+        }
+    return {
+        "state": rollout.state.value,
+        "stable_version": rollout.stable_version,
+        "candidate_version": rollout.candidate_version,
+        "candidate_percent": rollout.candidate_percent,
+        "step": rollout.step,
+        "started_at": rollout.started_at,
+        "evidence": evidence,
+        "next_decision": _next_decision(rollout),
+    }
+
+
+# What the rollout policy decides on a command (rows 2 and 3 of its table in docs/promotion.md).
+_COMMAND_ENDS = {
+    Command.ABORT: (RolloutAction.ROLL_BACK, Reason.ABORTED),
+    Command.COMPLETE: (RolloutAction.COMPLETE, Reason.COMPLETED_BY_OPERATOR),
+}
+
+
+def _next_decision(rollout: Rollout) -> dict[str, Any] | None:
+    if not rollout.in_progress:
+        return None
+    if rollout.command is not None:
+        action, reason = _COMMAND_ENDS[rollout.command.command]
+        detail = f"{rollout.command.command.value} requested ({rollout.command.trigger}); the next tick applies it"
+        return {"action": action.value, "reason": reason.value, "detail": detail, "since": rollout.command.at}
+    last = rollout.last_decision
+    if last is None or last.action is not RolloutAction.HOLD:
+        return None  # nothing decided at this step yet
+    return {"action": last.action.value, "reason": last.reason.value, "detail": last.detail, "since": last.at}
 
 
 def _jsonable(value: Any) -> Any:

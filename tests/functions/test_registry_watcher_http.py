@@ -4,10 +4,12 @@ Admin API stand-in."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,6 +17,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from localdev import services
+from sentiment_core import rollout
+from sentiment_core.deployments import DeploymentState, Desired, Rollout, RolloutCommand
+from tests import support
 from tests.functions.conftest import PROJECT, call, watcher_module
 from tests.functions.fake_cloud_run import FakeCloudRun
 from tests.functions.watcher_support import Topics, Versions
@@ -24,6 +29,7 @@ webhook = watcher_module("webhook")
 WEBHOOK_SECRET = "webhook-secret-0123456789abcdef"
 SERVICE = f"projects/{PROJECT}/locations/europe-west1/services/predict"
 MAX_DELIVERY_ATTEMPTS = 5
+AT = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def eventually(
@@ -225,3 +231,78 @@ def test_event_that_cannot_be_processed_ends_in_the_dead_letter_topic(stack: dic
     assert (message.data, message.attributes["model_name"]) == (b"not an event", "x")
     assert message.attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == str(MAX_DELIVERY_ATTEMPTS)
     assert "cannot be processed" in stack["consumer"].log_path.read_text()
+
+
+@pytest.fixture(scope="module")
+def lone_watcher(firestore_emulator, tmp_path_factory) -> Iterator[dict]:
+    """The watcher alone on Firestore, for the routes that read and write only the deployment document: its
+    registry, bucket and topic are never reached (nothing listens at the MLflow address)."""
+    name = f"rollout-{uuid.uuid4().hex[:8]}"
+    env = {
+        "FIRESTORE_EMULATOR_HOST": firestore_emulator.url,
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "MODEL_NAME": name,
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{services.free_port()}",
+        "MLFLOW_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "SERVING_BUCKET": "never-used",
+    }
+    workdir = tmp_path_factory.mktemp("lone-watcher")
+    with services.start_function("registry_watcher", workdir, env, ready_path="/status") as watcher:
+        yield {"name": name, "watcher": watcher}
+
+
+def store_state(db, name: str, state: DeploymentState) -> None:
+    """The deployment document as the watcher and the redeploy store it."""
+    db.collection("deployments").document(name).set(state.to_document())
+
+
+def baking_rollout(command: RolloutCommand | None = None) -> Rollout:
+    """Version 2 at 10% beside version 1, its first decision a hold while it bakes; a person's command if any."""
+    return dataclasses.replace(support.baking_rollout(AT), command=command)
+
+
+def test_status_rollout_is_null_when_no_rollout_was_ever_recorded(lone_watcher: dict, db) -> None:
+    store_state(db, lone_watcher["name"], DeploymentState(desired=Desired("1", "r1", "alias")))
+
+    answer = status(lone_watcher)
+
+    assert answer["rollout"] is None
+    assert answer["desired"]["version"] == "1"
+
+
+def test_status_shows_the_rollout_in_progress_with_its_evidence_and_next_decision(lone_watcher: dict, db) -> None:
+    store_state(db, lone_watcher["name"], DeploymentState(rollout=baking_rollout()))
+
+    shown = status(lone_watcher)["rollout"]
+
+    assert set(shown) == {
+        "state",
+        "stable_version",
+        "candidate_version",
+        "candidate_percent",
+        "step",
+        "started_at",
+        "evidence",
+        "next_decision",
+    }
+    assert (shown["state"], shown["stable_version"], shown["candidate_version"]) == ("in_progress", "1", "2")
+    assert (shown["candidate_percent"], shown["step"], shown["started_at"]) == (10, 0, "2025-06-01T12:00:00Z")
+    feedback = shown["evidence"]["checks"]["feedback_worse"]
+    assert (feedback["candidate_events"], feedback["candidate_total"], feedback["stable_total"]) == (1, 20, 180)
+    assert feedback["failed"] is False
+    assert feedback["threshold"] > feedback["statistic"]
+    assert set(shown["evidence"]["checks"]) == {"server_errors", "feedback_worse", "positive_rate_shift"}
+    assert (shown["next_decision"]["action"], shown["next_decision"]["reason"]) == ("hold", "baking")
+
+
+def test_status_of_a_finished_rollout_keeps_its_numbers_and_has_no_next_decision(lone_watcher: dict, db) -> None:
+    pending = baking_rollout(RolloutCommand(rollout.Command.ABORT, AT, "POST /rollout"))
+    nothing = rollout.VersionCounts("1"), rollout.VersionCounts("2")
+    evidence = rollout.RolloutEvidence(*nothing, ready=True, command=rollout.Command.ABORT)
+    decision = rollout.decide(pending.policy_state(), evidence, rollout.RolloutSettings(), AT + timedelta(minutes=6))
+    store_state(db, lone_watcher["name"], DeploymentState(rollout=pending.decided(decision, AT)))
+
+    shown = status(lone_watcher)["rollout"]
+
+    assert (shown["state"], shown["candidate_percent"], shown["next_decision"]) == ("aborted", 0, None)
+    assert (shown["evidence"]["action"], shown["evidence"]["reason"]) == ("roll_back", "aborted")

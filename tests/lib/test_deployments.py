@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 import pytest
 
-from sentiment_core.deployments import Decision, DeploymentState, Desired, HistoryEntry, HistoryKind, Lease
+from sentiment_core import rollout
+from sentiment_core.deployments import (
+    Decision,
+    DeploymentState,
+    Desired,
+    HistoryEntry,
+    HistoryKind,
+    Lease,
+    RolloutCommand,
+)
+from tests.support import baking_rollout
 
 AT = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 SHA = "a" * 64
@@ -82,6 +93,44 @@ def test_missing_deployment_document_is_the_empty_state_with_every_field_cleared
     assert state == DeploymentState()
     assert state.to_document() == dict.fromkeys(STORED)
     assert state.in_service is None
+
+
+def test_rollout_records_the_policy_decision_with_its_share_and_numbers() -> None:
+    recorded = baking_rollout(AT)
+
+    assert (recorded.state, recorded.candidate_percent, recorded.step) == (rollout.RolloutStatus.IN_PROGRESS, 10, 0)
+    assert (recorded.last_decision.action, recorded.last_decision.reason) == ("hold", "baking")
+    assert [check.name for check in recorded.last_decision.checks] == [
+        "server_errors",
+        "feedback_worse",
+        "positive_rate_shift",
+    ]
+    assert recorded.policy_state() == rollout.start("1", "2", AT)
+
+
+def test_deployment_document_with_a_rollout_and_a_command_reads_and_writes_back_unchanged() -> None:
+    command = RolloutCommand(rollout.Command.ABORT, AT, "POST /rollout")
+    recorded = dataclasses.replace(baking_rollout(AT), command=command)
+    document = {**STORED, "rollout": recorded.to_document()}
+
+    state = DeploymentState.from_document(document)
+
+    assert state.rollout == recorded
+    assert state.to_document() == document
+    assert type(document["rollout"]["state"]) is str  # a plain string in Firestore, not the enum's repr
+    assert document["rollout"]["command"] == {"command": "abort", "at": AT, "trigger": "POST /rollout"}
+
+
+def test_rollout_once_decided_consumes_the_pending_command() -> None:
+    pending = dataclasses.replace(baking_rollout(AT), command=RolloutCommand(rollout.Command.ABORT, AT, "x"))
+    evidence = rollout.RolloutEvidence(
+        rollout.VersionCounts("1"), rollout.VersionCounts("2"), ready=True, command=pending.command.command
+    )
+    settings = rollout.RolloutSettings()
+
+    ended = pending.decided(rollout.decide(pending.policy_state(), evidence, settings, AT), AT)
+
+    assert (ended.state, ended.reason, ended.candidate_percent, ended.command) == ("aborted", "aborted", 0, None)
 
 
 def test_in_service_is_the_announced_version_else_the_serving_one() -> None:

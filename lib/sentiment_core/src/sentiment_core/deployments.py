@@ -14,6 +14,15 @@ from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from sentiment_core.events import ProductionChanged
+from sentiment_core.rollout import (
+    Check,
+    Command,
+    Reason,
+    RolloutAction,
+    RolloutDecision,
+    RolloutState,
+    RolloutStatus,
+)
 
 
 class HistoryKind(StrEnum):
@@ -109,11 +118,145 @@ class Refusal:
 
 
 @dataclasses.dataclass(frozen=True)
+class RolloutCommand:
+    """A person's request (`POST /rollout`) that the next tick hands to the rollout policy as evidence."""
+
+    command: Command
+    at: datetime
+    trigger: str  # who or what asked (the route), for the history
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutOutcome:
+    """The rollout policy's last decision: what it did (or why it held) and the checks' numbers behind it."""
+
+    action: RolloutAction
+    reason: Reason
+    detail: str
+    at: datetime
+    checks: tuple[Check, ...] = ()
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "action": self.action.value,
+            "reason": self.reason.value,
+            "detail": self.detail,
+            "at": self.at,
+            "checks": [check.to_document() for check in self.checks],  # a list: the order a rollback reports
+        }
+
+    @classmethod
+    def from_document(cls, data: dict[str, Any]) -> RolloutOutcome:
+        return cls(
+            action=RolloutAction(data["action"]),
+            reason=Reason(data["reason"]),
+            detail=data.get("detail", ""),
+            at=data["at"],
+            checks=tuple(Check.from_document(check) for check in data.get("checks") or ()),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """A progressive rollout of candidate_version beside stable_version (docs/promotion.md, "Progressive
+    rollout"): where the policy stands, the candidate's share, its last decision and a command waiting for a tick.
+
+    The policy itself (sentiment_core.rollout) sees only `policy_state()`; the rest is what the watcher records
+    around it for `/status` and for the next tick.
+    """
+
+    state: RolloutStatus
+    stable_version: str
+    candidate_version: str
+    candidate_percent: int
+    step: int  # index into ROLLOUT_STEPS, from 0
+    started_at: datetime
+    step_started_at: datetime
+    reason: Reason | None = None  # why it ended
+    ended_at: datetime | None = None
+    last_decision: RolloutOutcome | None = None
+    command: RolloutCommand | None = None
+
+    @property
+    def in_progress(self) -> bool:
+        return self.state is RolloutStatus.IN_PROGRESS
+
+    def policy_state(self) -> RolloutState:
+        """The state the pure policy decides on."""
+        return RolloutState(
+            stable_version=self.stable_version,
+            candidate_version=self.candidate_version,
+            started_at=self.started_at,
+            step_started_at=self.step_started_at,
+            step=self.step,
+            status=self.state,
+            reason=self.reason,
+            ended_at=self.ended_at,
+        )
+
+    @classmethod
+    def of(cls, policy: RolloutState, percent: int) -> Rollout:
+        """A record of the policy's state with the candidate at `percent` (a new rollout: `rollout.start`)."""
+        return cls(
+            state=policy.status,
+            stable_version=policy.stable_version,
+            candidate_version=policy.candidate_version,
+            candidate_percent=percent,
+            step=policy.step,
+            started_at=policy.started_at,
+            step_started_at=policy.step_started_at,
+            reason=policy.reason,
+            ended_at=policy.ended_at,
+        )
+
+    def decided(self, decision: RolloutDecision, now: datetime) -> Rollout:
+        """This rollout once `decision` is applied: its state, share and numbers; the command it saw consumed."""
+        outcome = RolloutOutcome(decision.action, decision.reason, decision.detail, now, decision.checks)
+        return dataclasses.replace(Rollout.of(decision.state, decision.percent), last_decision=outcome)
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            **{field.name: getattr(self, field.name) for field in dataclasses.fields(self)},
+            "state": self.state.value,
+            "reason": self.reason.value if self.reason else None,
+            "last_decision": self.last_decision.to_document() if self.last_decision else None,
+            "command": None
+            if self.command is None
+            else {"command": self.command.command.value, "at": self.command.at, "trigger": self.command.trigger},
+        }
+
+    @classmethod
+    def from_document(cls, data: dict[str, Any]) -> Rollout | None:
+        """The stored rollout; None for one this code cannot read (a newer writer's format), which it then leaves
+        alone: an update writes only the fields it has."""
+        try:
+            command, last = data.get("command"), data.get("last_decision")
+            return cls(
+                state=RolloutStatus(data["state"]),
+                stable_version=data["stable_version"],
+                candidate_version=data["candidate_version"],
+                candidate_percent=int(data["candidate_percent"]),
+                step=int(data["step"]),
+                started_at=data["started_at"],
+                step_started_at=data["step_started_at"],
+                reason=Reason(data["reason"]) if data.get("reason") else None,
+                ended_at=data.get("ended_at"),
+                last_decision=RolloutOutcome.from_document(last) if last else None,
+                command=RolloutCommand(Command(command["command"]), command["at"], command.get("trigger", ""))
+                if command
+                else None,
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclasses.dataclass(frozen=True)
 class DeploymentState:
     """What is known of one registered model's deployment (the document's fields).
 
     outbox: an event committed but not yet confirmed published. claim: a reconcile run staging a change.
-    deploying: a redeploy in progress.
+    deploying: a redeploy in progress. rollout: the last progressive rollout, in progress or finished (replaced
+    by the next one, never cleared: documents stored before rollouts existed have none, and keep that shape).
     """
 
     desired: Desired | None = None
@@ -123,6 +266,7 @@ class DeploymentState:
     refused: Refusal | None = None
     claim: Lease | None = None
     deploying: Lease | None = None
+    rollout: Rollout | None = None
 
     @property
     def in_service(self) -> str | None:
@@ -136,6 +280,7 @@ class DeploymentState:
         return {
             field.name: None if (part := getattr(self, field.name)) is None else _part_document(part)
             for field in dataclasses.fields(self)
+            if not (field.name in _ADDED_LATER and getattr(self, field.name) is None)
         }
 
     @classmethod
@@ -153,20 +298,26 @@ _PARTS = {
     "refused": Refusal,
     "claim": Lease,
     "deploying": Lease,
+    "rollout": Rollout,
 }
 
 
 # Fields added after documents were first stored: left out while unset, so those documents keep their shape.
-_ADDED_LATER = frozenset({"announced_at"})
+# (A part left out is not cleared by an update, which is why a rollout, once recorded, is only ever replaced.)
+_ADDED_LATER = frozenset({"announced_at", "rollout"})
 
 
 def _part_document(part: Any) -> dict[str, Any]:
+    if isinstance(part, Rollout):
+        return part.to_document()
     return {k: v for k, v in dataclasses.asdict(part).items() if not (k in _ADDED_LATER and v is None)}
 
 
 def _part(kind: type, value: Any) -> Any:
     if not isinstance(value, dict):
         return None
+    if kind is Rollout:
+        return Rollout.from_document(value)
     names = {field.name for field in dataclasses.fields(kind)}
     return kind(**{key: item for key, item in value.items() if key in names})
 

@@ -263,6 +263,12 @@ class Check:
             "failed": self.failed,
         }
 
+    @classmethod
+    def from_document(cls, data: Mapping[str, Any]) -> Check:
+        """A stored check; the derived rates and verdict are computed again, not read."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{**{key: value for key, value in data.items() if key in names}, "name": Reason(data["name"])})
+
 
 @dataclasses.dataclass(frozen=True)
 class RolloutDecision:
