@@ -1,4 +1,5 @@
-"""Entry point `registry_watcher` (HTTP): the reconcile tick `POST /`, MLflow's `POST /webhook`, `GET /status`.
+"""Entry point `registry_watcher` (HTTP): the reconcile tick `POST /`, MLflow's `POST /webhook`, `GET /status`,
+a person's `POST /rollout`.
 
 Wiring only: the decisions are watcher_decisions.py, their effects reconcile.py, the HTTP handling
 watcher_service.py. The redeploy that consumes the events is its own unit (functions/redeploy).
@@ -55,7 +56,12 @@ ROUTES = {
         )
     },
     "/status": {"GET": lambda r: watcher_service.handle_status(_store())},
+    "/rollout": {"POST": lambda r: watcher_service.handle_rollout(r, _store(), SETTINGS.state.model_name)},
 }
+if SETTINGS.webhook_receiver_only:
+    # The webhook receiver's deployment may be invoked by anyone (MLflow sends no Google identity): it serves
+    # the HMAC-checked route only, never the tick, the status or a person's rollout command.
+    ROUTES = {"/webhook": ROUTES["/webhook"]}
 
 
 @functions_framework.http

@@ -9,6 +9,7 @@ into evidence, and commits each decision as one compare-and-swap. A tick is a ch
                                    -> UP_TO_DATE | REPUBLISHED | REFUSED_EARLIER | IN_PROGRESS
                                       | NO_PRODUCTION_VERSION
                                    -> PUBLISH (the announced version still not serving: announced again)
+    Commanded (POST /rollout) -> COMMAND_RECORDED | NO_ROLLOUT | ABORT_PENDING
 
 A new kind of evidence (a rollout's live statistics, say) is a new dataclass and a new branch of decide().
 """
@@ -27,9 +28,11 @@ from sentiment_core.deployments import (
     HistoryKind,
     Lease,
     Refusal,
+    RolloutCommand,
     Target,
     outbox_cleared,
 )
+from sentiment_core.rollout import Command
 
 CLAIM_TTL_S = 300.0  # longer than a gate + staging of a large model; a crashed claimer blocks at most this long
 # An announced version not serving this long after its event, with no deploy running, lost its event (a message
@@ -49,6 +52,9 @@ class Action(StrEnum):
     REFUSED = "refused"
     PUBLISHED = "published"
     RELEASED = "released"  # the check failed with an error: claim given back, the error goes to the caller
+    COMMAND_RECORDED = "command_recorded"  # POST /rollout: the next tick hands the command to the rollout policy
+    NO_ROLLOUT = "no_rollout"  # POST /rollout with no rollout in progress
+    ABORT_PENDING = "abort_pending"  # POST /rollout complete while an abort waits for its tick
     CLAIM = "claim"  # step: check and stage the desired version under the claim just taken
     PUBLISH = "publish"  # step: publish the event just put in the outbox
 
@@ -109,7 +115,15 @@ class Confirmed:
     message_id: str
 
 
-Evidence = Looked | Staged | Rejected | Abandoned | Confirmed
+@dataclasses.dataclass(frozen=True)
+class Commanded:
+    """A person asked to abort or complete the rollout in progress."""
+
+    command: Command
+    trigger: str
+
+
+Evidence = Looked | Staged | Rejected | Abandoned | Confirmed | Commanded
 
 
 def decide(state: DeploymentState, evidence: Evidence, policy: Policy, now: datetime) -> Decision[Action]:
@@ -128,6 +142,8 @@ def decide(state: DeploymentState, evidence: Evidence, policy: Policy, now: date
         case Confirmed():
             cleared, history = outbox_cleared(state, evidence.event_id, evidence.message_id, now)
             return Decision(Action.PUBLISHED, cleared, history, event_id=evidence.event_id)
+        case Commanded():
+            return _commanded(state, evidence, now)
     raise TypeError(f"no decision for {evidence!r}")
 
 
@@ -239,3 +255,32 @@ def _rejected(state: DeploymentState, rejected: Rejected, now: datetime) -> Deci
 
 def _holds_claim(state: DeploymentState, claimant: str) -> bool:
     return state.claim is not None and state.claim.owner == claimant
+
+
+def _commanded(state: DeploymentState, asked: Commanded, now: datetime) -> Decision[Action]:
+    """Record a person's command on the rollout in progress, for the next tick to hand to the rollout policy."""
+    rollout = state.rollout
+    if rollout is None or not rollout.in_progress:
+        over = f" (the last one, of version {rollout.candidate_version}, is {rollout.state.value})" if rollout else ""
+        return Decision(Action.NO_ROLLOUT, state, detail=f"no rollout is in progress{over}")
+    pending = rollout.command
+    if pending is not None and pending.command is asked.command:
+        detail = f"{asked.command.value} was requested already at {pending.at.isoformat()}; the next tick applies it"
+        return Decision(Action.COMMAND_RECORDED, state, detail=detail)  # a retried request: nothing new to write
+    if pending is not None and pending.command is Command.ABORT:
+        # Aborting is the safe direction: a later "complete" never overrides it (an abort may override a complete).
+        return Decision(
+            Action.ABORT_PENDING, state, detail=f"an abort requested at {pending.at.isoformat()} is pending"
+        )
+    detail = f"{asked.command.value} of the rollout of version {rollout.candidate_version} requested"
+    detail += "; the next tick applies it"
+    entry = HistoryEntry(
+        HistoryKind.ROLLOUT_COMMAND,
+        rollout.candidate_version,
+        now,
+        trigger=asked.trigger,
+        reason=asked.command.value,
+        detail=detail,
+    )
+    commanded = dataclasses.replace(rollout, command=RolloutCommand(asked.command, now, asked.trigger))
+    return Decision(Action.COMMAND_RECORDED, dataclasses.replace(state, rollout=commanded), (entry,), detail)

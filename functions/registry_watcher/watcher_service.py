@@ -12,6 +12,7 @@ import flask
 import webhook
 from reconcile import PublishError, Reconciler
 from staging import StagingError
+from watcher_decisions import Action, Commanded, Policy, decide
 
 from sentiment_core import config, http
 from sentiment_core.contract import PRODUCTION_ALIAS
@@ -45,6 +46,7 @@ class Settings:
     serving_bucket: str
     topic: str
     min_val_accuracy: float
+    webhook_receiver_only: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -62,6 +64,9 @@ class Settings:
             serving_bucket=config.required("SERVING_BUCKET", env),
             topic=topic if topic.startswith("projects/") else f"projects/{state.project}/topics/{topic}",
             min_val_accuracy=config.number("MIN_VALIDATION_ACCURACY", 0.8, 0.0, 1.0, env),
+            webhook_receiver_only=_true_or_false(
+                "WEBHOOK_RECEIVER_ONLY", config.optional("WEBHOOK_RECEIVER_ONLY", "false", env)
+            ),
         )
 
     def registry(self) -> RegistryClient:
@@ -74,6 +79,12 @@ class Settings:
             # MLflow on Cloud Run behind IAM: an identity token rides beside MLflow's own credentials.
             id_token=IdTokenSource(self.mlflow_iam_audience) if self.mlflow_iam_audience else None,
         )
+
+
+def _true_or_false(name: str, value: str) -> bool:
+    if value not in ("true", "false"):
+        raise config.ConfigError(f"{name} must be true or false, got {value!r}")
+    return value == "true"
 
 
 def _unavailable(code: str, exc: Exception) -> http.ApiError:
@@ -149,6 +160,31 @@ def _act_on(delivery: webhook.Delivery, reconciler: Callable[[], Reconciler], mo
         return {"action": "ignored", "detail": f"{delivery.event} on {data.get('name')!r} is not a production move"}
     retry = str(data.get("version")) if delivery.action == "created" and data.get("version") is not None else None
     return run_tick(reconciler(), f"webhook:{delivery.event}", retry)
+
+
+ROLLOUT_TRIGGER = "POST /rollout"
+
+
+def handle_rollout(request: flask.Request, store: DeploymentStore, model: str) -> flask.Response:
+    """POST /rollout {"action": "abort"|"complete"}: recorded for the next tick, 202; 409 with no rollout running."""
+    body = http.read_json_object(request)
+    http.check_fields(body, {"action": str})
+    try:
+        command = Command(body["action"])
+    except ValueError as exc:
+        raise http.bad_request("invalid_action", 'action must be "abort" or "complete"') from exc
+    asked = Commanded(command, ROLLOUT_TRIGGER)
+    try:
+        decision = store.apply(lambda state, now: decide(state, asked, Policy(model), now))
+    except StateUnavailable as exc:
+        raise _unavailable("state_unavailable", exc) from exc
+    if decision.action is Action.NO_ROLLOUT:
+        raise http.ApiError(409, "no_rollout", decision.detail)
+    if decision.action is Action.ABORT_PENDING:
+        raise http.ApiError(409, "abort_pending", decision.detail)
+    logger.warning("rollout %s requested: %s", command.value, decision.detail, extra={"trigger": ROLLOUT_TRIGGER})
+    answer = {"action": command.value, "detail": decision.detail, "rollout": rollout_status(decision.state.rollout)}
+    return http.json_response(_jsonable(answer), 202)
 
 
 def handle_status(store: DeploymentStore) -> flask.Response:

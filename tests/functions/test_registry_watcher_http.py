@@ -306,3 +306,127 @@ def test_status_of_a_finished_rollout_keeps_its_numbers_and_has_no_next_decision
 
     assert (shown["state"], shown["candidate_percent"], shown["next_decision"]) == ("aborted", 0, None)
     assert (shown["evidence"]["action"], shown["evidence"]["reason"]) == ("roll_back", "aborted")
+
+
+def rollout_url(lone_watcher: dict) -> str:
+    return f"{lone_watcher['watcher'].url}/rollout"
+
+
+def stored_rollout(db, name: str) -> Rollout | None:
+    return DeploymentState.from_document(db.collection("deployments").document(name).get().to_dict()).rollout
+
+
+@pytest.mark.parametrize("action", ["abort", "complete"])
+def test_rollout_command_during_a_rollout_is_202_recorded_with_a_history_entry(lone_watcher: dict, db, action) -> None:
+    store_state(db, lone_watcher["name"], DeploymentState(rollout=baking_rollout()))
+
+    answer = call(rollout_url(lone_watcher), {"action": action})
+
+    assert answer.status == 202, answer.raw
+    assert answer.json["action"] == action
+    assert stored_rollout(db, lone_watcher["name"]).command.command == action
+    expected = {"abort": ("roll_back", "aborted"), "complete": ("complete", "completed_by_operator")}[action]
+    shown = status(lone_watcher)
+    assert (shown["rollout"]["next_decision"]["action"], shown["rollout"]["next_decision"]["reason"]) == expected
+    latest = shown["history"][0]
+    assert (latest["kind"], latest["version"], latest["reason"], latest["trigger"]) == (
+        "rollout_command",
+        "2",
+        action,
+        "POST /rollout",
+    )
+
+
+def test_rollout_command_repeated_is_202_and_recorded_once(lone_watcher: dict, db) -> None:
+    store_state(db, lone_watcher["name"], DeploymentState(rollout=baking_rollout()))
+    before = len(status(lone_watcher)["history"])
+
+    answers = [call(rollout_url(lone_watcher), {"action": "abort"}) for _ in range(2)]
+
+    assert [answer.status for answer in answers] == [202, 202]
+    assert len(status(lone_watcher)["history"]) == before + 1
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        DeploymentState(),
+        DeploymentState(rollout=dataclasses.replace(baking_rollout(), state=rollout.RolloutStatus.COMPLETED)),
+    ],
+    ids=["never-a-rollout", "rollout-completed"],
+)
+def test_rollout_command_with_no_rollout_in_progress_is_409_and_changes_nothing(lone_watcher: dict, db, state) -> None:
+    store_state(db, lone_watcher["name"], state)
+
+    answer = call(rollout_url(lone_watcher), {"action": "abort"})
+
+    assert (answer.status, answer.error_code) == (409, "no_rollout")
+    assert stored_rollout(db, lone_watcher["name"]) == state.rollout
+
+
+def test_rollout_complete_while_an_abort_is_pending_is_409(lone_watcher: dict, db) -> None:
+    pending = baking_rollout(RolloutCommand(rollout.Command.ABORT, AT, "POST /rollout"))
+    store_state(db, lone_watcher["name"], DeploymentState(rollout=pending))
+
+    answer = call(rollout_url(lone_watcher), {"action": "complete"})
+
+    assert (answer.status, answer.error_code) == (409, "abort_pending")
+    assert stored_rollout(db, lone_watcher["name"]).command.command == "abort"
+
+
+@pytest.mark.parametrize(
+    ("body", "status_code", "code"),
+    [
+        ({"action": "pause"}, 400, "invalid_action"),
+        ({"action": "ABORT"}, 400, "invalid_action"),
+        ({"action": 1}, 400, "invalid_type"),
+        ({}, 400, "missing_field"),
+        ({"action": "abort", "force": True}, 400, "unknown_field"),
+        (b'"abort"', 400, "invalid_json"),
+        (b"{not json", 400, "invalid_json"),
+        (b'{"action": "abort", "action": "complete"}', 400, "invalid_json"),
+    ],
+    ids=[
+        "unknown-action",
+        "wrong-case",
+        "not-a-string",
+        "no-action",
+        "extra-field",
+        "not-an-object",
+        "not-json",
+        "dup",
+    ],
+)
+def test_rollout_command_malformed_is_400_and_changes_nothing(lone_watcher: dict, db, body, status_code, code) -> None:
+    store_state(db, lone_watcher["name"], DeploymentState(rollout=baking_rollout()))
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+
+    answer = call(rollout_url(lone_watcher), raw=raw, headers={"Content-Type": "application/json"})
+
+    assert (answer.status, answer.error_code) == (status_code, code)
+    assert stored_rollout(db, lone_watcher["name"]) == baking_rollout()
+
+
+def test_rollout_command_not_json_is_415(lone_watcher: dict) -> None:
+    answer = call(rollout_url(lone_watcher), raw=b"action=abort", headers={"Content-Type": "text/plain"})
+
+    assert (answer.status, answer.error_code) == (415, "unsupported_media_type")
+
+
+def test_webhook_receiver_deployment_serves_only_the_webhook(firestore_emulator, tmp_path_factory) -> None:
+    env = {
+        "FIRESTORE_EMULATOR_HOST": firestore_emulator.url,
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{services.free_port()}",
+        "MLFLOW_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "SERVING_BUCKET": "never-used",
+        "WEBHOOK_RECEIVER_ONLY": "true",
+    }
+    workdir = tmp_path_factory.mktemp("webhook-only")
+    with services.start_function("registry_watcher", workdir, env, ready_any_status=True) as receiver:
+        rollout_answer = call(f"{receiver.url}/rollout", {"action": "abort"})
+        status_answer = call(f"{receiver.url}/status")
+        unsigned = call(f"{receiver.url}/webhook", {"entity": "model_version_alias"})
+
+    assert (rollout_answer.status, status_answer.status) == (404, 404)
+    assert (unsigned.status, unsigned.error_code) == (401, "invalid_signature")

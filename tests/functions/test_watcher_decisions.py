@@ -15,20 +15,24 @@ from sentiment_core.deployments import (
     HistoryKind,
     Lease,
     Refusal,
+    Rollout,
+    RolloutCommand,
     Serving,
     Target,
 )
 from sentiment_core.events import ProductionChanged
+from sentiment_core.rollout import Command, RolloutStatus, start
 from tests.functions.conftest import watcher_module
 
 decisions = watcher_module("watcher_decisions")
 Action = decisions.Action
-Looked, Staged, Rejected, Abandoned, Confirmed = (
+Looked, Staged, Rejected, Abandoned, Confirmed, Commanded = (
     decisions.Looked,
     decisions.Staged,
     decisions.Rejected,
     decisions.Abandoned,
     decisions.Confirmed,
+    decisions.Commanded,
 )
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -81,6 +85,30 @@ LOST_DETAIL = "version 2 was announced but version 1 serves"
 TARGET_V2_RECENT = Target("2", "run-2", SHA, "gs://b/m/v2", "event-2", NOW - timedelta(seconds=30))
 NOTHING_SERVES = "no version of m has alias production or stage Production; no version is in service"
 KEEPS_V1 = "no version of m has alias production or stage Production; keeping version 1 in service"
+
+ROLLING_V2 = Rollout.of(start("1", "2", EARLIER), 10)
+ROLLING = dataclasses.replace(SERVES_V1, rollout=ROLLING_V2)
+ROLLED_BACK = dataclasses.replace(
+    SERVES_V1, rollout=dataclasses.replace(ROLLING_V2, state=RolloutStatus.ROLLED_BACK, candidate_percent=0)
+)
+ABORT_ASKED = RolloutCommand(Command.ABORT, EARLIER, "POST /rollout")
+COMPLETE_ASKED = RolloutCommand(Command.COMPLETE, EARLIER, "POST /rollout")
+
+
+def commanded(command: Command) -> object:
+    return Commanded(command, "POST /rollout")
+
+
+def with_command(state: DeploymentState, command: RolloutCommand | None) -> DeploymentState:
+    return dataclasses.replace(state, rollout=dataclasses.replace(state.rollout, command=command))
+
+
+def command_recorded(state: DeploymentState, command: Command) -> Decision:
+    detail = f"{command.value} of the rollout of version 2 requested; the next tick applies it"
+    history = (entry(HistoryKind.ROLLOUT_COMMAND, "2", trigger="POST /rollout", reason=command.value, detail=detail),)
+    recorded = with_command(state, RolloutCommand(command, NOW, "POST /rollout"))
+    return Decision(Action.COMMAND_RECORDED, recorded, history, detail)
+
 
 TABLE = [
     pytest.param(
@@ -351,6 +379,60 @@ TABLE = [
         Confirmed("event-1", "message-7"),
         Decision(Action.PUBLISHED, V2_ANNOUNCED, event_id="event-1"),
         id="confirmed-older-event-keeps-the-newer-one-in-the-outbox",
+    ),
+    pytest.param(
+        SERVES_V1,
+        commanded(Command.ABORT),
+        Decision(Action.NO_ROLLOUT, SERVES_V1, detail="no rollout is in progress"),
+        id="rollout-command-without-any-rollout-changes-nothing",
+    ),
+    pytest.param(
+        ROLLED_BACK,
+        commanded(Command.COMPLETE),
+        Decision(
+            Action.NO_ROLLOUT,
+            ROLLED_BACK,
+            detail="no rollout is in progress (the last one, of version 2, is rolled_back)",
+        ),
+        id="rollout-command-after-the-rollout-ended-changes-nothing",
+    ),
+    pytest.param(
+        ROLLING,
+        commanded(Command.ABORT),
+        command_recorded(ROLLING, Command.ABORT),
+        id="abort-during-a-rollout-is-recorded-for-the-next-tick-with-a-history-entry",
+    ),
+    pytest.param(
+        ROLLING,
+        commanded(Command.COMPLETE),
+        command_recorded(ROLLING, Command.COMPLETE),
+        id="complete-during-a-rollout-is-recorded-for-the-next-tick-with-a-history-entry",
+    ),
+    pytest.param(
+        with_command(ROLLING, ABORT_ASKED),
+        commanded(Command.ABORT),
+        Decision(
+            Action.COMMAND_RECORDED,
+            with_command(ROLLING, ABORT_ASKED),
+            detail="abort was requested already at 2025-06-01T11:00:00+00:00; the next tick applies it",
+        ),
+        id="same-command-again-writes-nothing",
+    ),
+    pytest.param(
+        with_command(ROLLING, ABORT_ASKED),
+        commanded(Command.COMPLETE),
+        Decision(
+            Action.ABORT_PENDING,
+            with_command(ROLLING, ABORT_ASKED),
+            detail="an abort requested at 2025-06-01T11:00:00+00:00 is pending",
+        ),
+        id="complete-never-overrides-a-pending-abort",
+    ),
+    pytest.param(
+        with_command(ROLLING, COMPLETE_ASKED),
+        commanded(Command.ABORT),
+        command_recorded(ROLLING, Command.ABORT),
+        id="abort-overrides-a-pending-complete",
     ),
 ]
 

@@ -36,6 +36,7 @@ class HistoryKind(StrEnum):
     FAILED = "failed"
     NO_PRODUCTION_VERSION = "no_production_version"
     REANNOUNCED = "reannounced"  # the announced version was still not serving: its event published again
+    ROLLOUT_COMMAND = "rollout_command"  # a person asked to abort or complete the rollout (POST /rollout)
 
 
 @dataclasses.dataclass(frozen=True)
