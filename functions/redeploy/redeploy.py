@@ -16,14 +16,18 @@ import dataclasses
 import logging
 import uuid
 
-from deployers import Deployer, DeployError
-from redeploy_decisions import Action, Delivered, Evidence, Failed, Policy, Succeeded, decide
+from deployers import Deployed, Deployer, DeployError, Split
+from redeploy_decisions import Action, Delivered, Evidence, Failed, Move, Plan, Policy, Succeeded, decide
 
 from sentiment_core.deployment_store import DeploymentStore
 from sentiment_core.deployments import Decision
 from sentiment_core.events import ProductionChanged
 
 logger = logging.getLogger("sentiment.redeploy")
+
+# Moves one delivery applies at most: a rollback then a new candidate is two; more means the document keeps
+# changing under it, and the next delivery (or the watcher's re-announcement) carries on.
+MAX_MOVES = 4
 
 
 class DeployBusy(RuntimeError):
@@ -37,7 +41,8 @@ class Redeployer:
     policy: Policy
 
     def handle(self, event: ProductionChanged) -> Action:
-        """What was done: deployed, rolled_back, already_serving, superseded, in_progress or other_model."""
+        """What was done: deployed, rolled_back, traffic_moved, already_serving, superseded, in_progress or
+        other_model. Moves are applied until what serves is what the deployment document asks for."""
         fields = {"model_version": event.model_version, "event_id": event.event_id}
         delivery = uuid.uuid4().hex  # owns the deploy lease this delivery may take
         decision = self._decide(Delivered(event, delivery))
@@ -50,27 +55,55 @@ class Redeployer:
         if decision.action is not Action.DEPLOY:
             logger.info("event %s: %s, nothing to deploy", event.event_id, decision.action, extra=fields)
             return decision.action
+        done = decision.action
+        for _ in range(MAX_MOVES):
+            done = self._apply(decision.plan, delivery).action
+            decision = self._decide(Delivered(event, delivery))
+            if decision.action is not Action.DEPLOY:
+                break
+        else:
+            self._decide(Failed(event, delivery, "the deployment document kept changing; the next delivery goes on"))
+        return done
+
+    def _apply(self, plan: Plan, delivery: str) -> Decision[Action]:
+        """One move, then its outcome recorded (a failure recorded, and raised for Pub/Sub to deliver again)."""
+        event = plan.event
+        fields = {"model_version": event.model_version, "event_id": event.event_id, "move": plan.move.value}
         try:
-            deployed = self.deployer.deploy(event)
+            deployed = self._move(plan)
         except DeployError as exc:
             self._decide(Failed(event, delivery, str(exc)))
             logger.error(
-                "redeploy to version %s failed: %s; Pub/Sub will deliver the event again and, after the "
+                "%s of version %s failed: %s; Pub/Sub will deliver the event again and, after the "
                 "subscription's maximum attempts, move it to the dead-letter topic",
+                plan.move.value,
                 event.model_version,
                 exc,
                 extra=fields,
             )
             raise
-        decision = self._decide(Succeeded(event, delivery, deployed.revision, deployed.url))
+        stable = deployed.split.stable if deployed.split is not None else None
+        decision = self._decide(Succeeded(event, delivery, deployed.revision, deployed.url, plan, stable))
         logger.info(
-            "version %s serving (%s, revision %s)",
-            event.model_version,
-            decision.action,
+            "%s (revision %s)",
+            decision.detail or f"version {event.model_version} serving",
             deployed.revision,
             extra=fields,
         )
-        return decision.action
+        return decision
+
+    def _move(self, plan: Plan) -> Deployed:
+        if plan.move is Move.DEPLOY:
+            return self.deployer.deploy(plan.event)
+        if plan.move is Move.CANDIDATE:
+            return self.deployer.deploy_candidate(plan.event, plan.percent)
+        split = Split(plan.stable_revision, plan.candidate_revision, plan.percent)
+        if plan.move is Move.SPLIT:
+            self.deployer.set_split(split)
+            return Deployed(revision=split.candidate, url="", split=split)
+        if plan.move is Move.COMPLETE:
+            return self.deployer.complete(split)
+        return self.deployer.roll_back(split)
 
     def _decide(self, evidence: Evidence) -> Decision[Action]:
         return self.store.apply(lambda state, now: decide(state, evidence, self.policy, now))

@@ -3,19 +3,36 @@
 No I/O and no clock in here: redeploy.py reads the deployment document, runs the deployer, and commits each
 decision as one compare-and-swap.
 
-    Delivered -> DEPLOY (the deploy lease taken) -> Succeeded -> DEPLOYED | ROLLED_BACK
-                                                 -> Failed -> FAILED (Pub/Sub delivers the event again)
+    Delivered -> DEPLOY (the deploy lease taken, a Plan) -> Succeeded -> DEPLOYED | ROLLED_BACK | TRAFFIC_MOVED
+                                                         -> Failed -> FAILED (Pub/Sub delivers the event again)
               -> ALREADY_SERVING | SUPERSEDED | IN_PROGRESS | OTHER_MODEL (acknowledged, nothing deployed)
               -> BUSY (another event's deploy runs: not acknowledged, so Pub/Sub delivers it again later)
+
+The event only wakes the redeploy: what to put in front of traffic is read from the deployment document
+(`wanted_traffic`: the announced version alone, or a rollout's split) and compared with what the redeploy last
+applied (`applied_traffic`). `next_move` is the one step that brings them closer; redeploy.py applies moves until
+they agree, so a step the watcher decided while a deploy ran is applied by the same delivery.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from datetime import datetime
 from enum import StrEnum
 
-from sentiment_core.deployments import Decision, DeploymentState, HistoryEntry, HistoryKind, Lease, Serving
+from sentiment_core.deployments import (
+    Canary,
+    Decision,
+    DeploymentState,
+    HistoryEntry,
+    HistoryKind,
+    Lease,
+    Serving,
+    Traffic,
+    traffic_settled,
+    wanted_traffic,
+)
 from sentiment_core.events import ProductionChanged
 
 DEPLOY_LEASE_S = 900.0  # the function's timeout (540 s) plus margin: a crashed deploy blocks at most this long
@@ -26,6 +43,7 @@ class Action(StrEnum):
 
     DEPLOYED = "deployed"
     ROLLED_BACK = "rolled_back"  # deployed, and the new version is older than the one it replaced
+    TRAFFIC_MOVED = "traffic_moved"  # a rollout's candidate deployed, its share moved, or the candidate drained
     FAILED = "failed"
     ALREADY_SERVING = "already_serving"  # a redelivery or a duplicate
     SUPERSEDED = "superseded"  # a newer event has been announced since
@@ -41,6 +59,50 @@ class Policy:
     lease_s: float = DEPLOY_LEASE_S
 
 
+class Move(StrEnum):
+    """One change of what serves."""
+
+    DEPLOY = "deploy"  # the announced version takes all the traffic on a new revision; others drained
+    CANDIDATE = "candidate"  # the rollout's candidate on a new revision beside the serving one, at its share
+    SPLIT = "split"  # the candidate's share moved
+    COMPLETE = "complete"  # the candidate takes all the traffic; the serving revision drained
+    ROLL_BACK = "roll_back"  # the serving revision takes all the traffic back; the candidate drained
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The next move, with what applying it needs: the announced version's event (what DEPLOY and CANDIDATE
+    start), the candidate's share, and the two live revisions when there are two."""
+
+    move: Move
+    event: ProductionChanged
+    percent: int = 0
+    stable_revision: str | None = None
+    candidate_revision: str | None = None
+
+
+def next_move(state: DeploymentState, event: ProductionChanged, model_name: str) -> Plan:
+    """The one move that brings what serves closer to `wanted_traffic(state)` (the state is not settled).
+
+    `event` is the delivered one, used only when the document announces nothing (documents written before
+    targets existed); otherwise the announced version's own event is what a new revision starts from.
+    """
+    target, serving, canary = state.target, state.serving, state.canary
+    wanted = wanted_traffic(state) or Traffic(event.model_version)
+    if target is not None:
+        event = target.event(model_name, serving.version if serving else None)
+    if canary is not None:
+        revisions = {"stable_revision": canary.stable_revision, "candidate_revision": canary.revision}
+        if wanted.candidate == canary.version:
+            return Plan(Move.SPLIT, event, wanted.percent, **revisions)
+        if wanted.candidate is None and wanted.version == canary.version and canary.sha256 == event.sha256:
+            return Plan(Move.COMPLETE, event, canary.percent, **revisions)
+        return Plan(Move.ROLL_BACK, event, canary.percent, **revisions)  # then, if needed, the next version
+    if wanted.candidate is not None and serving is not None:
+        return Plan(Move.CANDIDATE, event, wanted.percent)
+    return Plan(Move.DEPLOY, event)
+
+
 @dataclasses.dataclass(frozen=True)
 class Delivered:
     """Pub/Sub delivered the event to this instance."""
@@ -51,12 +113,14 @@ class Delivered:
 
 @dataclasses.dataclass(frozen=True)
 class Succeeded:
-    """The new revision serves the event's version."""
+    """The move is in place: for DEPLOY the new revision serves the event's version (the default move)."""
 
     event: ProductionChanged
     deployer: str
-    revision: str
+    revision: str  # the revision that took traffic (the candidate's, or the one left with all of it)
     url: str
+    plan: Plan | None = None  # None: a DEPLOY of `event`
+    stable_revision: str | None = None  # with CANDIDATE: the revision it was deployed beside
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,21 +158,28 @@ def _delivered(state: DeploymentState, delivered: Delivered, policy: Policy, now
     event = delivered.event
     if event.model_name != policy.model_name:
         return Decision(Action.OTHER_MODEL, state, detail=f"this redeploy serves {policy.model_name}")
-    serving = state.serving
-    if serving is not None and (serving.version, serving.sha256) == (event.model_version, event.sha256):
+    serving, target = state.serving, state.target
+    serves_it = serving is not None and (serving.version, serving.sha256) == (event.model_version, event.sha256)
+    if target is not None and target.event_id != event.event_id:
+        if serves_it:
+            return Decision(Action.ALREADY_SERVING, state)
+        return Decision(Action.SUPERSEDED, state, detail=f"version {target.version} was announced since")
+    if (target is None and serves_it) or (target is not None and traffic_settled(state)):
         return Decision(Action.ALREADY_SERVING, state)
-    if state.target is not None and state.target.event_id != event.event_id:
-        return Decision(Action.SUPERSEDED, state, detail=f"version {state.target.version} was announced since")
     deploying = state.deploying
     if deploying is not None and deploying.active(now):
         if deploying.key == event.event_id:
             return Decision(Action.IN_PROGRESS, state)
         return Decision(Action.BUSY, state, detail=f"the deploy of event {deploying.key} is still running")
     lease = Lease.take(event.event_id, delivered.deployer, now, policy.lease_s)
-    return Decision(Action.DEPLOY, dataclasses.replace(state, deploying=lease))
+    plan = next_move(state, event, policy.model_name)
+    return Decision(Action.DEPLOY, dataclasses.replace(state, deploying=lease), detail=plan.move.value, plan=plan)
 
 
 def _succeeded(state: DeploymentState, succeeded: Succeeded, now: datetime) -> Decision[Action]:
+    plan = succeeded.plan
+    if plan is not None and plan.move is not Move.DEPLOY:
+        return _traffic_moved(_released(state, succeeded.deployer), succeeded, plan, now)
     event = succeeded.event
     replaced = state.serving.version if state.serving is not None else None
     older = replaced is not None and int(replaced) > int(event.model_version)
@@ -126,7 +197,57 @@ def _succeeded(state: DeploymentState, succeeded: Succeeded, now: datetime) -> D
     entry = HistoryEntry(
         kind, event.model_version, now, event_id=event.event_id, revision=succeeded.revision, url=succeeded.url
     )
-    return Decision(action, dataclasses.replace(_released(state, succeeded.deployer), serving=serving), (entry,))
+    deployed = dataclasses.replace(_released(state, succeeded.deployer), serving=serving, canary=None)
+    return Decision(action, deployed, (entry,))
+
+
+def _traffic_moved(state: DeploymentState, succeeded: Succeeded, plan: Plan, now: datetime) -> Decision[Action]:
+    """A rollout's move is in place: the canary recorded, moved, promoted to serving, or gone."""
+    event, serving, canary = plan.event, state.serving, state.canary
+    stable = serving.version if serving is not None else None
+    entry = functools.partial(
+        HistoryEntry, at=now, event_id=event.event_id, revision=succeeded.revision, url=succeeded.url or None
+    )
+    match plan.move:
+        case Move.CANDIDATE:
+            canary = Canary(
+                version=event.model_version,
+                run_id=event.mlflow_run_id,
+                sha256=event.sha256,
+                model_uri=event.model_uri,
+                event_id=event.event_id,
+                revision=succeeded.revision,
+                url=succeeded.url,
+                stable_revision=succeeded.stable_revision or "",
+                percent=plan.percent,
+                applied_at=now,
+            )
+            detail = f"version {canary.version} deployed beside version {stable} with {plan.percent}% of the traffic"
+            moved = dataclasses.replace(state, canary=canary)
+            record = entry(HistoryKind.TRAFFIC, canary.version, stable_version=stable, percent=plan.percent)
+        case Move.SPLIT:
+            moved = dataclasses.replace(state, canary=dataclasses.replace(canary, percent=plan.percent, applied_at=now))
+            detail = f"version {canary.version} now has {plan.percent}% of the traffic, version {stable} the rest"
+            record = entry(HistoryKind.TRAFFIC, canary.version, stable_version=stable, percent=plan.percent)
+        case Move.COMPLETE:
+            promoted = Serving(
+                version=canary.version,
+                run_id=canary.run_id,
+                sha256=canary.sha256,
+                model_uri=canary.model_uri,
+                event_id=canary.event_id,
+                deployed_at=now,
+                revision=canary.revision,
+                url=succeeded.url,
+            )
+            moved = dataclasses.replace(state, serving=promoted, canary=None)
+            detail = f"version {canary.version} takes all the traffic; version {stable} drained"
+            record = entry(HistoryKind.DEPLOYED, canary.version, stable_version=stable, percent=100)
+        case _:  # ROLL_BACK
+            moved = dataclasses.replace(state, canary=None)
+            detail = f"version {stable} takes all the traffic back; version {canary.version} drained"
+            record = entry(HistoryKind.TRAFFIC, canary.version, stable_version=stable, percent=0)
+    return Decision(Action.TRAFFIC_MOVED, moved, (dataclasses.replace(record, detail=detail),), detail)
 
 
 def _released(state: DeploymentState, deployer: str) -> DeploymentState:

@@ -38,13 +38,16 @@ def _reconciler():
     from staging import GcsStager
     from watcher_decisions import Policy
 
+    from sentiment_core.store import window_evidence
+
     return Reconciler(
         registry=SETTINGS.registry(),
         store=_store(),
         stager=GcsStager(SETTINGS.serving_bucket),
         publisher=PubSubPublisher(SETTINGS.topic),
-        policy=Policy(SETTINGS.state.model_name),
+        policy=Policy(SETTINGS.state.model_name, rollout=SETTINGS.rollout),
         min_val_accuracy=SETTINGS.min_val_accuracy,
+        counts=functools.partial(window_evidence, _db()),
     )
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Protocol
 
 import gate
@@ -23,16 +24,20 @@ from watcher_decisions import (
     Confirmed,
     Evidence,
     Looked,
+    Measured,
     Policy,
+    RegistryUpdated,
     Rejected,
     Staged,
     decide,
 )
 
-from sentiment_core.deployment_store import DeploymentStore
-from sentiment_core.deployments import Decision, Desired, HistoryKind
+from sentiment_core.contract import PRODUCTION_ALIAS
+from sentiment_core.deployment_store import DeploymentStore, StateUnavailable
+from sentiment_core.deployments import Decision, Desired, HistoryKind, Rollout
 from sentiment_core.events import ProductionChanged
 from sentiment_core.registry import ModelVersion, RegistryClient
+from sentiment_core.rollout import VersionCounts
 
 logger = logging.getLogger("sentiment.watcher")
 
@@ -43,6 +48,10 @@ class Publisher(Protocol):
 
 class Stager(Protocol):
     def stage(self, model_bytes: bytes, *, model_name: str, version: str, run_id: str, threshold: float) -> str: ...
+
+
+class Counts(Protocol):
+    def __call__(self, version: str, since: datetime) -> VersionCounts: ...
 
 
 class PublishError(RuntimeError):
@@ -59,10 +68,12 @@ class TickResult:
     serving_version: str | None
     detail: str = ""
     event_id: str | None = None
+    rollout: dict[str, Any] | None = None  # when the tick ran the rollout policy: its decision and the share
 
     @classmethod
-    def of(cls, decision: Decision[Action]) -> TickResult:
+    def of(cls, decision: Decision[Action], measured: Rollout | None = None) -> TickResult:
         state = decision.state
+        last = measured.last_decision if measured is not None else None
         return cls(
             action=decision.action,
             desired_version=state.desired.version if state.desired else None,
@@ -70,6 +81,15 @@ class TickResult:
             serving_version=state.serving.version if state.serving else None,
             detail=decision.detail,
             event_id=decision.event_id,
+            rollout=None
+            if last is None
+            else {
+                "action": last.action.value,
+                "reason": last.reason.value,
+                "detail": last.detail,
+                "state": measured.state.value,
+                "candidate_percent": measured.candidate_percent,
+            },
         )
 
     def to_api(self) -> dict[str, Any]:
@@ -84,15 +104,22 @@ class Reconciler:
     publisher: Publisher
     policy: Policy
     min_val_accuracy: float
+    counts: Counts  # a version's window counters since a time (sentiment_core.store.window_evidence)
     fetch: Callable[[RegistryClient, ModelVersion], gate.Candidate] = gate.fetch_candidate
 
     def tick(self, trigger: str, retry_refused: str | None = None) -> TickResult:
         """Reconcile once. retry_refused: a version promoted again (webhook), so a past refusal no longer holds."""
         republished = self._flush_outbox()
+        self._tell_registry()  # an ended rollout the registry does not show yet (a crash after it ended)
         found = self.registry.production_version(self.policy.model_name)  # RegistryError: nothing was decided
         claimant = uuid.uuid4().hex
         desired = Desired(found.version, found.run_id, found.chosen_by) if found else None
         decision = self._decide(Looked(desired, trigger, claimant, retry_refused, republished))
+        measured = None
+        if decision.action is Action.MEASURE:
+            decision = self._decide(self._measure(decision.state.rollout, found, trigger))
+            measured = decision.state.rollout
+            self._log_rollout(decision)
         if decision.action is Action.CLAIM:
             decision = self._decide(self._check(found, desired, claimant, trigger))
         if decision.action is Action.REFUSED:
@@ -111,7 +138,59 @@ class Reconciler:
             else:
                 logger.info("staged version %s at %s", found.version, decision.state.outbox.model_uri, extra=fields)
             decision = self._publish(decision.state.outbox)
-        return TickResult.of(decision)
+        if measured is not None and not measured.in_progress:
+            self._tell_registry()
+        return TickResult.of(decision, measured)
+
+    def _measure(self, rollout: Rollout, found: ModelVersion | None, trigger: str) -> Measured:
+        """Both versions' counts since the rollout began: the same window for both."""
+        from sentiment_core.store import StoreUnavailable
+
+        try:
+            stable = self.counts(rollout.stable_version, rollout.started_at)
+            candidate = self.counts(rollout.candidate_version, rollout.started_at)
+        except StoreUnavailable as exc:
+            raise StateUnavailable(f"the rollout's counters could not be read: {exc}") from exc
+        return Measured(stable, candidate, found.version if found else None, trigger)
+
+    def _log_rollout(self, decision: Decision[Action]) -> None:
+        rollout = decision.state.rollout
+        last = rollout.last_decision
+        if last is None:
+            return
+        fields = {"model_version": rollout.candidate_version, "rollout_action": last.action.value}
+        message = "rollout of version %s beside %s: %s (%s) at %d%%: %s"
+        values = (rollout.stable_version, last.action.value, last.reason.value, rollout.candidate_percent, last.detail)
+        level = logging.WARNING if rollout.back_to_stable else logging.INFO
+        logger.log(level, message, rollout.candidate_version, *values, extra=fields)
+
+    def _tell_registry(self) -> None:
+        """The alias and the versions' tags after an ended rollout, then the document says they are written.
+
+        Each write sets a value, so doing them again after a crash is harmless. The alias goes back to the stable
+        version only while it still names the candidate: a person may have promoted another version since.
+        """
+        rollout = self.store.read().state.rollout
+        if rollout is None or rollout.in_progress or rollout.registry_updated:
+            return
+        name, candidate, stable = self.policy.model_name, rollout.candidate_version, rollout.stable_version
+        reason = rollout.reason.value if rollout.reason else ""
+        if rollout.back_to_stable:
+            current = self.registry.production_version(name)
+            moved = current is not None and current.version == candidate
+            if moved:
+                self.registry.set_alias(name, PRODUCTION_ALIAS, stable)
+            self.registry.set_version_tag(name, candidate, "deployment_status", "rolled_back")
+            self.registry.set_version_tag(name, candidate, "deployment_reason", reason)
+            detail = f"version {candidate} tagged rolled_back ({reason})"
+            detail += f"; alias {PRODUCTION_ALIAS} moved back to version {stable}" if moved else ""
+        else:
+            self.registry.set_version_tag(name, candidate, "deployment_status", "serving")
+            self.registry.set_version_tag(name, candidate, "deployment_reason", reason)
+            self.registry.set_version_tag(name, stable, "deployment_status", "retired")
+            detail = f"version {candidate} tagged serving, version {stable} retired"
+        self._decide(RegistryUpdated(candidate, rollout.started_at, detail))
+        logger.info("registry updated: %s", detail, extra={"model_version": candidate})
 
     def _check(self, found: ModelVersion, desired: Desired, claimant: str, trigger: str) -> Staged | Rejected:
         """The deploy gate, then staging: what they found, as evidence for the next decision."""

@@ -9,7 +9,10 @@ into evidence, and commits each decision as one compare-and-swap. A tick is a ch
                                    -> UP_TO_DATE | REPUBLISHED | REFUSED_EARLIER | IN_PROGRESS
                                       | NO_PRODUCTION_VERSION
                                    -> PUBLISH (the announced version still not serving: announced again)
+                                   -> MEASURE (a rollout in progress) -> Measured (both versions' counts)
+                                      -> ROLLOUT_HELD | PUBLISH (the candidate's share moved, or the rollout ended)
     Commanded (POST /rollout) -> COMMAND_RECORDED | NO_ROLLOUT | ABORT_PENDING
+    RegistryUpdated (an ended rollout's alias and tags written) -> RECORDED
 
 A new kind of evidence (a rollout's live statistics, say) is a new dataclass and a new branch of decide().
 """
@@ -20,6 +23,7 @@ import dataclasses
 from datetime import datetime
 from enum import StrEnum
 
+from sentiment_core import rollout as rollouts
 from sentiment_core.deployments import (
     Decision,
     DeploymentState,
@@ -28,11 +32,21 @@ from sentiment_core.deployments import (
     HistoryKind,
     Lease,
     Refusal,
+    Rollout,
     RolloutCommand,
     Target,
     outbox_cleared,
+    traffic_settled,
 )
-from sentiment_core.rollout import Command
+from sentiment_core.rollout import (
+    Command,
+    Reason,
+    RolloutAction,
+    RolloutEvidence,
+    RolloutSettings,
+    RolloutStatus,
+    VersionCounts,
+)
 
 CLAIM_TTL_S = 300.0  # longer than a gate + staging of a large model; a crashed claimer blocks at most this long
 # An announced version not serving this long after its event, with no deploy running, lost its event (a message
@@ -55,8 +69,11 @@ class Action(StrEnum):
     COMMAND_RECORDED = "command_recorded"  # POST /rollout: the next tick hands the command to the rollout policy
     NO_ROLLOUT = "no_rollout"  # POST /rollout with no rollout in progress
     ABORT_PENDING = "abort_pending"  # POST /rollout complete while an abort waits for its tick
+    ROLLOUT_HELD = "rollout_held"  # the rollout policy keeps the candidate's share (the reason is in the rollout)
+    RECORDED = "recorded"  # the registry shows an ended rollout's outcome, and the document says so
     CLAIM = "claim"  # step: check and stage the desired version under the claim just taken
     PUBLISH = "publish"  # step: publish the event just put in the outbox
+    MEASURE = "measure"  # step: read both versions' counts for the rollout policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +81,7 @@ class Policy:
     model_name: str
     claim_ttl_s: float = CLAIM_TTL_S
     reannounce_after_s: float = REANNOUNCE_AFTER_S
+    rollout: RolloutSettings = dataclasses.field(default_factory=RolloutSettings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +141,26 @@ class Commanded:
     trigger: str
 
 
-Evidence = Looked | Staged | Rejected | Abandoned | Confirmed | Commanded
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """Both versions' counts over the rollout's window, and the registry's production version on this tick."""
+
+    stable: VersionCounts
+    candidate: VersionCounts
+    desired_version: str | None  # the stable version here means a person moved the alias back: an abort
+    trigger: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryUpdated:
+    """The alias and the tags now tell the outcome of the rollout of candidate_version begun at started_at."""
+
+    candidate_version: str
+    started_at: datetime
+    detail: str
+
+
+Evidence = Looked | Staged | Rejected | Abandoned | Confirmed | Commanded | Measured | RegistryUpdated
 
 
 def decide(state: DeploymentState, evidence: Evidence, policy: Policy, now: datetime) -> Decision[Action]:
@@ -144,6 +181,10 @@ def decide(state: DeploymentState, evidence: Evidence, policy: Policy, now: date
             return Decision(Action.PUBLISHED, cleared, history, event_id=evidence.event_id)
         case Commanded():
             return _commanded(state, evidence, now)
+        case Measured():
+            return _measured(state, evidence, policy, now)
+        case RegistryUpdated():
+            return _registry_updated(state, evidence, now)
     raise TypeError(f"no decision for {evidence!r}")
 
 
@@ -155,6 +196,15 @@ def _looked(state: DeploymentState, seen: Looked, policy: Policy, now: datetime)
     refused = new.refused
     if refused and (refused.version != desired.version or seen.retry_refused == desired.version):
         new = dataclasses.replace(new, refused=None)  # promoting again, or another version, starts over
+    rollout, superseded = new.rollout, ()
+    if rollout is not None and rollout.in_progress:
+        versions = (rollout.stable_version, rollout.candidate_version)
+        if desired.version in versions and new.target is not None and new.target.version == versions[1]:
+            return Decision(Action.MEASURE, new)
+        # Another version promoted during the rollout: the candidate leaves, the new version is checked.
+        detail = f"version {desired.version} was promoted during the rollout of version {rollout.candidate_version}"
+        new = dataclasses.replace(new, rollout=rollout.ended(RolloutStatus.ABORTED, Reason.SUPERSEDED, detail, now))
+        superseded = (_rollout_entry(HistoryKind.ROLLOUT_ABORTED, rollout, Reason.SUPERSEDED, 0, detail, (), now),)
     if new.target is not None and new.target.version == desired.version:
         if seen.republished:
             return Decision(Action.REPUBLISHED, new, event_id=seen.republished)
@@ -167,7 +217,7 @@ def _looked(state: DeploymentState, seen: Looked, policy: Policy, now: datetime)
         # The document is the claimer's until it announces: write nothing, not even the desired version.
         return Decision(Action.IN_PROGRESS, state, detail=f"another run is staging version {new.claim.key}")
     claim = Lease.take(desired.version, seen.claimant, now, policy.claim_ttl_s)
-    return Decision(Action.CLAIM, dataclasses.replace(new, claim=claim))
+    return Decision(Action.CLAIM, dataclasses.replace(new, claim=claim), superseded)
 
 
 def _lost_its_event(state: DeploymentState, policy: Policy, now: datetime) -> bool:
@@ -234,7 +284,119 @@ def _staged(state: DeploymentState, staged: Staged, policy: Policy, now: datetim
         event_id=staged.event_id,
     )
     announced = dataclasses.replace(state, target=target, outbox=event, claim=None)
-    return Decision(Action.PUBLISH, announced, (entry,), event_id=staged.event_id)
+    started = _start_rollout(announced, policy.rollout, now)
+    history = (entry,) if started is None else (entry, started[1])
+    if started is not None:
+        announced = dataclasses.replace(announced, rollout=started[0])
+    return Decision(Action.PUBLISH, announced, history, event_id=staged.event_id)
+
+
+def _start_rollout(
+    state: DeploymentState, settings: RolloutSettings, now: datetime
+) -> tuple[Rollout, HistoryEntry] | None:
+    """A rollout of the newly announced version beside the serving one at the first step; none for a first
+    deployment (nothing to compare with) or the version that already serves. ROLLOUT_STEPS=100: the rollout is
+    over as it starts (the redeploy switches at once), and only its tags remain to write."""
+    serving, target = state.serving, state.target
+    if serving is None or serving.version == target.version:
+        return None
+    started = Rollout.of(rollouts.start(serving.version, target.version, now), settings.steps[0])
+    detail = (
+        f"version {target.version} gets {started.candidate_percent}% of the traffic, version {serving.version} the rest"
+    )
+    if started.candidate_percent == 100:
+        detail = f"ROLLOUT_STEPS is 100: version {target.version} takes all the traffic at once"
+        started = started.ended(RolloutStatus.COMPLETED, Reason.IMMEDIATE, detail, now)
+    entry = _rollout_entry(HistoryKind.ROLLOUT_STARTED, started, None, started.candidate_percent, detail, (), now)
+    return started, entry
+
+
+def _rollout_entry(
+    kind: HistoryKind,
+    rollout: Rollout,
+    reason: Reason | None,
+    percent: int,
+    detail: str,
+    checks: tuple[rollouts.Check, ...],
+    now: datetime,
+    trigger: str | None = None,
+) -> HistoryEntry:
+    return HistoryEntry(
+        kind,
+        rollout.candidate_version,
+        now,
+        trigger=trigger,
+        reason=reason.value if reason else None,
+        detail=detail,
+        stable_version=rollout.stable_version,
+        percent=percent,
+        checks=tuple(check.to_document() for check in checks) or None,
+    )
+
+
+# The history entry of each decision that changes the traffic (holding records nothing but the rollout's numbers).
+_ROLLOUT_KINDS = {
+    RolloutStatus.COMPLETED: HistoryKind.ROLLOUT_COMPLETED,
+    RolloutStatus.ROLLED_BACK: HistoryKind.ROLLOUT_ROLLED_BACK,
+    RolloutStatus.ABORTED: HistoryKind.ROLLOUT_ABORTED,
+}
+
+
+def _measured(state: DeploymentState, measured: Measured, policy: Policy, now: datetime) -> Decision[Action]:
+    """The rollout policy on this tick's evidence, and its decision's effects on what is announced."""
+    rollout = state.rollout
+    versions = (measured.stable.version, measured.candidate.version)
+    if rollout is None or not rollout.in_progress or versions != (rollout.stable_version, rollout.candidate_version):
+        return Decision(Action.UP_TO_DATE, state, detail="the rollout changed while its evidence was read")
+    command, trigger = (rollout.command.command, rollout.command.trigger) if rollout.command else (None, None)
+    if measured.desired_version == rollout.stable_version:
+        command, trigger = Command.ABORT, f"{measured.trigger}: alias {rollout.stable_version} promoted back"
+    evidence = RolloutEvidence(measured.stable, measured.candidate, traffic_settled(state), command)
+    decision = rollouts.decide(rollout.policy_state(), evidence, policy.rollout, now)
+    after = rollout.decided(decision, now)
+    new = dataclasses.replace(state, rollout=after)
+    detail = decision.detail or decision.reason.value
+    if decision.action is RolloutAction.HOLD:
+        if _lost_its_event(new, policy, now):
+            return _reannounce(new, policy, now)
+        return Decision(Action.ROLLOUT_HELD, new, detail=detail)
+    kind = HistoryKind.ROLLOUT_ADVANCED if after.in_progress else _ROLLOUT_KINDS[after.state]
+    entry = _rollout_entry(kind, after, decision.reason, decision.percent, detail, decision.checks, now, trigger)
+    previous = rollout.stable_version
+    if after.back_to_stable:
+        new = dataclasses.replace(new, target=_stable_target(new, rollout))
+        previous = rollout.candidate_version
+    event = new.target.event(policy.model_name, previous)
+    announced = dataclasses.replace(new, target=dataclasses.replace(new.target, announced_at=now), outbox=event)
+    return Decision(Action.PUBLISH, announced, (entry,), detail, event_id=event.event_id)
+
+
+def _stable_target(state: DeploymentState, rollout: Rollout) -> Target:
+    """The stable version announced again, from what serves (its staged files and the event that deployed it)."""
+    serving = state.serving
+    if serving is None or serving.version != rollout.stable_version:
+        raise ValueError(f"version {rollout.stable_version} is the rollout's stable version but does not serve")
+    return Target(
+        version=serving.version,
+        run_id=serving.run_id,
+        sha256=serving.sha256,
+        model_uri=serving.model_uri,
+        event_id=serving.event_id,
+        staged_at=serving.deployed_at,
+    )
+
+
+def _registry_updated(state: DeploymentState, updated: RegistryUpdated, now: datetime) -> Decision[Action]:
+    rollout = state.rollout
+    if (
+        rollout is None
+        or rollout.registry_updated
+        or (rollout.candidate_version, rollout.started_at) != (updated.candidate_version, updated.started_at)
+    ):
+        return Decision(Action.RECORDED, state)  # another run recorded it, or a new rollout began since
+    entry = HistoryEntry(HistoryKind.REGISTRY_UPDATED, rollout.candidate_version, now, detail=updated.detail)
+    recorded = dataclasses.replace(state, rollout=dataclasses.replace(rollout, registry_updated=True))
+    return Decision(Action.RECORDED, recorded, (entry,), updated.detail)
 
 
 def _rejected(state: DeploymentState, rejected: Rejected, now: datetime) -> Decision[Action]:

@@ -20,7 +20,7 @@ from sentiment_core.deployment_store import DeploymentStore, StateSettings, Stat
 from sentiment_core.deployments import Rollout
 from sentiment_core.events import TOPIC
 from sentiment_core.registry import IdTokenSource, RegistryClient, RegistryError
-from sentiment_core.rollout import Command, Reason, RolloutAction
+from sentiment_core.rollout import Command, Reason, RolloutAction, RolloutSettings
 
 logger = logging.getLogger("sentiment.watcher")
 
@@ -46,6 +46,7 @@ class Settings:
     serving_bucket: str
     topic: str
     min_val_accuracy: float
+    rollout: RolloutSettings = dataclasses.field(default_factory=RolloutSettings)
     webhook_receiver_only: bool = False
 
     @classmethod
@@ -64,6 +65,7 @@ class Settings:
             serving_bucket=config.required("SERVING_BUCKET", env),
             topic=topic if topic.startswith("projects/") else f"projects/{state.project}/topics/{topic}",
             min_val_accuracy=config.number("MIN_VALIDATION_ACCURACY", 0.8, 0.0, 1.0, env),
+            rollout=RolloutSettings.from_env(env),
             webhook_receiver_only=_true_or_false(
                 "WEBHOOK_RECEIVER_ONLY", config.optional("WEBHOOK_RECEIVER_ONLY", "false", env)
             ),

@@ -7,13 +7,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from sentiment_core import rollout as rollouts
 from sentiment_core.deployments import (
+    Canary,
     Decision,
     DeploymentState,
     Desired,
     HistoryEntry,
     HistoryKind,
     Lease,
+    Rollout,
     Serving,
     Target,
 )
@@ -23,6 +26,7 @@ from tests.functions.conftest import redeploy_module
 decisions = redeploy_module("redeploy_decisions")
 Action = decisions.Action
 Delivered, Succeeded, Failed = decisions.Delivered, decisions.Succeeded, decisions.Failed
+Move, Plan = decisions.Move, decisions.Plan
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 EARLIER = NOW - timedelta(hours=1)
@@ -51,6 +55,52 @@ THEIR_LEASE = Lease("event-2", OTHER, NOW + timedelta(seconds=60))
 NEW_LEASE = Lease("event-2", ME, NOW + timedelta(seconds=900))
 
 
+DEPLOY_V2 = Plan(Move.DEPLOY, EVENT_V2)
+
+# A rollout of version 2 beside version 1 (serving on predict-00001).
+EVENT_V1 = ProductionChanged("event-1", "m", "1", "run-1", "gs://b/m/v1", SHA, "2")
+ROLLOUT_10 = Rollout.of(rollouts.start("1", "2", EARLIER), 10)
+ROLLOUT_50 = dataclasses.replace(ROLLOUT_10, step=1, candidate_percent=50)
+ROLLING_OUT = dataclasses.replace(V2_ANNOUNCED, rollout=ROLLOUT_10)
+CANARY_10 = Canary("2", "run-2", SHA, "gs://b/m/v2", "event-2", "predict-v2", "https://c", "predict-00001", 10, EARLIER)
+AT_10 = dataclasses.replace(ROLLING_OUT, canary=CANARY_10)
+AT_50_ASKED = dataclasses.replace(AT_10, rollout=ROLLOUT_50)
+COMPLETED = dataclasses.replace(
+    AT_10, rollout=ROLLOUT_10.ended(rollouts.RolloutStatus.COMPLETED, rollouts.Reason.EVIDENCE_HOLDS, "", EARLIER)
+)
+ROLLED_BACK = dataclasses.replace(
+    AT_10,
+    target=Target("1", "run-1", SHA, "gs://b/m/v1", "event-1", EARLIER),
+    rollout=ROLLOUT_10.ended(rollouts.RolloutStatus.ROLLED_BACK, rollouts.Reason.FEEDBACK_WORSE, "", EARLIER),
+)
+TWO_REVISIONS = {"stable_revision": "predict-00001", "candidate_revision": "predict-v2"}
+# Version 3 promoted during the rollout of version 2: a new rollout of 3 beside 1, with 2's canary still live.
+V3_OVER_CANARY = dataclasses.replace(
+    AT_10,
+    target=Target("3", "run-3", SHA, "gs://b/m/v3", "event-4", EARLIER),
+    rollout=Rollout.of(rollouts.start("1", "3", EARLIER), 10),
+)
+EVENT_V3 = ProductionChanged("event-4", "m", "3", "run-3", "gs://b/m/v3", SHA, "1")
+
+
+def leased(state: DeploymentState, key: str = "event-2", lease: Lease = NEW_LEASE) -> DeploymentState:
+    return dataclasses.replace(state, deploying=dataclasses.replace(lease, key=key))
+
+
+def moved(kind: HistoryKind, version: str, detail: str, percent: int, revision: str, url: str) -> HistoryEntry:
+    return HistoryEntry(
+        kind,
+        version,
+        NOW,
+        event_id="event-2",
+        revision=revision,
+        url=url,
+        detail=detail,
+        stable_version="1",
+        percent=percent,
+    )
+
+
 def serving(event: ProductionChanged, revision: str = "predict-00002") -> Serving:
     return Serving(
         event.model_version, event.mlflow_run_id, event.sha256, event.model_uri, event.event_id, NOW, revision, "u"
@@ -61,7 +111,9 @@ TABLE = [
     pytest.param(
         V2_ANNOUNCED,
         Delivered(EVENT_V2, ME),
-        Decision(Action.DEPLOY, dataclasses.replace(V2_ANNOUNCED, deploying=NEW_LEASE)),
+        Decision(
+            Action.DEPLOY, dataclasses.replace(V2_ANNOUNCED, deploying=NEW_LEASE), detail="deploy", plan=DEPLOY_V2
+        ),
         id="announced-event-takes-the-deploy-lease",
     ),
     pytest.param(
@@ -78,6 +130,8 @@ TABLE = [
             dataclasses.replace(
                 V2_ANNOUNCED, serving=dataclasses.replace(SERVING_V2, sha256=OTHER_SHA), deploying=NEW_LEASE
             ),
+            detail="deploy",
+            plan=Plan(Move.DEPLOY, dataclasses.replace(EVENT_V2, previous_version="2")),
         ),
         id="same-version-other-file-is-deployed",
     ),
@@ -106,7 +160,9 @@ TABLE = [
     pytest.param(
         dataclasses.replace(V2_ANNOUNCED, deploying=dataclasses.replace(THEIR_LEASE, expires_at=EARLIER)),
         Delivered(EVENT_V2, ME),
-        Decision(Action.DEPLOY, dataclasses.replace(V2_ANNOUNCED, deploying=NEW_LEASE)),
+        Decision(
+            Action.DEPLOY, dataclasses.replace(V2_ANNOUNCED, deploying=NEW_LEASE), detail="deploy", plan=DEPLOY_V2
+        ),
         id="expired-deploy-lease-is-taken-over",
     ),
     pytest.param(
@@ -155,6 +211,163 @@ TABLE = [
             "revision failed to start",
         ),
         id="failed-deploy-is-recorded-keeps-what-serves-and-releases-the-lease",
+    ),
+    # A rollout: the document asks for a split; the event only wakes the redeploy up.
+    pytest.param(
+        ROLLING_OUT,
+        Delivered(EVENT_V2, ME),
+        Decision(Action.DEPLOY, leased(ROLLING_OUT), detail="candidate", plan=Plan(Move.CANDIDATE, EVENT_V2, 10)),
+        id="rollout-started-deploys-the-candidate-beside-the-serving-version-at-its-share",
+    ),
+    pytest.param(
+        AT_10,
+        Delivered(EVENT_V2, ME),
+        Decision(Action.ALREADY_SERVING, AT_10),
+        id="rollout-share-already-applied-changes-nothing",
+    ),
+    pytest.param(
+        AT_50_ASKED,
+        Delivered(EVENT_V2, ME),
+        Decision(
+            Action.DEPLOY, leased(AT_50_ASKED), detail="split", plan=Plan(Move.SPLIT, EVENT_V2, 50, **TWO_REVISIONS)
+        ),
+        id="rollout-advanced-moves-the-candidates-share",
+    ),
+    pytest.param(
+        COMPLETED,
+        Delivered(EVENT_V2, ME),
+        Decision(
+            Action.DEPLOY, leased(COMPLETED), detail="complete", plan=Plan(Move.COMPLETE, EVENT_V2, 10, **TWO_REVISIONS)
+        ),
+        id="rollout-completed-gives-the-candidate-all-the-traffic",
+    ),
+    pytest.param(
+        ROLLED_BACK,
+        Delivered(EVENT_V1, ME),
+        Decision(
+            Action.DEPLOY,
+            leased(ROLLED_BACK, "event-1"),
+            detail="roll_back",
+            plan=Plan(Move.ROLL_BACK, dataclasses.replace(EVENT_V1, previous_version="1"), 10, **TWO_REVISIONS),
+        ),
+        id="rollout-rolled-back-gives-the-stable-revision-all-the-traffic",
+    ),
+    pytest.param(
+        ROLLED_BACK,
+        Delivered(EVENT_V2, ME),
+        Decision(Action.SUPERSEDED, ROLLED_BACK, detail="version 1 was announced since"),
+        id="candidates-event-after-its-rollback-changes-nothing",
+    ),
+    pytest.param(
+        V3_OVER_CANARY,
+        Delivered(EVENT_V3, ME),
+        Decision(
+            Action.DEPLOY,
+            leased(V3_OVER_CANARY, "event-4"),
+            detail="roll_back",
+            plan=Plan(Move.ROLL_BACK, EVENT_V3, 10, **TWO_REVISIONS),
+        ),
+        id="new-rollout-over-a-live-canary-drains-that-canary-first",
+    ),
+    pytest.param(
+        dataclasses.replace(V3_OVER_CANARY, canary=None),
+        Delivered(EVENT_V3, ME),
+        Decision(
+            Action.DEPLOY,
+            leased(dataclasses.replace(V3_OVER_CANARY, canary=None), "event-4"),
+            detail="candidate",
+            plan=Plan(Move.CANDIDATE, EVENT_V3, 10),
+        ),
+        id="new-rollout-once-the-old-canary-is-drained-deploys-its-candidate",
+    ),
+    pytest.param(
+        leased(ROLLING_OUT, lease=MY_LEASE),
+        Succeeded(EVENT_V2, ME, "predict-v2", "https://c", Plan(Move.CANDIDATE, EVENT_V2, 10), "predict-00001"),
+        Decision(
+            Action.TRAFFIC_MOVED,
+            dataclasses.replace(AT_10, canary=dataclasses.replace(CANARY_10, applied_at=NOW)),
+            (
+                moved(
+                    HistoryKind.TRAFFIC,
+                    "2",
+                    "version 2 deployed beside version 1 with 10% of the traffic",
+                    10,
+                    "predict-v2",
+                    "https://c",
+                ),
+            ),
+            "version 2 deployed beside version 1 with 10% of the traffic",
+        ),
+        id="candidate-deployed-is-recorded-as-the-canary-with-its-share",
+    ),
+    pytest.param(
+        leased(AT_50_ASKED, lease=MY_LEASE),
+        Succeeded(EVENT_V2, ME, "predict-v2", "", Plan(Move.SPLIT, EVENT_V2, 50, **TWO_REVISIONS)),
+        Decision(
+            Action.TRAFFIC_MOVED,
+            dataclasses.replace(AT_50_ASKED, canary=dataclasses.replace(CANARY_10, percent=50, applied_at=NOW)),
+            (
+                moved(
+                    HistoryKind.TRAFFIC,
+                    "2",
+                    "version 2 now has 50% of the traffic, version 1 the rest",
+                    50,
+                    "predict-v2",
+                    None,
+                ),
+            ),
+            "version 2 now has 50% of the traffic, version 1 the rest",
+        ),
+        id="share-moved-is-recorded-on-the-canary",
+    ),
+    pytest.param(
+        leased(COMPLETED, lease=MY_LEASE),
+        Succeeded(EVENT_V2, ME, "predict-v2", "https://predict", Plan(Move.COMPLETE, EVENT_V2, 10, **TWO_REVISIONS)),
+        Decision(
+            Action.TRAFFIC_MOVED,
+            dataclasses.replace(
+                COMPLETED,
+                serving=Serving("2", "run-2", SHA, "gs://b/m/v2", "event-2", NOW, "predict-v2", "https://predict"),
+                canary=None,
+            ),
+            (
+                moved(
+                    HistoryKind.DEPLOYED,
+                    "2",
+                    "version 2 takes all the traffic; version 1 drained",
+                    100,
+                    "predict-v2",
+                    "https://predict",
+                ),
+            ),
+            "version 2 takes all the traffic; version 1 drained",
+        ),
+        id="completed-candidate-becomes-what-serves",
+    ),
+    pytest.param(
+        leased(ROLLED_BACK, "event-1", MY_LEASE),
+        Succeeded(
+            EVENT_V1, ME, "predict-00001", "https://predict", Plan(Move.ROLL_BACK, EVENT_V1, 10, **TWO_REVISIONS)
+        ),
+        Decision(
+            Action.TRAFFIC_MOVED,
+            dataclasses.replace(ROLLED_BACK, canary=None),
+            (
+                dataclasses.replace(
+                    moved(
+                        HistoryKind.TRAFFIC,
+                        "2",
+                        "version 1 takes all the traffic back; version 2 drained",
+                        0,
+                        "predict-00001",
+                        "https://predict",
+                    ),
+                    event_id="event-1",
+                ),
+            ),
+            "version 1 takes all the traffic back; version 2 drained",
+        ),
+        id="rolled-back-candidate-is-gone-and-the-stable-version-keeps-serving",
     ),
 ]
 

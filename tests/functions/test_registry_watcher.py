@@ -3,10 +3,13 @@ Firestore, Pub/Sub and GCS emulators, and a local stand-in of the Cloud Run Admi
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from google.auth.credentials import AnonymousCredentials
@@ -15,7 +18,10 @@ from google.cloud import firestore, storage
 from localdev import services
 from sentiment_core import events
 from sentiment_core.deployment_store import DeploymentStore
+from sentiment_core.records import COUNTER_WINDOWS, window_document_id, window_hour
 from sentiment_core.registry import RegistryClient, RegistryError
+from sentiment_core.rollout import Command, RolloutSettings
+from sentiment_core.store import window_evidence
 from tests.functions.conftest import PROJECT, redeploy_module, watcher_module, wrong_shape_onnx
 from tests.functions.fake_cloud_run import LATEST, FakeCloudRun
 from tests.functions.watcher_support import Topics, Versions
@@ -73,6 +79,7 @@ class Loop:
         self.topics = topics
         self.name = versions.new_model()
         self.topic = topics.topic()
+        self.db = db
         self.state = DeploymentStore(db, self.name)
         self.bucket = bucket
         self.cloud_run = cloud_run
@@ -83,6 +90,8 @@ class Loop:
         )
 
     def reconciler(self, registry: RegistryClient | None = None, publisher=None, **policy):
+        # Immediate switches unless a test rolls out: most tests here are about getting one version to serve.
+        policy = {"rollout": RolloutSettings(steps=(100,)), **policy}
         return reconcile.Reconciler(
             registry=registry or RegistryClient(self.versions.tracking_uri, timeout=2),
             store=self.state,
@@ -90,10 +99,17 @@ class Loop:
             publisher=publisher or publishing.PubSubPublisher(self.topic),
             policy=watcher_decisions.Policy(self.name, **policy),
             min_val_accuracy=MIN_ACCURACY,
+            counts=functools.partial(window_evidence, self.db),
         )
 
     def tick(self, trigger: str = "test", *, policy: dict | None = None, **kwargs):
         return self.reconciler(**(policy or {})).tick(trigger, **kwargs)
+
+    def rollout_tick(self, counters: firestore.Client, settings: RolloutSettings | None = None):
+        """A tick with rollouts on (FAST unless given), its evidence read from `counters`."""
+        reconciler = self.reconciler(rollout=settings or FAST)
+        reconciler.counts = functools.partial(window_evidence, counters)
+        return reconciler.tick("test")
 
     def deliver(self, event: dict) -> str:
         """What the push subscription does with one message: hand its event to the consumer."""
@@ -387,3 +403,152 @@ def test_unconfirmed_publish_stays_in_the_outbox_and_the_next_tick_sends_it(loop
     (event,) = loop.topics.events(loop.topic)
     assert event["event_id"] == pending.event_id
     assert loop.state.read().state.outbox is None
+
+
+# Progressive rollouts: the policy's decisions on window counters, applied by the redeploy on the Cloud Run
+# stand-in, and told to the registry.
+FAST = RolloutSettings(steps=(10, 50, 100), bake_s=0, min_feedback=20, max_s=3600)
+
+
+@pytest.fixture
+def counters(emulators) -> firestore.Client:
+    """Window counters of their own (a project per test): versions "1" and "2" of every test model share ids."""
+    return firestore.Client(project=f"{PROJECT}-{uuid.uuid4().hex[:6]}", credentials=AnonymousCredentials())
+
+
+def count(db: firestore.Client, version: str, **fields: int) -> None:
+    """Window counters as predict and feedback write them (one shard, this hour)."""
+    now = datetime.now(UTC)
+    document = db.collection(COUNTER_WINDOWS).document(window_document_id(version, now, 0))
+    document.set({"model_version": version, "hour": window_hour(now), **fields})
+
+
+def rolling_loop(loop: Loop, counters: firestore.Client) -> tuple[str, str]:
+    """v1 serving, v2 promoted and deployed beside it at the first step: (v1, v2)."""
+    v1, v2 = loop.versions.add(loop.name), loop.versions.add(loop.name)
+    serve(loop, v1)
+    loop.versions.promote(loop.name, v2)
+    started = loop.rollout_tick(counters)
+    (event,) = loop.topics.events(loop.topic)
+    assert (started.action, event["model_version"], event["previous_version"]) == ("published", v2, v1)
+    assert loop.deliver(event) == "traffic_moved"
+    return v1, v2
+
+
+def version_tags(loop: Loop, version: str) -> dict[str, str]:
+    return dict(loop.versions.client.get_model_version(loop.name, version).tags)
+
+
+def test_rollout_of_a_worse_candidate_is_rolled_back_and_the_registry_tells_why(loop: Loop, counters) -> None:
+    v1, v2 = rolling_loop(loop, counters)
+    stable, candidate = loop.cloud_run.shares(), loop.cloud_run.tags()["candidate"]
+    count(counters, v1, predictions=900, positive=450, feedback=300, correct=285)
+    count(counters, v2, predictions=100, positive=50, feedback=100, correct=60)
+
+    decided = loop.rollout_tick(counters)
+    (event,) = loop.topics.events(loop.topic)
+    drained = loop.deliver(event)
+    after = loop.tick()
+
+    assert sorted(stable.values()) == [10, 90]
+    assert decided.rollout["action"] == "roll_back"
+    assert decided.rollout["reason"] == "feedback_worse"
+    assert (event["model_version"], event["previous_version"]) == (v1, v2)
+    assert drained == "traffic_moved"
+    assert list(loop.cloud_run.shares().values()) == [100]
+    assert candidate not in loop.cloud_run.shares()
+    assert loop.versions.client.get_model_version_by_alias(loop.name, "production").version == v1
+    assert version_tags(loop, v2) == {"deployment_status": "rolled_back", "deployment_reason": "feedback_worse"}
+    (entry,) = loop.history("rollout_rolled_back")
+    feedback = next(check for check in entry["checks"] if check["name"] == "feedback_worse")
+    assert (feedback["candidate_events"], feedback["stable_events"], feedback["failed"]) == (40, 15, True)
+    assert [e["version"] for e in loop.history("registry_updated")] == [v2]
+    state = loop.state.read().state
+    assert (state.serving.version, state.canary, state.rollout.state.value) == (v1, None, "rolled_back")
+    assert (after.action, loop.topics.events(loop.topic)) == ("up_to_date", [])
+
+
+def test_rollout_of_an_equal_candidate_advances_completes_and_retires_the_old_version(loop: Loop, counters) -> None:
+    v1, v2 = rolling_loop(loop, counters)
+    candidate = loop.cloud_run.tags()["candidate"]
+    count(counters, v1, predictions=900, positive=450, feedback=90, correct=81)
+    count(counters, v2, predictions=100, positive=50, feedback=10, correct=9)
+
+    advanced = loop.rollout_tick(counters)
+    (step,) = loop.topics.events(loop.topic)
+    moved = loop.deliver(step)
+    at_50 = loop.cloud_run.shares()
+    count(counters, v2, predictions=500, positive=250, feedback=50, correct=45)
+    completed = loop.rollout_tick(counters)
+    (last,) = loop.topics.events(loop.topic)
+    done = loop.deliver(last)
+
+    assert (advanced.rollout["action"], advanced.rollout["candidate_percent"], moved) == (
+        "advance",
+        50,
+        "traffic_moved",
+    )
+    assert sorted(at_50.values()) == [50, 50]
+    assert (completed.rollout["action"], completed.rollout["reason"], done) == (
+        "complete",
+        "evidence_holds",
+        "traffic_moved",
+    )
+    assert loop.cloud_run.shares() == {candidate: 100}
+    state = loop.state.read().state
+    assert (state.serving.version, state.canary, state.rollout.state.value) == (v2, None, "completed")
+    assert version_tags(loop, v2)["deployment_status"] == "serving"
+    assert version_tags(loop, v1)["deployment_status"] == "retired"
+    assert loop.versions.client.get_model_version_by_alias(loop.name, "production").version == v2
+
+
+def test_rollout_aborted_by_a_person_restores_the_stable_version(loop: Loop, counters) -> None:
+    v1, v2 = rolling_loop(loop, counters)
+    abort = watcher_decisions.Commanded(Command.ABORT, "POST /rollout")
+    loop.state.apply(
+        lambda state, now: watcher_decisions.decide(state, abort, watcher_decisions.Policy(loop.name), now)
+    )
+
+    decided = loop.rollout_tick(counters)
+    (event,) = loop.topics.events(loop.topic)
+    loop.deliver(event)
+
+    assert (decided.rollout["action"], decided.rollout["reason"]) == ("roll_back", "aborted")
+    assert list(loop.cloud_run.shares().values()) == [100]
+    assert loop.state.read().state.serving.version == v1
+    assert loop.versions.client.get_model_version_by_alias(loop.name, "production").version == v1
+    assert version_tags(loop, v2) == {"deployment_status": "rolled_back", "deployment_reason": "aborted"}
+
+
+def test_alias_moved_back_during_a_rollout_aborts_it(loop: Loop, counters) -> None:
+    v1, v2 = rolling_loop(loop, counters)
+    loop.versions.promote(loop.name, v1)
+
+    decided = loop.rollout_tick(counters)
+    (event,) = loop.topics.events(loop.topic)
+    loop.deliver(event)
+
+    assert (decided.rollout["action"], decided.rollout["reason"]) == ("roll_back", "aborted")
+    assert list(loop.cloud_run.shares().values()) == [100]
+    assert loop.state.read().state.canary is None
+    assert version_tags(loop, v2)["deployment_reason"] == "aborted"
+
+
+def test_rolled_back_version_promoted_again_starts_a_new_rollout(loop: Loop, counters) -> None:
+    v1, v2 = rolling_loop(loop, counters)
+    loop.versions.promote(loop.name, v1)
+    loop.rollout_tick(counters)
+    (event,) = loop.topics.events(loop.topic)
+    loop.deliver(event)
+    quiet = loop.rollout_tick(counters)
+
+    loop.versions.promote(loop.name, v2)
+    again = loop.rollout_tick(counters)
+    (event,) = loop.topics.events(loop.topic)
+
+    assert quiet.action == "up_to_date"
+    assert (again.action, event["model_version"], event["previous_version"]) == ("published", v2, v1)
+    assert loop.deliver(event) == "traffic_moved"
+    rollout = loop.state.read().state.rollout
+    assert (rollout.state.value, rollout.candidate_percent) == ("in_progress", 10)
+    assert len(loop.cloud_run.shares()) == 2

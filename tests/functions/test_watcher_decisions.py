@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sentiment_core.deployments import (
+    Canary,
     Decision,
     DeploymentState,
     Desired,
@@ -21,7 +22,7 @@ from sentiment_core.deployments import (
     Target,
 )
 from sentiment_core.events import ProductionChanged
-from sentiment_core.rollout import Command, RolloutStatus, start
+from sentiment_core.rollout import Command, Reason, RolloutSettings, RolloutStatus, VersionCounts, start
 from tests.functions.conftest import watcher_module
 
 decisions = watcher_module("watcher_decisions")
@@ -93,6 +94,15 @@ ROLLED_BACK = dataclasses.replace(
 )
 ABORT_ASKED = RolloutCommand(Command.ABORT, EARLIER, "POST /rollout")
 COMPLETE_ASKED = RolloutCommand(Command.COMPLETE, EARLIER, "POST /rollout")
+
+
+ROLLOUT_STARTED_V2 = entry(
+    HistoryKind.ROLLOUT_STARTED,
+    "2",
+    detail="version 2 gets 10% of the traffic, version 1 the rest",
+    stable_version="1",
+    percent=10,
+)
 
 
 def commanded(command: Command) -> object:
@@ -281,11 +291,12 @@ TABLE = [
                 desired=V2,
                 target=TARGET_V2_NOW,
                 outbox=EVENT_V2,
+                rollout=Rollout.of(start("1", "2", NOW), 10),
             ),
-            (STAGED_V2,),
+            (STAGED_V2, ROLLOUT_STARTED_V2),
             event_id="event-2",
         ),
-        id="staged-under-our-claim-announces-the-event-naming-the-previous-version",
+        id="staged-under-our-claim-announces-the-event-and-starts-a-rollout-beside-the-serving-version",
     ),
     pytest.param(
         DeploymentState(desired=V2, claim=MY_CLAIM),
@@ -447,3 +458,312 @@ def test_watcher_decide_table(state, evidence, expected) -> None:
 def test_watcher_decide_on_unknown_evidence_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="no decision"):
         decisions.decide(DeploymentState(), object(), POLICY, NOW)
+
+
+# A rollout on a tick: the registry's answer, then both versions' counts, through the real rollout policy.
+Measured, RegistryUpdated = decisions.Measured, decisions.RegistryUpdated
+TARGET_V2 = Target("2", "run-2", SHA, "gs://b/m/v2", "event-2", NOW - timedelta(seconds=30))
+CANARY_V2 = Canary("2", "run-2", SHA, "gs://b/m/v2", "event-2", "predict-v2", "https://c", "predict-00001", 10, EARLIER)
+IN_ROLLOUT = dataclasses.replace(SERVES_V1, desired=V2, target=TARGET_V2, rollout=ROLLING_V2, canary=CANARY_V2)
+NOT_APPLIED = dataclasses.replace(IN_ROLLOUT, canary=None)
+QUIET = (VersionCounts("1"), VersionCounts("2"))
+EQUAL = (
+    VersionCounts("1", predictions=9000, positive=4500, feedback=900, correct=810),
+    VersionCounts("2", predictions=1000, positive=500, feedback=100, correct=90),
+)
+WORSE = (
+    VersionCounts("1", predictions=9000, positive=4500, feedback=900, correct=855),
+    VersionCounts("2", predictions=1000, positive=500, feedback=100, correct=60),
+)
+FAST = RolloutSettings(steps=(10, 50, 100), bake_s=60, min_feedback=100, max_s=86_400)
+
+
+def measured(counts: tuple[VersionCounts, VersionCounts], desired: str = "2") -> object:
+    return Measured(counts[0], counts[1], desired, "tick")
+
+
+def with_rollout(state: DeploymentState, **fields) -> DeploymentState:
+    return dataclasses.replace(state, rollout=dataclasses.replace(state.rollout, **fields))
+
+
+ROLLOUT_TABLE = [
+    # state, evidence, settings, action, rollout state, candidate's share, announced version, event's previous
+    # version (None: nothing published), history kinds, the rollout's reason
+    pytest.param(
+        IN_ROLLOUT,
+        looked(V2),
+        FAST,
+        Action.MEASURE,
+        "in_progress",
+        10,
+        "2",
+        None,
+        [],
+        None,
+        id="tick-during-a-rollout-measures-first",
+    ),
+    pytest.param(
+        IN_ROLLOUT,
+        looked(V1),
+        FAST,
+        Action.MEASURE,
+        "in_progress",
+        10,
+        "2",
+        None,
+        [],
+        None,
+        id="alias-back-on-the-stable-version-during-a-rollout-measures-and-aborts-next",
+    ),
+    pytest.param(
+        IN_ROLLOUT,
+        looked(V3),
+        FAST,
+        Action.CLAIM,
+        "aborted",
+        0,
+        "2",
+        None,
+        ["rollout_aborted"],
+        "superseded",
+        id="another-version-promoted-during-a-rollout-supersedes-it-and-is-claimed",
+    ),
+    pytest.param(
+        with_rollout(IN_ROLLOUT, step_started_at=NOW - timedelta(seconds=30)),
+        measured(EQUAL),
+        FAST,
+        Action.ROLLOUT_HELD,
+        "in_progress",
+        10,
+        "2",
+        None,
+        [],
+        "baking",
+        id="equal-evidence-before-the-bake-time-holds",
+    ),
+    pytest.param(
+        with_rollout(IN_ROLLOUT, step_started_at=NOW - timedelta(seconds=61)),
+        measured(EQUAL),
+        FAST,
+        Action.PUBLISH,
+        "in_progress",
+        50,
+        "2",
+        "1",
+        ["rollout_advanced"],
+        "evidence_holds",
+        id="equal-evidence-baked-with-enough-feedback-advances-and-announces-the-new-share",
+    ),
+    pytest.param(
+        with_rollout(NOT_APPLIED, step_started_at=NOW - timedelta(seconds=61)),
+        measured(EQUAL),
+        FAST,
+        Action.ROLLOUT_HELD,
+        "in_progress",
+        10,
+        "2",
+        None,
+        [],
+        "not_ready",
+        id="candidate-not-yet-at-its-share-holds-as-not-ready",
+    ),
+    pytest.param(
+        with_rollout(IN_ROLLOUT, step=1, candidate_percent=50, step_started_at=NOW - timedelta(seconds=61)),
+        measured(EQUAL),
+        FAST,
+        Action.ROLLOUT_HELD,
+        "in_progress",
+        50,
+        "2",
+        None,
+        [],
+        "not_ready",
+        id="advanced-share-not-yet-applied-holds-as-not-ready",
+    ),
+    pytest.param(
+        IN_ROLLOUT,
+        measured(WORSE),
+        FAST,
+        Action.PUBLISH,
+        "rolled_back",
+        0,
+        "1",
+        "2",
+        ["rollout_rolled_back"],
+        "feedback_worse",
+        id="worse-feedback-rolls-back-announcing-the-stable-version-again",
+    ),
+    pytest.param(
+        IN_ROLLOUT,
+        measured(QUIET, desired="1"),
+        FAST,
+        Action.PUBLISH,
+        "aborted",
+        0,
+        "1",
+        "2",
+        ["rollout_aborted"],
+        "aborted",
+        id="alias-moved-back-aborts-and-announces-the-stable-version",
+    ),
+    pytest.param(
+        with_command(IN_ROLLOUT, COMPLETE_ASKED),
+        measured(QUIET),
+        FAST,
+        Action.PUBLISH,
+        "completed",
+        100,
+        "2",
+        "1",
+        ["rollout_completed"],
+        "completed_by_operator",
+        id="operator-complete-gives-the-candidate-all-the-traffic",
+    ),
+    pytest.param(
+        with_command(IN_ROLLOUT, ABORT_ASKED),
+        measured(EQUAL),
+        FAST,
+        Action.PUBLISH,
+        "aborted",
+        0,
+        "1",
+        "2",
+        ["rollout_aborted"],
+        "aborted",
+        id="operator-abort-sends-all-the-traffic-back",
+    ),
+    pytest.param(
+        with_rollout(IN_ROLLOUT, started_at=NOW - timedelta(days=2)),
+        measured(QUIET),
+        FAST,
+        Action.PUBLISH,
+        "rolled_back",
+        0,
+        "1",
+        "2",
+        ["rollout_rolled_back"],
+        "max_time",
+        id="no-evidence-within-the-maximum-time-rolls-back",
+    ),
+    pytest.param(
+        dataclasses.replace(
+            with_rollout(IN_ROLLOUT, step_started_at=NOW - timedelta(seconds=61)),
+            target=dataclasses.replace(TARGET_V2, staged_at=NOW - timedelta(seconds=600)),
+            canary=None,
+        ),
+        measured(EQUAL),
+        FAST,
+        Action.PUBLISH,
+        "in_progress",
+        10,
+        "2",
+        "1",
+        ["reannounced"],
+        "not_ready",
+        id="candidate-never-deployed-long-after-its-event-is-announced-again",
+    ),
+    pytest.param(
+        V2_CLAIMED,
+        staged(),
+        RolloutSettings(steps=(100,)),
+        Action.PUBLISH,
+        "completed",
+        100,
+        "2",
+        "1",
+        ["staged", "rollout_started"],
+        "immediate",
+        id="rollout-steps-100-switches-at-once-with-only-the-tags-left-to-write",
+    ),
+    pytest.param(
+        dataclasses.replace(V2_CLAIMED, serving=None),
+        staged(),
+        FAST,
+        Action.PUBLISH,
+        None,
+        None,
+        "2",
+        None,
+        ["staged"],
+        None,
+        id="first-deployment-has-nothing-to-roll-out-beside",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("state", "evidence", "settings", "action", "status", "percent", "announced", "previous", "kinds", "reason"),
+    ROLLOUT_TABLE,
+)
+def test_rollout_on_a_tick_table(
+    state, evidence, settings, action, status, percent, announced, previous, kinds, reason
+) -> None:
+    policy = dataclasses.replace(POLICY, rollout=settings)
+
+    decision = decisions.decide(state, evidence, policy, NOW)
+
+    rollout = decision.state.rollout
+    assert decision.action is action
+    assert (rollout and rollout.state.value, rollout and rollout.candidate_percent) == (status, percent)
+    assert decision.state.target.version == announced
+    outbox = decision.state.outbox
+    if previous is not None:  # published: the announced version's event, naming the version it replaces
+        assert (outbox.model_version, outbox.previous_version) == (announced, previous)
+    elif action is not Action.PUBLISH:
+        assert outbox is None
+    assert [entry.kind.value for entry in decision.history] == kinds
+    last = rollout.last_decision if rollout else None
+    assert (last and last.reason.value) == reason or (rollout and rollout.reason and rollout.reason.value) == reason
+
+
+def test_rollback_entry_records_the_reason_and_every_checks_numbers() -> None:
+    decision = decisions.decide(IN_ROLLOUT, measured(WORSE), dataclasses.replace(POLICY, rollout=FAST), NOW)
+
+    (entry_,) = decision.history
+    feedback = next(check for check in entry_.checks if check["name"] == "feedback_worse")
+    assert (entry_.reason, entry_.version, entry_.stable_version, entry_.percent) == ("feedback_worse", "2", "1", 0)
+    assert (feedback["candidate_events"], feedback["candidate_total"]) == (40, 100)
+    assert (feedback["stable_events"], feedback["stable_total"]) == (45, 900)
+    assert feedback["failed"]
+    assert feedback["statistic"] >= feedback["threshold"]
+    assert decision.state.rollout.registry_updated is False  # the alias and tags are the next effect
+
+
+def test_rollback_announces_the_stable_version_with_the_event_that_deployed_it() -> None:
+    decision = decisions.decide(IN_ROLLOUT, measured(WORSE), dataclasses.replace(POLICY, rollout=FAST), NOW)
+
+    assert decision.state.target == dataclasses.replace(TARGET_V1, announced_at=NOW)
+    assert decision.state.outbox == ProductionChanged("event-1", "m", "1", "run-1", "gs://b/m/v1", SHA, "2")
+    assert decision.event_id == "event-1"
+
+
+def test_rollout_evidence_of_other_versions_changes_nothing() -> None:
+    stale = Measured(VersionCounts("1"), VersionCounts("7"), "2", "tick")
+
+    decision = decisions.decide(IN_ROLLOUT, stale, POLICY, NOW)
+
+    assert (decision.action, decision.writes(IN_ROLLOUT)) == (Action.UP_TO_DATE, False)
+
+
+ENDED = dataclasses.replace(
+    IN_ROLLOUT, rollout=ROLLING_V2.ended(RolloutStatus.ROLLED_BACK, Reason.FEEDBACK_WORSE, "worse", EARLIER)
+)
+
+
+def test_registry_updated_after_an_ended_rollout_is_recorded_once() -> None:
+    told = RegistryUpdated("2", ROLLING_V2.started_at, "version 2 tagged rolled_back (feedback_worse)")
+
+    first = decisions.decide(ENDED, told, POLICY, NOW)
+    again = decisions.decide(first.state, told, POLICY, NOW)
+
+    assert first.state.rollout.registry_updated is True
+    assert [entry.kind for entry in first.history] == [HistoryKind.REGISTRY_UPDATED]
+    assert (again.action, again.writes(first.state)) == (Action.RECORDED, False)
+
+
+def test_registry_updated_for_an_older_rollout_changes_nothing() -> None:
+    told = RegistryUpdated("2", ROLLING_V2.started_at - timedelta(days=1), "old")
+
+    decision = decisions.decide(ENDED, told, POLICY, NOW)
+
+    assert decision.writes(ENDED) is False

@@ -102,7 +102,7 @@ class DeploymentStore:
         else:
             batch.update(
                 self._document,
-                new.to_document(),
+                new.to_document(before=read.state),
                 option=self._client.write_option(last_update_time=read.update_time),
             )
         for entry in history:

@@ -37,6 +37,13 @@ class HistoryKind(StrEnum):
     NO_PRODUCTION_VERSION = "no_production_version"
     REANNOUNCED = "reannounced"  # the announced version was still not serving: its event published again
     ROLLOUT_COMMAND = "rollout_command"  # a person asked to abort or complete the rollout (POST /rollout)
+    ROLLOUT_STARTED = "rollout_started"  # a new version staged beside the serving one, at the first step
+    ROLLOUT_ADVANCED = "rollout_advanced"  # the candidate moved to the next step's share
+    ROLLOUT_COMPLETED = "rollout_completed"  # the candidate takes all the traffic
+    ROLLOUT_ROLLED_BACK = "rollout_rolled_back"  # the policy sent all the traffic back to the stable version
+    ROLLOUT_ABORTED = "rollout_aborted"  # a person (or a newer promotion) ended the rollout: stable keeps serving
+    TRAFFIC = "traffic"  # the redeploy moved traffic between two live revisions (a candidate's share)
+    REGISTRY_UPDATED = "registry_updated"  # after a rollout: the alias and the versions' tags tell the outcome
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +116,23 @@ class Serving:
 
 
 @dataclasses.dataclass(frozen=True)
+class Canary:
+    """A rollout's candidate live beside the serving version, as the redeploy last applied it: its revision and
+    its share of the traffic (the serving version has the rest)."""
+
+    version: str
+    run_id: str
+    sha256: str
+    model_uri: str
+    event_id: str
+    revision: str
+    url: str  # the candidate's own URL (a Cloud Run tag): it can be called directly
+    stable_revision: str  # the serving version's revision, which has the rest of the traffic
+    percent: int
+    applied_at: datetime
+
+
+@dataclasses.dataclass(frozen=True)
 class Refusal:
     """A version the deploy gate refused; not checked again until it is promoted again."""
 
@@ -177,10 +201,18 @@ class Rollout:
     ended_at: datetime | None = None
     last_decision: RolloutOutcome | None = None
     command: RolloutCommand | None = None
+    # An ended rollout whose outcome the registry does not show yet (the alias moved back, the versions tagged):
+    # the tick that ended it, or the next one after a crash, does it and sets this.
+    registry_updated: bool = True
 
     @property
     def in_progress(self) -> bool:
         return self.state is RolloutStatus.IN_PROGRESS
+
+    @property
+    def back_to_stable(self) -> bool:
+        """Over, with the stable version keeping all the traffic (rolled back or aborted)."""
+        return self.state in (RolloutStatus.ROLLED_BACK, RolloutStatus.ABORTED)
 
     def policy_state(self) -> RolloutState:
         """The state the pure policy decides on."""
@@ -213,7 +245,24 @@ class Rollout:
     def decided(self, decision: RolloutDecision, now: datetime) -> Rollout:
         """This rollout once `decision` is applied: its state, share and numbers; the command it saw consumed."""
         outcome = RolloutOutcome(decision.action, decision.reason, decision.detail, now, decision.checks)
-        return dataclasses.replace(Rollout.of(decision.state, decision.percent), last_decision=outcome)
+        decided = Rollout.of(decision.state, decision.percent)
+        return dataclasses.replace(decided, last_decision=outcome, registry_updated=decided.in_progress)
+
+    def ended(self, status: RolloutStatus, reason: Reason, detail: str, now: datetime) -> Rollout:
+        """This rollout ended outside the policy (a newer promotion superseded it, say)."""
+        completed = status is RolloutStatus.COMPLETED
+        outcome = RolloutOutcome(RolloutAction.COMPLETE if completed else RolloutAction.ROLL_BACK, reason, detail, now)
+        percent = 100 if completed else 0
+        return dataclasses.replace(
+            self,
+            state=status,
+            reason=reason,
+            ended_at=now,
+            candidate_percent=percent,
+            last_decision=outcome,
+            command=None,
+            registry_updated=False,
+        )
 
     def to_document(self) -> dict[str, Any]:
         return {
@@ -246,6 +295,7 @@ class Rollout:
                 command=RolloutCommand(Command(command["command"]), command["at"], command.get("trigger", ""))
                 if command
                 else None,
+                registry_updated=bool(data.get("registry_updated", True)),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -268,6 +318,7 @@ class DeploymentState:
     claim: Lease | None = None
     deploying: Lease | None = None
     rollout: Rollout | None = None
+    canary: Canary | None = None
 
     @property
     def in_service(self) -> str | None:
@@ -276,12 +327,17 @@ class DeploymentState:
             return self.target.version
         return self.serving.version if self.serving is not None else None
 
-    def to_document(self) -> dict[str, Any]:
-        """Every field, None where unset, so that an update clears what a decision cleared."""
+    def to_document(self, before: DeploymentState | None = None) -> dict[str, Any]:
+        """Every field, None where unset, so that an update clears what a decision cleared. A field added later
+        is left out while unset, unless `before` (the state read) had it: then it is cleared too."""
         return {
             field.name: None if (part := getattr(self, field.name)) is None else _part_document(part)
             for field in dataclasses.fields(self)
-            if not (field.name in _ADDED_LATER and getattr(self, field.name) is None)
+            if not (
+                field.name in _ADDED_LATER
+                and getattr(self, field.name) is None
+                and (before is None or getattr(before, field.name) is None)
+            )
         }
 
     @classmethod
@@ -300,12 +356,13 @@ _PARTS = {
     "claim": Lease,
     "deploying": Lease,
     "rollout": Rollout,
+    "canary": Canary,
 }
 
 
 # Fields added after documents were first stored: left out while unset, so those documents keep their shape.
-# (A part left out is not cleared by an update, which is why a rollout, once recorded, is only ever replaced.)
-_ADDED_LATER = frozenset({"announced_at", "rollout"})
+# An update leaves a part it does not name untouched, so one that the read state had is written as None to clear it.
+_ADDED_LATER = frozenset({"announced_at", "rollout", "canary"})
 
 
 def _part_document(part: Any) -> dict[str, Any]:
@@ -341,11 +398,55 @@ class HistoryEntry:
     revision: str | None = None
     url: str | None = None
     kept: str | None = None  # with no_production_version: the version left in service
+    stable_version: str | None = None  # with a rollout's entries and traffic moves: the version it replaces
+    percent: int | None = None  # the candidate's share after the entry's decision
+    checks: tuple[dict[str, Any], ...] | None = None  # a rollout decision's numbers (Check.to_document each)
 
     def to_document(self) -> dict[str, Any]:
         """kind, version and at always; the other fields only where set."""
         fields = {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+        if self.checks is not None:
+            fields["checks"] = [dict(check) for check in self.checks]
         return {**fields, "kind": self.kind.value, "version": self.version}
+
+
+@dataclasses.dataclass(frozen=True)
+class Traffic:
+    """Who takes the traffic: `version` all of it, or the rest beside `candidate` at `percent`."""
+
+    version: str
+    candidate: str | None = None
+    percent: int = 0
+
+
+def wanted_traffic(state: DeploymentState) -> Traffic | None:
+    """The traffic the document asks for: the rollout's split while it runs, else all on the announced version."""
+    rollout, target = state.rollout, state.target
+    if target is None:
+        return None
+    if rollout is not None and rollout.in_progress and rollout.candidate_version == target.version:
+        return Traffic(rollout.stable_version, rollout.candidate_version, rollout.candidate_percent)
+    return Traffic(target.version)
+
+
+def applied_traffic(state: DeploymentState) -> Traffic | None:
+    """The traffic the redeploy last put in place (None before the first deploy)."""
+    serving, canary = state.serving, state.canary
+    if serving is None:
+        return None
+    if canary is None:
+        return Traffic(serving.version)
+    return Traffic(serving.version, canary.version, canary.percent)
+
+
+def traffic_settled(state: DeploymentState) -> bool:
+    """What serves is what the document asks for (and, for a version serving alone, the announced files)."""
+    wanted = wanted_traffic(state)
+    if wanted is None or wanted != applied_traffic(state):
+        return wanted is None
+    if wanted.candidate is None:
+        return state.serving.sha256 == state.target.sha256
+    return state.canary.sha256 == state.target.sha256
 
 
 ActionT = TypeVar("ActionT", bound=StrEnum)
@@ -363,6 +464,7 @@ class Decision(Generic[ActionT]):
     history: tuple[HistoryEntry, ...] = ()
     detail: str = ""
     event_id: str | None = None  # the event the action concerns (published, republished)
+    plan: Any = None  # the next effect to apply, when the action is a step that has one (the redeploy's move)
 
     def writes(self, before: DeploymentState) -> bool:
         return self.state != before or bool(self.history)

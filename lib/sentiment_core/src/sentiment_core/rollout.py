@@ -68,6 +68,7 @@ class Reason(StrEnum):
     SERVER_ERRORS = "server_errors"
     MAX_TIME = "max_time"
     ABORTED = "aborted"
+    SUPERSEDED = "superseded"  # another version was promoted during the rollout (the watcher ends it)
     NOT_READY = "not_ready"
     BAKING = "baking"  # the step's minimum time has not passed
     AWAITING_FEEDBACK = "awaiting_feedback"  # fewer feedback answers on N than this step asks for
