@@ -106,7 +106,16 @@ locals {
     MODEL_NAME           = var.model_name
   }
 
-  watcher_env = merge(local.state_env, {
+  # The progressive rollout's policy settings (variables.tf checks them as RolloutSettings.from_env does).
+  rollout_env = {
+    ROLLOUT_STEPS        = join(",", var.rollout_steps)
+    ROLLOUT_BAKE_S       = tostring(var.rollout_bake_s)
+    ROLLOUT_MIN_FEEDBACK = tostring(var.rollout_min_feedback)
+    ROLLOUT_ALPHA        = tostring(var.rollout_alpha)
+    ROLLOUT_MAX_S        = tostring(var.rollout_max_s)
+  }
+
+  watcher_env = merge(local.state_env, local.rollout_env, {
     MLFLOW_TRACKING_URI      = google_cloud_run_v2_service.mlflow.uri
     MLFLOW_TRACKING_USERNAME = "watcher"
     MLFLOW_IAM_AUDIENCE      = google_cloud_run_v2_service.mlflow.uri

@@ -119,3 +119,82 @@ variable "scheduler_cron" {
   description = "How often Cloud Scheduler ticks the registry watcher."
   default     = "* * * * *"
 }
+
+# The registry watcher's progressive rollout (ROLLOUT_*, read by sentiment_core.rollout.RolloutSettings.from_env):
+# the same defaults and the same checks as the code, so that a bad value fails the plan instead of every start of
+# the watcher. docs/promotion.md ("Progressive rollout") says what each one costs.
+variable "rollout_steps" {
+  type        = list(number)
+  description = "ROLLOUT_STEPS: percent of traffic to a new production version at each step, increasing whole percents, the last 100; [100] switches all traffic at once."
+  default     = [10, 50, 100]
+  nullable    = false
+
+  validation {
+    condition     = alltrue([for step in var.rollout_steps : step == floor(step) && step >= 1 && step <= 100])
+    error_message = "rollout_steps must be whole percents in 1..100, got ${jsonencode(var.rollout_steps)}."
+  }
+
+  validation {
+    # range(1, 1) is empty: a single step has nothing to compare.
+    condition     = alltrue([for i in range(1, max(1, length(var.rollout_steps))) : var.rollout_steps[i] > var.rollout_steps[i - 1]])
+    error_message = "rollout_steps must increase, got ${jsonencode(var.rollout_steps)}."
+  }
+
+  validation {
+    condition     = try(var.rollout_steps[length(var.rollout_steps) - 1] == 100, false)
+    error_message = "rollout_steps must end with 100 (the new version takes all traffic), got ${jsonencode(var.rollout_steps)}."
+  }
+}
+
+variable "rollout_bake_s" {
+  type        = number
+  description = "ROLLOUT_BAKE_S: minimum seconds a new version stays at each step before it may take more traffic."
+  default     = 900
+  nullable    = false
+
+  validation {
+    condition     = var.rollout_bake_s >= 0 && var.rollout_bake_s <= 604800
+    error_message = "rollout_bake_s must be between 0 and 604800 (a week), got ${var.rollout_bake_s}."
+  }
+}
+
+variable "rollout_min_feedback" {
+  type        = number
+  description = "ROLLOUT_MIN_FEEDBACK: feedback answers on a new version before its rollout may complete, shared by the steps below 100."
+  default     = 1000
+  nullable    = false
+
+  validation {
+    condition     = var.rollout_min_feedback == floor(var.rollout_min_feedback) && var.rollout_min_feedback >= 0 && var.rollout_min_feedback <= 100000
+    error_message = "rollout_min_feedback must be a whole number between 0 and 100000, got ${var.rollout_min_feedback}."
+  }
+}
+
+variable "rollout_alpha" {
+  type        = number
+  description = "ROLLOUT_ALPHA: chance that a whole rollout of a version as good as the stable one is rolled back (all checks and ticks together)."
+  default     = 0.05
+  nullable    = false
+
+  validation {
+    condition     = var.rollout_alpha >= 0.0001 && var.rollout_alpha <= 0.5
+    error_message = "rollout_alpha must be between 0.0001 and 0.5, got ${var.rollout_alpha}."
+  }
+}
+
+variable "rollout_max_s" {
+  type        = number
+  description = "ROLLOUT_MAX_S: seconds after which a rollout not yet completed is rolled back (max_time)."
+  default     = 86400
+  nullable    = false
+
+  validation {
+    condition     = var.rollout_max_s >= 60 && var.rollout_max_s <= 604800
+    error_message = "rollout_max_s must be between 60 and 604800 (a week), got ${var.rollout_max_s}."
+  }
+
+  validation {
+    condition     = var.rollout_max_s >= var.rollout_bake_s * (length(var.rollout_steps) - 1)
+    error_message = "rollout_max_s must be at least rollout_bake_s times the ${length(var.rollout_steps) - 1} steps before 100 (got ${var.rollout_max_s} and ${var.rollout_bake_s}), or every rollout would be rolled back for lack of time."
+  }
+}

@@ -1,5 +1,5 @@
 terraform {
-  required_version = ">= 1.6, < 2.0"
+  required_version = ">= 1.9, < 2.0" # 1.9: a variable's validation may read other variables (rollout_max_s)
 
   required_providers {
     google = {

@@ -3,12 +3,17 @@ with the code it deploys: entry points, environment variables, identities and wh
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from sentiment_core.config import ConfigError
+from sentiment_core.rollout import RolloutSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = REPO_ROOT / "infra" / "terraform"
@@ -80,7 +85,7 @@ SHARED = REPO_ROOT / "lib/sentiment_core/src/sentiment_core"
 SETTINGS_MODULES = {
     "predict": {"config", "web", "firestore_rest"},
     "feedback": {"config", "web"},
-    "registry_watcher": {"config", "registry", "deployment_store"},
+    "registry_watcher": {"config", "registry", "deployment_store", "rollout"},  # rollout: RolloutSettings.from_env
     "redeploy": {"config", "deployment_store"},
 }
 
@@ -156,6 +161,132 @@ def test_redeploy_neither_reads_nor_gets_mlflow_settings_or_the_webhook_secret()
     assert spec["source"] == "redeploy"
     assert mlflow == set()
     assert {"MLFLOW_TRACKING_URI", "MLFLOW_WEBHOOK_SECRET"} <= code_reads("registry_watcher")  # the check can see
+
+
+class RecordingEnv(Mapping[str, str]):
+    """An environment that remembers every name read from it, present or not."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self.values = dict(values)
+        self.read: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.read.add(name)
+        return self.values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def rollout_module(directory: Path, variables: Mapping[str, Any]) -> Path:
+    """A module holding only variables.tf's rollout_* variables and locals.tf's rollout_env, copied as written,
+    with `variables` as its tfvars: terraform plans and evaluates it offline, since it needs no provider."""
+    declared = re.findall(
+        r'^variable "rollout_\w+" \{\n.*?^\}\n', (TERRAFORM / "variables.tf").read_text(), re.M | re.S
+    )
+    (env,) = re.findall(r"^  rollout_env = \{\n.*?^  \}\n", (TERRAFORM / "locals.tf").read_text(), re.M | re.S)
+    (directory / "main.tf").write_text("\n".join(declared) + "\nlocals {\n" + env + "}\n")
+    (directory / "terraform.tfvars.json").write_text(json.dumps(variables))
+    return directory
+
+
+def terraform(directory: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    command = ["terraform", f"-chdir={directory}", *args, "-no-color"]
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, check=False, timeout=60)
+
+
+def terraform_rollout_env(directory: Path) -> dict[str, str]:
+    """local.rollout_env as terraform renders it from the module's tfvars."""
+    result = terraform(directory, "console", stdin="jsonencode(local.rollout_env)\n")
+    assert result.returncode == 0, result.stderr
+    return json.loads(json.loads(result.stdout))
+
+
+def test_watcher_environment_carries_every_rollout_variable_with_the_code_defaults(tmp_path: Path) -> None:
+    reading = RecordingEnv({})
+    RolloutSettings.from_env(reading)
+    env = terraform_rollout_env(rollout_module(tmp_path, {}))
+
+    assert reading.read >= {"ROLLOUT_STEPS", "ROLLOUT_MAX_S"}  # the recording sees what from_env reads
+    assert set(env) == reading.read
+    assert RolloutSettings.from_env(env) == RolloutSettings()
+    for name in ("registry-watcher", "registry-webhook"):
+        assert reading.read <= env_names(locals_()["function_env"][name])
+
+
+def as_env(variables: Mapping[str, Any]) -> dict[str, str]:
+    """The ROLLOUT_* that tfvars stand for, written by hand: what the watcher would read if Terraform passed them."""
+    return {name.upper(): ",".join(map(str, v)) if isinstance(v, list) else str(v) for name, v in variables.items()}
+
+
+# tfvars, and the variable whose check rejects them (None: valid); the edges of every range.
+ROLLOUT_VARIABLES = [
+    ({}, None),
+    ({"rollout_steps": [100]}, None),
+    ({"rollout_steps": [1, 2, 100]}, None),
+    ({"rollout_steps": [10, 50]}, "rollout_steps"),
+    ({"rollout_steps": [50, 10, 100]}, "rollout_steps"),
+    ({"rollout_steps": [10, 10, 100]}, "rollout_steps"),
+    ({"rollout_steps": [0, 100]}, "rollout_steps"),
+    ({"rollout_steps": [10.5, 100]}, "rollout_steps"),
+    ({"rollout_steps": [10, 101]}, "rollout_steps"),
+    ({"rollout_steps": []}, "rollout_steps"),
+    ({"rollout_bake_s": 0}, None),
+    ({"rollout_bake_s": 604800, "rollout_steps": [100]}, None),
+    ({"rollout_bake_s": -1}, "rollout_bake_s"),
+    ({"rollout_bake_s": 604801, "rollout_steps": [100]}, "rollout_bake_s"),
+    ({"rollout_min_feedback": 0}, None),
+    ({"rollout_min_feedback": 100000}, None),
+    ({"rollout_min_feedback": -1}, "rollout_min_feedback"),
+    ({"rollout_min_feedback": 100001}, "rollout_min_feedback"),
+    ({"rollout_min_feedback": 10.5}, "rollout_min_feedback"),
+    ({"rollout_alpha": 0.0001}, None),
+    ({"rollout_alpha": 0.5}, None),
+    ({"rollout_alpha": 0.00009}, "rollout_alpha"),
+    ({"rollout_alpha": 0.51}, "rollout_alpha"),
+    ({"rollout_max_s": 60, "rollout_bake_s": 30}, None),
+    ({"rollout_max_s": 604800}, None),
+    ({"rollout_max_s": 59, "rollout_bake_s": 0}, "rollout_max_s"),
+    ({"rollout_max_s": 604801}, "rollout_max_s"),
+    ({"rollout_max_s": 1800, "rollout_bake_s": 900}, None),  # two steps before 100, 900 s each
+    ({"rollout_max_s": 1799, "rollout_bake_s": 900}, "rollout_max_s"),
+]
+
+
+@pytest.mark.parametrize(("variables", "rejected_by"), ROLLOUT_VARIABLES, ids=str)
+def test_rollout_variables_fail_the_plan_exactly_when_the_watcher_would_fail_to_start(
+    tmp_path: Path, variables: dict[str, Any], rejected_by: str | None
+) -> None:
+    module = rollout_module(tmp_path, variables)
+    try:
+        code, code_error = RolloutSettings.from_env(as_env(variables)), ""
+    except ConfigError as exc:
+        code, code_error = None, str(exc)
+
+    plan = terraform(module, "plan", "-input=false")
+
+    assert (code is not None) == (rejected_by is None), code_error
+    assert (plan.returncode == 0) == (rejected_by is None), plan.stdout + plan.stderr
+    if rejected_by is None:
+        assert RolloutSettings.from_env(terraform_rollout_env(module)) == code
+    else:
+        assert code_error.startswith(rejected_by.upper())  # the code names the same variable
+        assert f"{rejected_by} must" in plan.stderr  # the message of its own validation block
+
+
+def test_tfvars_example_shows_the_rollout_variables_with_their_defaults() -> None:
+    import hcl2
+
+    example = (TERRAFORM / "terraform.tfvars.example").read_text()
+    commented = [line.removeprefix("# ") for line in example.splitlines() if line.startswith("# rollout_")]
+    shown = {name: value for name, value in hcl2.loads("\n".join(commented)).items() if name.startswith("rollout_")}
+    variables = {unquote(k): v for block in parsed()["variable"] for k, v in block.items()}
+
+    assert shown == {name: v["default"] for name, v in variables.items() if name.startswith("rollout_")}
+    assert len(shown) == 5
 
 
 def test_every_function_has_max_instances_and_its_own_service_account() -> None:
