@@ -96,6 +96,7 @@ def main() -> int:
             "SERVING_BUCKET": bucket.name,
             "PUBSUB_TOPIC": topic,
             "MIN_VALIDATION_ACCURACY": "0.5",
+            "ROLLOUT_STEPS": "100",  # the immediate switch is what this bench times
         }
         with services.start_function("registry_watcher", workdir, env, ready_path="/status") as watcher:
             hook = client.create_webhook(

@@ -12,7 +12,9 @@ stack started; `reset` also deletes .local/.
 
 Ports: LOCAL_PORT_MLFLOW (5000), LOCAL_PORT_PREDICT (8080), LOCAL_PORT_FEEDBACK (8081),
 LOCAL_PORT_REGISTRY_WATCHER (8082), LOCAL_PORT_FRONTEND (8000); 0 picks a free port. LOCAL_TICK_INTERVAL_S
-(60) is the scheduler's interval, LOCAL_MIN_VALIDATION_ACCURACY (0.8) the deploy gate's minimum.
+(60) is the scheduler's interval, LOCAL_MIN_VALIDATION_ACCURACY (0.8) the deploy gate's minimum. ROLLOUT_* are
+passed to the watcher as they are; unset, the stack's own defaults (LOCAL_ROLLOUT) make a promotion watchable in
+a minute: half the traffic, then all of it after 30 s unless the live evidence says the new version is worse.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from localdev import services, website
 from sentiment_core.contract import MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The progressive rollout on one machine: no feedback is required to advance (nobody may be answering), so a
+# promotion completes after the bake time unless a check fails; a person's feedback still counts as evidence.
+LOCAL_ROLLOUT = {"ROLLOUT_STEPS": "50,100", "ROLLOUT_BAKE_S": "30", "ROLLOUT_MIN_FEEDBACK": "0"}
 # LOCAL_STACK_DIR moves the stack's state (tests use a temporary folder); .local/ by default.
 LOCAL_DIR = Path(os.environ.get("LOCAL_STACK_DIR", REPO_ROOT / ".local"))
 STACK_FILE = LOCAL_DIR / "stack.json"
@@ -148,6 +153,7 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
     # The restored deployment state says which version serves: the watcher will not redeploy what it already
     # deployed, so the router starts on it (the staged files outlive the restart in the GCS emulator's folder).
     serving = _serving_version(firestore.url)
+    _forget_canary(firestore.url)
     router, router_admin = services.start_router(
         LOGS / "predict",
         public_env,
@@ -164,6 +170,8 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
         "SERVING_BUCKET": SERVING_BUCKET,
         "PUBSUB_TOPIC": TOPIC,
         "MIN_VALIDATION_ACCURACY": os.environ.get("LOCAL_MIN_VALIDATION_ACCURACY", "0.8"),
+        **LOCAL_ROLLOUT,
+        **{name: value for name, value in os.environ.items() if name.startswith("ROLLOUT_")},
     }
     redeploy_env = {
         "FIRESTORE_EMULATOR_HOST": firestore.url,
@@ -375,6 +383,25 @@ def _serving_version(firestore_host: str) -> dict[str, str] | None:
     fields = document.get("fields", {}).get("serving", {}).get("mapValue", {}).get("fields", {})
     values = {name: fields.get(name, {}).get("stringValue") for name in ("version", "model_uri")}
     return values if all(values.values()) else None
+
+
+def _forget_canary(firestore_host: str) -> None:
+    """The router starts with the serving version only (its revisions do not outlive it, as Cloud Run's would):
+    a rollout's candidate recorded as live is cleared, so the redeploy deploys it again when the watcher asks."""
+    url = (
+        f"http://{firestore_host}/v1/projects/{PROJECT}/databases/(default)/documents/deployments/{MODEL_NAME}"
+        "?updateMask.fieldPaths=canary&currentDocument.exists=true"
+    )
+    body = json.dumps({"fields": {"canary": {"nullValue": None}}}).encode()
+    request = urllib.request.Request(
+        url, data=body, method="PATCH", headers={"Authorization": "Bearer owner", "Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (404, 400):  # no deployment document yet (the precondition fails)
+            raise
 
 
 def _secrets() -> dict[str, str]:

@@ -190,14 +190,15 @@ def handle_rollout(request: flask.Request, store: DeploymentStore, model: str) -
 
 
 def handle_status(store: DeploymentStore) -> flask.Response:
-    """GET /status: desired, announced and serving versions, a refusal if any, the rollout, the recent history."""
+    """GET /status: desired, announced and serving versions, a refusal if any, the rollout's candidate live beside
+    the serving version (`canary`, with its share), the rollout, the recent history."""
     try:
         state = store.read().state
         history = store.history(limit=20)
     except StateUnavailable as exc:
         raise _unavailable("state_unavailable", exc) from exc
-    current = state.to_document()
-    fields = ("desired", "target", "serving", "refused")
+    current = {"canary": None, **state.to_document()}
+    fields = ("desired", "target", "serving", "refused", "canary")
     answer = {
         **{name: current[name] for name in fields},
         "pending_event": current["outbox"],

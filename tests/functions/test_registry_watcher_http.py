@@ -76,6 +76,7 @@ def stack(trained, firestore_emulator, pubsub_emulator, gcs_emulator, tmp_path_f
                 "SERVING_BUCKET": bucket.name,
                 "PUBSUB_TOPIC": topic,
                 "MIN_VALIDATION_ACCURACY": "0.9",
+                "ROLLOUT_STEPS": "100",  # these tests are about one version serving; rollouts: test_registry_watcher
             }
             # The redeploy gets no MLflow setting and no webhook secret: it starts and works without them.
             redeploy_env = {

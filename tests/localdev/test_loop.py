@@ -11,21 +11,26 @@ from the tests before it, so any test runs alone too.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from localdev import services
 from tests.functions.conftest import call
 from tests.functions.watcher_support import Versions
-from training.data import REPO_ROOT
+from tests.localdev.stack_support import (
+    Load,
+    local_stack_pids,
+    promote_as_the_ui_does,
+    running_stack,
+    serving_version,
+    stack_command,
+    train,
+    wait_for_version,
+    watcher_status,
+)
 
 # Deadlines for "it happens", not figures: bench/promotion.py measures how fast (about 2 s here).
 SERVE_WITHIN_S = 60.0
@@ -33,46 +38,11 @@ SERVE_WITHIN_S = 60.0
 HANG_S = 30.0
 
 
-def stack_command(command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "localdev.stack", command],
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def local_stack(tmp_path_factory) -> Iterator[dict]:
-    state = tmp_path_factory.mktemp("stack")
-    env = {
-        "LOCAL_STACK_DIR": str(state),
-        "LOCAL_MIN_VALIDATION_ACCURACY": "0.6",
-        **{f"LOCAL_PORT_{name}": "0" for name in ("MLFLOW", "PREDICT", "FEEDBACK", "REGISTRY_WATCHER", "FRONTEND")},
-    }
-    up = stack_command("up", env)
-    pids = json.loads((state / "pids.json").read_text()) if (state / "pids.json").exists() else {}
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        urls = json.loads((state / "stack.json").read_text())
-        fresh_predict = call(f"{urls['predict']}/healthz").error_code  # before anything is promoted
-        yield {"urls": urls, "pids": pids, "state": state, "env": env, "fresh_predict": fresh_predict}
-        pids = local_stack_pids(state)  # `up` again (test_down_then_up...) starts new processes
-    finally:
-        revisions = state / "logs" / "predict" / "revisions.json"
-        revision_pids = json.loads(revisions.read_text()).values() if revisions.exists() else []
-        down = stack_command("down", env)
-        assert down.returncode == 0, down.stderr
-        left = [pid for pid in [*pids.values(), *revision_pids] if services.alive(int(pid))]
-        assert left == [], f"processes left after down: {[_command(pid) for pid in left]}"
-
-
-def local_stack_pids(state: Path) -> dict:
-    path = state / "pids.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    # Immediate switches: this module is about one version replacing another (rollouts: test_rollout_loop).
+    with running_stack(tmp_path_factory.mktemp("stack"), {"ROLLOUT_STEPS": "100"}) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +65,6 @@ def serving(local_stack: dict, versions: tuple[str, str]) -> str:
     return current
 
 
-def _command(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:200]
-    except OSError:
-        return str(pid)
-
-
 def test_stack_writes_the_contract_urls_and_up_again_starts_nothing(local_stack: dict) -> None:
     urls = local_stack["urls"]
 
@@ -116,88 +79,6 @@ def test_stack_writes_the_contract_urls_and_up_again_starts_nothing(local_stack:
     assert call(f"{urls['feedback']}/statistics").status == 200
     assert call(f"{urls['registry_watcher']}/status").status == 200
     assert local_stack["fresh_predict"] == "no_revision"  # nothing promoted yet
-
-
-def train(urls: dict, env: dict, seed: int) -> str:
-    """A quick model registered as a new version; its version number."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training.train",
-            "--quiet",
-            "--limit",
-            "20000",
-            "--epochs",
-            "2",
-            "--seed",
-            str(seed),
-            "--tracking-uri",
-            urls["mlflow"],
-            "--register",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return str(json.loads(result.stdout.strip().splitlines()[-1])["model_version"])
-
-
-def promote_as_the_ui_does(urls: dict, version: str, name: str = "yelp-sentiment") -> None:
-    """The MLflow UI sets an alias with this request (its ajax-api prefix, same handler as the REST API)."""
-    answer = call(
-        f"{urls['mlflow']}/ajax-api/2.0/mlflow/registered-models/alias",
-        {"name": name, "alias": "production", "version": version},
-    )
-    assert answer.status == 200, answer.raw
-
-
-def serving_version(urls: dict) -> str | None:
-    answer = call(f"{urls['predict']}/healthz", timeout=5)
-    return (answer.json or {}).get("model_version") if answer.status == 200 else None
-
-
-def wait_for_version(urls: dict, version: str, timeout_s: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if serving_version(urls) == version:
-            return time.monotonic() - started
-        time.sleep(0.1)
-    status = call(f"{urls['registry_watcher']}/status").json
-    raise AssertionError(f"version {version} not serving after {timeout_s} s: {json.dumps(status)[:3000]}")
-
-
-class Load:
-    """Clients sending predictions through predict's stable URL, recording every answer."""
-
-    def __init__(self, url: str, clients: int = 3) -> None:
-        self.url = url
-        self.answers: list[tuple[int, str | None, str | None]] = []  # (status, model version, prediction id)
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
-
-    def _run(self, client: int) -> None:
-        n = 0
-        while not self._stop.is_set():
-            n += 1
-            answer = call(self.url, {"text": f"client {client} review {n}: the noodles were great"}, timeout=30)
-            body = answer.json or {}
-            self.answers.append((answer.status, body.get("details", {}).get("model_version"), body.get("id")))
-
-    def __enter__(self) -> Load:
-        self.started = time.monotonic()
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
-        self.rate = len(self.answers) / (time.monotonic() - self.started)
 
 
 def test_whole_loop_train_promote_switch_under_load_statistics_and_rollback(local_stack: dict, versions) -> None:
@@ -291,12 +172,6 @@ def test_frozen_firestore_mid_load_loses_nothing_acknowledged(local_stack: dict,
     assert statuses[503] > 0  # the freeze was felt
     acknowledged = [pid for status, _, pid in load.answers if status == 201]
     assert [pid for pid in acknowledged if not stored_prediction(local_stack, pid)] == []
-
-
-def watcher_status(urls: dict) -> dict:
-    answer = call(f"{urls['registry_watcher']}/status")
-    assert answer.status == 200, answer.raw
-    return answer.json
 
 
 def test_duplicated_pubsub_message_redeploys_nothing(local_stack: dict, serving: str, monkeypatch) -> None:
