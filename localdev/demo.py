@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
   Promote another version: train again (make demo, or .venv/bin/python -m training.train --tracking-uri
   {urls["mlflow"]} --register), then in the MLflow UI open yelp-sentiment, pick the version and set its alias
-  to "production". predict follows within seconds; promoting an older version rolls back.
+  to "production". predict gives it half the traffic within seconds and all of it after 30 s, unless the
+  live evidence says it is worse (it is then rolled back on its own; watcher status shows why).
   Logs: {stack.LOGS}    Stop: make down""")
     if detach:
         return 0
