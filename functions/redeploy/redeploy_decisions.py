@@ -7,6 +7,7 @@ decision as one compare-and-swap.
                                                          -> Failed -> FAILED (Pub/Sub delivers the event again)
               -> ALREADY_SERVING | SUPERSEDED | IN_PROGRESS | OTHER_MODEL (acknowledged, nothing deployed)
               -> BUSY (another event's deploy runs: not acknowledged, so Pub/Sub delivers it again later)
+    Continued (after a move, the same delivery looks again) -> DEPLOY (the next move) | ALREADY_SERVING | IN_PROGRESS
 
 The event only wakes the redeploy: what to put in front of traffic is read from the deployment document
 (`wanted_traffic`: the announced version alone, or a rollout's split) and compared with what the redeploy last
@@ -132,7 +133,15 @@ class Failed:
     error: str
 
 
-Evidence = Delivered | Succeeded | Failed
+@dataclasses.dataclass(frozen=True)
+class Continued:
+    """A delivery that applied a move looks at the document again: whatever was decided meanwhile (a rollback
+    announced with another event, say) is its to apply, whichever event woke it."""
+
+    deployer: str
+
+
+Evidence = Delivered | Succeeded | Failed | Continued
 
 
 def decide(state: DeploymentState, evidence: Evidence, policy: Policy, now: datetime) -> Decision[Action]:
@@ -142,6 +151,8 @@ def decide(state: DeploymentState, evidence: Evidence, policy: Policy, now: date
             return _delivered(state, evidence, policy, now)
         case Succeeded():
             return _succeeded(state, evidence, now)
+        case Continued():
+            return _continued(state, evidence, policy, now)
         case Failed():
             entry = HistoryEntry(
                 HistoryKind.FAILED,
@@ -158,6 +169,13 @@ def _delivered(state: DeploymentState, delivered: Delivered, policy: Policy, now
     event = delivered.event
     if event.model_name != policy.model_name:
         return Decision(Action.OTHER_MODEL, state, detail=f"this redeploy serves {policy.model_name}")
+    deploying = state.deploying
+    if deploying is not None and deploying.active(now):
+        # Before anything else: while a deploy runs, the document does not yet show what it is putting in
+        # place, so "already serving" could not be trusted. Its holder looks again once its move is done.
+        if deploying.key == event.event_id:
+            return Decision(Action.IN_PROGRESS, state)
+        return Decision(Action.BUSY, state, detail=f"the deploy of event {deploying.key} is still running")
     serving, target = state.serving, state.target
     serves_it = serving is not None and (serving.version, serving.sha256) == (event.model_version, event.sha256)
     if target is not None and target.event_id != event.event_id:
@@ -166,12 +184,23 @@ def _delivered(state: DeploymentState, delivered: Delivered, policy: Policy, now
         return Decision(Action.SUPERSEDED, state, detail=f"version {target.version} was announced since")
     if (target is None and serves_it) or (target is not None and traffic_settled(state)):
         return Decision(Action.ALREADY_SERVING, state)
-    deploying = state.deploying
-    if deploying is not None and deploying.active(now):
-        if deploying.key == event.event_id:
-            return Decision(Action.IN_PROGRESS, state)
-        return Decision(Action.BUSY, state, detail=f"the deploy of event {deploying.key} is still running")
-    lease = Lease.take(event.event_id, delivered.deployer, now, policy.lease_s)
+    return _take_lease(state, event, delivered.deployer, policy, now)
+
+
+def _continued(state: DeploymentState, continued: Continued, policy: Policy, now: datetime) -> Decision[Action]:
+    deploying, target = state.deploying, state.target
+    if target is None or traffic_settled(state):
+        return Decision(Action.ALREADY_SERVING, state)
+    if deploying is not None and deploying.active(now) and deploying.owner != continued.deployer:
+        return Decision(Action.IN_PROGRESS, state, detail=f"the deploy of event {deploying.key} is running")
+    event = target.event(policy.model_name, state.serving.version if state.serving else None)
+    return _take_lease(state, event, continued.deployer, policy, now)
+
+
+def _take_lease(
+    state: DeploymentState, event: ProductionChanged, deployer: str, policy: Policy, now: datetime
+) -> Decision[Action]:
+    lease = Lease.take(event.event_id, deployer, now, policy.lease_s)
     plan = next_move(state, event, policy.model_name)
     return Decision(Action.DEPLOY, dataclasses.replace(state, deploying=lease), detail=plan.move.value, plan=plan)
 

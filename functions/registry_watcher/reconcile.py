@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import gate
@@ -34,7 +34,7 @@ from watcher_decisions import (
 
 from sentiment_core.contract import PRODUCTION_ALIAS
 from sentiment_core.deployment_store import DeploymentStore, StateUnavailable
-from sentiment_core.deployments import Decision, Desired, HistoryKind, Rollout
+from sentiment_core.deployments import Decision, Desired, HistoryKind, Rollout, traffic_settled
 from sentiment_core.events import ProductionChanged
 from sentiment_core.registry import ModelVersion, RegistryClient
 from sentiment_core.rollout import VersionCounts
@@ -121,7 +121,8 @@ class Reconciler:
             measured = decision.state.rollout
             self._log_rollout(decision)
         if decision.action is Action.CLAIM:
-            decision = self._decide(self._check(found, desired, claimant, trigger))
+            serving = decision.state.serving.version if decision.state.serving else None
+            decision = self._decide(self._check(found, desired, claimant, trigger, serving))
         if decision.action is Action.REFUSED:
             kept = decision.state.in_service
             logger.warning(
@@ -132,26 +133,30 @@ class Reconciler:
                 extra={"model_version": found.version, "trigger": trigger},
             )
         if decision.action is Action.PUBLISH:
-            fields = {"model_version": found.version, "event_id": decision.event_id}
-            if any(entry.kind is HistoryKind.REANNOUNCED for entry in decision.history):
-                logger.warning("%s: announcing it again", decision.detail, extra=fields)
-            else:
-                logger.info("staged version %s at %s", found.version, decision.state.outbox.model_uri, extra=fields)
-            decision = self._publish(decision.state.outbox)
-        if measured is not None and not measured.in_progress:
+            outbox = decision.state.outbox
+            fields = {"model_version": outbox.model_version, "event_id": decision.event_id}
+            if any(entry.kind is HistoryKind.STAGED for entry in decision.history):
+                logger.info("staged version %s at %s", outbox.model_version, outbox.model_uri, extra=fields)
+            elif measured is None:  # announced again: an event lost, or a rollout superseded
+                logger.warning("%s: announcing version %s", decision.detail, outbox.model_version, extra=fields)
+            decision = self._publish(outbox)
+        ended = decision.state.rollout
+        if ended is not None and not ended.in_progress and not ended.registry_updated:
             self._tell_registry()
         return TickResult.of(decision, measured)
 
     def _measure(self, rollout: Rollout, found: ModelVersion | None, trigger: str) -> Measured:
         """Both versions' counts since the rollout began: the same window for both."""
+        stable, candidate = self._counts_of(rollout.stable_version, rollout.candidate_version, rollout.started_at)
+        return Measured(stable, candidate, found.version if found else None, trigger)
+
+    def _counts_of(self, stable: str, candidate: str, since: datetime) -> tuple[VersionCounts, VersionCounts]:
         from sentiment_core.store import StoreUnavailable
 
         try:
-            stable = self.counts(rollout.stable_version, rollout.started_at)
-            candidate = self.counts(rollout.candidate_version, rollout.started_at)
+            return self.counts(stable, since), self.counts(candidate, since)
         except StoreUnavailable as exc:
             raise StateUnavailable(f"the rollout's counters could not be read: {exc}") from exc
-        return Measured(stable, candidate, found.version if found else None, trigger)
 
     def _log_rollout(self, decision: Decision[Action]) -> None:
         rollout = decision.state.rollout
@@ -168,10 +173,14 @@ class Reconciler:
         """The alias and the versions' tags after an ended rollout, then the document says they are written.
 
         Each write sets a value, so doing them again after a crash is harmless. The alias goes back to the stable
-        version only while it still names the candidate: a person may have promoted another version since.
+        version only while it still names the candidate: a person may have promoted another version since. A
+        completion is told once the candidate has all the traffic, not when it is decided.
         """
-        rollout = self.store.read().state.rollout
+        state = self.store.read().state
+        rollout = state.rollout
         if rollout is None or rollout.in_progress or rollout.registry_updated:
+            return
+        if not rollout.back_to_stable and not traffic_settled(state):
             return
         name, candidate, stable = self.policy.model_name, rollout.candidate_version, rollout.stable_version
         reason = rollout.reason.value if rollout.reason else ""
@@ -192,8 +201,11 @@ class Reconciler:
         self._decide(RegistryUpdated(candidate, rollout.started_at, detail))
         logger.info("registry updated: %s", detail, extra={"model_version": candidate})
 
-    def _check(self, found: ModelVersion, desired: Desired, claimant: str, trigger: str) -> Staged | Rejected:
-        """The deploy gate, then staging: what they found, as evidence for the next decision."""
+    def _check(
+        self, found: ModelVersion, desired: Desired, claimant: str, trigger: str, serving: str | None
+    ) -> Staged | Rejected:
+        """The deploy gate, then staging, then (when a rollout will start) both versions' counts so far this hour:
+        what they found, as evidence for the next decision."""
         version = found.version
         logger.info("checking version %s", version, extra={"model_version": version, "trigger": trigger})
         try:
@@ -214,7 +226,12 @@ class Reconciler:
         except Exception:
             self._release(claimant)  # let the next tick try at once rather than after the claim expires
             raise
-        return Staged(claimant, desired, candidate.logged_sha256, uri, uuid.uuid4().hex, trigger)
+        baseline, baseline_at = None, None
+        if serving is not None and serving != version:
+            baseline_at = datetime.now(UTC)
+            baseline = self._counts_of(serving, version, baseline_at)
+        event_id = uuid.uuid4().hex
+        return Staged(claimant, desired, candidate.logged_sha256, uri, event_id, trigger, baseline, baseline_at)
 
     def _release(self, claimant: str) -> None:
         try:

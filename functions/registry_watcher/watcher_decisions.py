@@ -14,7 +14,7 @@ into evidence, and commits each decision as one compare-and-swap. A tick is a ch
     Commanded (POST /rollout) -> COMMAND_RECORDED | NO_ROLLOUT | ABORT_PENDING
     RegistryUpdated (an ended rollout's alias and tags written) -> RECORDED
 
-A new kind of evidence (a rollout's live statistics, say) is a new dataclass and a new branch of decide().
+A new kind of evidence is a new dataclass and a new branch of decide().
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from sentiment_core.deployments import (
     outbox_cleared,
     traffic_settled,
 )
+from sentiment_core.records import window_hour
 from sentiment_core.rollout import (
     Command,
     Reason,
@@ -70,6 +71,7 @@ class Action(StrEnum):
     NO_ROLLOUT = "no_rollout"  # POST /rollout with no rollout in progress
     ABORT_PENDING = "abort_pending"  # POST /rollout complete while an abort waits for its tick
     ROLLOUT_HELD = "rollout_held"  # the rollout policy keeps the candidate's share (the reason is in the rollout)
+    TRAFFIC_PENDING = "traffic_pending"  # a new version waits until the last traffic change is applied
     RECORDED = "recorded"  # the registry shows an ended rollout's outcome, and the document says so
     CLAIM = "claim"  # step: check and stage the desired version under the claim just taken
     PUBLISH = "publish"  # step: publish the event just put in the outbox
@@ -105,6 +107,10 @@ class Staged:
     model_uri: str
     event_id: str  # the id of the event to announce
     trigger: str
+    # The serving and the staged version's counts in the current hour, read before staging (None: no rollout
+    # would start), and when they were read.
+    baseline: tuple[VersionCounts, VersionCounts] | None = None
+    baseline_at: datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +195,18 @@ def decide(state: DeploymentState, evidence: Evidence, policy: Policy, now: date
 
 
 def _looked(state: DeploymentState, seen: Looked, policy: Policy, now: datetime) -> Decision[Action]:
+    rollout = state.rollout
+    rolling = rollout is not None and rollout.in_progress and _announces(state, rollout.candidate_version)
+    if rolling and (
+        seen.desired is None or seen.desired.version in (rollout.stable_version, rollout.candidate_version)
+    ):
+        # The policy decides, with what the registry says as evidence: the stable version (or none) is an abort.
+        new = (
+            state
+            if seen.desired is None or state.desired == seen.desired
+            else dataclasses.replace(state, desired=seen.desired)
+        )
+        return Decision(Action.MEASURE, new)
     if seen.desired is None:
         return _no_production_version(state, seen, policy, now)
     desired = seen.desired
@@ -196,15 +214,8 @@ def _looked(state: DeploymentState, seen: Looked, policy: Policy, now: datetime)
     refused = new.refused
     if refused and (refused.version != desired.version or seen.retry_refused == desired.version):
         new = dataclasses.replace(new, refused=None)  # promoting again, or another version, starts over
-    rollout, superseded = new.rollout, ()
-    if rollout is not None and rollout.in_progress:
-        versions = (rollout.stable_version, rollout.candidate_version)
-        if desired.version in versions and new.target is not None and new.target.version == versions[1]:
-            return Decision(Action.MEASURE, new)
-        # Another version promoted during the rollout: the candidate leaves, the new version is checked.
-        detail = f"version {desired.version} was promoted during the rollout of version {rollout.candidate_version}"
-        new = dataclasses.replace(new, rollout=rollout.ended(RolloutStatus.ABORTED, Reason.SUPERSEDED, detail, now))
-        superseded = (_rollout_entry(HistoryKind.ROLLOUT_ABORTED, rollout, Reason.SUPERSEDED, 0, detail, (), now),)
+    if rolling:
+        return _superseded(new, desired, policy, now)
     if new.target is not None and new.target.version == desired.version:
         if seen.republished:
             return Decision(Action.REPUBLISHED, new, event_id=seen.republished)
@@ -213,19 +224,40 @@ def _looked(state: DeploymentState, seen: Looked, policy: Policy, now: datetime)
         return Decision(Action.UP_TO_DATE, new)
     if new.refused is not None:
         return Decision(Action.REFUSED_EARLIER, new, detail=f"{new.refused.reason}: {new.refused.detail}")
+    if new.canary is not None:
+        # Two revisions are live (a rollout ending): a new rollout starts from one serving version, so the new
+        # version is checked once the last traffic change is applied. An event lost meanwhile is announced again.
+        if _lost_its_event(new, policy, now):
+            return _reannounce(new, policy, now)
+        detail = f"version {new.canary.version} is still live beside version {new.serving.version}"
+        return Decision(Action.TRAFFIC_PENDING, new, detail=f"{detail}; version {desired.version} waits")
     if new.claim is not None and new.claim.active(now):
         # The document is the claimer's until it announces: write nothing, not even the desired version.
         return Decision(Action.IN_PROGRESS, state, detail=f"another run is staging version {new.claim.key}")
     claim = Lease.take(desired.version, seen.claimant, now, policy.claim_ttl_s)
-    return Decision(Action.CLAIM, dataclasses.replace(new, claim=claim), superseded)
+    return Decision(Action.CLAIM, dataclasses.replace(new, claim=claim))
+
+
+def _announces(state: DeploymentState, version: str) -> bool:
+    return state.target is not None and state.target.version == version
+
+
+def _superseded(state: DeploymentState, desired: Desired, policy: Policy, now: datetime) -> Decision[Action]:
+    """Another version promoted during a rollout: the rollout ends (`superseded`), the stable version is
+    announced again so the candidate is drained, and the new version is checked once it is."""
+    rollout = state.rollout
+    detail = f"version {desired.version} was promoted during the rollout of version {rollout.candidate_version}"
+    ended = rollout.ended(RolloutStatus.ABORTED, Reason.SUPERSEDED, detail, now)
+    entry = _rollout_entry(HistoryKind.ROLLOUT_ABORTED, ended, Reason.SUPERSEDED, 0, detail, (), now)
+    return _announce_stable(dataclasses.replace(state, rollout=ended), rollout, entry, policy, now)
 
 
 def _lost_its_event(state: DeploymentState, policy: Policy, now: datetime) -> bool:
-    """The announced version is not serving, nothing is on its way, and its event is old enough to be lost."""
-    target, serving, deploying = state.target, state.serving, state.deploying
+    """What serves is not what is announced, nothing is on its way, and the last event is old enough to be lost."""
+    target, deploying = state.target, state.deploying
     if target is None or state.outbox is not None or (deploying is not None and deploying.active(now)):
         return False
-    if serving is not None and (serving.version, serving.sha256) == (target.version, target.sha256):
+    if traffic_settled(state):
         return False
     return (now - target.last_announced).total_seconds() >= policy.reannounce_after_s
 
@@ -284,15 +316,25 @@ def _staged(state: DeploymentState, staged: Staged, policy: Policy, now: datetim
         event_id=staged.event_id,
     )
     announced = dataclasses.replace(state, target=target, outbox=event, claim=None)
-    started = _start_rollout(announced, policy.rollout, now)
+    started = _start_rollout(announced, policy.rollout, now, _baseline(staged, now))
     history = (entry,) if started is None else (entry, started[1])
     if started is not None:
         announced = dataclasses.replace(announced, rollout=started[0])
     return Decision(Action.PUBLISH, announced, history, event_id=staged.event_id)
 
 
+def _baseline(staged: Staged, now: datetime) -> tuple[VersionCounts, VersionCounts] | None:
+    """The staged counts if they are of the hour the rollout begins in (its first window counter)."""
+    if staged.baseline is None or staged.baseline_at is None or window_hour(staged.baseline_at) != window_hour(now):
+        return None
+    return staged.baseline
+
+
 def _start_rollout(
-    state: DeploymentState, settings: RolloutSettings, now: datetime
+    state: DeploymentState,
+    settings: RolloutSettings,
+    now: datetime,
+    baseline: tuple[VersionCounts, VersionCounts] | None = None,
 ) -> tuple[Rollout, HistoryEntry] | None:
     """A rollout of the newly announced version beside the serving one at the first step; none for a first
     deployment (nothing to compare with) or the version that already serves. ROLLOUT_STEPS=100: the rollout is
@@ -301,6 +343,8 @@ def _start_rollout(
     if serving is None or serving.version == target.version:
         return None
     started = Rollout.of(rollouts.start(serving.version, target.version, now), settings.steps[0])
+    if baseline is not None and (baseline[0].version, baseline[1].version) == (serving.version, target.version):
+        started = dataclasses.replace(started, baseline=baseline)
     detail = (
         f"version {target.version} gets {started.candidate_percent}% of the traffic, version {serving.version} the rest"
     )
@@ -351,7 +395,14 @@ def _measured(state: DeploymentState, measured: Measured, policy: Policy, now: d
     command, trigger = (rollout.command.command, rollout.command.trigger) if rollout.command else (None, None)
     if measured.desired_version == rollout.stable_version:
         command, trigger = Command.ABORT, f"{measured.trigger}: alias {rollout.stable_version} promoted back"
-    evidence = RolloutEvidence(measured.stable, measured.candidate, traffic_settled(state), command)
+    elif measured.desired_version is None:
+        command, trigger = Command.ABORT, f"{measured.trigger}: no version has the alias production"
+    stable, candidate = (
+        (measured.stable, measured.candidate)
+        if rollout.baseline is None
+        else (measured.stable.since(rollout.baseline[0]), measured.candidate.since(rollout.baseline[1]))
+    )
+    evidence = RolloutEvidence(stable, candidate, traffic_settled(state), command)
     decision = rollouts.decide(rollout.policy_state(), evidence, policy.rollout, now)
     after = rollout.decided(decision, now)
     new = dataclasses.replace(state, rollout=after)
@@ -362,28 +413,32 @@ def _measured(state: DeploymentState, measured: Measured, policy: Policy, now: d
         return Decision(Action.ROLLOUT_HELD, new, detail=detail)
     kind = HistoryKind.ROLLOUT_ADVANCED if after.in_progress else _ROLLOUT_KINDS[after.state]
     entry = _rollout_entry(kind, after, decision.reason, decision.percent, detail, decision.checks, now, trigger)
-    previous = rollout.stable_version
     if after.back_to_stable:
-        new = dataclasses.replace(new, target=_stable_target(new, rollout))
-        previous = rollout.candidate_version
-    event = new.target.event(policy.model_name, previous)
+        return _announce_stable(new, rollout, entry, policy, now)
+    event = new.target.event(policy.model_name, rollout.stable_version)
     announced = dataclasses.replace(new, target=dataclasses.replace(new.target, announced_at=now), outbox=event)
     return Decision(Action.PUBLISH, announced, (entry,), detail, event_id=event.event_id)
 
 
-def _stable_target(state: DeploymentState, rollout: Rollout) -> Target:
-    """The stable version announced again, from what serves (its staged files and the event that deployed it)."""
+def _announce_stable(
+    state: DeploymentState, rollout: Rollout, entry: HistoryEntry, policy: Policy, now: datetime
+) -> Decision[Action]:
+    """What serves announced again, with the event that deployed it: the redeploy gives its revision all the
+    traffic back and drains the candidate. (A rollout starts only beside a serving version, and a new one only
+    once the last one's traffic is applied, so what serves is the rollout's stable version.)"""
     serving = state.serving
-    if serving is None or serving.version != rollout.stable_version:
-        raise ValueError(f"version {rollout.stable_version} is the rollout's stable version but does not serve")
-    return Target(
+    target = Target(
         version=serving.version,
         run_id=serving.run_id,
         sha256=serving.sha256,
         model_uri=serving.model_uri,
         event_id=serving.event_id,
         staged_at=serving.deployed_at,
+        announced_at=now,
     )
+    event = target.event(policy.model_name, rollout.candidate_version)
+    announced = dataclasses.replace(state, target=target, outbox=event)
+    return Decision(Action.PUBLISH, announced, (entry,), entry.detail or "", event_id=event.event_id)
 
 
 def _registry_updated(state: DeploymentState, updated: RegistryUpdated, now: datetime) -> Decision[Action]:

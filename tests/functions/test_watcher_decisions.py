@@ -519,14 +519,14 @@ ROLLOUT_TABLE = [
         IN_ROLLOUT,
         looked(V3),
         FAST,
-        Action.CLAIM,
+        Action.PUBLISH,
         "aborted",
         0,
+        "1",
         "2",
-        None,
         ["rollout_aborted"],
         "superseded",
-        id="another-version-promoted-during-a-rollout-supersedes-it-and-is-claimed",
+        id="another-version-promoted-during-a-rollout-ends-it-and-announces-the-stable-version-first",
     ),
     pytest.param(
         with_rollout(IN_ROLLOUT, step_started_at=NOW - timedelta(seconds=30)),
@@ -683,10 +683,10 @@ ROLLOUT_TABLE = [
         None,
         None,
         "2",
-        None,
+        "1",
         ["staged"],
         None,
-        id="first-deployment-has-nothing-to-roll-out-beside",
+        id="nothing-serving-yet-has-nothing-to-roll-out-beside",
     ),
 ]
 
@@ -709,11 +709,13 @@ def test_rollout_on_a_tick_table(
     outbox = decision.state.outbox
     if previous is not None:  # published: the announced version's event, naming the version it replaces
         assert (outbox.model_version, outbox.previous_version) == (announced, previous)
-    elif action is not Action.PUBLISH:
+    elif action is Action.PUBLISH:  # a first deployment: its event names no previous version
+        assert (outbox.model_version, outbox.previous_version) == (announced, None)
+    else:
         assert outbox is None
     assert [entry.kind.value for entry in decision.history] == kinds
     last = rollout.last_decision if rollout else None
-    assert (last and last.reason.value) == reason or (rollout and rollout.reason and rollout.reason.value) == reason
+    assert (last.reason.value if last else None) == reason
 
 
 def test_rollback_entry_records_the_reason_and_every_checks_numbers() -> None:

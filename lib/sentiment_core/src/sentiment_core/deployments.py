@@ -22,6 +22,7 @@ from sentiment_core.rollout import (
     RolloutDecision,
     RolloutState,
     RolloutStatus,
+    VersionCounts,
 )
 
 
@@ -204,6 +205,9 @@ class Rollout:
     # An ended rollout whose outcome the registry does not show yet (the alias moved back, the versions tagged):
     # the tick that ended it, or the next one after a crash, does it and sets this.
     registry_updated: bool = True
+    # Both versions' counts in the rollout's first hour before it began (stable, candidate): the window counters
+    # are hourly, so the evidence is what they hold now minus this.
+    baseline: tuple[VersionCounts, VersionCounts] | None = None
 
     @property
     def in_progress(self) -> bool:
@@ -246,7 +250,9 @@ class Rollout:
         """This rollout once `decision` is applied: its state, share and numbers; the command it saw consumed."""
         outcome = RolloutOutcome(decision.action, decision.reason, decision.detail, now, decision.checks)
         decided = Rollout.of(decision.state, decision.percent)
-        return dataclasses.replace(decided, last_decision=outcome, registry_updated=decided.in_progress)
+        return dataclasses.replace(
+            decided, last_decision=outcome, registry_updated=decided.in_progress, baseline=self.baseline
+        )
 
     def ended(self, status: RolloutStatus, reason: Reason, detail: str, now: datetime) -> Rollout:
         """This rollout ended outside the policy (a newer promotion superseded it, say)."""
@@ -273,6 +279,9 @@ class Rollout:
             "command": None
             if self.command is None
             else {"command": self.command.command.value, "at": self.command.at, "trigger": self.command.trigger},
+            "baseline": None
+            if self.baseline is None
+            else {"stable": dataclasses.asdict(self.baseline[0]), "candidate": dataclasses.asdict(self.baseline[1])},
         }
 
     @classmethod
@@ -296,6 +305,9 @@ class Rollout:
                 if command
                 else None,
                 registry_updated=bool(data.get("registry_updated", True)),
+                baseline=(VersionCounts(**data["baseline"]["stable"]), VersionCounts(**data["baseline"]["candidate"]))
+                if data.get("baseline")
+                else None,
             )
         except (KeyError, TypeError, ValueError):
             return None

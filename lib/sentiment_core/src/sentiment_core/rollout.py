@@ -180,6 +180,18 @@ class VersionCounts:
     def wrong(self) -> int:
         return self.feedback - self.correct
 
+    def since(self, earlier: VersionCounts | None) -> VersionCounts:
+        """What was counted after `earlier` was read (the window counters are hourly: a rollout's baseline is
+        what its first hour held before it began). Never below zero, and consistent: an answer that came after
+        the baseline to a prediction made before it counts as feedback, not as a new prediction."""
+        if earlier is None:
+            return self
+        fields = ("predictions", "positive", "feedback", "correct", "server_errors")
+        left = {name: max(0, getattr(self, name) - getattr(earlier, name)) for name in fields}
+        left["positive"] = min(left["positive"], left["predictions"])
+        left["correct"] = min(left["correct"], left["feedback"])
+        return VersionCounts(self.version, **left)
+
     @property
     def requests(self) -> int:
         return self.predictions + self.server_errors
