@@ -240,24 +240,38 @@ async function sendFeedback(agrees) {
 
 async function refreshStatistics() {
   try {
-    const { statistics } = await call(`${state.config.feedback_url}/statistics`);
+    const { statistics, deployment } = await call(`${state.config.feedback_url}/statistics`);
     clearError($("stats-error"));
-    renderStatistics(statistics);
+    renderStatistics(statistics, deployment);
   } catch (error) {
     // Numbers from an earlier answer would read as current: the card shows the error alone. (toggleAttribute:
     // the chart is an SVG element, which has no `hidden` property.)
-    for (const id of ["stats-overall", "stats-counts", "stats-chart", "stats-table"]) {
+    for (const id of ["stats-overall", "stats-counts", "stats-deployment", "stats-chart", "stats-table"]) {
       $(id).toggleAttribute("hidden", true);
     }
     showError($("stats-error"), describe(error, "statistics"));
   }
 }
 
-function renderStatistics(statistics) {
+// The versions in front of traffic ({version: "stable" | "candidate"}) and a sentence saying how traffic is
+// split; nothing when the answer has no deployment (its document could not be read) or no version serves yet.
+function trafficSplit(deployment) {
+  if (!deployment || deployment.stable_version === null) return { roles: {}, sentence: "" };
+  const { stable_version: stable, candidate_version: candidate, candidate_percent: share } = deployment;
+  if (candidate === null) return { roles: { [stable]: "stable" }, sentence: `Version ${stable} serves all traffic.` };
+  return {
+    roles: { [stable]: "stable", [candidate]: "candidate" },
+    sentence: `Version ${stable} is stable (${100 - share}%); version ${candidate} is being rolled out (${share}%).`,
+  };
+}
+
+function renderStatistics(statistics, deployment) {
   const rate = statistics.feedback === 0 ? "No feedback yet" : `${percent(statistics.correctness_rate)} right`;
   show($("stats-overall"), rate);
   const predictions = plural(statistics.predictions, "prediction");
   show($("stats-counts"), `${predictions}, ${statistics.feedback} with feedback, ${statistics.correct} correct.`);
+  const { roles, sentence } = trafficSplit(deployment);
+  show($("stats-deployment"), sentence);
   const versions = Object.keys(statistics.by_model_version).sort((a, b) => Number(a) - Number(b));
   const tbody = $("stats-table").querySelector("tbody");
   tbody.replaceChildren();
@@ -268,6 +282,13 @@ function renderStatistics(statistics) {
       const cell = document.createElement("td");
       cell.textContent = String(value);
       row.append(cell);
+    }
+    if (roles[version]) {
+      // A word, not only a colour: read out with the version ("v4 candidate") and legible without colour.
+      const role = document.createElement("span");
+      role.className = `role ${roles[version]}`;
+      role.textContent = roles[version];
+      row.firstChild.append(" ", role);
     }
     tbody.append(row);
   }

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
 
 import flask
 
-from sentiment_core import http
+from sentiment_core import config, http
+from sentiment_core.contract import MODEL_NAME
+from sentiment_core.deployment_store import DeploymentStore, StateUnavailable
+from sentiment_core.deployments import DeploymentState
 from sentiment_core.records import (
     PREDICTION_ID,
     FeedbackConflict,
@@ -14,8 +19,61 @@ from sentiment_core.records import (
     NotFound,
     StoreUnavailable,
 )
+from sentiment_core.rollout import RolloutStatus
 from sentiment_core.store import Store
 from sentiment_core.tokens import verify_feedback_token
+from sentiment_core.web import PublicSettings
+
+logger = logging.getLogger("sentiment")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """feedback's settings: the public functions' own and the model whose deployment it reports."""
+
+    public: PublicSettings
+    model_name: str  # whose deployment document `GET /statistics` reports
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        return cls(public=PublicSettings.from_env(env), model_name=config.optional("MODEL_NAME", MODEL_NAME, env))
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentSummary:
+    """What the page shows of the deployment: the stable version and, during a rollout, the candidate's share."""
+
+    stable_version: str | None
+    candidate_version: str | None
+    candidate_percent: int
+    rollout_state: RolloutStatus | None  # the last rollout's, finished or not
+
+    @classmethod
+    def of(cls, state: DeploymentState) -> DeploymentSummary:
+        """The candidate only while a rollout is in progress; otherwise what the last redeploy put in service."""
+        rollout = state.rollout
+        if rollout is not None and rollout.in_progress:
+            return cls(rollout.stable_version, rollout.candidate_version, rollout.candidate_percent, rollout.state)
+        serving = state.serving.version if state.serving is not None else None
+        return cls(serving, None, 0, rollout.state if rollout is not None else None)
+
+    def as_api(self) -> dict[str, str | int | None]:
+        return {
+            "stable_version": self.stable_version,
+            "candidate_version": self.candidate_version,
+            "candidate_percent": self.candidate_percent,
+            "rollout_state": self.rollout_state.value if self.rollout_state is not None else None,
+        }
+
+
+def read_deployment(deployments: Callable[[], DeploymentStore]) -> DeploymentSummary | None:
+    """The deployment document, summarised; None when it cannot be read, so the statistics are served without it."""
+    try:
+        return DeploymentSummary.of(deployments().read().state)
+    # TypeError: a part written in a format this code cannot read (DeploymentState.from_document builds it).
+    except (StateUnavailable, StoreUnavailable, TypeError) as exc:
+        logger.warning("statistics served without the deployment: cannot read its document: %s", exc)
+        return None
 
 
 def unavailable() -> http.ApiError:
@@ -41,15 +99,19 @@ def handle_feedback(request: flask.Request, store: Callable[[], Store], secret: 
     return http.json_response(prediction.to_api())
 
 
-def handle_statistics(request: flask.Request, store: Callable[[], Store]) -> flask.Response:
-    """GET /statistics: correctness overall and per model version."""
+def handle_statistics(
+    request: flask.Request, store: Callable[[], Store], deployments: Callable[[], DeploymentStore]
+) -> flask.Response:
+    """GET /statistics: correctness overall and per model version, and which versions serve (null if unknown)."""
     _no_query(request, allowed=set())
     try:
         total, by_version = store().statistics()
     except StoreUnavailable as exc:
         raise unavailable() from exc
     statistics = total.as_api() | {"by_model_version": {v: c.as_api() for v, c in sorted(by_version.items())}}
-    return http.json_response({"statistics": statistics})
+    deployment = read_deployment(deployments)
+    summary = None if deployment is None else deployment.as_api()
+    return http.json_response({"statistics": statistics, "deployment": summary})
 
 
 def handle_predictions(request: flask.Request, store: Callable[[], Store]) -> flask.Response:

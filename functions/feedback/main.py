@@ -9,21 +9,32 @@ import flask
 import functions_framework
 
 from sentiment_core import http, logs, web
+from sentiment_core.deployment_store import DeploymentStore
 
 logs.configure()
-SETTINGS = web.PublicSettings.from_env()  # fails at start-up: a misconfigured revision never takes traffic
-CORS = http.Cors.from_setting(SETTINGS.allowed_origins)
+SETTINGS = feedback_service.Settings.from_env()  # fails at start-up: a misconfigured revision never takes traffic
+CORS = http.Cors.from_setting(SETTINGS.public.allowed_origins)
+
+
+@functools.cache
+def _db():
+    """One Firestore client per instance, created on first use; the store and the deployment document share it."""
+    return web.firestore_client(SETTINGS.public)
 
 
 @functools.cache
 def _store():
-    """One Firestore client per instance, created on first use."""
-    return web.firestore_store(SETTINGS)
+    return web.firestore_store(SETTINGS.public, _db())
+
+
+@functools.cache
+def _deployments() -> DeploymentStore:
+    return DeploymentStore(_db(), SETTINGS.model_name, SETTINGS.public.firestore_timeout_s)
 
 
 ROUTES = {
-    "/": {"POST": lambda r: feedback_service.handle_feedback(r, _store, SETTINGS.feedback_token_secret)},
-    "/statistics": {"GET": lambda r: feedback_service.handle_statistics(r, _store)},
+    "/": {"POST": lambda r: feedback_service.handle_feedback(r, _store, SETTINGS.public.feedback_token_secret)},
+    "/statistics": {"GET": lambda r: feedback_service.handle_statistics(r, _store, _deployments)},
     "/predictions": {"GET": lambda r: feedback_service.handle_predictions(r, _store)},
 }
 

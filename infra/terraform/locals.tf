@@ -133,7 +133,7 @@ locals {
   # allUsers may invoke the webhook receiver (MLflow sends no Google identity): it serves POST /webhook only.
   function_env = {
     predict               = merge(local.public_env, { MODEL_URI = var.initial_model_uri, ORT_THREADS = "1" })
-    feedback              = local.public_env
+    feedback              = merge(local.public_env, { MODEL_NAME = var.model_name }) # its deployment, on /statistics
     registry-watcher      = merge(local.watcher_env, { WEBHOOK_RECEIVER_ONLY = "false" })
     registry-webhook      = merge(local.watcher_env, { WEBHOOK_RECEIVER_ONLY = "true" })
     on-production-changed = local.redeploy_env

@@ -54,7 +54,7 @@ variable "initial_model_uri" {
 
 variable "model_name" {
   type        = string
-  description = "Registered model the watcher follows."
+  description = "Registered model the watcher follows (and whose deployment feedback reports)."
   default     = "yelp-sentiment"
 }
 

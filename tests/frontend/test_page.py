@@ -4,18 +4,27 @@ functions and the Firestore emulator: analyze, give feedback, see statistics cha
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import sys
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from localdev import services, website
-from tests.functions.conftest import ORIGIN, call
+from sentiment_core import rollout
+from sentiment_core.contract import MODEL_NAME
+from sentiment_core.deployment_store import DeploymentStore
+from sentiment_core.deployments import DeploymentState, Rollout, Serving
+from sentiment_core.firestore_rest import RestPredictionWriter
+from sentiment_core.records import Prediction
+from tests.functions.conftest import ORIGIN, PROJECT, call
 
 CHROMIUM = Path("/usr/bin/chromium")
 POSITIVE = "The pasta was wonderful and the staff were so friendly. Great value!"
@@ -127,7 +136,7 @@ def intercept_predict(page, site: dict, failures: list[Callable]) -> list[dict]:
     return sent
 
 
-def answered_prediction(site: dict, text: str, *, user_says_positive: bool) -> None:
+def answered_prediction(site: dict, text: str, *, user_says_positive: bool) -> dict:
     """A prediction with feedback, made through the functions, for the page to show."""
     prediction = call(site["predict"].url, {"text": text}).json
     answer = {
@@ -136,6 +145,39 @@ def answered_prediction(site: dict, text: str, *, user_says_positive: bool) -> N
         "feedback_token": prediction["feedback_token"],
     }
     assert call(site["feedback"].url, answer).status == 200
+    return prediction
+
+
+def rollout_in_progress(site: dict, db, percent: int) -> tuple[str, str]:
+    """The version serving (stable) and the next one (candidate) at `percent`, each with a prediction stored:
+    the deployment document as the watcher records a rollout, the candidate's record as its predict writes it."""
+    stable = answered_prediction(site, POSITIVE, user_says_positive=True)["details"]["model_version"]
+    candidate = str(int(stable) + 1)
+    now = datetime.now(UTC)
+    writer = RestPredictionWriter(
+        PROJECT, "(default)", 5.0, endpoint=f"http://{site['env']['FIRESTORE_EMULATOR_HOST']}", token=lambda: "owner"
+    )
+    try:
+        writer.save_predictions(
+            [Prediction(uuid.uuid4().hex, "Fine.", 0.8, True, None, MODEL_NAME, candidate, "run", 0.001, now)]
+        )
+    finally:
+        writer.close()
+    serving = Serving(stable, "run", "0" * 64, f"gs://staged/{MODEL_NAME}/v{stable}", f"e{stable}", now)
+    state = DeploymentState(serving=serving, rollout=Rollout.of(rollout.start(stable, candidate, now), percent))
+    store = DeploymentStore(db, MODEL_NAME)
+    assert store.commit(store.read(), state)
+    return stable, candidate
+
+
+def finish_rollout(db, status: rollout.RolloutStatus, serving_version: str) -> None:
+    """The rollout recorded as ended, with `serving_version` taking all traffic."""
+    store = DeploymentStore(db, MODEL_NAME)
+    snapshot = store.read()
+    state = snapshot.state
+    ended = dataclasses.replace(state.rollout, state=status, candidate_percent=0, ended_at=datetime.now(UTC))
+    serving = dataclasses.replace(state.serving, version=serving_version)
+    assert store.commit(snapshot, dataclasses.replace(state, serving=serving, rollout=ended))
 
 
 def open_page(browser, site: dict, **options):
@@ -377,11 +419,49 @@ def test_page_favicon_is_an_svg_served_by_the_site_itself(site, browser) -> None
     context.close()
 
 
+def test_page_shows_the_traffic_split_of_a_rollout_and_labels_the_versions_rows(
+    live_site, browser, clean_db, screenshots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    stable, candidate = rollout_in_progress(live_site, clean_db, percent=25)
+    context, page = open_page(browser, live_site, viewport={"width": 1000, "height": 1200})
+    rows = page.locator("#stats-table tbody tr")
+
+    expect(page.locator("#stats-deployment")).to_have_text(
+        f"Version {stable} is stable (75%); version {candidate} is being rolled out (25%)."
+    )
+    expect(rows).to_have_count(2)
+    # The label is text inside the version's cell: its accessible name says the role, colour or not.
+    expect(page.get_by_role("cell", name=f"v{stable} stable", exact=True)).to_be_visible()
+    expect(page.get_by_role("cell", name=f"v{candidate} candidate", exact=True)).to_be_visible()
+    page.screenshot(path=str(screenshots / "page-rollout.png"), full_page=True)
+
+    finish_rollout(clean_db, rollout.RolloutStatus.COMPLETED, serving_version=candidate)
+    page.get_by_role("button", name="Refresh").click()
+
+    expect(page.locator("#stats-deployment")).to_have_text(f"Version {candidate} serves all traffic.")
+    expect(page.get_by_role("cell", name=f"v{candidate} stable", exact=True)).to_be_visible()
+    expect(page.get_by_role("cell", name=f"v{stable}", exact=True)).to_be_visible()
+    expect(page.locator("#stats-table .role")).to_have_count(1)
+
+    clean_db.collection("deployments").document(MODEL_NAME).delete()
+    page.get_by_role("button", name="Refresh").click()
+
+    expect(page.locator("#stats-deployment")).to_be_hidden()
+    expect(page.locator("#stats-table .role")).to_have_count(0)
+    expect(rows).to_have_count(2)
+    context.close()
+
+
 def test_page_on_a_phone_has_no_horizontal_scroll(live_site, browser, clean_db, screenshots: Path) -> None:
-    # Content as wide as it gets: a review with a word longer than the screen, and a full statistics table.
+    # Content as wide as it gets: a review with a word longer than the screen, and a full statistics table with
+    # two versions of a rollout labelled and the line that says how traffic is split.
+    rollout_in_progress(live_site, clean_db, percent=50)
     answered_prediction(live_site, "Sooo" + "o" * 120 + " good! " + POSITIVE, user_says_positive=False)
     context, page = open_page(browser, live_site, viewport={"width": 375, "height": 800}, is_mobile=True)
-    page.wait_for_selector("#stats-table:not([hidden])")
+    page.wait_for_selector("#stats-table:not([hidden]) .role.candidate")
+    page.wait_for_selector("#stats-deployment:not([hidden])")
     page.wait_for_selector("#recent-list li")
 
     width = page.evaluate("document.documentElement.scrollWidth")

@@ -1,14 +1,29 @@
-"""feedback's handlers without a server: errors raised from many threads at once stay apart."""
+"""feedback's handlers: errors raised from many threads at once stay apart; the deployment beside the
+statistics, read from the real Firestore emulator, and statistics served when that document cannot be read."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import flask
+import pytest
+from google.cloud import firestore
 
+from localdev import services
 from sentiment_core import http
+from sentiment_core.contract import MODEL_NAME
+from sentiment_core.deployment_store import DeploymentStore
+from sentiment_core.deployments import DeploymentState, Rollout, Serving
 from sentiment_core.records import StoreUnavailable
-from tests.functions.conftest import load_function_module
+from sentiment_core.rollout import RolloutStatus
+from sentiment_core.store import Store
+from tests.functions.conftest import SECRET, STORE_TIMEOUT_S, call, load_function_module
+from tests.support import baking_rollout
 
 service = load_function_module("feedback", "feedback_service")
 
@@ -30,7 +45,7 @@ def test_store_unavailable_from_concurrent_threads_gives_each_its_own_error_and_
     def request(n: int) -> None:
         with app.test_request_context("/statistics"):
             try:
-                service.handle_statistics(flask.request, lambda: DownStore(n))
+                service.handle_statistics(flask.request, lambda: DownStore(n), never_read)
             except http.ApiError as error:
                 raised[n] = error
 
@@ -46,3 +61,132 @@ def test_store_unavailable_from_concurrent_threads_gives_each_its_own_error_and_
         n: f"store down for request {n}" for n in range(8)
     }
     assert {(e.status, e.code) for e in raised.values()} == {(503, "store_unavailable")}
+
+
+# A client's deadline that only a hung request reaches (the read's own bound is STORE_TIMEOUT_S).
+HANG_S = 30.0
+
+
+def never_read() -> DeploymentStore:
+    raise AssertionError("the deployment document is read only once the statistics are")
+
+
+# --- Which versions serve (the "deployment" of GET /statistics) ----------------------------------------------
+
+AT = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+IN_PROGRESS = baking_rollout(AT)  # version 2 at 10% beside version 1
+
+
+def serving(version: str) -> Serving:
+    return Serving(version, f"r{version}", "0" * 64, f"gs://staged/yelp-sentiment/v{version}", f"e{version}", AT)
+
+
+def ended(status: RolloutStatus, percent: int) -> Rollout:
+    return dataclasses.replace(IN_PROGRESS, state=status, candidate_percent=percent, ended_at=AT)
+
+
+def deployment(stable: str | None, candidate: str | None, percent: int, state: str | None) -> dict:
+    return {
+        "stable_version": stable,
+        "candidate_version": candidate,
+        "candidate_percent": percent,
+        "rollout_state": state,
+    }
+
+
+DEPLOYMENTS = [
+    # (the document's state, what GET /statistics reports)
+    (DeploymentState(), deployment(None, None, 0, None)),
+    (DeploymentState(serving=serving("1")), deployment("1", None, 0, None)),
+    # During a rollout the stable version is the rollout's: `serving` still names the last full redeploy.
+    (DeploymentState(serving=serving("1"), rollout=IN_PROGRESS), deployment("1", "2", 10, "in_progress")),
+    (
+        DeploymentState(serving=serving("2"), rollout=ended(RolloutStatus.COMPLETED, 100)),
+        deployment("2", None, 0, "completed"),
+    ),
+    (
+        DeploymentState(serving=serving("1"), rollout=ended(RolloutStatus.ROLLED_BACK, 0)),
+        deployment("1", None, 0, "rolled_back"),
+    ),
+    (
+        DeploymentState(serving=serving("1"), rollout=ended(RolloutStatus.ABORTED, 0)),
+        deployment("1", None, 0, "aborted"),
+    ),
+    (DeploymentState(rollout=IN_PROGRESS), deployment("1", "2", 10, "in_progress")),
+]
+DEPLOYMENT_IDS = ["none", "serving", "rollout-in-progress", "completed", "rolled-back", "aborted", "rollout-only"]
+
+
+@pytest.mark.parametrize(("state", "expected"), DEPLOYMENTS, ids=DEPLOYMENT_IDS)
+def test_deployment_summary_of_each_state_names_stable_candidate_and_share(state, expected: dict) -> None:
+    assert service.DeploymentSummary.of(state).as_api() == expected
+
+
+def test_settings_model_name_defaults_to_the_contracts_and_follows_model_name() -> None:
+    env = {"FEEDBACK_TOKEN_SECRET": SECRET}
+
+    assert service.Settings.from_env(env).model_name == "yelp-sentiment"
+    assert service.Settings.from_env(env | {"MODEL_NAME": "another-model"}).model_name == "another-model"
+
+
+def write_deployment(db: firestore.Client, state: DeploymentState) -> None:
+    store = DeploymentStore(db, MODEL_NAME)
+    assert store.commit(store.read(), state)
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [DEPLOYMENTS[0], DEPLOYMENTS[2], DEPLOYMENTS[3], DEPLOYMENTS[4]],
+    ids=["no-document", "rollout-in-progress", "completed", "rolled-back"],
+)
+def test_statistics_report_the_deployment_document(feedback_url, clean_db, state, expected: dict) -> None:
+    if state != DeploymentState():  # the first case has no document at all
+        write_deployment(clean_db, state)
+
+    answer = call(feedback_url + "/statistics")
+
+    assert answer.status == 200
+    assert answer.json["deployment"] == expected
+    assert answer.json["statistics"]["by_model_version"] == {}
+
+
+def test_statistics_with_a_deployment_document_it_cannot_read_report_no_deployment(feedback_url, clean_db) -> None:
+    # A part without the fields this code needs (a newer writer's format): the statistics do not depend on it.
+    clean_db.collection("deployments").document(MODEL_NAME).set({"serving": {"version": "3"}})
+
+    answer = call(feedback_url + "/statistics")
+
+    assert answer.status == 200
+    assert answer.json["deployment"] is None
+    assert answer.json["statistics"]["predictions"] == 0
+
+
+def test_statistics_when_firestore_hangs_before_the_deployment_read_are_served_without_it(
+    firestore_emulator, clean_db, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The statistics were read; then Firestore hangs (SIGSTOP): the answer is 200 with "deployment": null, well
+    before a client's deadline (the client library alone would wait out a hung read for 300 s)."""
+    write_deployment(clean_db, DeploymentState(serving=serving("1"), rollout=IN_PROGRESS))
+    app = flask.Flask(__name__)
+
+    # The freeze ends first, then the pool waits for its thread: a hung read cannot outlive the test.
+    with ThreadPoolExecutor(1) as pool, contextlib.ExitStack() as hung:
+
+        def deployments_once_firestore_hangs() -> DeploymentStore:
+            hung.enter_context(services.frozen(firestore_emulator.pid))
+            return DeploymentStore(clean_db, MODEL_NAME, timeout_s=STORE_TIMEOUT_S)
+
+        def statistics() -> flask.Response:
+            with app.test_request_context("/statistics"):
+                store = Store(clean_db, STORE_TIMEOUT_S)
+                return service.handle_statistics(flask.request, lambda: store, deployments_once_firestore_hangs)
+
+        response = pool.submit(statistics).result(timeout=HANG_S)
+
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "statistics": {"correctness_rate": None, "predictions": 0, "feedback": 0, "correct": 0, "by_model_version": {}},
+        "deployment": None,
+    }
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "sentiment"]
+    assert [r.getMessage().split(":")[0] for r in warnings] == ["statistics served without the deployment"]

@@ -83,9 +83,13 @@ class DeploymentStore:
 
     def read(self) -> Snapshot:
         from google.api_core import exceptions as gexc
+        from google.api_core.retry import Retry, if_transient_error
 
+        # Transient errors are retried, never past the bound: the client's default retry waits out a hung Firestore
+        # for 300 s, which a request (GET /statistics, a tick) must not.
+        retry = Retry(predicate=if_transient_error, initial=0.05, maximum=0.5, timeout=self._timeout)
         try:
-            snapshot = self._document.get(timeout=self._timeout)
+            snapshot = self._document.get(retry=retry, timeout=self._timeout)
         except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
             raise StateUnavailable(f"cannot read {self._document.path}: {exc}") from exc
         if not snapshot.exists:

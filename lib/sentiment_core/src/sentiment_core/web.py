@@ -35,19 +35,24 @@ class PublicSettings:
         )
 
 
-def firestore_store(settings: PublicSettings):
-    """A Store on a Firestore client; imported here so a process that never stores pays nothing."""
+def firestore_client(settings: PublicSettings):
+    """A Firestore client; imported here so a process that never stores pays nothing."""
     from google.cloud import firestore
 
     from sentiment_core.records import StoreUnavailable
-    from sentiment_core.store import Store
 
     try:
-        client = firestore.Client(project=settings.project, database=settings.database)
+        return firestore.Client(project=settings.project, database=settings.database)
     except Exception as exc:  # no credentials or project: a dependency problem (503), not the client's (4xx)
         logger.error("cannot create the Firestore client: %s", exc)
         raise StoreUnavailable(str(exc)) from exc
-    return Store(client, settings.firestore_timeout_s)
+
+
+def firestore_store(settings: PublicSettings, client=None):
+    """A Store on `client`, else on a Firestore client of its own."""
+    from sentiment_core.store import Store
+
+    return Store(client if client is not None else firestore_client(settings), settings.firestore_timeout_s)
 
 
 def rest_writer(settings: PublicSettings):
