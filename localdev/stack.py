@@ -400,7 +400,7 @@ def _forget_canary(firestore_host: str) -> None:
         with urllib.request.urlopen(request, timeout=10):
             pass
     except urllib.error.HTTPError as exc:
-        if exc.code not in (404, 400):  # no deployment document yet (the precondition fails)
+        if exc.code != 404:  # 404: no deployment document yet (the exists precondition fails)
             raise
 
 

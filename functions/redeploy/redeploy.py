@@ -17,10 +17,22 @@ import logging
 import uuid
 
 from deployers import Deployed, Deployer, DeployError, Split
-from redeploy_decisions import Action, Continued, Delivered, Evidence, Failed, Move, Plan, Policy, Succeeded, decide
+from redeploy_decisions import (
+    Action,
+    Continued,
+    Delivered,
+    Evidence,
+    Failed,
+    Live,
+    Move,
+    Plan,
+    Policy,
+    Succeeded,
+    decide,
+)
 
 from sentiment_core.deployment_store import DeploymentStore
-from sentiment_core.deployments import Canary, Decision
+from sentiment_core.deployments import Decision
 from sentiment_core.events import ProductionChanged
 
 logger = logging.getLogger("sentiment.redeploy")
@@ -45,7 +57,9 @@ class Redeployer:
         other_model. Moves are applied until what serves is what the deployment document asks for."""
         fields = {"model_version": event.model_version, "event_id": event.event_id}
         delivery = uuid.uuid4().hex  # owns the deploy lease this delivery may take
-        decision = self._decide(Delivered(event, delivery))
+        split = self.deployer.current_split()  # DeployError: raised, Pub/Sub delivers again
+        live = Live(split.stable, split.candidate, split.percent) if split is not None else None
+        decision = self._decide(Delivered(event, delivery, live))
         if decision.action is Action.OTHER_MODEL:
             logger.warning("event %s for model %s ignored: %s", event.event_id, event.model_name, decision.detail)
             return decision.action
@@ -55,7 +69,6 @@ class Redeployer:
         if decision.action is not Action.DEPLOY:
             logger.info("event %s: %s, nothing to deploy", event.event_id, decision.action, extra=fields)
             return decision.action
-        self._drain_unknown_candidate(decision.state.canary, decision.plan, delivery)
         done = decision.action
         for _ in range(MAX_MOVES):
             done = self._apply(decision.plan, delivery).action
@@ -65,25 +78,6 @@ class Redeployer:
         else:
             self._decide(Failed(event, delivery, "the deployment document kept changing; the next delivery goes on"))
         return done
-
-    def _drain_unknown_candidate(self, known: Canary | None, plan: Plan, delivery: str) -> None:
-        """A candidate live on the service that the document does not know (a crash between its deploy and the
-        record of it) would keep its share with nobody watching: under the lease, its traffic goes back to the
-        stable revision first, and the moves start from what the document knows."""
-        try:
-            live = self.deployer.current_split()
-            if live is None or (known is not None and known.revision == live.candidate):
-                return
-            logger.warning(
-                "revision %s has %d%% of the traffic but no rollout records it: draining it",
-                live.candidate,
-                live.percent,
-                extra={"model_version": plan.event.model_version, "event_id": plan.event.event_id},
-            )
-            self.deployer.roll_back(live)
-        except DeployError as exc:
-            self._decide(Failed(plan.event, delivery, str(exc)))
-            raise
 
     def _apply(self, plan: Plan, delivery: str) -> Decision[Action]:
         """One move, then its outcome recorded (a failure recorded, and raised for Pub/Sub to deliver again)."""
@@ -123,7 +117,7 @@ class Redeployer:
             return Deployed(revision=split.candidate, url="", split=split)
         if plan.move is Move.COMPLETE:
             return self.deployer.complete(split)
-        return self.deployer.roll_back(split)
+        return self.deployer.roll_back(split)  # ROLL_BACK, DRAIN
 
     def _decide(self, evidence: Evidence) -> Decision[Action]:
         return self.store.apply(lambda state, now: decide(state, evidence, self.policy, now))

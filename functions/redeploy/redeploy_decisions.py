@@ -68,6 +68,7 @@ class Move(StrEnum):
     SPLIT = "split"  # the candidate's share moved
     COMPLETE = "complete"  # the candidate takes all the traffic; the serving revision drained
     ROLL_BACK = "roll_back"  # the serving revision takes all the traffic back; the candidate drained
+    DRAIN = "drain"  # a candidate revision live on the service that the document does not know: drained
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,11 +106,21 @@ def next_move(state: DeploymentState, event: ProductionChanged, model_name: str)
 
 
 @dataclasses.dataclass(frozen=True)
+class Live:
+    """Two revisions the service reports sharing the traffic (Deployer.current_split)."""
+
+    stable_revision: str
+    candidate_revision: str
+    percent: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Delivered:
-    """Pub/Sub delivered the event to this instance."""
+    """Pub/Sub delivered the event to this instance, which looked at the service first."""
 
     event: ProductionChanged
     deployer: str  # this delivery's id: the owner of the lease it takes
+    live: Live | None = None  # a split in place on the service, if any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +187,12 @@ def _delivered(state: DeploymentState, delivered: Delivered, policy: Policy, now
         if deploying.key == event.event_id:
             return Decision(Action.IN_PROGRESS, state)
         return Decision(Action.BUSY, state, detail=f"the deploy of event {deploying.key} is still running")
+    live, canary = delivered.live, state.canary
+    if live is not None and (canary is None or canary.revision != live.candidate_revision):
+        # A crash between a candidate's deploy and its record leaves it serving its share with nobody watching.
+        lease = Lease.take(event.event_id, delivered.deployer, now, policy.lease_s)
+        plan = Plan(Move.DRAIN, event, live.percent, live.stable_revision, live.candidate_revision)
+        return Decision(Action.DEPLOY, dataclasses.replace(state, deploying=lease), detail=plan.move.value, plan=plan)
     serving, target = state.serving, state.target
     serves_it = serving is not None and (serving.version, serving.sha256) == (event.model_version, event.sha256)
     if target is not None and target.event_id != event.event_id:
@@ -272,6 +289,12 @@ def _traffic_moved(state: DeploymentState, succeeded: Succeeded, plan: Plan, now
             moved = dataclasses.replace(state, serving=promoted, canary=None)
             detail = f"version {canary.version} takes all the traffic; version {stable} drained"
             record = entry(HistoryKind.DEPLOYED, canary.version, stable_version=stable, percent=100)
+        case Move.DRAIN:
+            moved = dataclasses.replace(state, canary=None)
+            detail = f"revision {plan.candidate_revision} had {plan.percent}% of the traffic and no record: drained"
+            record = HistoryEntry(
+                HistoryKind.TRAFFIC, None, now, revision=plan.candidate_revision, stable_version=stable, percent=0
+            )
         case _:  # ROLL_BACK
             moved = dataclasses.replace(state, canary=None)
             detail = f"version {stable} takes all the traffic back; version {canary.version} drained"

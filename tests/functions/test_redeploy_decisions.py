@@ -26,7 +26,7 @@ from tests.functions.conftest import redeploy_module
 decisions = redeploy_module("redeploy_decisions")
 Action = decisions.Action
 Delivered, Succeeded, Failed = decisions.Delivered, decisions.Succeeded, decisions.Failed
-Move, Plan = decisions.Move, decisions.Plan
+Move, Plan, Live, Continued = decisions.Move, decisions.Plan, decisions.Live, decisions.Continued
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 EARLIER = NOW - timedelta(hours=1)
@@ -368,6 +368,86 @@ TABLE = [
             "version 1 takes all the traffic back; version 2 drained",
         ),
         id="rolled-back-candidate-is-gone-and-the-stable-version-keeps-serving",
+    ),
+    # A delivery never trusts the document while another deploy runs: that deploy may be starting a candidate
+    # the document does not show yet; its holder looks again when done.
+    pytest.param(
+        dataclasses.replace(ROLLED_BACK, canary=None, deploying=THEIR_LEASE),
+        Delivered(EVENT_V1, ME),
+        Decision(
+            Action.BUSY,
+            dataclasses.replace(ROLLED_BACK, canary=None, deploying=THEIR_LEASE),
+            detail="the deploy of event event-2 is still running",
+        ),
+        id="rollback-event-during-the-candidates-deploy-waits-for-redelivery",
+    ),
+    pytest.param(
+        ROLLED_BACK,
+        Continued(ME),
+        Decision(
+            Action.DEPLOY,
+            leased(ROLLED_BACK, "event-1"),
+            detail="roll_back",
+            plan=Plan(Move.ROLL_BACK, dataclasses.replace(EVENT_V1, previous_version="1"), 10, **TWO_REVISIONS),
+        ),
+        id="delivery-that-deployed-the-candidate-applies-the-rollback-decided-meanwhile",
+    ),
+    pytest.param(
+        AT_50_ASKED,
+        Continued(ME),
+        Decision(
+            Action.DEPLOY, leased(AT_50_ASKED), detail="split", plan=Plan(Move.SPLIT, EVENT_V2, 50, **TWO_REVISIONS)
+        ),
+        id="delivery-goes-on-with-a-share-moved-meanwhile",
+    ),
+    pytest.param(AT_10, Continued(ME), Decision(Action.ALREADY_SERVING, AT_10), id="delivery-stops-once-settled"),
+    pytest.param(
+        dataclasses.replace(AT_50_ASKED, deploying=THEIR_LEASE),
+        Continued(ME),
+        Decision(
+            Action.IN_PROGRESS,
+            dataclasses.replace(AT_50_ASKED, deploying=THEIR_LEASE),
+            detail="the deploy of event event-2 is running",
+        ),
+        id="delivery-stops-when-another-took-the-lease",
+    ),
+    pytest.param(
+        dataclasses.replace(ROLLED_BACK, canary=None),
+        Delivered(EVENT_V1, ME, Live("predict-00001", "predict-v9", 10)),
+        Decision(
+            Action.DEPLOY,
+            leased(dataclasses.replace(ROLLED_BACK, canary=None), "event-1"),
+            detail="drain",
+            plan=Plan(Move.DRAIN, EVENT_V1, 10, "predict-00001", "predict-v9"),
+        ),
+        id="candidate-live-on-the-service-but-unrecorded-is-drained",
+    ),
+    pytest.param(
+        AT_10,
+        Delivered(EVENT_V2, ME, Live("predict-00001", "predict-v2", 10)),
+        Decision(Action.ALREADY_SERVING, AT_10),
+        id="candidate-live-and-recorded-changes-nothing",
+    ),
+    pytest.param(
+        leased(dataclasses.replace(ROLLED_BACK, canary=None), "event-1", MY_LEASE),
+        Succeeded(EVENT_V1, ME, "predict-00001", "u", Plan(Move.DRAIN, EVENT_V1, 10, "predict-00001", "predict-v9")),
+        Decision(
+            Action.TRAFFIC_MOVED,
+            dataclasses.replace(ROLLED_BACK, canary=None),
+            (
+                HistoryEntry(
+                    HistoryKind.TRAFFIC,
+                    None,
+                    NOW,
+                    revision="predict-v9",
+                    stable_version="1",
+                    percent=0,
+                    detail="revision predict-v9 had 10% of the traffic and no record: drained",
+                ),
+            ),
+            "revision predict-v9 had 10% of the traffic and no record: drained",
+        ),
+        id="unrecorded-candidate-drained-is-recorded",
     ),
 ]
 

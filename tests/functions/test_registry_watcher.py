@@ -3,6 +3,7 @@ Firestore, Pub/Sub and GCS emulators, and a local stand-in of the Cloud Run Admi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import threading
@@ -18,6 +19,7 @@ from google.cloud import firestore, storage
 from localdev import services
 from sentiment_core import events
 from sentiment_core.deployment_store import DeploymentStore
+from sentiment_core.deployments import Decision
 from sentiment_core.records import COUNTER_WINDOWS, window_document_id, window_hour
 from sentiment_core.registry import RegistryClient, RegistryError
 from sentiment_core.rollout import Command, RolloutSettings
@@ -481,7 +483,9 @@ def test_rollout_of_an_equal_candidate_advances_completes_and_retires_the_old_ve
     count(counters, v2, predictions=500, positive=250, feedback=50, correct=45)
     completed = loop.rollout_tick(counters)
     (last,) = loop.topics.events(loop.topic)
+    tags_before = version_tags(loop, v2)
     done = loop.deliver(last)
+    loop.rollout_tick(counters)  # the registry is told once the candidate has all the traffic
 
     assert (advanced.rollout["action"], advanced.rollout["candidate_percent"], moved) == (
         "advance",
@@ -497,6 +501,7 @@ def test_rollout_of_an_equal_candidate_advances_completes_and_retires_the_old_ve
     assert loop.cloud_run.shares() == {candidate: 100}
     state = loop.state.read().state
     assert (state.serving.version, state.canary, state.rollout.state.value) == (v2, None, "completed")
+    assert "deployment_status" not in tags_before
     assert version_tags(loop, v2)["deployment_status"] == "serving"
     assert version_tags(loop, v1)["deployment_status"] == "retired"
     assert loop.versions.client.get_model_version_by_alias(loop.name, "production").version == v2
@@ -552,3 +557,88 @@ def test_rolled_back_version_promoted_again_starts_a_new_rollout(loop: Loop, cou
     rollout = loop.state.read().state.rollout
     assert (rollout.state.value, rollout.candidate_percent) == ("in_progress", 10)
     assert len(loop.cloud_run.shares()) == 2
+
+
+class AbortDuringCandidateDeploy:
+    """The Cloud Run deployer, with a person moving the alias back (and a tick deciding the abort) while the
+    candidate's revision is starting: the document does not show the candidate yet when the abort is decided."""
+
+    def __init__(self, inner, loop: Loop, counters: firestore.Client, stable: str) -> None:
+        self.inner, self.loop, self.counters, self.stable = inner, loop, counters, stable
+
+    def deploy_candidate(self, event, percent):
+        deployed = self.inner.deploy_candidate(event, percent)
+        self.loop.versions.promote(self.loop.name, self.stable)
+        assert self.loop.rollout_tick(self.counters).rollout["reason"] == "aborted"
+        return deployed
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_abort_decided_while_the_candidate_starts_is_applied_by_the_same_delivery(loop: Loop, counters) -> None:
+    v1, v2 = loop.versions.add(loop.name), loop.versions.add(loop.name)
+    serve(loop, v1)
+    loop.versions.promote(loop.name, v2)
+    loop.rollout_tick(counters)
+    (event,) = loop.topics.events(loop.topic)
+    loop.redeployer.deployer = AbortDuringCandidateDeploy(loop.redeployer.deployer, loop, counters, v1)
+
+    done = loop.deliver(event)
+    (rollback_event,) = loop.topics.events(loop.topic)
+    loop.redeployer.deployer = loop.redeployer.deployer.inner
+    again = loop.deliver(rollback_event)
+
+    state = loop.state.read().state
+    assert done == "traffic_moved"
+    assert rollback_event["model_version"] == v1
+    assert list(loop.cloud_run.shares().values()) == [100]
+    assert (state.serving.version, state.canary) == (v1, None)
+    assert again == "already_serving"
+    assert [e["percent"] for e in loop.history("traffic")] == [0, 10]  # deployed at 10%, then drained
+
+
+def test_candidate_live_but_never_recorded_is_drained_by_the_next_delivery(loop: Loop, counters) -> None:
+    v1, _ = rolling_loop(loop, counters)
+    candidate = loop.cloud_run.tags()["candidate"]
+    # A crash between the candidate's deploy and its record: the document forgets it.
+    loop.state.apply(
+        lambda state, now: Decision(redeploy_decisions.Action.FAILED, dataclasses.replace(state, canary=None))
+    )
+    loop.versions.promote(loop.name, v1)
+    loop.rollout_tick(counters)  # an abort: the stable version announced again
+    (event,) = loop.topics.events(loop.topic)
+
+    done = loop.deliver(event)
+
+    assert done == "traffic_moved"
+    assert candidate not in loop.cloud_run.shares()
+    drained = loop.history("traffic")[0]
+    assert (drained["revision"], drained["percent"]) == (candidate, 0)
+
+
+class RegistryDownAfterTheDecision(RegistryClient):
+    """MLflow answers reads but refuses writes: the tick that ends a rollout cannot tell the registry."""
+
+    def _write(self, path, body, what):
+        raise RegistryError(f"{what}: MLflow is down")
+
+
+def test_registry_told_by_the_next_tick_after_it_failed_when_the_rollout_ended(loop: Loop, counters) -> None:
+    v1, v2 = rolling_loop(loop, counters)
+    count(counters, v1, predictions=900, positive=450, feedback=300, correct=285)
+    count(counters, v2, predictions=100, positive=50, feedback=100, correct=60)
+    reconciler = loop.reconciler(registry=RegistryDownAfterTheDecision(loop.versions.tracking_uri, timeout=2))
+    reconciler.policy = dataclasses.replace(reconciler.policy, rollout=FAST)
+    reconciler.counts = functools.partial(window_evidence, counters)
+
+    with pytest.raises(RegistryError):
+        reconciler.tick("test")
+    pending = loop.state.read().state.rollout
+    repaired = loop.tick()
+
+    assert (pending.state.value, pending.registry_updated) == ("rolled_back", False)
+    assert loop.versions.client.get_model_version_by_alias(loop.name, "production").version == v1
+    assert version_tags(loop, v2) == {"deployment_status": "rolled_back", "deployment_reason": "feedback_worse"}
+    assert loop.state.read().state.rollout.registry_updated is True
+    assert repaired.action in ("up_to_date", "published")

@@ -478,6 +478,13 @@ WORSE = (
 FAST = RolloutSettings(steps=(10, 50, 100), bake_s=60, min_feedback=100, max_s=86_400)
 
 
+ROLLED_BACK_UNAPPLIED = dataclasses.replace(
+    IN_ROLLOUT,
+    target=dataclasses.replace(TARGET_V1, announced_at=NOW - timedelta(seconds=30)),
+    rollout=ROLLING_V2.ended(RolloutStatus.ROLLED_BACK, Reason.FEEDBACK_WORSE, "worse", EARLIER),
+)
+
+
 def measured(counts: tuple[VersionCounts, VersionCounts], desired: str = "2") -> object:
     return Measured(counts[0], counts[1], desired, "tick")
 
@@ -688,6 +695,76 @@ ROLLOUT_TABLE = [
         None,
         id="nothing-serving-yet-has-nothing-to-roll-out-beside",
     ),
+    pytest.param(
+        dataclasses.replace(
+            with_rollout(IN_ROLLOUT, step_started_at=NOW - timedelta(seconds=30)),
+            target=dataclasses.replace(TARGET_V2, staged_at=NOW - timedelta(seconds=600)),
+        ),
+        measured(EQUAL),
+        FAST,
+        Action.ROLLOUT_HELD,
+        "in_progress",
+        10,
+        "2",
+        None,
+        [],
+        "baking",
+        id="rollout-holding-with-its-share-applied-is-not-announced-again-however-long",
+    ),
+    pytest.param(
+        dataclasses.replace(
+            ROLLED_BACK_UNAPPLIED, target=dataclasses.replace(TARGET_V1, announced_at=NOW - timedelta(seconds=600))
+        ),
+        looked(V1),
+        FAST,
+        Action.PUBLISH,
+        "rolled_back",
+        0,
+        "1",
+        "1",
+        ["reannounced"],
+        "feedback_worse",
+        id="rollback-never-applied-is-announced-again",
+    ),
+    pytest.param(
+        dataclasses.replace(ROLLED_BACK_UNAPPLIED, desired=V1),
+        looked(V3),
+        FAST,
+        Action.TRAFFIC_PENDING,
+        "rolled_back",
+        0,
+        "1",
+        None,
+        [],
+        "feedback_worse",
+        id="new-version-waits-while-the-last-candidate-is-still-live",
+    ),
+    pytest.param(
+        IN_ROLLOUT,
+        looked(None),
+        FAST,
+        Action.MEASURE,
+        "in_progress",
+        10,
+        "2",
+        None,
+        [],
+        None,
+        id="alias-removed-during-a-rollout-measures",
+    ),
+    pytest.param(
+        IN_ROLLOUT,
+        measured(QUIET, desired=None),
+        FAST,
+        Action.PUBLISH,
+        "aborted",
+        0,
+        "1",
+        "2",
+        ["rollout_aborted"],
+        "aborted",
+        id="alias-removed-during-a-rollout-aborts-it",
+    ),
 ]
 
 
@@ -769,3 +846,36 @@ def test_registry_updated_for_an_older_rollout_changes_nothing() -> None:
     decision = decisions.decide(ENDED, told, POLICY, NOW)
 
     assert decision.writes(ENDED) is False
+
+
+def test_rollout_evidence_is_what_was_counted_after_its_baseline() -> None:
+    baseline = (
+        VersionCounts("1", predictions=5000, positive=2500, feedback=500, correct=475),
+        VersionCounts("2", predictions=300, positive=150, feedback=300, correct=100),  # an earlier rollout of 2
+    )
+    state = with_rollout(IN_ROLLOUT, baseline=baseline)
+    now_counts = (
+        VersionCounts("1", predictions=5900, positive=2950, feedback=590, correct=560),
+        VersionCounts("2", predictions=400, positive=200, feedback=310, correct=109),
+    )
+
+    with_baseline = decisions.decide(state, measured(now_counts), dataclasses.replace(POLICY, rollout=FAST), NOW)
+    without = decisions.decide(IN_ROLLOUT, measured(now_counts), dataclasses.replace(POLICY, rollout=FAST), NOW)
+
+    feedback = next(c for c in with_baseline.state.rollout.last_decision.checks if c.name == "feedback_worse")
+    assert (feedback.candidate_events, feedback.candidate_total) == (1, 10)
+    assert (feedback.stable_events, feedback.stable_total) == (5, 90)
+    assert with_baseline.state.rollout.in_progress
+    assert without.state.rollout.state is RolloutStatus.ROLLED_BACK  # the earlier rollout's answers would count
+
+
+def test_staged_baseline_of_another_hour_is_not_used() -> None:
+    counts = (VersionCounts("1", predictions=10), VersionCounts("2"))
+    later = NOW + timedelta(minutes=30)
+    same_hour = dataclasses.replace(staged(), baseline=counts, baseline_at=later - timedelta(seconds=5))
+    hour_before = dataclasses.replace(staged(), baseline=counts, baseline_at=later - timedelta(hours=1))
+
+    kept = decisions.decide(V2_CLAIMED, same_hour, POLICY, later).state.rollout
+    dropped = decisions.decide(V2_CLAIMED, hour_before, POLICY, later).state.rollout
+
+    assert (kept.baseline, dropped.baseline) == (counts, None)

@@ -602,3 +602,13 @@ def test_shift_beyond_margin_is_the_gaussian_likelihood_ratio_of_the_difference(
     expected = stats.norm.logpdf(difference, 0.07, sd) - stats.norm.logpdf(difference, 0.02, sd)
 
     assert shift_beyond_margin(yes_n, total_n, yes_s, total_s, 0.02, 0.05) == pytest.approx(expected)
+
+
+def test_counts_since_a_baseline_keep_late_answers_as_feedback_only() -> None:
+    before = VersionCounts("2", predictions=100, positive=60, feedback=40, correct=30)
+    now = VersionCounts("2", predictions=100, positive=60, feedback=45, correct=33)
+
+    after = now.since(before)
+
+    assert after == VersionCounts("2", predictions=0, positive=0, feedback=5, correct=3)
+    assert now.since(None) is now
