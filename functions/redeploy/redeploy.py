@@ -57,8 +57,10 @@ class Redeployer:
         other_model. Moves are applied until what serves is what the deployment document asks for."""
         fields = {"model_version": event.model_version, "event_id": event.event_id}
         delivery = uuid.uuid4().hex  # owns the deploy lease this delivery may take
-        split = self.deployer.current_split()  # DeployError: raised, Pub/Sub delivers again
-        live = Live(split.stable, split.candidate, split.percent) if split is not None else None
+        live = None
+        if event.model_name == self.policy.model_name:  # another model's event is acknowledged untouched
+            split = self.deployer.current_split()  # DeployError: raised, Pub/Sub delivers again
+            live = Live(split.stable, split.candidate, split.percent) if split is not None else None
         decision = self._decide(Delivered(event, delivery, live))
         if decision.action is Action.OTHER_MODEL:
             logger.warning("event %s for model %s ignored: %s", event.event_id, event.model_name, decision.detail)
