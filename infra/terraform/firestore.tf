@@ -4,8 +4,10 @@ resource "google_firestore_database" "main" {
   location_id                       = var.firestore_location
   type                              = "FIRESTORE_NATIVE"
   point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
-  delete_protection_state           = "DELETE_PROTECTION_ENABLED"
-  deletion_policy                   = "ABANDON"
+  delete_protection_state           = var.deletion_protection ? "DELETE_PROTECTION_ENABLED" : "DELETE_PROTECTION_DISABLED"
+  # DELETE, not ABANDON: an abandoned "(default)" database makes the next apply on the project fail with 409.
+  # Delete protection (var.deletion_protection) still refuses a destroy until it is turned off by an apply.
+  deletion_policy = "DELETE"
 
   depends_on = [google_project_service.main]
 }

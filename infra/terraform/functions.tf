@@ -16,6 +16,18 @@ resource "google_storage_bucket_object" "bundle" {
   source = each.value.output_path
 }
 
+# The functions' images: built by Cloud Build as the build account, pulled by Cloud Run (iam.tf grants both).
+# Created here rather than left to Cloud Functions (gcf-artifacts), so that its grants are Terraform's too.
+resource "google_artifact_registry_repository" "functions" {
+  #checkov:skip=CKV_GCP_84:images of public source code: Google-managed encryption suffices
+  location      = var.region
+  repository_id = "sentiment-functions"
+  format        = "DOCKER"
+  description   = "Images of the sentiment functions, built from their bundles"
+
+  depends_on = [google_project_service.main]
+}
+
 resource "google_cloudfunctions2_function" "main" {
   #checkov:skip=CKV_GCP_124:predict and feedback are the public API (ingress all); the internal functions set internal ingress
   for_each = local.functions
@@ -24,8 +36,10 @@ resource "google_cloudfunctions2_function" "main" {
   location = var.region
 
   build_config {
-    runtime     = var.python_runtime
-    entry_point = each.value.entry_point
+    runtime           = var.python_runtime
+    entry_point       = each.value.entry_point
+    docker_repository = google_artifact_registry_repository.functions.id
+    service_account   = google_service_account.main["build"].id
     source {
       storage_source {
         bucket = google_storage_bucket.function_sources.name
@@ -42,7 +56,8 @@ resource "google_cloudfunctions2_function" "main" {
     ingress_settings               = each.value.ingress
     all_traffic_on_latest_revision = true
     service_account_email          = google_service_account.main[each.value.service_account].email
-    environment_variables          = local.function_env[each.key]
+    # Cloud Functions adds LOG_EXECUTION_ID=true to every function; set here, an apply sees no change to undo.
+    environment_variables = merge(local.function_env[each.key], { LOG_EXECUTION_ID = "true" })
 
     dynamic "secret_environment_variables" {
       for_each = local.function_secrets[each.key]
@@ -61,11 +76,20 @@ resource "google_cloudfunctions2_function" "main" {
     ignore_changes = [service_config[0].environment_variables["MODEL_URI"]]
   }
 
-  depends_on = [google_project_service.main, google_secret_manager_secret_version.main]
+  # A revision reads its secrets as its service account when it starts, and the build needs its roles: both
+  # granted before the first build, or the first apply fails on a fresh project.
+  depends_on = [
+    google_project_service.main,
+    google_secret_manager_secret_version.main,
+    google_secret_manager_secret_iam_member.reader,
+    google_project_iam_member.build_log_writer,
+    google_artifact_registry_repository_iam_member.build_writer,
+    google_storage_bucket_iam_member.build_source_reader,
+  ]
 }
 
 # Invokers: allUsers only on predict, feedback and the signed webhook receiver (docs/architecture.md); the
-# others are invoked by the Scheduler's and Pub/Sub's service accounts only.
+# others are invoked by the Scheduler's and Pub/Sub's service accounts, and the watcher also by its operators.
 locals {
   invokers = merge(
     { for name, f in local.functions : "${name}/allUsers" => { function = name, member = "allUsers" } if f.public },
@@ -79,6 +103,8 @@ locals {
         member   = "serviceAccount:${google_service_account.main["pubsub-push"].email}"
       }
     },
+    # Operators: GET /status and POST /rollout with an identity token (ingress all, IAM required).
+    { for member in var.watcher_invokers : "registry-watcher/${member}" => { function = "registry-watcher", member = member } },
   )
 }
 

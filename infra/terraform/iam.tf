@@ -90,5 +90,52 @@ resource "google_service_account_iam_member" "redeployer_acts_as_predict" {
 resource "google_service_account_iam_member" "pubsub_token_creator" {
   service_account_id = google_service_account.main["pubsub-push"].name
   role               = "roles/iam.serviceAccountTokenCreator"
-  member             = "serviceAccount:service-${data.google_project.main.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  member             = local.pubsub_agent
+}
+
+# The redeploy waits on each update's long-running operation (operations.get). Operations are resources of the
+# project, not of the service, so run.developer on predict's service does not cover them; this role holds that
+# one permission.
+resource "google_project_iam_custom_role" "run_operation_reader" {
+  role_id     = "sentimentRunOperationReader"
+  title       = "Cloud Run operation reader"
+  description = "Reads Cloud Run long-running operations: the redeploy waits on its own updates of predict."
+  permissions = ["run.operations.get"]
+}
+
+resource "google_project_iam_member" "redeployer_operations" {
+  project = var.project_id
+  role    = google_project_iam_custom_role.run_operation_reader.id
+  member  = "serviceAccount:${google_service_account.main["redeployer"].email}"
+}
+
+# Cloud Run pulls the image of every revision, those the redeploy creates included, as its service agent.
+resource "google_artifact_registry_repository_iam_member" "run_agent_reader" {
+  location   = google_artifact_registry_repository.functions.location
+  repository = google_artifact_registry_repository.functions.name
+  role       = "roles/artifactregistry.reader"
+  member     = local.run_agent
+
+  depends_on = [google_project_service.main]
+}
+
+# The build account (build_config.service_account): reads the bundle, pushes the image, writes the build's log.
+resource "google_storage_bucket_iam_member" "build_source_reader" {
+  bucket = google_storage_bucket.function_sources.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.main["build"].email}"
+}
+
+resource "google_artifact_registry_repository_iam_member" "build_writer" {
+  location   = google_artifact_registry_repository.functions.location
+  repository = google_artifact_registry_repository.functions.name
+  role       = "roles/artifactregistry.writer"
+  member     = "serviceAccount:${google_service_account.main["build"].email}"
+}
+
+# Logs have no narrower resource to grant on than the project.
+resource "google_project_iam_member" "build_log_writer" {
+  project = var.project_id
+  role    = "roles/logging.logWriter"
+  member  = "serviceAccount:${google_service_account.main["build"].email}"
 }

@@ -3,10 +3,12 @@ locals {
     "artifactregistry.googleapis.com",
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
     "cloudscheduler.googleapis.com",
     "compute.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",
+    "logging.googleapis.com",
     "pubsub.googleapis.com",
     "run.googleapis.com",
     "secretmanager.googleapis.com",
@@ -25,6 +27,7 @@ locals {
     scheduler        = "Cloud Scheduler's identity when it ticks the watcher"
     pubsub-push      = "Pub/Sub's identity when it pushes events to the redeploy"
     mlflow           = "MLflow tracking server on Cloud Run"
+    build            = "Cloud Build's identity when it builds the functions' images"
   }
 
   # The deployed functions, each with its own identity. registry_watcher's source is deployed twice (the tick and
@@ -49,12 +52,14 @@ locals {
       memory          = "512Mi"
       timeout         = 30
     }
+    # Ingress all so that operators reach /status and /rollout from a laptop or Cloud Shell; Cloud Run IAM
+    # still admits only the Scheduler's account and var.watcher_invokers (functions.tf).
     registry-watcher = {
       source          = "registry_watcher"
       entry_point     = "registry_watcher"
       service_account = "registry-watcher"
       public          = false
-      ingress         = "ALLOW_INTERNAL_ONLY"
+      ingress         = "ALLOW_ALL"
       memory          = "1Gi"
       timeout         = 120
     }

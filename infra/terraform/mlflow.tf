@@ -48,20 +48,33 @@ resource "google_compute_global_address" "sql_peering" {
   network       = google_compute_network.main.id
 }
 
+# A destroy cannot delete the peering while Cloud SQL still holds producer resources in it (for days after the
+# instance is gone): it is abandoned, and deleting the network removes it. A later apply on a network where it
+# still exists updates its ranges instead of failing to create it.
 resource "google_service_networking_connection" "sql" {
   network                 = google_compute_network.main.id
   service                 = "servicenetworking.googleapis.com"
   reserved_peering_ranges = [google_compute_global_address.sql_peering.name]
+  deletion_policy         = "ABANDON"
+  update_on_creation_fail = true
+}
+
+# Cloud SQL keeps a deleted instance's name for about a week: a new name on every create, so that a destroy
+# then apply does not fail on "sentiment-mlflow" still being taken.
+resource "random_id" "sql_instance" {
+  byte_length = 3
 }
 
 resource "google_sql_database_instance" "mlflow" {
   #checkov:skip=CKV_GCP_6:ssl_mode ENCRYPTED_ONLY refuses unencrypted connections; MLflow connects with TLS, not client certificates
-  name                = "sentiment-mlflow"
+  name                = "sentiment-mlflow-${random_id.sql_instance.hex}"
   region              = var.region
   database_version    = "POSTGRES_18"
-  deletion_protection = true
+  deletion_protection = var.deletion_protection
 
   settings {
+    # Left unset, POSTGRES_16 and later get ENTERPRISE_PLUS, which refuses the shared-core tiers (db-g1-small).
+    edition           = "ENTERPRISE"
     tier              = var.sql_tier
     availability_type = "ZONAL"
 
@@ -142,7 +155,7 @@ resource "google_cloud_run_v2_service" "mlflow" {
   name                = "mlflow"
   location            = var.region
   ingress             = "INGRESS_TRAFFIC_ALL" # reachable only with an IAM identity granted run.invoker below
-  deletion_protection = true
+  deletion_protection = var.deletion_protection
 
   template {
     service_account = google_service_account.main["mlflow"].email
@@ -227,7 +240,14 @@ resource "google_cloud_run_v2_service" "mlflow" {
     }
   }
 
-  depends_on = [google_project_service.main, google_secret_manager_secret_version.main, google_sql_user.mlflow]
+  # Its revision reads the secrets as its account at start and opens both databases as their user.
+  depends_on = [
+    google_project_service.main,
+    google_secret_manager_secret_version.main,
+    google_secret_manager_secret_iam_member.reader,
+    google_sql_database.mlflow,
+    google_sql_user.mlflow,
+  ]
 }
 
 resource "google_cloud_run_v2_service_iam_member" "mlflow_invoker" {

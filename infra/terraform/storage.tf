@@ -5,6 +5,7 @@ resource "google_storage_bucket" "access_logs" {
   location                    = var.region
   uniform_bucket_level_access = true
   public_access_prevention    = "enforced"
+  force_destroy               = true # logs only: a destroy empties it
 
   versioning {
     enabled = true
@@ -20,6 +21,14 @@ resource "google_storage_bucket" "access_logs" {
   }
 }
 
+# Cloud Storage writes access logs as this group; without the grant the log bucket stays empty. An organisation
+# policy on member domains may refuse it (docs/permissions.md).
+resource "google_storage_bucket_iam_member" "access_log_writer" {
+  bucket = google_storage_bucket.access_logs.name
+  role   = "roles/storage.objectCreator"
+  member = "group:cloud-storage-analytics@google.com"
+}
+
 resource "google_storage_bucket" "mlflow_artifacts" {
   name                        = "${var.name_prefix}-mlflow-artifacts"
   location                    = var.region
@@ -29,7 +38,7 @@ resource "google_storage_bucket" "mlflow_artifacts" {
     log_bucket = google_storage_bucket.access_logs.name
   }
   public_access_prevention = "enforced"
-  force_destroy            = false
+  force_destroy            = !var.deletion_protection # stateful: emptied only once protection is off
 
   versioning {
     enabled = true
@@ -46,7 +55,7 @@ resource "google_storage_bucket" "staged_models" {
     log_bucket = google_storage_bucket.access_logs.name
   }
   public_access_prevention = "enforced"
-  force_destroy            = false
+  force_destroy            = !var.deletion_protection # stateful: emptied only once protection is off
 
   versioning {
     enabled = true

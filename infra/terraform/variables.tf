@@ -198,3 +198,21 @@ variable "rollout_max_s" {
     error_message = "rollout_max_s must be at least rollout_bake_s times the ${length(var.rollout_steps) - 1} steps before 100 (got ${var.rollout_max_s} and ${var.rollout_bake_s}), or every rollout would be rolled back for lack of time."
   }
 }
+
+variable "watcher_invokers" {
+  type        = list(string)
+  description = "Principals that may call the registry watcher's GET /status and POST /rollout (for example group:ml-ops@example.com), besides the Scheduler's service account. Project owners may already."
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.watcher_invokers : can(regex("^(user|group|serviceAccount|domain):", m))])
+    error_message = "watcher_invokers must name users, groups, service accounts or domains (user:..., group:...), never allUsers."
+  }
+}
+
+variable "deletion_protection" {
+  type        = bool
+  description = "Protect the stateful resources (Cloud SQL, MLflow's service, Firestore) from deletion and keep non-empty buckets; set false and apply before `terraform destroy`."
+  default     = true
+  nullable    = false
+}

@@ -6,6 +6,12 @@ terraform {
       source  = "hashicorp/google"
       version = ">= 6.10, < 7.0"
     }
+    # google_project_service_identity (the Pub/Sub service agent, created before the grants that name it) is
+    # only in the beta provider; nothing else uses it.
+    google-beta = {
+      source  = "hashicorp/google-beta"
+      version = ">= 6.10, < 7.0"
+    }
     random = {
       source  = "hashicorp/random"
       version = ">= 3.6, < 4.0"
@@ -20,6 +26,11 @@ terraform {
 }
 
 provider "google" {
+  project = var.project_id
+  region  = var.region
+}
+
+provider "google-beta" {
   project = var.project_id
   region  = var.region
 }

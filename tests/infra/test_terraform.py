@@ -14,9 +14,9 @@ import pytest
 
 from sentiment_core.config import ConfigError
 from sentiment_core.rollout import RolloutSettings
+from tests.infra.terraform_config import TERRAFORM, functions, granted_roles, locals_, parsed, resources, unquote
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TERRAFORM = REPO_ROOT / "infra" / "terraform"
 
 # Read by the code only when running locally or in tests: Terraform must not set them.
 LOCAL_ONLY = {
@@ -28,44 +28,6 @@ LOCAL_ONLY = {
     "LOCAL_PREDICT_URL",
     "MLFLOW_TRACKING_TOKEN",  # an alternative to username/password; the cloud uses basic auth + IAM
 }
-
-
-def unquote(value: Any) -> Any:
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    return value
-
-
-def parsed() -> dict[str, list]:
-    """Every top-level block of every .tf file, merged by kind."""
-    import hcl2
-
-    blocks: dict[str, list] = {}
-    for path in sorted(TERRAFORM.glob("*.tf")):
-        for kind, items in hcl2.loads(path.read_text()).items():
-            if not kind.startswith("__"):
-                blocks.setdefault(kind, []).extend(items)
-    return blocks
-
-
-def locals_() -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for block in parsed().get("locals", []):
-        merged.update(block)
-    return merged
-
-
-def resources(kind: str) -> dict[str, dict]:
-    found = {}
-    for block in parsed().get("resource", []):
-        for resource_kind, named in block.items():
-            if unquote(resource_kind) == kind:
-                found.update({unquote(name): body for name, body in named.items()})
-    return found
-
-
-def functions() -> dict[str, dict[str, Any]]:
-    return {name: {k: unquote(v) for k, v in spec.items()} for name, spec in locals_()["functions"].items()}
 
 
 def env_names(expression: Any) -> set[str]:
@@ -335,9 +297,11 @@ def test_scheduler_uses_oidc_and_the_subscription_has_a_dead_letter_topic() -> N
 
 def test_firestore_is_protected() -> None:
     database = {k: unquote(v) for k, v in resources("google_firestore_database")["main"].items()}
+    variables = {unquote(k): v for block in parsed()["variable"] for k, v in block.items()}
 
     assert database["point_in_time_recovery_enablement"] == "POINT_IN_TIME_RECOVERY_ENABLED"
-    assert database["delete_protection_state"] == "DELETE_PROTECTION_ENABLED"
+    assert variables["deletion_protection"]["default"] is True
+    assert database["delete_protection_state"].startswith('${var.deletion_protection ? "DELETE_PROTECTION_ENABLED"')
 
 
 def test_the_site_bucket_gets_every_file_of_the_page_with_index_html_rendered() -> None:
@@ -354,36 +318,49 @@ def test_the_site_bucket_gets_every_file_of_the_page_with_index_html_rendered() 
     assert all(f"{name} =" in objects["site_index"]["content"] for name in placeholders)
 
 
-PROVIDER_WHEEL = "cdktf-cdktf-provider-google==16.12.1"  # the google provider 6.50 schema, in its jsii assembly
+# The google provider 6.50 schemas, in the jsii assemblies of the prebuilt cdktf providers: google, and
+# google-beta for the resources that exist only there (provider = google-beta).
+PROVIDER_WHEELS = {
+    "google": "cdktf-cdktf-provider-google==16.12.1",
+    "google-beta": "cdktf-cdktf-provider-google-beta==16.12.1",
+}
 META = {"for_each", "count", "depends_on", "lifecycle", "provider", "__comments__", "__is_block__"}
 
 
-@pytest.fixture(scope="module")
-def provider_schema() -> dict[tuple[str, str], set[str]]:
-    """{("resources"|"data-sources", type): every attribute and block name at any depth}, from the links to the
-    provider's documentation that the prebuilt cdktf provider carries for each of its properties."""
+def provider_assembly(requirement: str) -> str:
+    """The jsii assembly of a prebuilt cdktf provider, downloaded once into ~/.cache."""
     import io
     import sys
     import tarfile
     import zipfile
 
     cache = Path.home() / ".cache" / "yelp-sentiment" / "provider-schema"
-    wheels = sorted(cache.glob("cdktf_cdktf_provider_google-*.whl"))
+    pattern = requirement.split("==")[0].replace("-", "_") + "-*.whl"
+    wheels = sorted(cache.glob(pattern))
     if not wheels:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(cache), PROVIDER_WHEEL],
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(cache), requirement],
             check=True,
             timeout=600,
         )
-        wheels = sorted(cache.glob("cdktf_cdktf_provider_google-*.whl"))
+        wheels = sorted(cache.glob(pattern))
     with zipfile.ZipFile(wheels[-1]) as wheel:
         (assembly_name,) = [n for n in wheel.namelist() if n.endswith(".jsii.tgz")]
         with tarfile.open(fileobj=io.BytesIO(wheel.read(assembly_name))) as assembly:
-            text = assembly.extractfile("package/.jsii").read().decode()
-    schema: dict[tuple[str, str], set[str]] = {}
-    links = r"registry\.terraform\.io/providers/hashicorp/google/[0-9.]+/docs/(resources|data-sources)/(\w+)#(\w+)"
-    for kind, name, attribute in re.findall(links, text):
-        schema.setdefault((kind, f"google_{name}"), set()).add(attribute)
+            return assembly.extractfile("package/.jsii").read().decode()
+
+
+@pytest.fixture(scope="module")
+def provider_schema() -> dict[tuple[str, str, str], set[str]]:
+    """{(provider, "resources"|"data-sources", type): every attribute and block name at any depth}, from the
+    links to the provider's documentation that the prebuilt cdktf provider carries for each of its properties
+    (google-beta's pages are named with the google_ prefix, google's without)."""
+    schema: dict[tuple[str, str, str], set[str]] = {}
+    for provider, requirement in PROVIDER_WHEELS.items():
+        docs = rf"registry\.terraform\.io/providers/hashicorp/{provider}/[0-9.]+/docs"
+        links = docs + r"/(resources|data-sources)/(?:google_)?(\w+)#(\w+)"
+        for kind, name, attribute in re.findall(links, provider_assembly(requirement)):
+            schema.setdefault((provider, kind, f"google_{name}"), set()).add(attribute)
     return schema
 
 
@@ -420,11 +397,12 @@ def test_every_google_resource_type_and_attribute_exists_in_the_provider_schema(
                 resource_type = unquote(resource_type)
                 if not resource_type.startswith("google_"):
                     continue  # random and archive are other providers
-                allowed = provider_schema.get((kind, resource_type))
-                if allowed is None:
-                    problems.append(f"{section} type {resource_type} does not exist")
-                    continue
                 for name, body in named.items():
+                    provider = unquote(body.get("provider", "google")).strip("${}")
+                    allowed = provider_schema.get((provider, kind, resource_type))
+                    if allowed is None:
+                        problems.append(f"{section} type {resource_type} does not exist in {provider}")
+                        continue
                     checked += 1
                     problems += unknown_names(body, allowed, f"{resource_type}.{unquote(name)}")
 
@@ -435,7 +413,7 @@ def test_every_google_resource_type_and_attribute_exists_in_the_provider_schema(
 def test_schema_check_catches_a_misspelt_attribute(provider_schema) -> None:
     body = {"name": '"x"', "max_instance_cuont": 3, "service_config": [{"timeout_secs": 1, "__is_block__": True}]}
 
-    found = unknown_names(body, provider_schema[("resources", "google_cloudfunctions2_function")], "f")
+    found = unknown_names(body, provider_schema[("google", "resources", "google_cloudfunctions2_function")], "f")
 
     assert found == ["f.max_instance_cuont", "f.service_config.timeout_secs"]
 
@@ -456,32 +434,19 @@ ROLES_USED = {
         "roles/datastore.user",
         "roles/run.developer",  # on predict's service
         "roles/iam.serviceAccountUser",  # on predict's service account, to deploy revisions that run as it
+        "sentimentRunOperationReader",  # run.operations.get: waiting on its updates (a project resource)
     },
     "scheduler": {"roles/run.invoker"},
     "pubsub-push": {"roles/run.invoker"},
     "mlflow": {"roles/storage.objectAdmin", "roles/secretmanager.secretAccessor"},
+    "build": {"roles/storage.objectViewer", "roles/artifactregistry.writer", "roles/logging.logWriter"},
+    # Google's agents: Pub/Sub signs push tokens as pubsub-push and moves dead letters; Cloud Run pulls images;
+    # Cloud Storage writes access logs.
+    "pubsub-agent": {"roles/iam.serviceAccountTokenCreator", "roles/pubsub.publisher", "roles/pubsub.subscriber"},
+    "cloud-run-agent": {"roles/artifactregistry.reader"},
+    "storage-access-logs": {"roles/storage.objectCreator"},
 }
 ROLES_USED["registry-webhook"] = ROLES_USED["registry-watcher"]
-
-
-def granted_roles() -> dict[str, set[str]]:
-    """Service account -> roles, from every IAM resource: the accounts its member (and for_each) name."""
-    accounts = set(locals_()["service_accounts"])
-    grants: dict[str, set[str]] = {}
-    for block in parsed()["resource"]:
-        for named in block.values():
-            for body in named.values():
-                if "role" not in body or "member" not in body:
-                    continue
-                expressions = [str(body["member"]), str(body.get("for_each", ""))]
-                expressions += [str(locals_()[name]) for e in expressions for name in re.findall(r"local\.(\w+)", e)]
-                text = " ".join(expressions)
-                named_accounts = set(re.findall(r'google_service_account\.main\["([\w-]+)"\]', text))
-                if "google_service_account.main[each" in text:  # accounts listed by name in the for_each data
-                    named_accounts |= {a for a in re.findall(r'"([\w-]+)"', text) if a in accounts}
-                for account in named_accounts:
-                    grants.setdefault(account, set()).add(unquote(body["role"]))
-    return grants
 
 
 def test_each_service_account_holds_only_the_roles_its_component_uses() -> None:
