@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -278,3 +280,18 @@ def test_destroy_unconfirmed_runs_nothing(cloud: Cloud) -> None:
 
 def test_mlflow_version_is_the_dockerfile_pin() -> None:
     assert deploy.mlflow_version(REPO_ROOT) in (REPO_ROOT / "requirements/dev.txt").read_text()
+
+
+@pytest.mark.parametrize(
+    ("heading", "plan"),
+    [("## Deploying: `make deploy`", deploy.deploy_plan), ("## Tearing down: `make destroy`", deploy.destroy_plan)],
+)
+def test_guide_lists_every_step_in_the_plans_order(heading: str, plan: Callable[..., list[deploy.Step]]) -> None:
+    guide = (REPO_ROOT / "infra/terraform/README.md").read_text()
+    section = guide.split(heading, 1)[1].split("\n## ", 1)[0]
+    settings = deploy.Settings("my-sentiment-project", "europe-west1", delete_state_bucket=True)
+    listed = re.findall(
+        r"`([a-z-]+)`", "\n".join(line.split("|")[2] for line in section.splitlines() if re.match(r"\| [0-9]", line))
+    )
+
+    assert listed == [step.name for step in plan(settings, "3.17.2")]
