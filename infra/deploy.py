@@ -406,14 +406,14 @@ def execute(steps: Sequence[Step], runner: Runner, root: Path, resume: str, say:
     """Check each step, do it if needed; the first failure raises StepFailed with the way to resume."""
     for number, step in enumerate(steps, 1):
         label = f"[{number}/{len(steps)}] {step.name}"
-        status = check(step, runner, root)
+        status, result = check(step, runner, root)
         if status is Status.DONE:
             say(f"{label}: already done")
             continue
         if step.argv is None or status is Status.FAILED:
             command = quoted(step.check.argv) if isinstance(step.check, CommandCheck) else step.manual
             raise StepFailed(
-                f"{label} failed: its check `{command}` did not pass. {step.hint}".rstrip()
+                f"{label} failed: its check `{command}` did not pass. {result.stderr.strip()} {step.hint}".rstrip()
                 + f"\nThen run `{resume}` again: steps already done are skipped."
             )
         say(f"{label}: {quoted(step.argv)}")
@@ -429,12 +429,14 @@ def execute(steps: Sequence[Step], runner: Runner, root: Path, resume: str, say:
             )
 
 
-def check(step: Step, runner: Runner, root: Path) -> Status:
+def check(step: Step, runner: Runner, root: Path) -> tuple[Status, Result]:
+    """The step's status, and the check command's result (empty for file checks and unchecked steps)."""
     if step.check is None:
-        return Status.TODO
+        return Status.TODO, Result(0)
     if isinstance(step.check, FileCheck):
-        return Status.DONE if (root / step.check.path).exists() else Status.TODO
-    return step.check.status(runner(step.check.argv, cwd=root, capture=True))
+        return (Status.DONE if (root / step.check.path).exists() else Status.TODO), Result(0)
+    result = runner(step.check.argv, cwd=root, capture=True)
+    return step.check.status(result), result
 
 
 def describe(steps: Sequence[Step]) -> str:

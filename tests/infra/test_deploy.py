@@ -193,6 +193,7 @@ def test_deploy_missing_prerequisite_names_what_to_do(cloud: Cloud, monkeypatch:
 
     assert code == 1
     assert "credentials failed" in said
+    assert "failing on purpose" in said  # the check's own error
     assert "gcloud auth application-default login" in said
     assert cloud.mutating() == []
 
