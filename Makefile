@@ -1,11 +1,11 @@
-# make install | test | test-fast | demo | up | down | reset | lint | fmt | bench | lock
+# make install | test | test-fast | demo | up | down | reset | lint | fmt | bench | lock | deploy | destroy
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: help install test test-fast demo up down reset lint fmt bench lock clean bundles
+.PHONY: help install test test-fast demo up down reset lint fmt bench lock clean bundles deploy destroy
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,13 @@ reset: ## stop the local stack and delete .local/: predictions, feedback, deploy
 
 bundles: install ## each function's self-contained deploy bundle in build/functions/<name> (Terraform zips them)
 	for f in predict feedback registry_watcher redeploy; do $(PY) -m localdev.bundle $$f build/functions/$$f; done
+
+deploy: install ## the whole Google Cloud deployment, step by step, each skipped when done: PROJECT=... REGION=... [DRY_RUN=1]
+	$(PY) -m infra.deploy deploy --project "$(PROJECT)" --region "$(REGION)" $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
+
+destroy: install ## tear the deployment down: PROJECT=... REGION=... [DELETE_STATE_BUCKET=1] [YES=1] [DRY_RUN=1]
+	$(PY) -m infra.deploy destroy --project "$(PROJECT)" --region "$(REGION)" $(if $(filter-out 0,$(DRY_RUN)),--dry-run) \
+	    $(if $(filter-out 0,$(DELETE_STATE_BUCKET)),--delete-state-bucket) $(if $(filter-out 0,$(YES)),--yes)
 
 lint: install ## ruff and terraform fmt
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,526 @@
+"""One command for the whole Google Cloud deployment (`make deploy`) and its teardown (`make destroy`).
+
+Functional core, imperative shell: `deploy_plan` and `destroy_plan` build the steps from the settings (pure), and
+`execute` runs them through a runner that tests replace. Each step checks before it acts, so a second run changes
+nothing and a failed run resumes where it stopped when run again. infra/terraform/README.md ("One command")
+lists the steps with their manual equivalents; keep the two in step.
+
+    python -m infra.deploy deploy --project my-project --region europe-west1 [--dry-run]
+    python -m infra.deploy destroy --project my-project --region europe-west1 [--delete-state-bucket] [--yes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TERRAFORM_DIR = "infra/terraform"
+MLFLOW_DIR = "infra/mlflow"
+REPOSITORY = "sentiment"  # Artifact Registry repository of the MLflow image (terraform.tfvars.example's mlflow_image)
+STATE_PREFIX = "sentiment"  # backend.tf.example's prefix
+
+# What must be on before Terraform can enable the rest (locals.tf `services`): Terraform's own API calls
+# (serviceusage, cloudresourcemanager), the state bucket (storage), and the image build (artifactregistry,
+# cloudbuild, run for the image's first deployment).
+BOOTSTRAP_APIS = (
+    "serviceusage.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
+    "storage.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "run.googleapis.com",
+)
+
+# MLflow's bootstrap (users, permissions, webhook) is infra/mlflow/bootstrap.py. Its interface lives here only:
+# the script, the arguments that ask "is everything in place already?" (exit 0: yes), and the environment it is
+# given, from the settings and from Terraform's outputs (outputs.tf).
+BOOTSTRAP_SCRIPT = f"{MLFLOW_DIR}/bootstrap.py"
+BOOTSTRAP_CHECK_ARGS = ("--check",)
+BOOTSTRAP_ENV_FROM_OUTPUTS = {
+    "MLFLOW_URL": "mlflow_url",
+    "WEBHOOK_URL": "registry_webhook_url",
+}
+
+# Terraform's outputs printed at the end of a deployment, in this order.
+URL_OUTPUTS = ("site_url", "predict_url", "feedback_url", "mlflow_url", "registry_watcher_url")
+
+# Set for the teardown's last apply so that destroy may delete the stateful resources (variables.tf).
+UNPROTECT_VARS = {"deletion_protection": "false"}
+
+PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")  # variables.tf project_id
+REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
+
+
+class UsageError(ValueError):
+    """A setting is missing or malformed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What a deployment needs to know; everything else is derived from it."""
+
+    project: str
+    region: str
+    python: str = sys.executable
+    initial_model_uri: str = ""
+    delete_state_bucket: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.project or not self.region:
+            missing = " and ".join(n for n, v in (("PROJECT", self.project), ("REGION", self.region)) if not v)
+            raise UsageError(f"{missing} missing: make deploy PROJECT=my-project REGION=europe-west1")
+        if not PROJECT_ID.match(self.project):
+            raise UsageError(f"PROJECT {self.project!r} is not a project id (6-30 lowercase letters, digits, hyphens)")
+        if not REGION.match(self.region):
+            raise UsageError(f"REGION {self.region!r} is not a region such as europe-west1")
+
+    @property
+    def state_bucket(self) -> str:
+        return f"{self.project}-tfstate"
+
+    def mlflow_image(self, mlflow_version: str) -> str:
+        return f"{self.region}-docker.pkg.dev/{self.project}/{REPOSITORY}/mlflow:{mlflow_version}"
+
+    def model_uri(self) -> str:
+        return self.initial_model_uri or f"gs://{self.project}-staged-models/yelp-sentiment/v1"
+
+
+class Status(enum.Enum):
+    DONE = "done"
+    TODO = "todo"
+    FAILED = "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str = ""
+    stderr: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandCheck:
+    """A read-only command whose result says whether the step is done."""
+
+    argv: tuple[str, ...]
+    status: Callable[[Result], Status]
+
+
+@dataclasses.dataclass(frozen=True)
+class FileCheck:
+    """Done when this file (relative to the repository) exists."""
+
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One step: its check (None: always run, it is local and safe to repeat) and the command that does it.
+
+    A step without a command only checks (a prerequisite); `hint` says what to do when it is not met.
+    `env_from_outputs` maps environment variables of the command to Terraform outputs read just before it runs.
+    """
+
+    name: str
+    manual: str
+    argv: tuple[str, ...] | None
+    check: CommandCheck | FileCheck | None = None
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    env_from_outputs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    hint: str = ""
+
+
+def exits_zero(result: Result) -> Status:
+    return Status.DONE if result.returncode == 0 else Status.TODO
+
+
+def exits_nonzero(result: Result) -> Status:
+    return Status.TODO if result.returncode == 0 else Status.DONE
+
+
+def plan_has_no_changes(result: Result) -> Status:
+    """`terraform plan -detailed-exitcode`: 0 no changes, 2 changes, anything else an error."""
+    return {0: Status.DONE, 2: Status.TODO}.get(result.returncode, Status.FAILED)
+
+
+def state_is_empty(result: Result) -> Status:
+    if result.returncode != 0:
+        return Status.FAILED
+    return Status.TODO if result.stdout.strip() else Status.DONE
+
+
+def all_enabled(apis: Sequence[str]) -> Callable[[Result], Status]:
+    def status(result: Result) -> Status:
+        if result.returncode != 0:
+            return Status.FAILED
+        return Status.DONE if set(apis) <= set(result.stdout.split()) else Status.TODO
+
+    return status
+
+
+def terraform(*args: str) -> tuple[str, ...]:
+    return ("terraform", f"-chdir={TERRAFORM_DIR}", *args)
+
+
+def terraform_vars(settings: Settings, mlflow_version: str) -> dict[str, str]:
+    """The variables.tf values a deployment sets; the rest keep their defaults or come from terraform.tfvars."""
+    return {
+        "project_id": settings.project,
+        "region": settings.region,
+        "name_prefix": settings.project,
+        "mlflow_image": settings.mlflow_image(mlflow_version),
+        "initial_model_uri": settings.model_uri(),
+    }
+
+
+def var_args(values: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(f"-var={name}={value}" for name, value in values.items())
+
+
+def gcloud(settings: Settings, *args: str) -> tuple[str, ...]:
+    return ("gcloud", *args, f"--project={settings.project}")
+
+
+def common_steps(settings: Settings) -> list[Step]:
+    """Prerequisites, APIs, state bucket and `terraform init`: what deploy and destroy both need."""
+    bucket = f"gs://{settings.state_bucket}"
+    return [
+        Step(
+            name="project",
+            manual=f"gcloud projects describe {settings.project}",
+            argv=None,
+            check=CommandCheck(("gcloud", "projects", "describe", settings.project), exits_zero),
+            hint=(
+                f"create the project and link billing: gcloud projects create {settings.project} && "
+                f"gcloud billing projects link {settings.project} --billing-account=XXXXXX-XXXXXX-XXXXXX"
+            ),
+        ),
+        Step(
+            name="credentials",
+            manual="gcloud auth application-default login",
+            argv=None,
+            check=CommandCheck(("gcloud", "auth", "application-default", "print-access-token"), exits_zero),
+            hint="Terraform uses application-default credentials: run gcloud auth application-default login",
+        ),
+        Step(
+            name="apis",
+            manual=f"gcloud services enable {' '.join(BOOTSTRAP_APIS)} --project={settings.project}",
+            argv=gcloud(settings, "services", "enable", *BOOTSTRAP_APIS),
+            check=CommandCheck(
+                gcloud(settings, "services", "list", "--enabled", "--format=value(config.name)"),
+                all_enabled(BOOTSTRAP_APIS),
+            ),
+        ),
+        Step(
+            name="state-bucket",
+            manual=(
+                f"gcloud storage buckets create {bucket} --location={settings.region} "
+                "--uniform-bucket-level-access --public-access-prevention"
+            ),
+            argv=gcloud(
+                settings,
+                "storage",
+                "buckets",
+                "create",
+                bucket,
+                f"--location={settings.region}",
+                "--uniform-bucket-level-access",
+                "--public-access-prevention",
+            ),
+            check=CommandCheck(gcloud(settings, "storage", "buckets", "describe", bucket), exits_zero),
+        ),
+        Step(
+            name="backend",
+            manual=f"cp {TERRAFORM_DIR}/backend.tf.example {TERRAFORM_DIR}/backend.tf",
+            argv=("cp", f"{TERRAFORM_DIR}/backend.tf.example", f"{TERRAFORM_DIR}/backend.tf"),
+            check=FileCheck(f"{TERRAFORM_DIR}/backend.tf"),
+        ),
+        Step(
+            name="terraform-init",
+            manual=f"cd {TERRAFORM_DIR} && terraform init -backend-config=bucket={settings.state_bucket}",
+            # -reconfigure: the bucket given here wins over backend.tf's and over a previous project's.
+            argv=terraform(
+                "init",
+                "-input=false",
+                "-reconfigure",
+                f"-backend-config=bucket={settings.state_bucket}",
+                f"-backend-config=prefix={STATE_PREFIX}",
+            ),
+        ),
+    ]
+
+
+def deploy_plan(settings: Settings, mlflow_version: str) -> list[Step]:
+    """Every step of a first deployment, in order; on a deployed project every check says done."""
+    image = settings.mlflow_image(mlflow_version)
+    tf_vars = var_args(terraform_vars(settings, mlflow_version))
+    bootstrap_env = {"GOOGLE_CLOUD_PROJECT": settings.project, "REGION": settings.region}
+    return [
+        *common_steps(settings),
+        Step(
+            name="image-repository",
+            manual=(
+                f"gcloud artifacts repositories create {REPOSITORY} --repository-format=docker "
+                f"--location={settings.region}"
+            ),
+            argv=gcloud(
+                settings,
+                "artifacts",
+                "repositories",
+                "create",
+                REPOSITORY,
+                "--repository-format=docker",
+                f"--location={settings.region}",
+            ),
+            check=CommandCheck(
+                gcloud(settings, "artifacts", "repositories", "describe", REPOSITORY, f"--location={settings.region}"),
+                exits_zero,
+            ),
+        ),
+        Step(
+            name="mlflow-image",
+            manual=f"gcloud builds submit {MLFLOW_DIR} --tag {image}",
+            argv=gcloud(settings, "builds", "submit", MLFLOW_DIR, f"--tag={image}"),
+            check=CommandCheck(gcloud(settings, "artifacts", "docker", "images", "describe", image), exits_zero),
+        ),
+        Step(name="bundles", manual="make bundles", argv=("make", "bundles")),
+        Step(
+            name="terraform-apply",
+            manual=f"cd {TERRAFORM_DIR} && terraform apply {' '.join(tf_vars)}",
+            argv=terraform("apply", "-input=false", "-auto-approve", *tf_vars),
+            check=CommandCheck(terraform("plan", "-input=false", "-detailed-exitcode", *tf_vars), plan_has_no_changes),
+        ),
+        Step(
+            name="mlflow-bootstrap",
+            manual=" ".join(
+                [*(f"{k}={v}" for k, v in bootstrap_env.items())]
+                + [f'{k}="$(terraform output -raw {v})"' for k, v in BOOTSTRAP_ENV_FROM_OUTPUTS.items()]
+                + ["python", BOOTSTRAP_SCRIPT]
+            ),
+            argv=(settings.python, BOOTSTRAP_SCRIPT),
+            check=CommandCheck((settings.python, BOOTSTRAP_SCRIPT, *BOOTSTRAP_CHECK_ARGS), exits_zero),
+            env=bootstrap_env,
+            env_from_outputs=BOOTSTRAP_ENV_FROM_OUTPUTS,
+        ),
+    ]
+
+
+def destroy_plan(settings: Settings, mlflow_version: str) -> list[Step]:
+    """Everything `deploy_plan` made, removed, so that a new deployment starts from a project Terraform accepts."""
+    tf_vars = var_args(terraform_vars(settings, mlflow_version))
+    unprotect = var_args(UNPROTECT_VARS)
+    state_empty = CommandCheck(terraform("state", "list"), state_is_empty)
+    steps = [
+        *(s for s in common_steps(settings) if s.name not in ("apis", "state-bucket")),
+        Step(
+            name="unprotect",
+            manual=f"cd {TERRAFORM_DIR} && terraform apply {' '.join(tf_vars + unprotect)}",
+            argv=terraform("apply", "-input=false", "-auto-approve", *tf_vars, *unprotect),
+            check=state_empty,
+        ),
+        Step(
+            name="terraform-destroy",
+            manual=f"cd {TERRAFORM_DIR} && terraform destroy {' '.join(tf_vars + unprotect)}",
+            argv=terraform("destroy", "-input=false", "-auto-approve", *tf_vars, *unprotect),
+            check=state_empty,
+        ),
+        Step(
+            # A database Terraform abandons makes the next apply fail with 409.
+            name="firestore",
+            manual="gcloud firestore databases delete --database='(default)'",
+            argv=gcloud(settings, "firestore", "databases", "delete", "--database=(default)", "--quiet"),
+            check=CommandCheck(
+                gcloud(settings, "firestore", "databases", "describe", "--database=(default)"), exits_nonzero
+            ),
+        ),
+        Step(
+            name="image-repository",
+            manual=f"gcloud artifacts repositories delete {REPOSITORY} --location={settings.region}",
+            argv=gcloud(
+                settings, "artifacts", "repositories", "delete", REPOSITORY, f"--location={settings.region}", "--quiet"
+            ),
+            check=CommandCheck(
+                gcloud(settings, "artifacts", "repositories", "describe", REPOSITORY, f"--location={settings.region}"),
+                exits_nonzero,
+            ),
+        ),
+    ]
+    if settings.delete_state_bucket:
+        bucket = f"gs://{settings.state_bucket}"
+        steps.append(
+            Step(
+                name="state-bucket",
+                manual=f"gcloud storage rm --recursive {bucket}",
+                argv=gcloud(settings, "storage", "rm", "--recursive", bucket),
+                check=CommandCheck(gcloud(settings, "storage", "buckets", "describe", bucket), exits_nonzero),
+            )
+        )
+    return steps
+
+
+class Runner(Protocol):
+    def __call__(
+        self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None, capture: bool = False
+    ) -> Result: ...
+
+
+def run_command(
+    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None, capture: bool = False
+) -> Result:
+    """The real runner: checks are captured, actions stream to the terminal. `env` adds to this environment."""
+    full_env = {**os.environ, **(env or {})}
+    try:
+        done = subprocess.run(list(argv), cwd=cwd, env=full_env, capture_output=capture, text=True, check=False)
+    except FileNotFoundError:
+        return Result(127, "", f"{argv[0]}: command not found")
+    return Result(done.returncode, done.stdout or "", done.stderr or "")
+
+
+class StepFailed(RuntimeError):
+    """A step could not be done; the message names it, the command and how to resume."""
+
+
+def outputs(runner: Runner, root: Path) -> dict[str, str]:
+    result = runner(terraform("output", "-json"), cwd=root, capture=True)
+    if result.returncode != 0:
+        raise StepFailed(f"terraform output -json failed: {result.stderr.strip()}")
+    return {name: entry["value"] for name, entry in json.loads(result.stdout or "{}").items()}
+
+
+def quoted(argv: Sequence[str]) -> str:
+    return shlex.join(argv)
+
+
+def execute(steps: Sequence[Step], runner: Runner, root: Path, resume: str, say: Callable[[str], None]) -> None:
+    """Check each step, do it if needed; the first failure raises StepFailed with the way to resume."""
+    for number, step in enumerate(steps, 1):
+        label = f"[{number}/{len(steps)}] {step.name}"
+        status, result = check(step, runner, root)
+        if status is Status.DONE:
+            say(f"{label}: already done")
+            continue
+        if step.argv is None or status is Status.FAILED:
+            command = quoted(step.check.argv) if isinstance(step.check, CommandCheck) else step.manual
+            raise StepFailed(
+                f"{label} failed: its check `{command}` did not pass. {result.stderr.strip()} {step.hint}".rstrip()
+                + f"\nThen run `{resume}` again: steps already done are skipped."
+            )
+        say(f"{label}: {quoted(step.argv)}")
+        env = dict(step.env)
+        if step.env_from_outputs:
+            values = outputs(runner, root)
+            env.update({var: str(values.get(output, "")) for var, output in step.env_from_outputs.items()})
+        result = runner(step.argv, cwd=root, env=env)
+        if result.returncode != 0:
+            raise StepFailed(
+                f"{label} failed: `{quoted(step.argv)}` exited {result.returncode}. {result.stderr.strip()}".rstrip()
+                + f"\nFix the cause, then run `{resume}` again: steps already done are skipped."
+            )
+
+
+def check(step: Step, runner: Runner, root: Path) -> tuple[Status, Result]:
+    """The step's status, and the check command's result (empty for file checks and unchecked steps)."""
+    if step.check is None:
+        return Status.TODO, Result(0)
+    if isinstance(step.check, FileCheck):
+        return (Status.DONE if (root / step.check.path).exists() else Status.TODO), Result(0)
+    result = runner(step.check.argv, cwd=root, capture=True)
+    return step.check.status(result), result
+
+
+def describe(steps: Sequence[Step]) -> str:
+    """The plan as text, for --dry-run: each step, its check and its command."""
+    lines = []
+    for number, step in enumerate(steps, 1):
+        lines.append(f"{number}. {step.name}")
+        if isinstance(step.check, CommandCheck):
+            lines.append(f"   check: {quoted(step.check.argv)}")
+        elif isinstance(step.check, FileCheck):
+            lines.append(f"   check: test -e {step.check.path}")
+        if step.argv is not None:
+            lines.append(f"   run:   {quoted(step.argv)}")
+        else:
+            lines.append(f"   if not: {step.hint}")
+        for var, output in step.env_from_outputs.items():
+            lines.append(f"   env:   {var} = terraform output {output}")
+    return "\n".join(lines)
+
+
+def mlflow_version(root: Path) -> str:
+    """The MLflow release the image pins (infra/mlflow/Dockerfile), which is also the image's tag."""
+    dockerfile = root / MLFLOW_DIR / "Dockerfile"
+    found = re.search(r"mlflow(?:\[[a-z,]+\])?==([0-9]+\.[0-9]+\.[0-9]+)", dockerfile.read_text())
+    if not found:
+        raise UsageError(f"{dockerfile} pins no mlflow release (mlflow[auth]==X.Y.Z)")
+    return found.group(1)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m infra.deploy", description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["deploy", "destroy"], help="deploy everything, or tear it all down")
+    parser.add_argument("--project", default="", help="Google Cloud project id (it must exist, with billing)")
+    parser.add_argument("--region", default="", help="region of everything, e.g. europe-west1")
+    parser.add_argument("--dry-run", action="store_true", help="print the steps and their commands, run nothing")
+    parser.add_argument("--initial-model-uri", default="", help="predict's first MODEL_URI (default: v1 staged)")
+    parser.add_argument(
+        "--delete-state-bucket", action="store_true", help="destroy: remove the Terraform state bucket too"
+    )
+    parser.add_argument("--yes", action="store_true", help="destroy: do not ask for the project id to confirm")
+    return parser.parse_args(argv)
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    runner: Runner = run_command,
+    root: Path = REPO_ROOT,
+    say: Callable[[str], None] = print,
+    ask: Callable[[str], str] = input,
+) -> int:
+    """Command line: 0 when every step is done, 1 when a step failed, 2 on a usage error."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = Settings(
+            project=args.project,
+            region=args.region,
+            initial_model_uri=args.initial_model_uri,
+            delete_state_bucket=args.delete_state_bucket,
+        )
+        version = mlflow_version(root)
+    except UsageError as exc:
+        say(f"usage error: {exc}")
+        return 2
+    steps = (deploy_plan if args.action == "deploy" else destroy_plan)(settings, version)
+    if args.dry_run:
+        say(describe(steps))
+        if args.action == "deploy":
+            say(f"then: {quoted(terraform('output', '-json'))} ({', '.join(URL_OUTPUTS)})")
+        return 0
+    question = f"Destroy everything in project {settings.project}? Type its id to confirm: "
+    if args.action == "destroy" and not args.yes and ask(question).strip() != settings.project:
+        say("not confirmed: nothing done")
+        return 1
+    resume = f"make {args.action} PROJECT={settings.project} REGION={settings.region}"
+    try:
+        execute(steps, runner, root, resume, say)
+        if args.action == "deploy":
+            values = outputs(runner, root)
+            say("\n".join(f"{name}: {values[name]}" for name in URL_OUTPUTS if name in values))
+    except StepFailed as exc:
+        say(str(exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""A local stand-in for gcloud, terraform, gsutil and make (tests/infra/test_deploy.py), installed under each name.
+
+It logs its name and arguments (one JSON line per call to $FAKE_LOG) and keeps what it "created" as files in
+$FAKE_STATE, so a second deployment finds everything done. A call whose command line contains $FAKE_FAIL exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+STATE = Path(os.environ["FAKE_STATE"])
+OUTPUTS = {
+    "site_url": "https://storage.googleapis.com/p-site/index.html",
+    "predict_url": "https://predict-abc.a.run.app",
+    "feedback_url": "https://feedback-abc.a.run.app",
+    "mlflow_url": "https://mlflow-abc.a.run.app",
+    "registry_watcher_url": "https://registry-watcher-abc.a.run.app",
+    "registry_webhook_url": "https://registry-webhook-abc.a.run.app/webhook",
+}
+
+
+def has(kind: str, name: str) -> bool:
+    return (STATE / kind / name.replace("/", "_")).exists()
+
+
+def put(kind: str, name: str) -> None:
+    (STATE / kind).mkdir(parents=True, exist_ok=True)
+    (STATE / kind / name.replace("/", "_")).touch()
+
+
+def drop(kind: str, name: str) -> None:
+    (STATE / kind / name.replace("/", "_")).unlink(missing_ok=True)
+
+
+def answer(tool: str, args: list[str]) -> int:
+    words = [a for a in args if not a.startswith("-")]
+    if tool == "gcloud":
+        match words:
+            case ["projects", "describe", _] | ["auth", "application-default", "print-access-token"]:
+                return 0
+            case ["services", "list"]:
+                print("\n".join(p.name for p in sorted((STATE / "api").glob("*"))) if (STATE / "api").is_dir() else "")
+                return 0
+            case ["services", "enable", *apis]:
+                for api in apis:
+                    put("api", api)
+                return 0
+            case ["storage", "buckets", "describe", name] | ["artifacts", "repositories", "describe", name]:
+                return 0 if has(words[0], name) else 1
+            case ["storage", "buckets", "create", name] | ["artifacts", "repositories", "create", name]:
+                put(words[0], name)
+                return 0
+            case ["storage", "rm", name] | ["artifacts", "repositories", "delete", name]:
+                drop(words[0], name)
+                return 0
+            case ["artifacts", "docker", "images", "describe", image]:
+                return 0 if has("image", image) else 1
+            case ["builds", "submit", _]:
+                put("image", next(a.split("=", 1)[1] for a in args if a.startswith("--tag=")))
+                return 0
+            case ["firestore", "databases", "describe"]:
+                return 0 if has("terraform", "firestore") else 1
+            case ["firestore", "databases", "delete"]:
+                drop("terraform", "firestore")
+                return 0
+    if tool == "terraform":
+        match words:
+            case ["init"]:
+                return 0
+            case ["plan"]:
+                return 0 if has("terraform", "applied") else 2
+            case ["apply"]:
+                put("terraform", "applied")
+                put("terraform", "firestore")  # abandoned by destroy, as firestore.tf's deletion_policy says
+                return 0
+            case ["destroy"]:
+                drop("terraform", "applied")
+                return 0
+            case ["state", "list"]:
+                print("google_project_service.main" if has("terraform", "applied") else "")
+                return 0
+            case ["output"]:
+                print(json.dumps({k: {"value": v} for k, v in OUTPUTS.items()} if has("terraform", "applied") else {}))
+                return 0
+    if tool == "make" and words == ["bundles"]:
+        return 0
+    print(f"fake {tool}: unexpected call {args}", file=sys.stderr)
+    return 3
+
+
+def main() -> int:
+    tool = Path(sys.argv[0]).name
+    args = sys.argv[1:]
+    with open(os.environ["FAKE_LOG"], "a") as log:
+        log.write(json.dumps({"tool": tool, "args": args, "env": {"MLFLOW_URL": os.environ.get("MLFLOW_URL")}}) + "\n")
+    if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in " ".join([tool, *args]):
+        print(f"fake {tool}: failing on purpose", file=sys.stderr)
+        return 1
+    return answer(tool, [a for a in args if not a.startswith("-chdir=")])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""infra/deploy.py (`make deploy`, `make destroy`) against local stand-ins of gcloud, terraform, gsutil and make.
+
+The stand-ins (tests/infra/fake_cloud.py) come first on PATH, log every call and remember what they created, so
+the real command runner runs here, with no network: a second deployment must find every step done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from infra import deploy
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FAKE = Path(__file__).with_name("fake_cloud.py")
+TOOLS = ("gcloud", "terraform", "gsutil", "make")
+ARGS = ["--project", "my-sentiment-project", "--region", "europe-west1"]
+
+FAKE_BOOTSTRAP = """\
+import json, os, pathlib, sys
+state = pathlib.Path(os.environ["FAKE_STATE"]) / "bootstrapped"
+with open(os.environ["FAKE_LOG"], "a") as log:
+    env = {k: os.environ.get(k) for k in ("MLFLOW_URL", "WEBHOOK_URL", "GOOGLE_CLOUD_PROJECT", "REGION")}
+    log.write(json.dumps({"tool": "bootstrap", "args": sys.argv[1:], "env": env}) + "\\n")
+if "--check" in sys.argv:
+    sys.exit(0 if state.exists() else 1)
+state.touch()
+"""
+
+
+class Cloud:
+    """The stand-ins' log and state, and the repository copy the deployment runs in."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.root = tmp_path / "repo"
+        self.log = tmp_path / "calls.jsonl"
+        self.state = tmp_path / "state"
+        self.state.mkdir()
+        (self.root / "infra" / "mlflow").mkdir(parents=True)
+        (self.root / "infra" / "terraform").mkdir(parents=True)
+        shutil.copy(REPO_ROOT / "infra/mlflow/Dockerfile", self.root / "infra/mlflow/Dockerfile")
+        shutil.copy(REPO_ROOT / "infra/terraform/backend.tf.example", self.root / "infra/terraform/")
+        (self.root / deploy.BOOTSTRAP_SCRIPT).write_text(FAKE_BOOTSTRAP)
+
+    def calls(self) -> list[dict]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def commands(self) -> list[str]:
+        return [" ".join([c["tool"], *c["args"]]) for c in self.calls()]
+
+    def mutating(self) -> list[str]:
+        verbs = {"create", "enable", "submit", "delete", "rm", "apply", "destroy"}
+        return [
+            " ".join([c["tool"], *c["args"]])
+            for c in self.calls()
+            if verbs.intersection(c["args"]) or (c["tool"] == "bootstrap" and "--check" not in c["args"])
+        ]
+
+    def reset_log(self) -> None:
+        self.log.unlink(missing_ok=True)
+
+    def main(self, *argv: str) -> tuple[int, str]:
+        said: list[str] = []
+        code = deploy.main(list(argv), root=self.root, say=said.append, ask=lambda _: "")
+        return code, "\n".join(said)
+
+
+@pytest.fixture
+def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cloud:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # This interpreter, not `env python3`: a version manager's shim would add a quarter second to every call.
+    script = f"#!{sys.executable}\n" + FAKE.read_text()
+    for tool in TOOLS:
+        (bin_dir / tool).write_text(script)
+        (bin_dir / tool).chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    world = Cloud(tmp_path)
+    monkeypatch.setenv("FAKE_LOG", str(world.log))
+    monkeypatch.setenv("FAKE_STATE", str(world.state))
+    for tool in TOOLS:  # the real gcloud is installed here: it must never be the one that runs
+        assert shutil.which(tool) == str(bin_dir / tool)
+    return world
+
+
+def test_deploy_fresh_project_runs_every_step_in_order(cloud: Cloud) -> None:
+    code, said = cloud.main("deploy", *ARGS)
+
+    assert code == 0, said
+    assert cloud.mutating() == [
+        "gcloud services enable " + " ".join(deploy.BOOTSTRAP_APIS) + " --project=my-sentiment-project",
+        "gcloud storage buckets create gs://my-sentiment-project-tfstate --location=europe-west1"
+        " --uniform-bucket-level-access --public-access-prevention --project=my-sentiment-project",
+        "gcloud artifacts repositories create sentiment --repository-format=docker --location=europe-west1"
+        " --project=my-sentiment-project",
+        "gcloud builds submit infra/mlflow"
+        " --tag=europe-west1-docker.pkg.dev/my-sentiment-project/sentiment/mlflow:3.17.2"
+        " --project=my-sentiment-project",
+        "terraform -chdir=infra/terraform apply -input=false -auto-approve -var=project_id=my-sentiment-project"
+        " -var=region=europe-west1 -var=name_prefix=my-sentiment-project"
+        " -var=mlflow_image=europe-west1-docker.pkg.dev/my-sentiment-project/sentiment/mlflow:3.17.2"
+        " -var=initial_model_uri=gs://my-sentiment-project-staged-models/yelp-sentiment/v1",
+        "bootstrap",
+    ]
+    commands = cloud.commands()
+    assert commands.index("make bundles") < next(i for i, c in enumerate(commands) if " apply " in c)
+    assert any(c.startswith("terraform -chdir=infra/terraform init") for c in commands)
+    assert (cloud.root / "infra/terraform/backend.tf").exists()
+    assert [c for c in commands if c.startswith("gsutil")] == []
+
+
+def test_deploy_bootstrap_gets_terraform_outputs(cloud: Cloud) -> None:
+    cloud.main("deploy", *ARGS)
+
+    run = next(c for c in cloud.calls() if c["tool"] == "bootstrap" and not c["args"])
+    assert run["env"] == {
+        "MLFLOW_URL": "https://mlflow-abc.a.run.app",
+        "WEBHOOK_URL": "https://registry-webhook-abc.a.run.app/webhook",
+        "GOOGLE_CLOUD_PROJECT": "my-sentiment-project",
+        "REGION": "europe-west1",
+    }
+
+
+def test_deploy_prints_the_urls(cloud: Cloud) -> None:
+    code, said = cloud.main("deploy", *ARGS)
+
+    assert code == 0
+    assert "site_url: https://storage.googleapis.com/p-site/index.html" in said
+    assert "predict_url: https://predict-abc.a.run.app" in said
+    assert "mlflow_url: https://mlflow-abc.a.run.app" in said
+
+
+def test_deploy_second_run_changes_nothing(cloud: Cloud) -> None:
+    assert cloud.main("deploy", *ARGS)[0] == 0
+    cloud.reset_log()
+
+    code, said = cloud.main("deploy", *ARGS)
+
+    assert code == 0, said
+    assert cloud.commands(), "the second run checked nothing"
+    assert cloud.mutating() == []
+    assert said.count("already done") == 9  # all but init and bundles, which are local and always run
+
+
+@pytest.mark.parametrize(
+    ("failing", "step", "ran_after"),
+    [
+        ("buckets create", "state-bucket", "artifacts repositories create"),
+        ("builds submit", "mlflow-image", " apply "),
+        ("apply", "terraform-apply", "bootstrap"),
+    ],
+)
+def test_deploy_failing_step_stops_with_its_name_and_resume(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch, failing: str, step: str, ran_after: str
+) -> None:
+    monkeypatch.setenv("FAKE_FAIL", failing)
+
+    code, said = cloud.main("deploy", *ARGS)
+
+    assert code == 1
+    assert f"{step} failed:" in said
+    assert failing.split()[-1] in said.splitlines()[-2]  # the command that failed is quoted
+    assert "make deploy PROJECT=my-sentiment-project REGION=europe-west1" in said
+    assert not any(ran_after in c for c in cloud.commands())
+
+
+def test_deploy_after_failure_resumes_at_the_failed_step(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_FAIL", "builds submit")
+    cloud.main("deploy", *ARGS)
+    monkeypatch.delenv("FAKE_FAIL")
+    cloud.reset_log()
+
+    code, _ = cloud.main("deploy", *ARGS)
+
+    assert code == 0
+    assert cloud.mutating()[0].startswith("gcloud builds submit")
+
+
+def test_deploy_missing_prerequisite_names_what_to_do(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_FAIL", "print-access-token")
+
+    code, said = cloud.main("deploy", *ARGS)
+
+    assert code == 1
+    assert "credentials failed" in said
+    assert "failing on purpose" in said  # the check's own error
+    assert "gcloud auth application-default login" in said
+    assert cloud.mutating() == []
+
+
+@pytest.mark.parametrize("action", ["deploy", "destroy"])
+def test_dry_run_prints_the_plan_and_runs_nothing(cloud: Cloud, action: str) -> None:
+    code, said = cloud.main(action, *ARGS, "--dry-run")
+
+    assert code == 0
+    assert cloud.calls() == []
+    assert "1. project" in said
+    assert "terraform -chdir=infra/terraform" in said
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["deploy", "--region", "europe-west1"], "PROJECT missing"),
+        (["deploy", "--project", "my-sentiment-project"], "REGION missing"),
+        (["deploy"], "PROJECT and REGION missing"),
+        (["destroy", "--project", "", "--region", ""], "PROJECT and REGION missing"),
+        (["deploy", "--project", "My_Project", "--region", "europe-west1"], "is not a project id"),
+        (["deploy", "--project", "my-sentiment-project", "--region", "europe"], "is not a region"),
+    ],
+)
+def test_main_missing_or_bad_settings_usage_error(cloud: Cloud, argv: list[str], message: str) -> None:
+    code, said = cloud.main(*argv)
+
+    assert code == 2
+    assert message in said
+    assert "make deploy PROJECT=" in said or "is not" in said
+    assert cloud.calls() == []
+
+
+def test_destroy_tears_down_in_order_and_keeps_the_state_bucket(cloud: Cloud) -> None:
+    cloud.main("deploy", *ARGS)
+    cloud.reset_log()
+
+    code, said = cloud.main("destroy", *ARGS, "--yes")
+
+    assert code == 0, said
+    mutating = cloud.mutating()
+    assert [m.split(" -")[0] for m in mutating] == [
+        "terraform",  # apply with deletion protection off
+        "terraform",  # destroy
+        "gcloud firestore databases delete",
+        "gcloud artifacts repositories delete sentiment",
+    ]
+    assert "-var=deletion_protection=false" in mutating[0].split()
+    assert " destroy " in mutating[1]
+    assert (cloud.state / "storage" / "gs:__my-sentiment-project-tfstate").exists()
+
+
+def test_destroy_then_deploy_creates_everything_again(cloud: Cloud) -> None:
+    cloud.main("deploy", *ARGS)
+    cloud.main("destroy", *ARGS, "--yes", "--delete-state-bucket")
+    assert not (cloud.state / "storage" / "gs:__my-sentiment-project-tfstate").exists()
+    cloud.reset_log()
+
+    code, _ = cloud.main("deploy", *ARGS)
+
+    assert code == 0
+    assert any("buckets create" in m for m in cloud.mutating())
+    assert any(" apply " in m for m in cloud.mutating())
+
+
+def test_destroy_second_run_changes_nothing(cloud: Cloud) -> None:
+    cloud.main("deploy", *ARGS)
+    cloud.main("destroy", *ARGS, "--yes")
+    cloud.reset_log()
+
+    code, said = cloud.main("destroy", *ARGS, "--yes")
+
+    assert code == 0, said
+    assert cloud.mutating() == []
+
+
+def test_destroy_unconfirmed_runs_nothing(cloud: Cloud) -> None:
+    code, said = cloud.main("destroy", *ARGS)
+
+    assert code == 1
+    assert "not confirmed" in said
+    assert cloud.calls() == []
+
+
+def test_mlflow_version_is_the_dockerfile_pin() -> None:
+    assert deploy.mlflow_version(REPO_ROOT) in (REPO_ROOT / "requirements/dev.txt").read_text()
+
+
+@pytest.mark.parametrize(
+    ("heading", "plan"),
+    [("## Deploying: `make deploy`", deploy.deploy_plan), ("## Tearing down: `make destroy`", deploy.destroy_plan)],
+)
+def test_guide_lists_every_step_in_the_plans_order(heading: str, plan: Callable[..., list[deploy.Step]]) -> None:
+    guide = (REPO_ROOT / "infra/terraform/README.md").read_text()
+    section = guide.split(heading, 1)[1].split("\n## ", 1)[0]
+    settings = deploy.Settings("my-sentiment-project", "europe-west1", delete_state_bucket=True)
+    listed = re.findall(
+        r"`([a-z-]+)`", "\n".join(line.split("|")[2] for line in section.splitlines() if re.match(r"\| [0-9]", line))
+    )
+
+    assert listed == [step.name for step in plan(settings, "3.17.2")]
