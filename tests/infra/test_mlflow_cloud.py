@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -265,3 +266,64 @@ def test_server_argv_runs_basic_auth_with_the_hosts_and_the_password_url_encoded
 def test_server_argv_refuses_wrong_settings(tmp_path: Path, change: dict[str, str], message: str) -> None:
     with pytest.raises(serve.ConfigError, match=message):
         serve.server_argv({**serve_env(tmp_path), **change})
+
+
+def mlflow_service() -> dict:
+    """infra/terraform/mlflow.tf's Cloud Run service, parsed."""
+    import hcl2
+
+    for block in hcl2.loads(MLFLOW_TF.read_text())["resource"]:
+        for kind, named in block.items():
+            if kind.strip('"') == "google_cloud_run_v2_service":
+                return named['"mlflow"'] if '"mlflow"' in named else named["mlflow"]
+    raise AssertionError("no google_cloud_run_v2_service in mlflow.tf")
+
+
+def test_dockerfile_copies_serve_and_bootstrap_and_starts_through_serve() -> None:
+    dockerfile = (MLFLOW_DIR / "Dockerfile").read_text()
+
+    copied = re.findall(r"^COPY (.+) (\S+)$", dockerfile, re.M)
+    (entrypoint,) = re.findall(r"^ENTRYPOINT (.+)$", dockerfile, re.M)
+
+    assert copied == [("serve.py bootstrap.py", "/opt/mlflow/")]
+    assert json.loads(entrypoint) == ["python", "/opt/mlflow/serve.py"]
+    assert re.search(r"^CMD ", dockerfile, re.M) is None
+    assert '"mlflow[auth]==3.17.2"' in dockerfile
+
+
+def test_cloud_run_runs_the_image_entry_point_with_every_variable_serve_requires() -> None:
+    (container,) = mlflow_service()["template"][0]["containers"]
+    env = {entry["name"].strip('"'): entry for entry in container["env"]}
+
+    secrets = {name for name, entry in env.items() if "value_source" in entry}
+
+    assert "command" not in container
+    assert "args" not in container
+    assert set(serve.REQUIRED) <= set(env)
+    assert {"MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_BACKEND_STORE_PASSWORD"} <= secrets
+    assert env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].strip('"') == "mlflow-*.run.app"
+    assert "PORT" not in env  # Cloud Run sets it from container_port and refuses it as a variable
+
+
+def test_cloud_run_allowed_hosts_accept_the_service_url_forms() -> None:
+    (container,) = mlflow_service()["template"][0]["containers"]
+    (hosts,) = [
+        e["value"].strip('"') for e in container["env"] if e["name"].strip('"') == "MLFLOW_SERVER_ALLOWED_HOSTS"
+    ]
+    allowed = serve.server_argv({**serve_env_for_check(), "MLFLOW_SERVER_ALLOWED_HOSTS": hosts})[-1].split(",")
+
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    assert is_allowed_host_header(allowed, RUN_APP_HOST)
+    assert is_allowed_host_header(allowed, "mlflow-123456789012.europe-west1.run.app")
+    assert not is_allowed_host_header(allowed, "evil.example.com")
+
+
+def serve_env_for_check() -> dict[str, str]:
+    return {name: str(SERVE) for name in serve.REQUIRED}  # any value; the auth config path must be a file
+
+
+def test_mlflow_keeps_one_instance_warm() -> None:
+    (scaling,) = mlflow_service()["template"][0]["scaling"]
+
+    assert scaling["min_instance_count"] >= 1
