@@ -103,7 +103,9 @@ class RegistryClient:
         retries: int = 1,
         backoff_s: float = 0.3,
         id_token: Callable[[], str] | None = None,
+        host: str | None = None,
     ) -> None:
+        """host: a Host header other than the URI's (a test reaching a local server as Cloud Run's name)."""
         if not tracking_uri.startswith(("http://", "https://")):
             raise ValueError(f"tracking URI must be http(s), got {tracking_uri!r}")
         self._base = tracking_uri.rstrip("/")
@@ -117,6 +119,8 @@ class RegistryClient:
         elif username:
             basic = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
             self._headers["Authorization"] = f"Basic {basic}"
+        if host:
+            self._headers["Host"] = host
 
     def production_version(self, name: str) -> ModelVersion | None:
         """The version in production: alias `production` first, else the newest in stage `Production`."""

@@ -1,0 +1,329 @@
+"""MLflow started the cloud way (infra/mlflow/serve.py: basic auth, secret key, allowed hosts), the watcher's
+identity from infra/mlflow/bootstrap.py, and the deploy gate reading through it as the watcher with Cloud Run's
+Host header. SQLite and a local folder stand in for Cloud SQL and GCS; everything else is what mlflow.tf runs.
+
+Each of issue #18's problems 1, 3 and 4 makes a test here fail: no secret key, no start; a Host not allowed, 403;
+no READ on the experiment, the gate cannot read the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localdev import services
+from sentiment_core.contract import (
+    GOLDEN_OUTPUTS_ARTIFACT,
+    MODEL_FILENAME,
+    MODEL_NAME,
+    PRODUCTION_ALIAS,
+    RUN_TAG_MODEL_SHA256,
+    VALIDATION_ACCURACY_METRIC,
+)
+from sentiment_core.manifest import sha256_bytes
+from sentiment_core.registry import RegistryClient, RegistryError
+from tests.functions.conftest import watcher_module
+
+gate = watcher_module("gate")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MLFLOW_DIR = REPO_ROOT / "infra" / "mlflow"
+SERVE = MLFLOW_DIR / "serve.py"
+BOOTSTRAP = MLFLOW_DIR / "bootstrap.py"
+MLFLOW_TF = REPO_ROOT / "infra" / "terraform" / "mlflow.tf"
+
+RUN_APP_HOST = "mlflow-abc-ew.a.run.app"  # the form of a Cloud Run service's default URL
+ADMIN_PASSWORD = "admin-password-for-tests-0123"
+WATCHER_PASSWORD = "watcher-password-for-tests-0123"
+EXPERIMENT = "yelp-sentiment"  # training/train.py's default --experiment
+
+
+def load(path: Path) -> types.ModuleType:
+    """A script of infra/mlflow as a module (the folder is no package: the image copies the files alone)."""
+    spec = importlib.util.spec_from_file_location(f"infra_mlflow_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+serve = load(SERVE)
+bootstrap = load(BOOTSTRAP)
+
+
+def serve_env(workdir: Path) -> dict[str, str]:
+    """The variables mlflow.tf sets, with SQLite and a local folder for Cloud SQL and GCS."""
+    auth_ini = workdir / "basic_auth.ini"
+    auth_ini.write_text(
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{workdir / 'auth.db'}\n"
+        "admin_username = admin\n"
+        f"admin_password = {ADMIN_PASSWORD}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    return {
+        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(workdir / "artifacts"),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-flask-secret-key-0123456789",
+        # The cloud's pattern, and loopback for the tests' own admin client (MlflowClient sends the URI's host).
+        "MLFLOW_SERVER_ALLOWED_HOSTS": "mlflow-*.run.app,127.0.0.1:*",
+        "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini),
+        "MLFLOW_HOST": "127.0.0.1",
+        "MLFLOW_WORKERS": "1",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+
+
+@pytest.fixture(scope="module")
+def cloud_mlflow() -> Iterator[services.Service]:
+    """MLflow started through infra/mlflow/serve.py with the cloud's flags."""
+    with tempfile.TemporaryDirectory(prefix="mlflow-cloud-") as tmp:
+        workdir = Path(tmp)
+        port = services.free_port()
+        env = {**serve_env(workdir), "PORT": str(port)}
+        with services.start(
+            "mlflow-cloud",
+            [sys.executable, str(SERVE)],
+            url=f"http://127.0.0.1:{port}",
+            ready_path="/health",
+            log_path=workdir / "mlflow.log",
+            env=env,
+            timeout_s=120,
+        ) as service:
+            yield service
+
+
+def run_bootstrap(url: str) -> dict[str, bool]:
+    """infra/mlflow/bootstrap.py as the deployment runs it, through Cloud Run's Host name; what it changed."""
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": url,
+        "MLFLOW_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "MLFLOW_WATCHER_PASSWORD": WATCHER_PASSWORD,
+        "MLFLOW_HOST_HEADER": RUN_APP_HOST,
+    }
+    result = subprocess.run(
+        [sys.executable, str(BOOTSTRAP)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["changed"]
+
+
+@contextlib.contextmanager
+def as_admin(url: str) -> Iterator[object]:
+    """An MlflowClient logged in as the admin (MLflow reads the credentials from the environment)."""
+    from mlflow import MlflowClient
+
+    saved = dict(os.environ)
+    os.environ.update({"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD})
+    try:
+        yield MlflowClient(url)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def registered(cloud_mlflow: services.Service, trained: dict) -> dict[str, object]:
+    """Bootstrapped, then the trained model registered and promoted by the admin, in training's experiment."""
+    first = run_bootstrap(cloud_mlflow.url)
+    source = RegistryClient(trained["tracking_uri"], timeout=10)
+    base = source.version_by_alias(MODEL_NAME, PRODUCTION_ALIAS)
+    run = source.run(base.run_id)
+    model_bytes = source.download(source.model_artifact_uri(base), MODEL_FILENAME)
+    golden = source.download(run.artifact_uri, GOLDEN_OUTPUTS_ARTIFACT)
+    with as_admin(cloud_mlflow.url) as client, tempfile.TemporaryDirectory() as tmp:
+        experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+        run_id = client.create_run(experiment_id).info.run_id
+        (Path(tmp) / MODEL_FILENAME).write_bytes(model_bytes)
+        client.log_artifact(run_id, str(Path(tmp) / MODEL_FILENAME), "model")
+        golden_path = Path(tmp) / Path(GOLDEN_OUTPUTS_ARTIFACT).name
+        golden_path.write_bytes(golden)
+        client.log_artifact(run_id, str(golden_path), str(Path(GOLDEN_OUTPUTS_ARTIFACT).parent))
+        client.set_tag(run_id, RUN_TAG_MODEL_SHA256, sha256_bytes(model_bytes))
+        client.log_metric(run_id, VALIDATION_ACCURACY_METRIC, run.metrics[VALIDATION_ACCURACY_METRIC])
+        client.set_terminated(run_id)
+        artifact_uri = client.get_run(run_id).info.artifact_uri
+        version = client.create_model_version(MODEL_NAME, f"{artifact_uri}/model", run_id).version
+        client.set_registered_model_alias(MODEL_NAME, PRODUCTION_ALIAS, version)
+    return {"first_bootstrap": first, "experiment_id": experiment_id, "version": str(version)}
+
+
+def watcher(url: str, host: str = RUN_APP_HOST) -> RegistryClient:
+    """The registry watcher's client as Cloud Run reaches MLflow: its own user, the service's Host name."""
+    return RegistryClient(url, username="watcher", password=WATCHER_PASSWORD, host=host, timeout=10)
+
+
+def fetch_and_judge(registry: RegistryClient) -> object:
+    version = registry.production_version(MODEL_NAME)
+    return gate.judge(gate.fetch_candidate(registry, version), min_val_accuracy=0.9)
+
+
+@pytest.mark.system
+def test_gate_through_mlflow_started_the_cloud_way_accepts_the_trained_version(cloud_mlflow, registered) -> None:
+    verdict = fetch_and_judge(watcher(cloud_mlflow.url))
+
+    assert registered["first_bootstrap"] == dict.fromkeys(
+        ("user", "experiment", "registered_model", "model_edit", "experiment_read"), True
+    )
+    assert verdict.accepted, verdict
+
+
+@pytest.mark.system
+def test_watcher_may_tag_versions_and_move_the_alias(cloud_mlflow, registered) -> None:
+    registry = watcher(cloud_mlflow.url)
+
+    registry.set_version_tag(MODEL_NAME, registered["version"], "deployment_status", "test")
+    registry.set_alias(MODEL_NAME, PRODUCTION_ALIAS, registered["version"])
+
+    assert registry.production_version(MODEL_NAME).version == registered["version"]
+
+
+@pytest.mark.system
+def test_bootstrap_run_again_changes_nothing(cloud_mlflow, registered) -> None:
+    assert run_bootstrap(cloud_mlflow.url) == dict.fromkeys(registered["first_bootstrap"], False)
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("host", ["evil.example.com", f"{RUN_APP_HOST}.evil.example.com", "localhost:5000"])
+def test_host_not_allowed_is_refused_with_403(cloud_mlflow, registered, host: str) -> None:
+    with pytest.raises(RegistryError, match="HTTP 403"):
+        watcher(cloud_mlflow.url, host=host).production_version(MODEL_NAME)
+
+
+@pytest.mark.system
+def test_gate_without_read_on_the_experiment_cannot_read_the_run(cloud_mlflow, registered) -> None:
+    revoke = {"username": "watcher", "resource_type": "experiment", "resource_id": registered["experiment_id"]}
+    admin = bootstrap.Admin(bootstrap.Settings(cloud_mlflow.url, "admin", ADMIN_PASSWORD, "watcher", WATCHER_PASSWORD))
+    admin.post("/api/3.0/mlflow/users/permissions/revoke", revoke)
+    try:
+        with pytest.raises(RegistryError, match="HTTP 403"):
+            fetch_and_judge(watcher(cloud_mlflow.url))
+    finally:
+        repaired = run_bootstrap(cloud_mlflow.url)
+
+    assert repaired["experiment_read"] is True
+    assert fetch_and_judge(watcher(cloud_mlflow.url)).accepted
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+        "MLFLOW_SERVER_ALLOWED_HOSTS",
+        "MLFLOW_BACKEND_STORE_URI",
+        "MLFLOW_ARTIFACTS_DESTINATION",
+        "MLFLOW_AUTH_CONFIG_PATH",
+    ],
+)
+def test_serve_without_a_required_variable_exits_naming_it(tmp_path: Path, missing: str) -> None:
+    env = {k: v for k, v in {**os.environ, **serve_env(tmp_path)}.items() if k != missing}
+
+    result = subprocess.run([sys.executable, str(SERVE)], env=env, capture_output=True, text=True, timeout=30)
+
+    assert result.returncode == 2
+    assert missing in result.stderr
+
+
+def test_server_argv_runs_basic_auth_with_the_hosts_and_the_password_url_encoded(tmp_path: Path) -> None:
+    env = {
+        **serve_env(tmp_path),
+        "MLFLOW_BACKEND_STORE_URI": "postgresql+psycopg://mlflow@10.0.0.3/mlflow",
+        "MLFLOW_BACKEND_STORE_PASSWORD": "p@ss/w:rd",
+    }
+
+    argv = serve.server_argv(env)
+
+    flags = dict(zip(argv[4::2], argv[5::2], strict=True))
+    assert argv[1:4] == ["-m", "mlflow", "server"]
+    assert flags["--app-name"] == "basic-auth"
+    assert flags["--allowed-hosts"] == "mlflow-*.run.app,127.0.0.1:*"
+    assert flags["--backend-store-uri"] == "postgresql+psycopg://mlflow:p%40ss%2Fw%3Ard@10.0.0.3/mlflow"
+    assert flags["--port"] == "8080"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"MLFLOW_SERVER_ALLOWED_HOSTS": "mlflow-*.run.app, *"}, "not '\\*'"),
+        ({"MLFLOW_WORKERS": "two"}, "MLFLOW_WORKERS must be a whole number"),
+        ({"MLFLOW_AUTH_CONFIG_PATH": "/nonexistent/basic_auth.ini"}, "no file at"),
+        ({"MLFLOW_BACKEND_STORE_PASSWORD": "x", "MLFLOW_BACKEND_STORE_URI": "sqlite:///x.db"}, "must name a user"),
+    ],
+)
+def test_server_argv_refuses_wrong_settings(tmp_path: Path, change: dict[str, str], message: str) -> None:
+    with pytest.raises(serve.ConfigError, match=message):
+        serve.server_argv({**serve_env(tmp_path), **change})
+
+
+def mlflow_service() -> dict:
+    """infra/terraform/mlflow.tf's Cloud Run service, parsed."""
+    import hcl2
+
+    for block in hcl2.loads(MLFLOW_TF.read_text())["resource"]:
+        for kind, named in block.items():
+            if kind.strip('"') == "google_cloud_run_v2_service":
+                return named['"mlflow"'] if '"mlflow"' in named else named["mlflow"]
+    raise AssertionError("no google_cloud_run_v2_service in mlflow.tf")
+
+
+def test_dockerfile_copies_serve_and_bootstrap_and_starts_through_serve() -> None:
+    dockerfile = (MLFLOW_DIR / "Dockerfile").read_text()
+
+    copied = re.findall(r"^COPY (.+) (\S+)$", dockerfile, re.M)
+    (entrypoint,) = re.findall(r"^ENTRYPOINT (.+)$", dockerfile, re.M)
+
+    assert copied == [("serve.py bootstrap.py", "/opt/mlflow/")]
+    assert json.loads(entrypoint) == ["python", "/opt/mlflow/serve.py"]
+    assert re.search(r"^CMD ", dockerfile, re.M) is None
+    assert '"mlflow[auth]==3.17.2"' in dockerfile
+
+
+def test_cloud_run_runs_the_image_entry_point_with_every_variable_serve_requires() -> None:
+    (container,) = mlflow_service()["template"][0]["containers"]
+    env = {entry["name"].strip('"'): entry for entry in container["env"]}
+
+    secrets = {name for name, entry in env.items() if "value_source" in entry}
+
+    assert "command" not in container
+    assert "args" not in container
+    assert set(serve.REQUIRED) <= set(env)
+    assert {"MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_BACKEND_STORE_PASSWORD"} <= secrets
+    assert env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].strip('"') == "mlflow-*.run.app"
+    assert "PORT" not in env  # Cloud Run sets it from container_port and refuses it as a variable
+
+
+def test_cloud_run_allowed_hosts_accept_the_service_url_forms() -> None:
+    (container,) = mlflow_service()["template"][0]["containers"]
+    (hosts,) = [
+        e["value"].strip('"') for e in container["env"] if e["name"].strip('"') == "MLFLOW_SERVER_ALLOWED_HOSTS"
+    ]
+    allowed = serve.server_argv({**serve_env_for_check(), "MLFLOW_SERVER_ALLOWED_HOSTS": hosts})[-1].split(",")
+
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    assert is_allowed_host_header(allowed, RUN_APP_HOST)
+    assert is_allowed_host_header(allowed, "mlflow-123456789012.europe-west1.run.app")
+    assert not is_allowed_host_header(allowed, "evil.example.com")
+
+
+def serve_env_for_check() -> dict[str, str]:
+    return {name: str(SERVE) for name in serve.REQUIRED}  # any value; the auth config path must be a file
+
+
+def test_mlflow_keeps_one_instance_warm() -> None:
+    (scaling,) = mlflow_service()["template"][0]["scaling"]
+
+    assert scaling["min_instance_count"] >= 1
