@@ -44,12 +44,17 @@ BOOTSTRAP_APIS = (
 
 # MLflow's bootstrap (users, permissions, webhook) is infra/mlflow/bootstrap.py. Its interface lives here only:
 # the script, the arguments that ask "is everything in place already?" (exit 0: yes), and the environment it is
-# given, from the settings and from Terraform's outputs (outputs.tf).
+# given, from Terraform's outputs (outputs.tf) and from Secret Manager (secrets.tf), read just before it runs.
 BOOTSTRAP_SCRIPT = f"{MLFLOW_DIR}/bootstrap.py"
 BOOTSTRAP_CHECK_ARGS = ("--check",)
 BOOTSTRAP_ENV_FROM_OUTPUTS = {
-    "MLFLOW_URL": "mlflow_url",
-    "WEBHOOK_URL": "registry_webhook_url",
+    "MLFLOW_TRACKING_URI": "mlflow_url",
+    "MLFLOW_WEBHOOK_URL": "registry_webhook_url",
+}
+BOOTSTRAP_ENV_FROM_SECRETS = {
+    "MLFLOW_ADMIN_PASSWORD": "sentiment-mlflow-admin-password",
+    "MLFLOW_WATCHER_PASSWORD": "sentiment-mlflow-watcher-password",
+    "MLFLOW_WEBHOOK_SECRET": "sentiment-mlflow-webhook",
 }
 
 # Terraform's outputs printed at the end of a deployment, in this order.
@@ -129,7 +134,8 @@ class Step:
     """One step: its check (None: always run, it is local and safe to repeat) and the command that does it.
 
     A step without a command only checks (a prerequisite); `hint` says what to do when it is not met.
-    `env_from_outputs` maps environment variables of the command to Terraform outputs read just before it runs.
+    `env_from_outputs` maps environment variables of the command (and of its check) to Terraform outputs read just
+    before; `env_from_commands` to the output of read-only commands (never printed).
     """
 
     name: str
@@ -138,6 +144,8 @@ class Step:
     check: CommandCheck | FileCheck | None = None
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     env_from_outputs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Variables whose value is a read-only command's output (a secret, an identity token), for the check too.
+    env_from_commands: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     hint: str = ""
 
 
@@ -306,12 +314,25 @@ def deploy_plan(settings: Settings, mlflow_version: str) -> list[Step]:
             manual=" ".join(
                 [*(f"{k}={v}" for k, v in bootstrap_env.items())]
                 + [f'{k}="$(terraform output -raw {v})"' for k, v in BOOTSTRAP_ENV_FROM_OUTPUTS.items()]
+                + [
+                    f'{k}="$(gcloud secrets versions access latest --secret={v})"'
+                    for k, v in BOOTSTRAP_ENV_FROM_SECRETS.items()
+                ]
+                + ['MLFLOW_IAM_TOKEN="$(gcloud auth print-identity-token)"']
                 + ["python", BOOTSTRAP_SCRIPT]
             ),
             argv=(settings.python, BOOTSTRAP_SCRIPT),
             check=CommandCheck((settings.python, BOOTSTRAP_SCRIPT, *BOOTSTRAP_CHECK_ARGS), exits_zero),
             env=bootstrap_env,
             env_from_outputs=BOOTSTRAP_ENV_FROM_OUTPUTS,
+            env_from_commands={
+                **{
+                    var: gcloud(settings, "secrets", "versions", "access", "latest", f"--secret={secret}")
+                    for var, secret in BOOTSTRAP_ENV_FROM_SECRETS.items()
+                },
+                # MLflow sits behind Cloud Run IAM: the operator's identity rides beside MLflow's basic auth.
+                "MLFLOW_IAM_TOKEN": ("gcloud", "auth", "print-identity-token"),
+            },
         ),
     ]
 
@@ -406,7 +427,8 @@ def execute(steps: Sequence[Step], runner: Runner, root: Path, resume: str, say:
     """Check each step, do it if needed; the first failure raises StepFailed with the way to resume."""
     for number, step in enumerate(steps, 1):
         label = f"[{number}/{len(steps)}] {step.name}"
-        status, result = check(step, runner, root)
+        env = step_env(step, runner, root) if step.env_from_outputs or step.env_from_commands else dict(step.env)
+        status, result = check(step, runner, root, env)
         if status is Status.DONE:
             say(f"{label}: already done")
             continue
@@ -417,10 +439,6 @@ def execute(steps: Sequence[Step], runner: Runner, root: Path, resume: str, say:
                 + f"\nThen run `{resume}` again: steps already done are skipped."
             )
         say(f"{label}: {quoted(step.argv)}")
-        env = dict(step.env)
-        if step.env_from_outputs:
-            values = outputs(runner, root)
-            env.update({var: str(values.get(output, "")) for var, output in step.env_from_outputs.items()})
         result = runner(step.argv, cwd=root, env=env)
         if result.returncode != 0:
             raise StepFailed(
@@ -429,13 +447,27 @@ def execute(steps: Sequence[Step], runner: Runner, root: Path, resume: str, say:
             )
 
 
-def check(step: Step, runner: Runner, root: Path) -> tuple[Status, Result]:
+def step_env(step: Step, runner: Runner, root: Path) -> dict[str, str]:
+    """The step's environment: its fixed values, Terraform's outputs, and the read-only commands' answers."""
+    env = dict(step.env)
+    if step.env_from_outputs:
+        values = outputs(runner, root)
+        env.update({var: str(values.get(output, "")) for var, output in step.env_from_outputs.items()})
+    for var, argv in step.env_from_commands.items():
+        result = runner(argv, cwd=root, capture=True)
+        if result.returncode != 0:
+            raise StepFailed(f"{step.name}: `{quoted(argv)}` failed (for {var}): {result.stderr.strip()}")
+        env[var] = result.stdout.strip()
+    return env
+
+
+def check(step: Step, runner: Runner, root: Path, env: Mapping[str, str] | None = None) -> tuple[Status, Result]:
     """The step's status, and the check command's result (empty for file checks and unchecked steps)."""
     if step.check is None:
         return Status.TODO, Result(0)
     if isinstance(step.check, FileCheck):
         return (Status.DONE if (root / step.check.path).exists() else Status.TODO), Result(0)
-    result = runner(step.check.argv, cwd=root, capture=True)
+    result = runner(step.check.argv, cwd=root, capture=True, env=env or None)
     return step.check.status(result), result
 
 
@@ -454,6 +486,8 @@ def describe(steps: Sequence[Step]) -> str:
             lines.append(f"   if not: {step.hint}")
         for var, output in step.env_from_outputs.items():
             lines.append(f"   env:   {var} = terraform output {output}")
+        for var, argv in step.env_from_commands.items():
+            lines.append(f"   env:   {var} = $({quoted(argv)})")
     return "\n".join(lines)
 
 

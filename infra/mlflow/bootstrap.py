@@ -4,7 +4,11 @@ Creates the watcher's user if missing, the experiment training writes to (traini
 the registered model if missing, then grants the watcher, through the 3.0 grant API that MLflow 3.17 serves:
   EDIT on the registered model (it moves the alias `production` and tags versions in a rollout),
   READ on the experiment (with default_permission NO_PERMISSIONS, runs/get and the artifact proxy need it).
-A second run finds everything in place and changes nothing. Standard library only: it runs wherever Python does.
+With MLFLOW_WEBHOOK_URL, it also registers MLflow's webhook for alias moves to the watcher's receiver, signed
+with MLFLOW_WEBHOOK_SECRET (one webhook of that name; replaced when its URL or events differ: MLflow never shows
+a stored secret, so rotating the secret is `--replace-webhook`).
+A second run finds everything in place and changes nothing; `--check` changes nothing and exits 0 when nothing
+would change, 1 otherwise. Standard library only: it runs wherever Python does.
 
 Variables (required unless a default is given):
   MLFLOW_TRACKING_URI       the server (through `gcloud run services proxy` from a laptop)
@@ -15,6 +19,10 @@ Variables (required unless a default is given):
   MLFLOW_MODEL_NAME         default yelp-sentiment
   MLFLOW_EXPERIMENT_NAME    default yelp-sentiment
   MLFLOW_HOST_HEADER        (optional) the Host header to send, when it differs from the URI's host
+  MLFLOW_IAM_TOKEN          (optional) a Google identity token: MLflow on Cloud Run behind IAM, called directly
+                            (sent as X-Serverless-Authorization, beside MLflow's own basic auth)
+  MLFLOW_WEBHOOK_URL        (optional) the watcher's webhook receiver, with path /webhook
+  MLFLOW_WEBHOOK_SECRET     its HMAC secret (required with MLFLOW_WEBHOOK_URL; Secret Manager: sentiment-mlflow-webhook)
 """
 
 from __future__ import annotations
@@ -47,10 +55,15 @@ class Settings:
     model_name: str = "yelp-sentiment"
     experiment_name: str = "yelp-sentiment"
     host_header: str | None = None
+    iam_token: str | None = None
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         required = ("MLFLOW_TRACKING_URI", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_WATCHER_PASSWORD")
+        if env.get("MLFLOW_WEBHOOK_URL"):
+            required += ("MLFLOW_WEBHOOK_SECRET",)
         missing = [name for name in required if not env.get(name)]
         if missing:
             raise BootstrapError(f"missing environment variable(s): {', '.join(missing)}")
@@ -63,6 +76,9 @@ class Settings:
             model_name=env.get("MLFLOW_MODEL_NAME", "yelp-sentiment"),
             experiment_name=env.get("MLFLOW_EXPERIMENT_NAME", "yelp-sentiment"),
             host_header=env.get("MLFLOW_HOST_HEADER") or None,
+            iam_token=env.get("MLFLOW_IAM_TOKEN") or None,
+            webhook_url=env.get("MLFLOW_WEBHOOK_URL") or None,
+            webhook_secret=env.get("MLFLOW_WEBHOOK_SECRET") or None,
         )
 
 
@@ -75,6 +91,8 @@ class Admin:
         self._headers = {"Authorization": f"Basic {basic}", "Accept": "application/json"}
         if settings.host_header:
             self._headers["Host"] = settings.host_header
+        if settings.iam_token:
+            self._headers["X-Serverless-Authorization"] = f"Bearer {settings.iam_token}"
         self._timeout = timeout_s
 
     def get(self, path: str, **query: str) -> dict[str, Any] | None:
@@ -82,6 +100,9 @@ class Admin:
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
         return self._call("POST", path, body)
+
+    def delete(self, path: str) -> dict[str, Any] | None:
+        return self._call("DELETE", path, None)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
         headers = dict(self._headers)
@@ -101,37 +122,73 @@ class Admin:
             raise BootstrapError(f"{method} {path.split('?')[0]}: {exc}") from exc
 
 
-def ensure_user(admin: Admin, username: str, password: str) -> bool:
-    """Create the user if missing (an existing user's password is left alone); True if created."""
+def ensure_user(admin: Admin, username: str, password: str, apply: bool = True) -> bool:
+    """Create the user if missing (an existing user's password is left alone); True if created (or, with
+    apply=False, if it would be)."""
     if admin.get("/api/2.0/mlflow/users/get", username=username) is not None:
         return False
-    admin.post("/api/2.0/mlflow/users/create", {"username": username, "password": password})
+    if apply:
+        admin.post("/api/2.0/mlflow/users/create", {"username": username, "password": password})
     return True
 
 
-def ensure_experiment(admin: Admin, name: str) -> tuple[str, bool]:
-    """The experiment's id, created if missing; and whether it was created."""
+def ensure_experiment(admin: Admin, name: str, apply: bool = True) -> tuple[str | None, bool]:
+    """The experiment's id, created if missing (None when it is missing and apply=False); and whether it was."""
     found = admin.get("/api/2.0/mlflow/experiments/get-by-name", experiment_name=name)
     if found is not None:
         return found["experiment"]["experiment_id"], False
+    if not apply:
+        return None, True
     created = admin.post("/api/2.0/mlflow/experiments/create", {"name": name})
     return created["experiment_id"], True
 
 
-def ensure_registered_model(admin: Admin, name: str) -> bool:
-    """Create the registered model if missing; True if created."""
+def ensure_registered_model(admin: Admin, name: str, apply: bool = True) -> bool:
+    """Create the registered model if missing; True if created (or, with apply=False, if it would be)."""
     if admin.get("/api/2.0/mlflow/registered-models/get", name=name) is not None:
         return False
-    admin.post("/api/2.0/mlflow/registered-models/create", {"name": name})
+    if apply:
+        admin.post("/api/2.0/mlflow/registered-models/create", {"name": name})
     return True
 
 
-def ensure_permission(admin: Admin, username: str, resource_type: str, resource_id: str, permission: str) -> bool:
+WEBHOOK_NAME = "registry-watcher"
+WEBHOOK_EVENTS = [
+    {"entity": "MODEL_VERSION_ALIAS", "action": "CREATED"},
+    {"entity": "MODEL_VERSION_ALIAS", "action": "DELETED"},
+]
+
+
+def ensure_webhook(admin: Admin, url: str, secret: str, replace: bool = False, apply: bool = True) -> bool:
+    """One active webhook named WEBHOOK_NAME to `url` for alias moves; True if (re)created."""
+    hooks = (admin.get("/api/2.0/mlflow/webhooks", max_results="100") or {}).get("webhooks", [])
+    ours = [hook for hook in hooks if hook.get("name") == WEBHOOK_NAME]
+    wanted = sorted((e["entity"], e["action"]) for e in WEBHOOK_EVENTS)
+
+    def current(hook: dict[str, Any]) -> bool:
+        events = sorted((e.get("entity"), e.get("action")) for e in hook.get("events", []))
+        return hook.get("url") == url and events == wanted and hook.get("status", "ACTIVE") == "ACTIVE"
+
+    if len(ours) == 1 and current(ours[0]) and not replace:
+        return False
+    if apply:
+        for hook in ours:
+            admin.delete(f"/api/2.0/mlflow/webhooks/{hook['webhook_id']}")
+        body = {"name": WEBHOOK_NAME, "url": url, "events": WEBHOOK_EVENTS, "secret": secret, "status": "ACTIVE"}
+        admin.post("/api/2.0/mlflow/webhooks", body)
+    return True
+
+
+def ensure_permission(
+    admin: Admin, username: str, resource_type: str, resource_id: str | None, permission: str, apply: bool = True
+) -> bool:
     """The user's own grant on the resource is `permission` (replaced if it was another); True if changed.
 
     The 3.0 grant refuses to overwrite an existing grant (RESOURCE_ALREADY_EXISTS), so a different one is
     revoked first.
     """
+    if resource_id is None:  # the resource does not exist yet (apply=False): neither does the grant
+        return True
     key = {"username": username, "resource_type": resource_type, "resource_id": resource_id}
     listed = admin.get("/api/3.0/mlflow/users/permissions/list", username=username) or {}
     current = [
@@ -141,35 +198,54 @@ def ensure_permission(admin: Admin, username: str, resource_type: str, resource_
     ]
     if current == [permission]:
         return False
+    if not apply:
+        return True
     if current:
         admin.post("/api/3.0/mlflow/users/permissions/revoke", key)
     admin.post("/api/3.0/mlflow/users/permissions/grant", {**key, "permission": permission})
     return True
 
 
-def bootstrap(settings: Settings) -> dict[str, bool]:
-    """Every step, in order; for each, whether it changed anything."""
+def bootstrap(settings: Settings, apply: bool = True, replace_webhook: bool = False) -> dict[str, bool]:
+    """Every step, in order; for each, whether it changed anything (with apply=False: whether it would)."""
     admin = Admin(settings)
-    changed = {"user": ensure_user(admin, settings.watcher_username, settings.watcher_password)}
-    experiment_id, changed["experiment"] = ensure_experiment(admin, settings.experiment_name)
-    changed["registered_model"] = ensure_registered_model(admin, settings.model_name)
+    changed = {"user": ensure_user(admin, settings.watcher_username, settings.watcher_password, apply)}
+    experiment_id, changed["experiment"] = ensure_experiment(admin, settings.experiment_name, apply)
+    changed["registered_model"] = ensure_registered_model(admin, settings.model_name, apply)
+    model = settings.model_name if apply or not changed["registered_model"] else None
     changed["model_edit"] = ensure_permission(
-        admin, settings.watcher_username, "registered_model", settings.model_name, "EDIT"
+        admin, settings.watcher_username, "registered_model", model, "EDIT", apply
     )
     changed["experiment_read"] = ensure_permission(
-        admin, settings.watcher_username, "experiment", experiment_id, "READ"
+        admin, settings.watcher_username, "experiment", experiment_id, "READ", apply
     )
+    if settings.webhook_url:
+        changed["webhook"] = ensure_webhook(
+            admin, settings.webhook_url, settings.webhook_secret, replace_webhook, apply
+        )
     return changed
 
 
-def main() -> None:
-    """Run the bootstrap from the environment; print what changed as one JSON line."""
+def main(argv: list[str] | None = None) -> None:
+    """Run the bootstrap from the environment; print what changed (or would) as one JSON line.
+
+    --check: change nothing; exit 0 when everything is in place, 1 when something would change.
+    --replace-webhook: register the webhook again even if it looks current (a rotated secret).
+    """
+    args = sys.argv[1:] if argv is None else argv
+    unknown = [arg for arg in args if arg not in ("--check", "--replace-webhook")]
+    if unknown:
+        sys.stderr.write(f"infra/mlflow/bootstrap.py: unknown argument(s) {' '.join(unknown)}\n")
+        raise SystemExit(2)
+    check = "--check" in args
     try:
-        changed = bootstrap(Settings.from_env(os.environ))
+        changed = bootstrap(Settings.from_env(os.environ), apply=not check, replace_webhook="--replace-webhook" in args)
     except BootstrapError as exc:
         sys.stderr.write(f"infra/mlflow/bootstrap.py: {exc}\n")
         raise SystemExit(1) from None
-    sys.stdout.write(json.dumps({"changed": changed}) + "\n")
+    sys.stdout.write(json.dumps({"would_change" if check else "changed": changed}) + "\n")
+    if check and any(changed.values()):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

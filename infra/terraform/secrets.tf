@@ -1,6 +1,9 @@
 # Every secret is generated here and kept in Secret Manager; none is written in any file of the repository.
 resource "random_password" "main" {
-  for_each = toset(["feedback-token", "mlflow-webhook", "mlflow-watcher-password", "mlflow-admin-password", "mlflow-db-password"])
+  for_each = toset([
+    "feedback-token", "mlflow-webhook", "mlflow-watcher-password", "mlflow-admin-password", "mlflow-db-password",
+    "mlflow-flask-secret-key", # MLflow's CSRF key: basic-auth mode refuses to start without a static one
+  ])
 
   length  = 40
   special = false

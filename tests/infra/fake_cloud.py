@@ -42,6 +42,16 @@ def answer(tool: str, args: list[str]) -> int:
         match words:
             case ["projects", "describe", _] | ["auth", "application-default", "print-access-token"]:
                 return 0
+            case ["auth", "print-identity-token"]:
+                print("fake-identity-token")
+                return 0
+            case ["secrets", "versions", "access", "latest"]:
+                secret = next(a.split("=", 1)[1] for a in args if a.startswith("--secret="))
+                if not has("terraform", "applied"):
+                    print(f"NOT_FOUND: secret {secret}", file=sys.stderr)
+                    return 1
+                print(f"value-of-{secret}")
+                return 0
             case ["services", "list"]:
                 print("\n".join(p.name for p in sorted((STATE / "api").glob("*"))) if (STATE / "api").is_dir() else "")
                 return 0

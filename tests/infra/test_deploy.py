@@ -28,7 +28,9 @@ FAKE_BOOTSTRAP = """\
 import json, os, pathlib, sys
 state = pathlib.Path(os.environ["FAKE_STATE"]) / "bootstrapped"
 with open(os.environ["FAKE_LOG"], "a") as log:
-    env = {k: os.environ.get(k) for k in ("MLFLOW_URL", "WEBHOOK_URL", "GOOGLE_CLOUD_PROJECT", "REGION")}
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_WEBHOOK_URL", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_WATCHER_PASSWORD",
+             "MLFLOW_WEBHOOK_SECRET", "MLFLOW_IAM_TOKEN", "GOOGLE_CLOUD_PROJECT", "REGION")
+    env = {k: os.environ.get(k) for k in names}
     log.write(json.dumps({"tool": "bootstrap", "args": sys.argv[1:], "env": env}) + "\\n")
 if "--check" in sys.argv:
     sys.exit(0 if state.exists() else 1)
@@ -119,16 +121,28 @@ def test_deploy_fresh_project_runs_every_step_in_order(cloud: Cloud) -> None:
     assert [c for c in commands if c.startswith("gsutil")] == []
 
 
-def test_deploy_bootstrap_gets_terraform_outputs(cloud: Cloud) -> None:
+def test_deploy_bootstrap_gets_terraform_outputs_secrets_and_an_identity_token(cloud: Cloud) -> None:
     cloud.main("deploy", *ARGS)
 
-    run = next(c for c in cloud.calls() if c["tool"] == "bootstrap" and not c["args"])
-    assert run["env"] == {
-        "MLFLOW_URL": "https://mlflow-abc.a.run.app",
-        "WEBHOOK_URL": "https://registry-webhook-abc.a.run.app/webhook",
-        "GOOGLE_CLOUD_PROJECT": "my-sentiment-project",
-        "REGION": "europe-west1",
-    }
+    check, run = (c for c in cloud.calls() if c["tool"] == "bootstrap")
+    assert check["args"] == ["--check"]
+    assert run["args"] == []
+    assert (
+        check["env"]
+        == run["env"]
+        == {
+            "MLFLOW_TRACKING_URI": "https://mlflow-abc.a.run.app",
+            "MLFLOW_WEBHOOK_URL": "https://registry-webhook-abc.a.run.app/webhook",
+            "MLFLOW_ADMIN_PASSWORD": "value-of-sentiment-mlflow-admin-password",
+            "MLFLOW_WATCHER_PASSWORD": "value-of-sentiment-mlflow-watcher-password",
+            "MLFLOW_WEBHOOK_SECRET": "value-of-sentiment-mlflow-webhook",
+            "MLFLOW_IAM_TOKEN": "fake-identity-token",
+            "GOOGLE_CLOUD_PROJECT": "my-sentiment-project",
+            "REGION": "europe-west1",
+        }
+    )
+    said = cloud.main("deploy", *ARGS, "--dry-run")[1]
+    assert "value-of-" not in said  # secrets are read when the step runs, never printed
 
 
 def test_deploy_prints_the_urls(cloud: Cloud) -> None:

@@ -83,6 +83,11 @@ def serve_env(workdir: Path) -> dict[str, str]:
         "MLFLOW_HOST": "127.0.0.1",
         "MLFLOW_WORKERS": "1",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        # Only here: the test's webhook target is a loopback http URL. In the cloud the receiver is an https
+        # run.app name, which MLflow's defaults (https only, no private addresses) accept.
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "pwG3hzJ3B0zJ0n3Ywq9m0VbqvYk3sX1qJ6oA2YwG8pE=",
     }
 
 
@@ -105,20 +110,28 @@ def cloud_mlflow() -> Iterator[services.Service]:
             yield service
 
 
-def run_bootstrap(url: str) -> dict[str, bool]:
-    """infra/mlflow/bootstrap.py as the deployment runs it, through Cloud Run's Host name; what it changed."""
+WEBHOOK_URL = "http://127.0.0.1:9/webhook"  # MLflow resolves the host when it registers a webhook
+
+
+def run_bootstrap(url: str, *args: str, webhook_url: str = WEBHOOK_URL, expect_code: int = 0) -> dict[str, bool]:
+    """infra/mlflow/bootstrap.py as the deployment runs it, through Cloud Run's Host name (with an identity token,
+    which the local server ignores); what it changed, or with --check what it would change."""
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": url,
         "MLFLOW_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "MLFLOW_WATCHER_PASSWORD": WATCHER_PASSWORD,
         "MLFLOW_HOST_HEADER": RUN_APP_HOST,
+        "MLFLOW_IAM_TOKEN": "identity-token",
+        "MLFLOW_WEBHOOK_URL": webhook_url,
+        "MLFLOW_WEBHOOK_SECRET": "webhook-secret-0123456789",
     }
     result = subprocess.run(
-        [sys.executable, str(BOOTSTRAP)], env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, str(BOOTSTRAP), *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["changed"]
+    assert result.returncode == expect_code, result.stderr
+    answer = json.loads(result.stdout)
+    return answer["would_change" if "--check" in args else "changed"]
 
 
 @contextlib.contextmanager
@@ -176,7 +189,7 @@ def test_gate_through_mlflow_started_the_cloud_way_accepts_the_trained_version(c
     verdict = fetch_and_judge(watcher(cloud_mlflow.url))
 
     assert registered["first_bootstrap"] == dict.fromkeys(
-        ("user", "experiment", "registered_model", "model_edit", "experiment_read"), True
+        ("user", "experiment", "registered_model", "model_edit", "experiment_read", "webhook"), True
     )
     assert verdict.accepted, verdict
 
@@ -194,6 +207,34 @@ def test_watcher_may_tag_versions_and_move_the_alias(cloud_mlflow, registered) -
 @pytest.mark.system
 def test_bootstrap_run_again_changes_nothing(cloud_mlflow, registered) -> None:
     assert run_bootstrap(cloud_mlflow.url) == dict.fromkeys(registered["first_bootstrap"], False)
+    assert run_bootstrap(cloud_mlflow.url, "--check") == dict.fromkeys(registered["first_bootstrap"], False)
+
+
+def webhooks(url: str) -> list[dict]:
+    admin = bootstrap.Admin(
+        bootstrap.Settings(url, "admin", ADMIN_PASSWORD, "watcher", WATCHER_PASSWORD, host_header=RUN_APP_HOST)
+    )
+    return admin.get("/api/2.0/mlflow/webhooks", max_results="100")["webhooks"]
+
+
+@pytest.mark.system
+def test_bootstrap_registers_one_webhook_for_alias_moves_and_check_changes_nothing(cloud_mlflow, registered) -> None:
+    moved = "http://127.0.0.1:10/webhook"
+
+    would = run_bootstrap(cloud_mlflow.url, "--check", webhook_url=moved, expect_code=1)
+    before = webhooks(cloud_mlflow.url)
+    replaced = run_bootstrap(cloud_mlflow.url, webhook_url=moved)
+    after = webhooks(cloud_mlflow.url)
+    run_bootstrap(cloud_mlflow.url)  # back to the module's URL for the other tests
+
+    assert would == {**dict.fromkeys(registered["first_bootstrap"], False), "webhook": True}
+    assert [(h["name"], h["url"]) for h in before] == [("registry-watcher", WEBHOOK_URL)]
+    assert sorted((e["entity"], e["action"]) for e in before[0]["events"]) == [
+        ("MODEL_VERSION_ALIAS", "CREATED"),
+        ("MODEL_VERSION_ALIAS", "DELETED"),
+    ]
+    assert replaced["webhook"] is True
+    assert [h["url"] for h in after] == [moved]
 
 
 @pytest.mark.system
