@@ -63,6 +63,9 @@ URL_OUTPUTS = ("site_url", "predict_url", "feedback_url", "mlflow_url", "registr
 # Set for the teardown's last apply so that destroy may delete the stateful resources (variables.tf).
 UNPROTECT_VARS = {"deletion_protection": "false"}
 
+NETWORK = "sentiment"  # mlflow.tf google_compute_network.main
+SQL_PEERING = "servicenetworking-googleapis-com"  # the peering Service Networking creates for Cloud SQL
+
 PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")  # variables.tf project_id
 REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 
@@ -166,6 +169,32 @@ def state_is_empty(result: Result) -> Status:
     if result.returncode != 0:
         return Status.FAILED
     return Status.TODO if result.stdout.strip() else Status.DONE
+
+
+# What `deletion_protection` guards (variables.tf): while any of them is in the state, the destroy needs the
+# protection off first. Once they are gone, a destroy run again after a failure (Cloud Run holds the Direct VPC
+# subnet's addresses for an hour or two) must not apply the whole configuration, which would re-create them.
+PROTECTED = (
+    "google_sql_database_instance.mlflow",
+    "google_cloud_run_v2_service.mlflow",
+    "google_firestore_database.main",
+    "google_storage_bucket.mlflow_artifacts",
+    "google_storage_bucket.staged_models",
+)
+
+
+def no_protected_resource_left(result: Result) -> Status:
+    if result.returncode != 0:
+        return Status.FAILED
+    left = {line.strip() for line in result.stdout.splitlines()}
+    return Status.TODO if left.intersection(PROTECTED) else Status.DONE
+
+
+def peering_absent(result: Result) -> Status:
+    """Done when the network lists no Cloud SQL peering, or is gone already (the list then fails)."""
+    if result.returncode != 0:
+        return Status.DONE
+    return Status.TODO if SQL_PEERING in result.stdout.split() else Status.DONE
 
 
 def all_enabled(apis: Sequence[str]) -> Callable[[Result], Status]:
@@ -344,11 +373,26 @@ def destroy_plan(settings: Settings, mlflow_version: str) -> list[Step]:
     state_empty = CommandCheck(terraform("state", "list"), state_is_empty)
     steps = [
         *(s for s in common_steps(settings) if s.name not in ("apis", "state-bucket")),
+        # Terraform reads the functions' bundles (functions.tf archive_file) to plan a destroy too.
+        Step(name="bundles", manual="make bundles", argv=("make", "bundles")),
         Step(
             name="unprotect",
             manual=f"cd {TERRAFORM_DIR} && terraform apply {' '.join(tf_vars + unprotect)}",
             argv=terraform("apply", "-input=false", "-auto-approve", *tf_vars, *unprotect),
-            check=state_empty,
+            check=CommandCheck(terraform("state", "list"), no_protected_resource_left),
+        ),
+        Step(
+            # Cloud SQL's private-services peering outlives the abandoned connection and blocks deleting the
+            # network: removed from the VPC's side first (MLflow's database is about to go anyway).
+            name="sql-peering",
+            manual=f"gcloud compute networks peerings delete {SQL_PEERING} --network={NETWORK}",
+            argv=gcloud(settings, "compute", "networks", "peerings", "delete", SQL_PEERING, f"--network={NETWORK}"),
+            check=CommandCheck(
+                gcloud(
+                    settings, "compute", "networks", "peerings", "list", f"--network={NETWORK}", "--format=value(name)"
+                ),
+                peering_absent,
+            ),
         ),
         Step(
             name="terraform-destroy",

@@ -12,7 +12,7 @@ locals {
       "${pair[0]}/${pair[1]}" => { sa = pair[0], secret_name = pair[1] }
     },
     {
-      for secret in ["mlflow-db-password", "mlflow-webhook-encryption-key", "mlflow-auth-config"] :
+      for secret in ["mlflow-db-password", "mlflow-webhook-encryption-key", "mlflow-auth-config", "mlflow-flask-secret-key"] :
       "mlflow/${secret}" => { sa = "mlflow", secret_name = secret }
     },
   )

@@ -48,9 +48,10 @@ resource "google_compute_global_address" "sql_peering" {
   network       = google_compute_network.main.id
 }
 
-# A destroy cannot delete the peering while Cloud SQL still holds producer resources in it (for days after the
-# instance is gone): it is abandoned, and deleting the network removes it. A later apply on a network where it
-# still exists updates its ranges instead of failing to create it.
+# A destroy cannot delete the connection while Cloud SQL still holds producer resources in it (for days after the
+# instance is gone): it is abandoned. Its VPC peering would then block deleting the network, so `make destroy`
+# deletes the peering from the VPC's side first (infra/deploy.py, step sql-peering). A later apply on a network
+# where the connection still exists updates its ranges instead of failing to create it.
 resource "google_service_networking_connection" "sql" {
   network                 = google_compute_network.main.id
   service                 = "servicenetworking.googleapis.com"
@@ -138,17 +139,21 @@ resource "google_sql_database_instance" "mlflow" {
   depends_on = [google_service_networking_connection.sql]
 }
 
+# Both abandoned on destroy, which deletes the instance and them with it: dropped one by one, in parallel, the
+# user fails while it owns the databases' tables ("role cannot be dropped because some objects depend on it").
 resource "google_sql_database" "mlflow" {
   for_each = toset(["mlflow", "mlflow_auth"])
 
-  name     = each.value
-  instance = google_sql_database_instance.mlflow.name
+  name            = each.value
+  instance        = google_sql_database_instance.mlflow.name
+  deletion_policy = "ABANDON"
 }
 
 resource "google_sql_user" "mlflow" {
-  name     = "mlflow"
-  instance = google_sql_database_instance.mlflow.name
-  password = random_password.main["mlflow-db-password"].result
+  name            = "mlflow"
+  instance        = google_sql_database_instance.mlflow.name
+  password        = random_password.main["mlflow-db-password"].result
+  deletion_policy = "ABANDON"
 }
 
 resource "google_cloud_run_v2_service" "mlflow" {

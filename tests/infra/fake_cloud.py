@@ -72,6 +72,12 @@ def answer(tool: str, args: list[str]) -> int:
             case ["builds", "submit", _]:
                 put("image", next(a.split("=", 1)[1] for a in args if a.startswith("--tag=")))
                 return 0
+            case ["compute", "networks", "peerings", "list"]:
+                print("servicenetworking-googleapis-com" if has("peering", "sentiment") else "")
+                return 0
+            case ["compute", "networks", "peerings", "delete", _]:
+                drop("peering", "sentiment")
+                return 0
             case ["firestore", "databases", "describe"]:
                 return 0 if has("terraform", "firestore") else 1
             case ["firestore", "databases", "delete"]:
@@ -85,13 +91,19 @@ def answer(tool: str, args: list[str]) -> int:
                 return 0 if has("terraform", "applied") else 2
             case ["apply"]:
                 put("terraform", "applied")
+                put("peering", "sentiment")  # Service Networking peers the VPC for Cloud SQL
                 put("terraform", "firestore")  # abandoned by destroy, as firestore.tf's deletion_policy says
                 return 0
             case ["destroy"]:
                 drop("terraform", "applied")
                 return 0
             case ["state", "list"]:
-                print("google_project_service.main" if has("terraform", "applied") else "")
+                applied = ["google_project_service.main", "google_sql_database_instance.mlflow"]
+                # FAKE_STATE_LIST: what a destroy that failed half-way left in the state.
+                left = (
+                    os.environ.get("FAKE_STATE_LIST", "").split(",") if os.environ.get("FAKE_STATE_LIST") else applied
+                )
+                print("\n".join(left) if has("terraform", "applied") else "")
                 return 0
             case ["output"]:
                 print(json.dumps({k: {"value": v} for k, v in OUTPUTS.items()} if has("terraform", "applied") else {}))

@@ -252,13 +252,35 @@ def test_destroy_tears_down_in_order_and_keeps_the_state_bucket(cloud: Cloud) ->
     mutating = cloud.mutating()
     assert [m.split(" -")[0] for m in mutating] == [
         "terraform",  # apply with deletion protection off
+        "gcloud compute networks peerings delete servicenetworking-googleapis-com",
         "terraform",  # destroy
         "gcloud firestore databases delete",
         "gcloud artifacts repositories delete sentiment",
     ]
     assert "-var=deletion_protection=false" in mutating[0].split()
-    assert " destroy " in mutating[1]
+    assert " destroy " in mutating[2]
+    assert "make bundles" in cloud.commands()  # terraform reads the bundles to plan the destroy
     assert (cloud.state / "storage" / "gs:__my-sentiment-project-tfstate").exists()
+
+
+def test_destroy_resumed_after_a_failure_with_the_protected_resources_gone_applies_nothing(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cloud.main("deploy", *ARGS)
+    # The first destroy deleted Cloud SQL, MLflow and Firestore, then failed on the subnet Cloud Run still holds.
+    (cloud.state / "terraform" / "applied").write_text("")
+    monkeypatch.setenv("FAKE_FAIL", "terraform -chdir=infra/terraform destroy")
+    failed, said = cloud.main("destroy", *ARGS, "--yes")
+    monkeypatch.delenv("FAKE_FAIL")
+    monkeypatch.setenv("FAKE_STATE_LIST", "google_compute_subnetwork.run")
+    cloud.reset_log()
+
+    code, _ = cloud.main("destroy", *ARGS, "--yes")
+
+    assert failed == 1, said
+    assert code == 0
+    assert [m for m in cloud.mutating() if " apply " in m] == []  # nothing re-created
+    assert any(" destroy " in m for m in cloud.mutating())
 
 
 def test_destroy_then_deploy_creates_everything_again(cloud: Cloud) -> None:

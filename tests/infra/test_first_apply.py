@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -180,3 +183,40 @@ def test_problem_11_every_function_sets_the_variable_cloud_functions_adds() -> N
     env = resources("google_cloudfunctions2_function")["main"]["service_config"][0]["environment_variables"]
 
     assert re.fullmatch(r'\$\{merge\(local\.function_env\[each\.key\], \{"?LOG_EXECUTION_ID"? = "true"\}\)\}', env)
+
+
+def secret_readers(directory: Path) -> set[tuple[str, str]]:
+    """(service account, secret) of iam.tf's local.secret_readers, evaluated by terraform (it is all literals)."""
+    (block,) = re.findall(r"^  secret_readers = merge\(\n.*?^  \)\n", (TERRAFORM / "iam.tf").read_text(), re.M | re.S)
+    (directory / "main.tf").write_text("locals {\n" + block + "}\n")
+    result = subprocess.run(
+        ["terraform", f"-chdir={directory}", "console", "-no-color"],
+        input="jsonencode(local.secret_readers)\n",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return {(grant["sa"], grant["secret_name"]) for grant in json.loads(json.loads(result.stdout)).values()}
+
+
+SECRET_REFERENCE = re.compile(r'google_secret_manager_secret\.main\["([a-z0-9-]+)"\]')
+
+
+def test_problem_1_every_secret_a_service_reads_is_granted_to_its_account(tmp_path: Path) -> None:
+    granted = secret_readers(tmp_path)
+    mlflow_reads = {("mlflow", name) for name in SECRET_REFERENCE.findall((TERRAFORM / "mlflow.tf").read_text())}
+    account_of = {"on-production-changed": "redeployer"}
+    function_secrets = locals_()["function_secrets"]
+    watcher_secrets = locals_()["watcher_secrets"]
+    functions_read = {
+        (account_of.get(function, function), name)
+        for function, secrets in function_secrets.items()
+        for value in (watcher_secrets if secrets == "${local.watcher_secrets}" else secrets).values()
+        for name in SECRET_REFERENCE.findall(value)
+    }
+
+    assert ("mlflow", "mlflow-flask-secret-key") in mlflow_reads  # the check sees what MLflow reads
+    assert ("registry-webhook", "mlflow-webhook") in functions_read
+    assert mlflow_reads | functions_read <= granted, sorted((mlflow_reads | functions_read) - granted)
