@@ -68,6 +68,7 @@ SQL_PEERING = "servicenetworking-googleapis-com"  # the peering Service Networki
 
 PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")  # variables.tf project_id
 REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
+MEMBER = re.compile(r"^(user|group|serviceAccount):[^@\s]+@[^@\s]+$")
 
 
 class UsageError(ValueError):
@@ -83,6 +84,9 @@ class Settings:
     python: str = sys.executable
     initial_model_uri: str = ""
     delete_state_bucket: bool = False
+    # The person running the deployment, as an IAM member: made an invoker of MLflow and of the watcher, which
+    # the MLflow bootstrap and the operator commands need (a project owner has that right already).
+    operator: str = ""
 
     def __post_init__(self) -> None:
         if not self.project or not self.region:
@@ -92,6 +96,8 @@ class Settings:
             raise UsageError(f"PROJECT {self.project!r} is not a project id (6-30 lowercase letters, digits, hyphens)")
         if not REGION.match(self.region):
             raise UsageError(f"REGION {self.region!r} is not a region such as europe-west1")
+        if self.operator and not MEMBER.match(self.operator):
+            raise UsageError(f"OPERATOR {self.operator!r} is not an IAM member such as user:me@example.com")
 
     @property
     def state_bucket(self) -> str:
@@ -218,6 +224,11 @@ def terraform_vars(settings: Settings, mlflow_version: str) -> dict[str, str]:
         "name_prefix": settings.project,
         "mlflow_image": settings.mlflow_image(mlflow_version),
         "initial_model_uri": settings.model_uri(),
+        **(
+            {name: json.dumps([settings.operator]) for name in ("mlflow_invokers", "watcher_invokers")}
+            if settings.operator
+            else {}
+        ),
     }
 
 
@@ -555,6 +566,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--delete-state-bucket", action="store_true", help="destroy: remove the Terraform state bucket too"
     )
     parser.add_argument("--yes", action="store_true", help="destroy: do not ask for the project id to confirm")
+    parser.add_argument(
+        "--operator",
+        default="",
+        help="you, as an IAM member (user:me@example.com): may invoke MLflow (the bootstrap) and the watcher",
+    )
     return parser.parse_args(argv)
 
 
@@ -573,6 +589,7 @@ def main(
             region=args.region,
             initial_model_uri=args.initial_model_uri,
             delete_state_bucket=args.delete_state_bucket,
+            operator=args.operator,
         )
         version = mlflow_version(root)
     except UsageError as exc:

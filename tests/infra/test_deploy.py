@@ -332,3 +332,20 @@ def test_guide_lists_every_step_in_the_plans_order(heading: str, plan: Callable[
     )
 
     assert listed == [step.name for step in plan(settings, "3.17.2")]
+
+
+def test_deploy_makes_the_operator_an_invoker_of_mlflow_and_the_watcher(cloud: Cloud) -> None:
+    code, said = cloud.main("deploy", *ARGS, "--operator", "user:ops@example.com")
+
+    apply = next(m for m in cloud.mutating() if " apply " in m)
+    assert code == 0, said
+    assert '-var=mlflow_invokers=["user:ops@example.com"]' in apply
+    assert '-var=watcher_invokers=["user:ops@example.com"]' in apply
+
+
+def test_deploy_refuses_an_operator_that_is_not_an_iam_member(cloud: Cloud) -> None:
+    code, said = cloud.main("deploy", *ARGS, "--operator", "ops@example.com")
+
+    assert code == 2
+    assert "OPERATOR 'ops@example.com' is not an IAM member" in said
+    assert cloud.calls() == []
