@@ -162,6 +162,16 @@ def deployment_tags(urls: dict, version: str) -> dict[str, str]:
     return {tag["key"]: tag["value"] for tag in found.get("tags", []) if tag["key"].startswith("deployment_")}
 
 
+def tagged(urls: dict, version: str, status: str, timeout_s: float = 30.0) -> dict[str, str]:
+    """The version's deployment tags once they say `status` (a completion is told on the tick after the candidate
+    has all the traffic)."""
+    deadline = time.monotonic() + timeout_s
+    while (tags := deployment_tags(urls, version)).get("deployment_status") != status:
+        assert time.monotonic() < deadline, f"version {version} tags {tags}, not {status}, after {timeout_s} s"
+        time.sleep(0.5)
+    return tags
+
+
 def rollout_command(urls: dict, action: str) -> object:
     return call(f"{urls['registry_watcher']}/rollout", {"action": action})
 
@@ -203,7 +213,10 @@ def test_weaker_version_is_rolled_back_on_live_feedback_and_no_request_fails(
     assert failed["statistic"] >= failed["threshold"]
     assert failed["candidate_total"] > 0
     assert production_alias(urls) == stable
-    assert deployment_tags(urls, weak) == {"deployment_status": "rolled_back", "deployment_reason": entry["reason"]}
+    assert tagged(urls, weak, "rolled_back") == {
+        "deployment_status": "rolled_back",
+        "deployment_reason": entry["reason"],
+    }
     assert call(f"{urls['predict']}/healthz").json["model_version"] == stable
 
 
@@ -220,7 +233,10 @@ def test_abort_in_the_middle_of_a_rollout_restores_the_stable_version(
 
     assert asked.status == 202
     assert production_alias(urls) == stable
-    assert deployment_tags(urls, candidate) == {"deployment_status": "rolled_back", "deployment_reason": "aborted"}
+    assert tagged(urls, candidate, "rolled_back") == {
+        "deployment_status": "rolled_back",
+        "deployment_reason": "aborted",
+    }
     assert {call(f"{urls['predict']}/healthz").json["model_version"] for _ in range(10)} == {stable}
 
 
@@ -248,6 +264,6 @@ def test_version_as_good_as_the_stable_one_completes_and_the_old_one_is_drained(
     assert load.failed() == {}
     assert {load.predictions[201, stable] > 0, load.predictions[201, candidate] > 0} == {True}
     assert production_alias(urls) == candidate
-    assert deployment_tags(urls, candidate)["deployment_status"] == "serving"
+    assert tagged(urls, candidate, "serving")["deployment_reason"] == "evidence_holds"
     assert deployment_tags(urls, stable)["deployment_status"] == "retired"
     assert {call(f"{urls['predict']}/healthz").json["model_version"] for _ in range(10)} == {candidate}
