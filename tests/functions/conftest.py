@@ -16,6 +16,8 @@ from google.cloud import firestore
 
 from localdev import services
 from sentiment_core import events
+from sentiment_core.monitoring import MonitorCounts
+from sentiment_core.records import window_hour
 from tests.support import ORIGIN, PROJECT, SECRET, STORE_TIMEOUT_S  # noqa: F401 (re-exported to tests)
 
 
@@ -114,6 +116,26 @@ def window_counters(db: firestore.Client) -> dict[tuple[str, datetime], dict[str
         window = totals.setdefault((data["model_version"], data["hour"]), dict.fromkeys(WINDOW_FIELDS, 0))
         for field in WINDOW_FIELDS:
             window[field] += int(data.get(field, 0))
+    return totals
+
+
+def window_monitoring(db: firestore.Client) -> dict[tuple[str, datetime], MonitorCounts]:
+    """Monitoring's histograms and confidence sums in the window counters, summed per model version and hour."""
+    totals: dict[tuple[str, datetime], MonitorCounts] = {}
+    for shard in db.collection("counter_windows").stream():
+        data = shard.to_dict()
+        window = (data["model_version"], data["hour"])
+        totals[window] = totals.get(window, MonitorCounts()) + MonitorCounts.from_document(data)
+    return totals
+
+
+def monitoring_from_records(db: firestore.Client) -> dict[tuple[str, datetime], MonitorCounts]:
+    """The same, recomputed from every stored prediction's probability and text."""
+    totals: dict[tuple[str, datetime], MonitorCounts] = {}
+    for record in db.collection("predictions").stream():
+        data = record.to_dict()
+        window = (data["model_version"], window_hour(data["created_at"]))
+        totals[window] = totals.get(window, MonitorCounts()) + MonitorCounts.of(data["probability"], data["text"])
     return totals
 
 

@@ -7,14 +7,18 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from localdev import services
 from tests.functions.conftest import (
     STORE_TIMEOUT_S,
     call,
     counted_from_records,
     counters,
+    monitoring_from_records,
     window_counted_from_records,
     window_counters,
+    window_monitoring,
 )
 
 # A client's deadline that only a hung request reaches (predict's own bound is STORE_TIMEOUT_S); how long
@@ -63,6 +67,13 @@ def test_2000_concurrent_mixed_requests_keep_every_aggregate_and_window_equal_to
     for (window_version, hour), counted in windows.items():
         assert counted == window_counted_from_records(clean_db, window_version, hour)
     assert {k: sum(w[k] for w in windows.values()) for k in from_records} == from_records  # no hour missed
+    # Monitoring's histograms and confidence sums, written in the same commits, equal the records too.
+    monitored, recomputed = window_monitoring(clean_db), monitoring_from_records(clean_db)
+    assert monitored.keys() == recomputed.keys()
+    for window, counted in monitored.items():
+        assert (counted.probability, counted.length) == (recomputed[window].probability, recomputed[window].length)
+        assert counted.confidence_sum == pytest.approx(recomputed[window].confidence_sum)
+    assert sum(m.predictions for m in monitored.values()) == from_records["predictions"]
 
 
 def test_frozen_firestore_gives_bounded_503s_and_every_201_is_stored(predict_url, firestore_emulator, clean_db) -> None:

@@ -128,11 +128,16 @@ def test_save_predictions_sends_one_atomic_commit_with_its_window_counter_and_a_
         "hour": {"timestampValue": "2026-01-02T03:00:00Z"},
     }
     assert window["updateMask"] == {"fieldPaths": ["model_version", "hour"]}
-    assert {t["fieldPath"]: t["increment"]["integerValue"] for t in window["updateTransforms"]} == {
-        "predictions": "1",
-        "positive": "1",
-        "feedback": "1",
-        "correct": "1",
+    assert {t["fieldPath"]: t["increment"] for t in window["updateTransforms"]} == {
+        "predictions": {"integerValue": "1"},
+        "positive": {"integerValue": "1"},
+        "feedback": {"integerValue": "1"},
+        "correct": {"integerValue": "1"},
+        # Monitoring, in the same write: probability 0.9 in bin 18 of 20, 10 characters in the first length bin,
+        # and its confidence max(p, 1 - p).
+        "probability_bin_18": {"integerValue": "1"},
+        "length_bin_0": {"integerValue": "1"},
+        "confidence_sum": {"doubleValue": 0.9},
     }
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from sentiment_core.monitoring import MonitorCounts
 from sentiment_core.records import (
     COUNTER_FIELDS,
     COUNTER_SHARDS,
@@ -138,13 +139,18 @@ class RestPredictionWriter:
         writes = [self._create(p, request_sha256) for p in predictions]
         by_version: dict[str, Counts] = {}
         by_window: dict[tuple[str, datetime], WindowCounts] = {}
+        monitored: dict[tuple[str, datetime], MonitorCounts] = {}
         for p in predictions:
             counted = Counts(1, int(p.user_answer is not None), int(bool(p.correct)))
             by_version[p.model_version] = by_version.get(p.model_version, Counts()) + counted
             window = (p.model_version, window_hour(p.created_at))
             by_window[window] = by_window.get(window, WindowCounts()) + WindowCounts.of(p)
+            monitored[window] = monitored.get(window, MonitorCounts()) + MonitorCounts.of(p.probability, p.text)
         writes += [self._increment(version, counts) for version, counts in by_version.items()]
-        writes += [self._window_increment(version, hour, counts) for (version, hour), counts in by_window.items()]
+        writes += [
+            self._window_increment(version, hour, counts, monitored[version, hour])
+            for (version, hour), counts in by_window.items()
+        ]
         self._commit({"writes": writes}, existing_is_ours=request_sha256 is None)
 
     def count_server_error(self, version: str, at: datetime) -> None:
@@ -196,9 +202,19 @@ class RestPredictionWriter:
         shard = self._document(COUNTER_SHARDS, f"{version}--{random.randrange(NUM_SHARDS)}")
         return _increments(shard, {"model_version": version}, counts, COUNTER_FIELDS)
 
-    def _window_increment(self, version: str, hour: datetime, counts: WindowCounts) -> dict[str, Any]:
+    def _window_increment(
+        self, version: str, hour: datetime, counts: WindowCounts, monitored: MonitorCounts | None = None
+    ) -> dict[str, Any]:
+        """The window counter's increments; with `monitored`, monitoring's histograms and confidence sum too
+        (sentiment_core.monitoring), in the same write."""
         shard = self._document(COUNTER_WINDOWS, window_document_id(version, hour, random.randrange(NUM_SHARDS)))
-        return _increments(shard, {"model_version": version, "hour": hour}, counts, WINDOW_FIELDS)
+        write = _increments(shard, {"model_version": version, "hour": hour}, counts, WINDOW_FIELDS)
+        if monitored is not None:
+            write["updateTransforms"] += [
+                {"fieldPath": field, "increment": encode_value(value)}
+                for field, value in monitored.increments().items()
+            ]
+        return write
 
     def close(self) -> None:
         """Close this thread's connection (instances live as long as the process; tests close theirs)."""
