@@ -81,15 +81,18 @@ class DeploymentStore:
         self._timeout = timeout_s
         self._clock = clock
 
-    def read(self) -> Snapshot:
-        from google.api_core import exceptions as gexc
+    def _retry(self) -> Any:
+        """Transient errors retried, never past the bound: the client's default retry waits out a hung Firestore
+        for minutes, which a request (GET /statistics, GET /status, a tick) must not."""
         from google.api_core.retry import Retry, if_transient_error
 
-        # Transient errors are retried, never past the bound: the client's default retry waits out a hung Firestore
-        # for 300 s, which a request (GET /statistics, a tick) must not.
-        retry = Retry(predicate=if_transient_error, initial=0.05, maximum=0.5, timeout=self._timeout)
+        return Retry(predicate=if_transient_error, initial=0.05, maximum=0.5, timeout=self._timeout)
+
+    def read(self) -> Snapshot:
+        from google.api_core import exceptions as gexc
+
         try:
-            snapshot = self._document.get(retry=retry, timeout=self._timeout)
+            snapshot = self._document.get(retry=self._retry(), timeout=self._timeout)
         except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
             raise StateUnavailable(f"cannot read {self._document.path}: {exc}") from exc
         if not snapshot.exists:
@@ -114,7 +117,7 @@ class DeploymentStore:
             entry_id = f"{entry.at.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:8]}"
             batch.create(self._document.collection(HISTORY).document(entry_id), entry.to_document())
         try:
-            batch.commit(timeout=self._timeout)
+            batch.commit(retry=self._retry(), timeout=self._timeout)
         except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.Conflict):
             return False
         except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
@@ -138,6 +141,6 @@ class DeploymentStore:
 
         query = self._document.collection(HISTORY).order_by("at", direction=firestore.Query.DESCENDING).limit(limit)
         try:
-            return [doc.to_dict() for doc in query.stream(timeout=self._timeout)]
+            return [doc.to_dict() for doc in query.stream(retry=self._retry(), timeout=self._timeout)]
         except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
             raise StateUnavailable(f"cannot read the history: {exc}") from exc
