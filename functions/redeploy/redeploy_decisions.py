@@ -31,6 +31,7 @@ from sentiment_core.deployments import (
     Lease,
     Serving,
     Traffic,
+    release_of,
     traffic_settled,
     wanted_traffic,
 )
@@ -230,16 +231,7 @@ def _succeeded(state: DeploymentState, succeeded: Succeeded, now: datetime) -> D
     replaced = state.serving.version if state.serving is not None else None
     older = replaced is not None and int(replaced) > int(event.model_version)
     action, kind = (Action.ROLLED_BACK, HistoryKind.ROLLED_BACK) if older else (Action.DEPLOYED, HistoryKind.DEPLOYED)
-    serving = Serving(
-        version=event.model_version,
-        run_id=event.mlflow_run_id,
-        sha256=event.sha256,
-        model_uri=event.model_uri,
-        event_id=event.event_id,
-        deployed_at=now,
-        revision=succeeded.revision,
-        url=succeeded.url,
-    )
+    serving = Serving(**release_of(event), deployed_at=now, revision=succeeded.revision, url=succeeded.url)
     entry = HistoryEntry(
         kind, event.model_version, now, event_id=event.event_id, revision=succeeded.revision, url=succeeded.url
     )
@@ -257,11 +249,7 @@ def _traffic_moved(state: DeploymentState, succeeded: Succeeded, plan: Plan, now
     match plan.move:
         case Move.CANDIDATE:
             canary = Canary(
-                version=event.model_version,
-                run_id=event.mlflow_run_id,
-                sha256=event.sha256,
-                model_uri=event.model_uri,
-                event_id=event.event_id,
+                **release_of(event),
                 revision=succeeded.revision,
                 url=succeeded.url,
                 stable_revision=succeeded.stable_revision or "",
@@ -276,16 +264,7 @@ def _traffic_moved(state: DeploymentState, succeeded: Succeeded, plan: Plan, now
             detail = f"version {canary.version} now has {plan.percent}% of the traffic, version {stable} the rest"
             record = entry(HistoryKind.TRAFFIC, canary.version, stable_version=stable, percent=plan.percent)
         case Move.COMPLETE:
-            promoted = Serving(
-                version=canary.version,
-                run_id=canary.run_id,
-                sha256=canary.sha256,
-                model_uri=canary.model_uri,
-                event_id=canary.event_id,
-                deployed_at=now,
-                revision=canary.revision,
-                url=succeeded.url,
-            )
+            promoted = Serving(**release_of(canary), deployed_at=now, revision=canary.revision, url=succeeded.url)
             moved = dataclasses.replace(state, serving=promoted, canary=None)
             detail = f"version {canary.version} takes all the traffic; version {stable} drained"
             record = entry(HistoryKind.DEPLOYED, canary.version, stable_version=stable, percent=100)

@@ -36,6 +36,7 @@ from sentiment_core.deployments import (
     RolloutCommand,
     Target,
     outbox_cleared,
+    release_of,
     traffic_settled,
 )
 from sentiment_core.records import window_hour
@@ -427,15 +428,7 @@ def _announce_stable(
     traffic back and drains the candidate. (A rollout starts only beside a serving version, and a new one only
     once the last one's traffic is applied, so what serves is the rollout's stable version.)"""
     serving = state.serving
-    target = Target(
-        version=serving.version,
-        run_id=serving.run_id,
-        sha256=serving.sha256,
-        model_uri=serving.model_uri,
-        event_id=serving.event_id,
-        staged_at=serving.deployed_at,
-        announced_at=now,
-    )
+    target = Target(**release_of(serving), staged_at=serving.deployed_at, announced_at=now)
     event = target.event(policy.model_name, rollout.candidate_version)
     announced = dataclasses.replace(state, target=target, outbox=event)
     return Decision(Action.PUBLISH, announced, (entry,), entry.detail or "", event_id=event.event_id)

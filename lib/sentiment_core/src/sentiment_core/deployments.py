@@ -73,6 +73,23 @@ class Desired:
     chosen_by: str  # "alias" or "stage"
 
 
+RELEASE_FIELDS = ("version", "run_id", "sha256", "model_uri", "event_id")
+
+
+def release_of(source: Any) -> dict[str, str]:
+    """The staged version's identity that an event, a target, what serves and a canary all carry (the version,
+    its run, its file's sha256, its staged folder and the event that announced it), as keyword arguments."""
+    if isinstance(source, ProductionChanged):
+        return {
+            "version": source.model_version,
+            "run_id": source.mlflow_run_id,
+            "sha256": source.sha256,
+            "model_uri": source.model_uri,
+            "event_id": source.event_id,
+        }
+    return {name: getattr(source, name) for name in RELEASE_FIELDS}
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
     """The last version staged and announced: what should be serving."""
