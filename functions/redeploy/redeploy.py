@@ -31,6 +31,7 @@ from redeploy_decisions import (
     decide,
 )
 
+from sentiment_core import logs
 from sentiment_core.deployment_store import DeploymentStore
 from sentiment_core.deployments import Decision
 from sentiment_core.events import ProductionChanged
@@ -89,6 +90,7 @@ class Redeployer:
             deployed = self._move(plan)
         except DeployError as exc:
             self._decide(Failed(event, delivery, str(exc)))
+            fields[logs.EVENT_FIELD] = logs.DEPLOY_FAILED
             logger.error(
                 "%s of version %s failed: %s; Pub/Sub will deliver the event again and, after the "
                 "subscription's maximum attempts, move it to the dead-letter topic",

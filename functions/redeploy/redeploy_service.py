@@ -10,7 +10,7 @@ from typing import Any
 from deployers import CloudRunDeployer, Deployer, LocalDeployer
 from redeploy import Redeployer
 
-from sentiment_core import config
+from sentiment_core import config, logs
 from sentiment_core.deployment_store import StateSettings
 from sentiment_core.events import InvalidEvent, from_pubsub_message
 
@@ -82,5 +82,5 @@ def log_unprocessable(event: Any, exc: Exception) -> None:
         "event %s cannot be processed (%s); Pub/Sub retries it and then moves it to the dead-letter topic",
         event_id,
         exc,
-        extra={"event_id": event_id},
+        extra={"event_id": event_id, logs.EVENT_FIELD: logs.EVENT_UNPROCESSABLE},
     )

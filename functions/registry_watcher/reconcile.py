@@ -32,6 +32,7 @@ from watcher_decisions import (
     decide,
 )
 
+from sentiment_core import logs
 from sentiment_core.contract import PRODUCTION_ALIAS
 from sentiment_core.deployment_store import DeploymentStore, StateUnavailable
 from sentiment_core.deployments import Decision, Desired, HistoryKind, Rollout, traffic_settled
@@ -130,7 +131,12 @@ class Reconciler:
                 found.version,
                 decision.detail,
                 f"version {kept} keeps serving" if kept else "no version is serving",
-                extra={"model_version": found.version, "trigger": trigger},
+                extra={
+                    logs.EVENT_FIELD: logs.DEPLOY_REFUSED,
+                    "reason": decision.state.refused.reason if decision.state.refused else None,
+                    "model_version": found.version,
+                    "trigger": trigger,
+                },
             )
         if decision.action is Action.PUBLISH:
             outbox = decision.state.outbox
@@ -164,6 +170,8 @@ class Reconciler:
         if last is None:
             return
         fields = {"model_version": rollout.candidate_version, "rollout_action": last.action.value}
+        if rollout.back_to_stable:
+            fields |= {logs.EVENT_FIELD: logs.ROLLOUT_ROLLED_BACK, "reason": last.reason.value}
         message = "rollout of version %s beside %s: %s (%s) at %d%%: %s"
         values = (rollout.stable_version, last.action.value, last.reason.value, rollout.candidate_percent, last.detail)
         level = logging.WARNING if rollout.back_to_stable else logging.INFO

@@ -10,6 +10,16 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+# The `event` field of the log lines that log-based metrics and alerts count (infra/terraform/monitoring.tf
+# filters on these values; tests/infra checks each filter matches a line the code writes).
+EVENT_FIELD = "event"
+DEPLOY_REFUSED = "deploy_refused"  # the deploy gate refused a version (field `reason`)
+ROLLOUT_ROLLED_BACK = "rollout_rolled_back"  # a rollout ended with the stable version back (field `reason`)
+DEPLOY_FAILED = "deploy_failed"  # a redeploy failed; Pub/Sub delivers again, then dead-letters the event
+EVENT_UNPROCESSABLE = "event_unprocessable"  # a message that can never be processed: it will be dead-lettered
+DRIFT_DETECTED = "drift_detected"  # monitoring: a version's traffic drifted from its reference (WARNING)
+DRIFT_RESOLVED = "drift_resolved"  # ... and came back (INFO)
+
 _trace: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace", default=None)
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import enum
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,6 +34,10 @@ def length_field(index: int) -> str:
 PROBABILITY_FIELDS = tuple(probability_field(i) for i in range(PROBABILITY_BINS))
 LENGTH_FIELDS = tuple(length_field(i) for i in range(LENGTH_BINS))
 CONFIDENCE_SUM = "confidence_sum"
+# The share of a text's tokens the model knows (the graph's optional `known_fraction` output), summed, and the
+# number of predictions that reported it: models exported before the output existed report none.
+KNOWN_FRACTION_SUM = "known_fraction_sum"
+KNOWN_FRACTION_COUNT = "known_fraction_count"
 
 
 def probability_bin(probability: float) -> int:
@@ -53,20 +58,25 @@ class MonitorCounts:
     probability: tuple[int, ...] = (0,) * PROBABILITY_BINS
     length: tuple[int, ...] = (0,) * LENGTH_BINS
     confidence_sum: float = 0.0
+    known_fraction_sum: float = 0.0
+    known_fraction_count: int = 0
 
     @classmethod
-    def of(cls, probability: float, text: str) -> MonitorCounts:
+    def of(cls, probability: float, text: str, known_fraction: float | None = None) -> MonitorCounts:
         histogram = [0] * PROBABILITY_BINS
         histogram[probability_bin(probability)] = 1
         lengths = [0] * LENGTH_BINS
         lengths[length_bin(len(text))] = 1
-        return cls(tuple(histogram), tuple(lengths), max(probability, 1.0 - probability))
+        known = (0.0, 0) if known_fraction is None else (float(known_fraction), 1)
+        return cls(tuple(histogram), tuple(lengths), max(probability, 1.0 - probability), *known)
 
     def __add__(self, other: MonitorCounts) -> MonitorCounts:
         return MonitorCounts(
             tuple(a + b for a, b in zip(self.probability, other.probability, strict=True)),
             tuple(a + b for a, b in zip(self.length, other.length, strict=True)),
             self.confidence_sum + other.confidence_sum,
+            self.known_fraction_sum + other.known_fraction_sum,
+            self.known_fraction_count + other.known_fraction_count,
         )
 
     @property
@@ -81,6 +91,9 @@ class MonitorCounts:
         }
         if self.confidence_sum:
             fields[CONFIDENCE_SUM] = self.confidence_sum
+        if self.known_fraction_count:
+            fields[KNOWN_FRACTION_SUM] = self.known_fraction_sum
+            fields[KNOWN_FRACTION_COUNT] = self.known_fraction_count
         return fields
 
     @classmethod
@@ -90,11 +103,19 @@ class MonitorCounts:
             tuple(int(data.get(name, 0)) for name in PROBABILITY_FIELDS),
             tuple(int(data.get(name, 0)) for name in LENGTH_FIELDS),
             float(data.get(CONFIDENCE_SUM, 0.0)),
+            float(data.get(KNOWN_FRACTION_SUM, 0.0)),
+            int(data.get(KNOWN_FRACTION_COUNT, 0)),
         )
 
     def estimated_accuracy(self) -> float | None:
         """The mean confidence: the expected accuracy if the probabilities are calibrated (None: no predictions)."""
         return self.confidence_sum / self.predictions if self.predictions else None
+
+    def unknown_token_rate(self) -> float | None:
+        """The mean share of a text's tokens the model does not know (None: no prediction reported it)."""
+        if not self.known_fraction_count:
+            return None
+        return min(max(1.0 - self.known_fraction_sum / self.known_fraction_count, 0.0), 1.0)
 
 
 def psi(live: Sequence[int], reference: Sequence[float]) -> float | None:
@@ -116,3 +137,282 @@ def psi(live: Sequence[int], reference: Sequence[float]) -> float | None:
         reference_share = max(reference_count / reference_total, PSI_FLOOR)
         total += (live_share - reference_share) * math.log(live_share / reference_share)
     return total
+
+
+REFERENCE_SCHEMA = 1
+
+
+class InvalidReference(ValueError):
+    """A reference (reference.json) is malformed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """The statistics monitoring compares live traffic with: the model's own answers on the validation set.
+
+    Computed by training (training.reference) with the exported graph, logged to the run as
+    `monitoring/reference.json`, checked by the deploy gate, staged beside the model and copied to Firestore
+    (`monitoring_references/{version}`) for the functions that read it.
+    """
+
+    counts: MonitorCounts  # the validation texts' histograms, confidence and known-token sums
+    positive: int  # validation texts the model answered positive (probability >= its threshold)
+    accuracy: float | None = None  # on the validation labels, for the record
+    expected_calibration_error: float | None = None
+    source: str = "validation"
+
+    @property
+    def predictions(self) -> int:
+        return self.counts.predictions
+
+    @property
+    def positive_rate(self) -> float:
+        return self.positive / self.predictions
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = self.counts
+        return {
+            "schema": REFERENCE_SCHEMA,
+            "source": self.source,
+            "predictions": self.predictions,
+            "positive": self.positive,
+            "probability_histogram": list(counts.probability),
+            "length_histogram": list(counts.length),
+            CONFIDENCE_SUM: counts.confidence_sum,
+            KNOWN_FRACTION_SUM: counts.known_fraction_sum,
+            KNOWN_FRACTION_COUNT: counts.known_fraction_count,
+            # Derived, for people reading the file; from_dict recomputes them.
+            "positive_rate": self.positive_rate,
+            "unknown_token_rate": counts.unknown_token_rate(),
+            "estimated_accuracy": counts.estimated_accuracy(),
+            "accuracy": self.accuracy,
+            "expected_calibration_error": self.expected_calibration_error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Reference:
+        if not isinstance(data, Mapping):
+            raise InvalidReference("a reference is a JSON object")
+        if data.get("schema") != REFERENCE_SCHEMA:
+            raise InvalidReference(f"reference schema {data.get('schema')!r} is not {REFERENCE_SCHEMA}")
+        try:
+            probability = _counts(data["probability_histogram"], PROBABILITY_BINS, "probability_histogram")
+            length = _counts(data["length_histogram"], LENGTH_BINS, "length_histogram")
+            counts = MonitorCounts(
+                probability,
+                length,
+                _number(data[CONFIDENCE_SUM], CONFIDENCE_SUM),
+                _number(data[KNOWN_FRACTION_SUM], KNOWN_FRACTION_SUM),
+                int(_number(data[KNOWN_FRACTION_COUNT], KNOWN_FRACTION_COUNT)),
+            )
+            positive = int(_number(data["positive"], "positive"))
+        except KeyError as exc:
+            raise InvalidReference(f"the reference lacks {exc.args[0]}") from exc
+        if counts.predictions == 0:
+            raise InvalidReference("the reference has no predictions")
+        if sum(length) != counts.predictions or not 0 <= positive <= counts.predictions:
+            raise InvalidReference("the reference's histograms and positive count disagree on its size")
+        if not 0 <= counts.known_fraction_count <= counts.predictions:
+            raise InvalidReference(f"{KNOWN_FRACTION_COUNT} must be between 0 and the number of predictions")
+        optional = {name: data.get(name) for name in ("accuracy", "expected_calibration_error")}
+        for name, value in optional.items():
+            if value is not None:
+                optional[name] = _number(value, name)
+        return cls(counts, positive, source=str(data.get("source", "validation")), **optional)
+
+    @classmethod
+    def of(
+        cls,
+        probabilities: Sequence[float],
+        texts: Sequence[str],
+        known_fractions: Sequence[float] | None,
+        threshold: float,
+        *,
+        accuracy: float | None = None,
+        expected_calibration_error: float | None = None,
+    ) -> Reference:
+        """The reference of a model's answers on some texts, counted exactly as predict counts live traffic."""
+        known = known_fractions if known_fractions is not None else [None] * len(texts)
+        counts = MonitorCounts()
+        for probability, text, fraction in zip(probabilities, texts, known, strict=True):
+            counts += MonitorCounts.of(float(probability), text, fraction)
+        positive = sum(1 for p in probabilities if p >= threshold)
+        return cls(counts, positive, accuracy, expected_calibration_error)
+
+
+def _counts(values: Any, size: int, name: str) -> tuple[int, ...]:
+    if not isinstance(values, list) or len(values) != size:
+        raise InvalidReference(f"{name} must be a list of {size} counts")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+        raise InvalidReference(f"{name} must hold whole counts >= 0")
+    return tuple(values)
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise InvalidReference(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """What a version did in some hours: its window counters (records.WINDOW_FIELDS) with monitoring's fields."""
+
+    predictions: int = 0
+    positive: int = 0
+    feedback: int = 0
+    correct: int = 0
+    counts: MonitorCounts = MonitorCounts()
+
+    @classmethod
+    def from_document(cls, data: Mapping[str, Any]) -> Window:
+        """One counter document (a missing field is zero)."""
+        return cls(
+            *(int(data.get(name, 0)) for name in ("predictions", "positive", "feedback", "correct")),
+            MonitorCounts.from_document(data),
+        )
+
+    def __add__(self, other: Window) -> Window:
+        return Window(
+            self.predictions + other.predictions,
+            self.positive + other.positive,
+            self.feedback + other.feedback,
+            self.correct + other.correct,
+            self.counts + other.counts,
+        )
+
+    @property
+    def positive_rate(self) -> float | None:
+        return self.positive / self.predictions if self.predictions else None
+
+    @property
+    def feedback_accuracy(self) -> float | None:
+        return self.correct / self.feedback if self.feedback else None
+
+
+DEFAULT_WINDOW_HOURS = 24
+MAX_WINDOW_HOURS = 24 * 7  # what GET /monitoring reads at most: hours x shards counter documents per version
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftSettings:
+    """When `drift` fires (docs/monitoring.md says why these defaults; bench/drift.py measures them)."""
+
+    min_predictions: int = 200
+    max_psi: float = 0.2
+    max_unknown_token_increase: float = 0.10
+    max_positive_rate_shift: float = 0.10
+    window_hours: int = DEFAULT_WINDOW_HOURS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DriftSettings:
+        """DRIFT_MIN_PREDICTIONS, DRIFT_MAX_PSI, DRIFT_MAX_UNKNOWN_TOKEN_INCREASE, DRIFT_MAX_POSITIVE_RATE_SHIFT,
+        DRIFT_WINDOW_HOURS; ConfigError names the variable to fix."""
+        from sentiment_core import config
+
+        default = cls()
+        minimum = config.number("DRIFT_MIN_PREDICTIONS", default.min_predictions, 1, 1_000_000, env)
+        hours = config.number("DRIFT_WINDOW_HOURS", default.window_hours, 1, MAX_WINDOW_HOURS, env)
+        for name, value in (("DRIFT_MIN_PREDICTIONS", minimum), ("DRIFT_WINDOW_HOURS", hours)):
+            if not value.is_integer():
+                raise config.ConfigError(f"{name} must be a whole number, got {value:g}")
+        return cls(
+            min_predictions=int(minimum),
+            max_psi=config.number("DRIFT_MAX_PSI", default.max_psi, 0.001, 10.0, env),
+            max_unknown_token_increase=config.number(
+                "DRIFT_MAX_UNKNOWN_TOKEN_INCREASE", default.max_unknown_token_increase, 0.001, 1.0, env
+            ),
+            max_positive_rate_shift=config.number(
+                "DRIFT_MAX_POSITIVE_RATE_SHIFT", default.max_positive_rate_shift, 0.001, 1.0, env
+            ),
+            window_hours=int(hours),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Assessment:
+    """One version's window against its reference: the statistics, and whether (and why) drift fires."""
+
+    window: Window
+    reference: Reference | None
+    drift: bool
+    reasons: tuple[str, ...]
+    enough_data: bool
+    score_psi: float | None
+    length_psi: float | None
+
+    def statistics(self) -> dict[str, Any]:
+        """The API's fields of one version or hour (GET /monitoring, docs/monitoring.md)."""
+        window, reference = self.window, self.reference
+        return {
+            "predictions": window.predictions,
+            "drift": self.drift,
+            "reasons": list(self.reasons),
+            "enough_data": self.enough_data,
+            "score_psi": _rounded(self.score_psi),
+            "length_psi": _rounded(self.length_psi),
+            "positive_rate": _rounded(window.positive_rate),
+            "reference_positive_rate": _rounded(reference.positive_rate) if reference else None,
+            "unknown_token_rate": _rounded(window.counts.unknown_token_rate()),
+            "reference_unknown_token_rate": _rounded(reference.counts.unknown_token_rate()) if reference else None,
+            "estimated_accuracy": _rounded(window.counts.estimated_accuracy()),
+            "feedback_accuracy": _rounded(window.feedback_accuracy),
+            "feedback": window.feedback,
+        }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def assess(window: Window, reference: Reference | None, settings: DriftSettings) -> Assessment:
+    """Pure: the drift rule of docs/monitoring.md.
+
+    With at least `min_predictions` predictions in the window, drift fires when any of these holds, each
+    listed as a reason: the PSI of the probabilities against the reference above `max_psi`; the PSI of the text
+    lengths above `max_psi`; the unknown-token rate more than `max_unknown_token_increase` above the
+    reference's; the positive-answer rate more than `max_positive_rate_shift` away from the reference's.
+    Without a reference (a version staged before monitoring) nothing is compared and drift is false.
+    """
+    counts = window.counts
+    score_psi = psi(counts.probability, reference.counts.probability) if reference else None
+    length_psi = psi(counts.length, reference.counts.length) if reference else None
+    enough = reference is not None and window.predictions >= settings.min_predictions
+    reasons: list[str] = []
+    if enough:
+        assert reference is not None
+        if score_psi is not None and score_psi > settings.max_psi:
+            reasons.append(f"score_psi {score_psi:.3f} > {settings.max_psi:g}")
+        if length_psi is not None and length_psi > settings.max_psi:
+            reasons.append(f"length_psi {length_psi:.3f} > {settings.max_psi:g}")
+        live_unknown, reference_unknown = counts.unknown_token_rate(), reference.counts.unknown_token_rate()
+        increase = None if live_unknown is None or reference_unknown is None else live_unknown - reference_unknown
+        if increase is not None and increase > settings.max_unknown_token_increase:
+            reasons.append(
+                f"unknown_token_rate {live_unknown:.3f} is {increase:.3f} above the reference "
+                f"{reference_unknown:.3f} (> {settings.max_unknown_token_increase:g})"
+            )
+        live_positive = window.positive_rate
+        shift = None if live_positive is None else abs(live_positive - reference.positive_rate)
+        if shift is not None and shift > settings.max_positive_rate_shift:
+            reasons.append(
+                f"positive_rate {live_positive:.3f} differs from the reference {reference.positive_rate:.3f} by "
+                f"{shift:.3f} (> {settings.max_positive_rate_shift:g})"
+            )
+    return Assessment(window, reference, bool(reasons), tuple(reasons), enough, score_psi, length_psi)
+
+
+class DriftChange(enum.Enum):
+    DETECTED = "drift_detected"
+    RESOLVED = "drift_resolved"
+
+
+def drift_change(previously_drifting: bool, assessment: Assessment) -> DriftChange | None:
+    """Pure: the event to log and record when a version's drift state changes, else None.
+
+    A window without enough data changes nothing: traffic that stops does not resolve a drift, and a version
+    that has barely served cannot start one.
+    """
+    if not assessment.enough_data or assessment.drift == previously_drifting:
+        return None
+    return DriftChange.DETECTED if assessment.drift else DriftChange.RESOLVED

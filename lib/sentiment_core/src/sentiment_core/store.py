@@ -11,6 +11,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_transient_error
 from google.cloud import firestore
 
+from sentiment_core.monitoring import InvalidReference, Reference, Window
 from sentiment_core.records import (
     COUNTER_FIELDS,
     COUNTER_SHARDS,
@@ -145,9 +146,43 @@ def _increments(fields: dict[str, Any], counts: Any, counted: tuple[str, ...]) -
 def window_evidence(client: firestore.Client, version: str, since: datetime, timeout_s: float = 10.0) -> VersionCounts:
     """What `version` did from the UTC hour of `since` on, summed over its window counters.
 
-    One range query over document ids (`{version}--{hour}` sorts in time order): it reads the version's
-    existing counters of those hours, at most hours x NUM_SHARDS documents, never a prediction, and needs no
-    composite index. Two versions read with the same `since` cover the same hours, so the same window.
+    Two versions read with the same `since` cover the same hours, so the same window.
+    """
+    totals = dict.fromkeys(WINDOW_FIELDS, 0)
+    for data in _window_counters(client, version, since, timeout_s):
+        for field in WINDOW_FIELDS:
+            totals[field] += int(data.get(field, 0))
+    return VersionCounts(version=version, **totals)
+
+
+def hourly_windows(
+    client: firestore.Client, version: str, since: datetime, timeout_s: float = 10.0
+) -> dict[datetime, Window]:
+    """Monitoring's view of `version` from the UTC hour of `since` on: one Window per hour that has counters."""
+    hours: dict[datetime, Window] = {}
+    for data in _window_counters(client, version, since, timeout_s):
+        hour = window_hour(data["hour"])
+        hours[hour] = hours.get(hour, Window()) + Window.from_document(data)
+    return dict(sorted(hours.items()))
+
+
+def versions_with_windows(client: firestore.Client, since: datetime, timeout_s: float = 10.0) -> set[str]:
+    """The versions that have a window counter from the UTC hour of `since` on (one query on `hour`)."""
+    query = client.collection(COUNTER_WINDOWS).where(filter=firestore.FieldFilter("hour", ">=", window_hour(since)))
+    retry = Retry(predicate=if_transient_error, initial=0.05, maximum=0.5, timeout=timeout_s)
+    try:
+        return {
+            str(s.get("model_version")) for s in query.select(["model_version"]).stream(retry=retry, timeout=timeout_s)
+        }
+    except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+        raise StoreUnavailable(str(exc)) from exc
+
+
+def _window_counters(client: firestore.Client, version: str, since: datetime, timeout_s: float) -> list[dict[str, Any]]:
+    """The version's counter documents from the UTC hour of `since` on.
+
+    One range query over document ids (`{version}--{hour}` sorts in time order): at most hours x NUM_SHARDS
+    documents, never a prediction, and no composite index.
     """
     windows = client.collection(COUNTER_WINDOWS)
     # "~" sorts after every digit: the upper bound closes the range on this version's hour keys.
@@ -155,15 +190,44 @@ def window_evidence(client: firestore.Client, version: str, since: datetime, tim
     query = windows.where(filter=firestore.FieldFilter("__name__", ">=", first)).where(
         filter=firestore.FieldFilter("__name__", "<", end)
     )
-    totals = dict.fromkeys(WINDOW_FIELDS, 0)
     retry = Retry(predicate=if_transient_error, initial=0.05, maximum=0.5, timeout=timeout_s)
     try:
-        for counter in query.stream(retry=retry, timeout=timeout_s):
-            data = counter.to_dict()
-            if data.get("model_version") != version:
-                continue  # an id of another version that happens to share the prefix (ids are free text)
-            for field in WINDOW_FIELDS:
-                totals[field] += int(data.get(field, 0))
+        counters = [counter.to_dict() for counter in query.stream(retry=retry, timeout=timeout_s)]
     except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
         raise StoreUnavailable(str(exc)) from exc
-    return VersionCounts(version=version, **totals)
+    # An id of another version can share the prefix (versions are free text): keep this version's own.
+    return [data for data in counters if data.get("model_version") == version]
+
+
+MONITORING_REFERENCES = "monitoring_references"
+
+
+def save_reference(client: firestore.Client, version: str, reference: Reference, timeout_s: float = 10.0) -> None:
+    """The version's reference, for the functions that compare live traffic with it; writing it again is harmless."""
+    retry = Retry(predicate=if_transient_error, initial=0.05, maximum=0.5, timeout=timeout_s)
+    try:
+        client.collection(MONITORING_REFERENCES).document(version).set(
+            {"model_version": version, **reference.to_dict()}, retry=retry, timeout=timeout_s
+        )
+    except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+        raise StoreUnavailable(str(exc)) from exc
+
+
+def read_references(client: firestore.Client, versions: set[str], timeout_s: float = 10.0) -> dict[str, Reference]:
+    """The references of those versions that have one (a version staged before monitoring has none)."""
+    if not versions:
+        return {}
+    collection = client.collection(MONITORING_REFERENCES)
+    retry = Retry(predicate=if_transient_error, initial=0.05, maximum=0.5, timeout=timeout_s)
+    found: dict[str, Reference] = {}
+    try:
+        snapshots = client.get_all([collection.document(v) for v in sorted(versions)], retry=retry, timeout=timeout_s)
+        for snapshot in snapshots:
+            if snapshot.exists:
+                try:
+                    found[snapshot.id] = Reference.from_dict(snapshot.to_dict())
+                except InvalidReference:
+                    continue  # unreadable: compared with nothing, as a version without one
+    except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+        raise StoreUnavailable(str(exc)) from exc
+    return found
