@@ -44,10 +44,10 @@ class TorchModel:
         self.vocabulary = Vocabulary(features=features)
         self.manifest = manifest
 
-    def predict(self, texts):
+    def infer(self, texts):
         from training.model import predict_proba
         from training.preprocess import tokenize
-        return predict_proba(self.model, self.vocabulary.encode(tokenize(texts)))
+        return predict_proba(self.model, self.vocabulary.encode(tokenize(texts))), None
 
 def load(uri):
     from sentiment_core.manifest import read_staged_folder

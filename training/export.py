@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sentiment_core.contract import (
     INPUT_NAME,
+    KNOWN_FRACTION_OUTPUT,
     META_LABEL_RULE,
     META_RUN_ID,
     META_THRESHOLD,
@@ -91,6 +92,7 @@ def build_onnx(model: FastTextClassifier, vocabulary: Vocabulary, metadata: Mode
     bias = model.linear.bias.detach().numpy().astype(np.float32).copy()  # [1]
     feature_keys = FeatureKeys.of(vocabulary)
     keys = list(feature_keys.keys)
+    unigram_ids = [key for key, feature in zip(keys, vocabulary.features, strict=True) if BIGRAM_JOINER not in feature]
 
     nodes = [
         *tokenizer_nodes(INPUT_NAME),
@@ -135,6 +137,30 @@ def build_onnx(model: FastTextClassifier, vocabulary: Vocabulary, metadata: Mode
         helper.make_node("Div", ["score_sum", "divisor"], ["mean_score"]),
         helper.make_node("Add", ["mean_score", "bias"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], [OUTPUT_NAME]),
+        # known_fraction: the text's tokens that are a unigram of the vocabulary, over its tokens (padding "" is
+        # not a token). A text without tokens knows nothing: 0.
+        helper.make_node(
+            "LabelEncoder",
+            [TOKENS],
+            ["token_present"],
+            domain="ai.onnx.ml",
+            keys_strings=[""],
+            values_floats=[0.0],
+            default_float=1.0,
+        ),
+        helper.make_node(
+            "LabelEncoder",
+            [TOKEN_IDS],
+            ["token_known"],
+            domain="ai.onnx.ml",
+            keys_int64s=unigram_ids or [UNKNOWN_TOKEN - 1],  # an empty key list is invalid; -2 is never an id
+            values_floats=[1.0] * max(len(unigram_ids), 1),
+            default_float=0.0,
+        ),
+        helper.make_node("ReduceSum", ["token_present", "one"], ["token_count"], keepdims=0),
+        helper.make_node("ReduceSum", ["token_known", "one"], ["known_tokens"], keepdims=0),
+        helper.make_node("Max", ["token_count", "one_float"], ["token_divisor"]),
+        helper.make_node("Div", ["known_tokens", "token_divisor"], [KNOWN_FRACTION_OUTPUT]),
     ]
     initializers = [
         numpy_helper.from_array(np.array([0], np.int64), "zero"),
@@ -149,7 +175,10 @@ def build_onnx(model: FastTextClassifier, vocabulary: Vocabulary, metadata: Mode
         nodes,
         "yelp_sentiment",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.STRING, ["N"])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N"])],
+        [
+            helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N"]),
+            helper.make_tensor_value_info(KNOWN_FRACTION_OUTPUT, TensorProto.FLOAT, ["N"]),
+        ],
         initializer=initializers,
     )
     onnx_model = helper.make_model(
@@ -192,6 +221,22 @@ def onnx_probabilities(sess: ort.InferenceSession, texts: Sequence[str], batch_s
     return out
 
 
+def onnx_known_fractions(sess: ort.InferenceSession, texts: Sequence[str], batch_size: int = 2048) -> np.ndarray:
+    """The graph's known_fraction output on texts, in batches."""
+    out = np.empty(len(texts), dtype=np.float32)
+    for start in range(0, len(texts), batch_size):
+        batch = np.array(texts[start : start + batch_size], dtype=object)
+        (out[start : start + len(batch)],) = sess.run([KNOWN_FRACTION_OUTPUT], {INPUT_NAME: batch})
+    return out
+
+
+def python_known_fractions(vocabulary: Vocabulary, texts: Sequence[str]) -> np.ndarray:
+    """known_fraction computed in Python from the same tokens: what the graph must agree with."""
+    index = vocabulary.index
+    fractions = [sum(1 for token in tokens if token in index) / max(len(tokens), 1) for tokens in tokenize(list(texts))]
+    return np.asarray(fractions, dtype=np.float32)
+
+
 def torch_probabilities(model: FastTextClassifier, vocabulary: Vocabulary, texts: Sequence[str]) -> np.ndarray:
     """PyTorch's probabilities for raw texts, through the same tokenisation."""
     return predict_proba(model, vocabulary.encode(tokenize(texts)))
@@ -202,6 +247,10 @@ def verify_parity(model_bytes: bytes, model: FastTextClassifier, vocabulary: Voc
     reloaded = session(model_bytes)
     _check_signature(reloaded)
     difference = np.abs(onnx_probabilities(reloaded, texts) - torch_probabilities(model, vocabulary, texts))
+    known = np.abs(onnx_known_fractions(reloaded, texts) - python_known_fractions(vocabulary, texts))
+    if known.max(initial=0.0) > PARITY_TOLERANCE:
+        index = int(np.argmax(known))
+        raise ExportError(f"the graph's known_fraction disagrees with Python's on text #{index}: {texts[index][:80]!r}")
     worst = float(difference.max(initial=0.0))
     if not np.isfinite(worst) or worst > PARITY_TOLERANCE:
         index = int(np.nanargmax(difference))
@@ -214,5 +263,6 @@ def verify_parity(model_bytes: bytes, model: FastTextClassifier, vocabulary: Voc
 def _check_signature(sess: ort.InferenceSession) -> None:
     inputs = [(i.name, i.type) for i in sess.get_inputs()]
     outputs = [(o.name, o.type) for o in sess.get_outputs()]
-    if inputs != [(INPUT_NAME, "tensor(string)")] or outputs != [(OUTPUT_NAME, "tensor(float)")]:
+    expected = [(OUTPUT_NAME, "tensor(float)"), (KNOWN_FRACTION_OUTPUT, "tensor(float)")]
+    if inputs != [(INPUT_NAME, "tensor(string)")] or outputs != expected:
         raise ExportError(f"unexpected model signature: inputs {inputs}, outputs {outputs}")

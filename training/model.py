@@ -38,14 +38,27 @@ def pack(batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def predict_proba(model: FastTextClassifier, encoded: Sequence[Sequence[int]], batch_size: int = 4096) -> np.ndarray:
-    """Probabilities of the positive class, float32, in input order."""
+def predict_logits(model: FastTextClassifier, encoded: Sequence[Sequence[int]], batch_size: int = 4096) -> np.ndarray:
+    """Logits of the positive class, float32, in input order."""
     model.eval()
     out = np.empty(len(encoded), dtype=np.float32)
     for start in range(0, len(encoded), batch_size):
         ids, offsets = pack(encoded[start : start + batch_size])
-        out[start : start + len(offsets)] = torch.sigmoid(model(ids, offsets)).numpy()
+        out[start : start + len(offsets)] = model(ids, offsets).numpy()
     return out
+
+
+def predict_proba(model: FastTextClassifier, encoded: Sequence[Sequence[int]], batch_size: int = 4096) -> np.ndarray:
+    """Probabilities of the positive class, float32, in input order."""
+    return torch.sigmoid(torch.from_numpy(predict_logits(model, encoded, batch_size))).numpy()
+
+
+@torch.no_grad()
+def scale_logits(model: FastTextClassifier, factor: float) -> None:
+    """Multiply the model's logits by `factor` (temperature scaling by 1/T), in place: the linear layer is the
+    only place the logit is made, so the exported graph carries the calibration with no extra node."""
+    model.linear.weight.mul_(factor)
+    model.linear.bias.mul_(factor)
 
 
 def save_checkpoint(model: FastTextClassifier, features: Sequence[str], path: Path) -> None:

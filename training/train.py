@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sentiment_core.contract import MODEL_NAME
+from sentiment_core.contract import MODEL_NAME, REFERENCE_ARTIFACT
 from sentiment_core.manifest import sha256_bytes, write_staged_folder
-from training import data, evaluate, export, preprocess
+from sentiment_core.monitoring import Reference
+from training import calibration, data, evaluate, export, preprocess
 from training.fit import HyperParams, fit
 from training.golden import GOLDEN_TEXTS
 from training.model import save_checkpoint
@@ -177,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         # The shipped weights are the best epoch's: its validation metrics are what the deploy gate reads.
         mlflow.log_metrics({"best_epoch": best, **{f"best_{k}": v for k, v in chosen.items() if k.startswith("val_")}})
 
+        calibrated = _calibrate(mlflow, model, data.take(encoded, split.validation), labels[split.validation], tracking)
         test_probabilities = _evaluate(mlflow, model, encoded, labels, split, args.threshold, tracking)
 
         log("exporting to ONNX and checking it against PyTorch on every validation text ...")
@@ -200,6 +202,18 @@ def run(args: argparse.Namespace) -> int:
         )
         model_uri = tracking.log_onnx_model(model_bytes, golden)
         log(f"logged {model_uri} ({len(model_bytes) / 1e6:.1f} MB, max |onnx - torch| {worst:.2g})")
+        reference = _reference(
+            model_bytes,
+            data.take(dataset.texts, split.validation),
+            labels[split.validation],
+            args.threshold,
+            calibrated,
+        )
+        mlflow.log_dict(reference.to_dict(), REFERENCE_ARTIFACT)
+        log(
+            f"monitoring reference: {reference.predictions} validation texts, positive rate "
+            f"{reference.positive_rate:.3f}, unknown-token rate {reference.counts.unknown_token_rate():.3f}"
+        )
 
         version = None
         if args.register:
@@ -230,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
                 model_version=version,
                 mlflow_run_id=run_id,
                 threshold=args.threshold,
+                reference=reference.to_dict(),
             )
             log(f"staged folder: {args.output_dir} (sha256 {manifest.sha256[:12]}...)")
 
@@ -263,6 +278,54 @@ def _log_epoch(mlflow, epoch: int, record: dict[str, float]) -> None:
     mlflow.log_metrics({k: v for k, v in record.items() if k != "best_epoch"}, step=epoch)
 
 
+def _calibrate(mlflow, model, val_encoded, val_labels: np.ndarray, tracking) -> calibration.Calibration:
+    """Temperature scaling on validation, folded into the weights when it lowers the calibration error."""
+    from training.model import predict_logits, scale_logits
+
+    logits = predict_logits(model, val_encoded)
+    fitted = calibration.calibrate(logits, val_labels)
+    if fitted.applied:
+        scale_logits(model, 1.0 / fitted.temperature)
+    mlflow.log_metrics(
+        {
+            "calibration_temperature": fitted.temperature,
+            "val_expected_calibration_error_uncalibrated": fitted.ece_before,
+            "val_expected_calibration_error": fitted.ece_after,
+        }
+    )
+    uncalibrated = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    calibrated = 1.0 / (1.0 + np.exp(-logits.astype(np.float64) / fitted.temperature))
+    curves = {"uncalibrated": uncalibrated, f"temperature {fitted.temperature:.2f}": calibrated}
+    tracking.log_figure(
+        calibration.reliability_figure(curves, val_labels, "validation set"), "plots/reliability_validation.png"
+    )
+    log(
+        f"calibration: temperature {fitted.temperature:.3f} "
+        f"({'applied' if fitted.applied else 'not applied: it did not help'}), validation ECE "
+        f"{fitted.ece_before:.4f} -> {fitted.ece_after:.4f}"
+    )
+    return fitted
+
+
+def _reference(
+    model_bytes: bytes, texts: list[str], labels: np.ndarray, threshold: float, calibrated: calibration.Calibration
+) -> Reference:
+    """Monitoring's reference: the exported graph's own answers on the validation texts, counted as predict
+    counts live traffic."""
+    session = export.session(model_bytes)
+    probabilities = export.onnx_probabilities(session, texts)
+    known = export.onnx_known_fractions(session, texts)
+    accuracy = float(np.mean((probabilities >= threshold) == (labels == 1)))
+    return Reference.of(
+        probabilities.tolist(),
+        texts,
+        known.tolist(),
+        threshold,
+        accuracy=accuracy,
+        expected_calibration_error=calibrated.ece_after,
+    )
+
+
 def _evaluate(mlflow, model, encoded, labels, split, threshold: float, tracking) -> dict[str, float]:
     from training.model import predict_proba
 
@@ -272,6 +335,7 @@ def _evaluate(mlflow, model, encoded, labels, split, threshold: float, tracking)
         probabilities = predict_proba(model, data.take(encoded, indices))
         truth = labels[indices]
         metrics = evaluate.binary_metrics(truth, probabilities, threshold)
+        metrics["expected_calibration_error"] = calibration.expected_calibration_error(probabilities, truth)
         if part == "test":
             mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
             results = metrics

@@ -9,7 +9,13 @@ import numpy as np
 
 from sentiment_core.contract import MANIFEST_FILENAME, MODEL_FILENAME
 from sentiment_core.manifest import Manifest, ManifestError, read_staged_folder, sha256_bytes
-from sentiment_core.onnx_model import ModelContractError, open_session, probabilities
+from sentiment_core.onnx_model import (
+    ModelContractError,
+    has_known_fraction,
+    open_session,
+    probabilities,
+    probabilities_and_known,
+)
 
 
 class ModelError(RuntimeError):
@@ -26,10 +32,17 @@ class Model:
         except ModelContractError as exc:
             raise ModelError(str(exc)) from exc
         self.manifest = manifest
+        self.reports_known_fraction = has_known_fraction(self._session)
 
     def predict(self, texts: list[str]) -> np.ndarray:
         """Probabilities, float32 [len(texts)]; texts must be non-empty (StringNormalizer rejects [])."""
         return probabilities(self._session, texts)
+
+    def infer(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and, from a model that reports it, the share of each text's tokens it knows."""
+        if self.reports_known_fraction:
+            return probabilities_and_known(self._session, texts)
+        return probabilities(self._session, texts), None
 
 
 def load(model_uri: str) -> Model:

@@ -136,7 +136,7 @@ def handle_predict(request: flask.Request, model: Any, store: Callable[[], Any],
 def _infer(model: Any, texts: list[str], user_answer: bool | None, ids: list[str]) -> list[Prediction]:
     """The model's predictions for the texts, as records to store."""
     started = time.perf_counter()
-    probabilities = model.predict(texts)
+    probabilities, known = model.infer(texts)
     elapsed = time.perf_counter() - started
     manifest = model.manifest
     now = datetime.now(UTC)
@@ -152,8 +152,9 @@ def _infer(model: Any, texts: list[str], user_answer: bool | None, ids: list[str
             mlflow_run_id=manifest.mlflow_run_id,
             inference_elapsed=elapsed / len(texts),
             created_at=now,
+            known_fraction=None if known is None else float(known[i]),
         )
-        for prediction_id, text, probability in zip(ids, texts, probabilities, strict=True)
+        for i, (prediction_id, text, probability) in enumerate(zip(ids, texts, probabilities, strict=True))
     ]
 
 

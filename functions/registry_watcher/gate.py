@@ -2,7 +2,10 @@
 
 Checks, in order: the ONNX file exists; its sha256 is the one the training run logged; onnxruntime loads it with
 the contract's signature; it reproduces the run's golden outputs (PyTorch's probabilities on fixed texts) within
-the tolerance; the run's validation accuracy is at least the configured minimum.
+the tolerance; the run's validation accuracy is at least the configured minimum; the run logged monitoring's
+reference (`monitoring/reference.json`, readable and of the model's own answers); the run's expected calibration
+error on the test set is at most the configured maximum (monitoring's label-free accuracy estimate is only as
+honest as the calibration).
 """
 
 from __future__ import annotations
@@ -14,18 +17,22 @@ from typing import Any
 import numpy as np
 
 from sentiment_core.contract import (
+    CALIBRATION_ERROR_METRIC,
     DEFAULT_THRESHOLD,
     GOLDEN_OUTPUTS_ARTIFACT,
     META_THRESHOLD,
     MODEL_FILENAME,
+    REFERENCE_ARTIFACT,
     RUN_TAG_MODEL_SHA256,
     VALIDATION_ACCURACY_METRIC,
 )
 from sentiment_core.manifest import sha256_bytes
+from sentiment_core.monitoring import InvalidReference, Reference
 from sentiment_core.onnx_model import ModelContractError, open_session, probabilities
 from sentiment_core.registry import ModelVersion, RegistryClient
 
 GOLDEN_TOLERANCE = 1e-4
+DEFAULT_MAX_CALIBRATION_ERROR = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +44,8 @@ class Candidate:
     logged_sha256: str | None
     golden: dict[str, Any] | None
     val_accuracy: float | None
+    reference: Any = None  # the decoded monitoring/reference.json, None when the run logged none
+    calibration_error: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +56,7 @@ class Verdict:
     reason: str = ""
     detail: str = ""
     threshold: float = DEFAULT_THRESHOLD  # the model's decision threshold, for the staged manifest
+    reference: Reference | None = None  # monitoring's reference, staged beside the model
 
     @classmethod
     def refuse(cls, reason: str, detail: str) -> Verdict:
@@ -54,7 +64,7 @@ class Verdict:
 
 
 def fetch_candidate(registry: RegistryClient, version: ModelVersion) -> Candidate:
-    """Download the model file, the run's logged sha256, golden outputs and validation accuracy."""
+    """Download the model file, the run's logged sha256, golden outputs, reference and metrics."""
     run = registry.run(version.run_id)
     try:
         model_bytes = registry.download(registry.model_artifact_uri(version), MODEL_FILENAME)
@@ -64,16 +74,27 @@ def fetch_candidate(registry: RegistryClient, version: ModelVersion) -> Candidat
         golden = json.loads(registry.download(run.artifact_uri, GOLDEN_OUTPUTS_ARTIFACT))
     except (FileNotFoundError, ValueError):
         golden = None
+    try:
+        reference = json.loads(registry.download(run.artifact_uri, REFERENCE_ARTIFACT))
+    except (FileNotFoundError, ValueError):
+        reference = None
     return Candidate(
         version=version,
         model_bytes=model_bytes,
         logged_sha256=run.tags.get(RUN_TAG_MODEL_SHA256),
         golden=golden if isinstance(golden, dict) else None,
         val_accuracy=run.metrics.get(VALIDATION_ACCURACY_METRIC),
+        reference=reference,
+        calibration_error=run.metrics.get(CALIBRATION_ERROR_METRIC),
     )
 
 
-def judge(candidate: Candidate, min_val_accuracy: float, tolerance: float = GOLDEN_TOLERANCE) -> Verdict:
+def judge(
+    candidate: Candidate,
+    min_val_accuracy: float,
+    max_calibration_error: float = DEFAULT_MAX_CALIBRATION_ERROR,
+    tolerance: float = GOLDEN_TOLERANCE,
+) -> Verdict:
     """Pure: the verdict on a fetched candidate."""
     if not candidate.model_bytes:
         return Verdict.refuse("model_missing", f"{MODEL_FILENAME} is missing or empty")
@@ -96,10 +117,23 @@ def judge(candidate: Candidate, min_val_accuracy: float, tolerance: float = GOLD
             "validation_accuracy_below_minimum",
             f"validation accuracy {candidate.val_accuracy:.4f} < minimum {min_val_accuracy:.4f}",
         )
+    if candidate.calibration_error is None:
+        return Verdict.refuse("calibration_error_missing", f"the run has no {CALIBRATION_ERROR_METRIC} metric")
+    if candidate.calibration_error > max_calibration_error:
+        return Verdict.refuse(
+            "calibration_error_above_maximum",
+            f"expected calibration error {candidate.calibration_error:.4f} > maximum {max_calibration_error:.4f}",
+        )
     threshold = _threshold(session)
     if threshold is None:
         return Verdict.refuse("model_invalid", f"metadata {META_THRESHOLD} must be a number between 0 and 1")
-    return Verdict(True, threshold=threshold)
+    if candidate.reference is None:
+        return Verdict.refuse("reference_missing", f"the run has no {REFERENCE_ARTIFACT}")
+    try:
+        reference = Reference.from_dict(candidate.reference)
+    except InvalidReference as exc:
+        return Verdict.refuse("reference_invalid", f"{REFERENCE_ARTIFACT}: {exc}")
+    return Verdict(True, threshold=threshold, reference=reference)
 
 
 def _threshold(session: Any) -> float | None:

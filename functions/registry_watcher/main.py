@@ -38,7 +38,7 @@ def _reconciler():
     from staging import GcsStager
     from watcher_decisions import Policy
 
-    from sentiment_core.store import window_evidence
+    from sentiment_core.store import save_reference, window_evidence
 
     return Reconciler(
         registry=SETTINGS.registry(),
@@ -47,12 +47,23 @@ def _reconciler():
         publisher=PubSubPublisher(SETTINGS.topic),
         policy=Policy(SETTINGS.state.model_name, rollout=SETTINGS.rollout),
         min_val_accuracy=SETTINGS.min_val_accuracy,
+        max_calibration_error=SETTINGS.max_calibration_error,
         counts=functools.partial(window_evidence, _db()),
+        save_reference=functools.partial(save_reference, _db()),
     )
 
 
+@functools.cache
+def _drift_watch():
+    from drift_watch import DriftWatch
+
+    from sentiment_core.deployment_store import utc_now
+
+    return DriftWatch(_db(), SETTINGS.drift, utc_now)
+
+
 ROUTES = {
-    "/": {"POST": lambda r: watcher_service.handle_tick(r, _reconciler)},
+    "/": {"POST": lambda r: watcher_service.handle_tick(r, _reconciler, _drift_watch, _store)},
     "/webhook": {
         "POST": lambda r: watcher_service.handle_webhook(
             r, _reconciler, SETTINGS.webhook_secret, _db, SETTINGS.state.model_name

@@ -37,6 +37,7 @@ from sentiment_core.contract import PRODUCTION_ALIAS
 from sentiment_core.deployment_store import DeploymentStore, StateUnavailable
 from sentiment_core.deployments import Decision, Desired, HistoryKind, Rollout, traffic_settled
 from sentiment_core.events import ProductionChanged
+from sentiment_core.monitoring import Reference
 from sentiment_core.registry import ModelVersion, RegistryClient
 from sentiment_core.rollout import VersionCounts
 
@@ -48,7 +49,16 @@ class Publisher(Protocol):
 
 
 class Stager(Protocol):
-    def stage(self, model_bytes: bytes, *, model_name: str, version: str, run_id: str, threshold: float) -> str: ...
+    def stage(
+        self,
+        model_bytes: bytes,
+        *,
+        model_name: str,
+        version: str,
+        run_id: str,
+        threshold: float,
+        reference: dict[str, Any] | None = None,
+    ) -> str: ...
 
 
 class Counts(Protocol):
@@ -106,6 +116,9 @@ class Reconciler:
     policy: Policy
     min_val_accuracy: float
     counts: Counts  # a version's window counters since a time (sentiment_core.store.window_evidence)
+    # Keeps a version's monitoring reference where the functions read it (sentiment_core.store.save_reference).
+    save_reference: Callable[[str, Reference], None]
+    max_calibration_error: float = gate.DEFAULT_MAX_CALIBRATION_ERROR
     fetch: Callable[[RegistryClient, ModelVersion], gate.Candidate] = gate.fetch_candidate
 
     def tick(self, trigger: str, retry_refused: str | None = None) -> TickResult:
@@ -218,7 +231,7 @@ class Reconciler:
         logger.info("checking version %s", version, extra={"model_version": version, "trigger": trigger})
         try:
             candidate = self.fetch(self.registry, found)
-            verdict = gate.judge(candidate, self.min_val_accuracy)
+            verdict = gate.judge(candidate, self.min_val_accuracy, self.max_calibration_error)
             if not verdict.accepted:
                 return Rejected(claimant, version, verdict.reason, verdict.detail, trigger)
             try:
@@ -228,9 +241,14 @@ class Reconciler:
                     version=version,
                     run_id=found.run_id,
                     threshold=verdict.threshold,
+                    reference=verdict.reference.to_dict() if verdict.reference else None,
                 )
             except StagingConflict as exc:
                 return Rejected(claimant, version, "staging_conflict", str(exc), trigger)
+            if verdict.reference is not None:
+                # Before the staged version is recorded: a crash here leaves the claim to expire, and the next
+                # tick writes it again, so no version is announced without its reference.
+                self._save_reference(version, verdict.reference)
         except Exception:
             self._release(claimant)  # let the next tick try at once rather than after the claim expires
             raise
@@ -240,6 +258,14 @@ class Reconciler:
             baseline = self._counts_of(serving, version, baseline_at)
         event_id = uuid.uuid4().hex
         return Staged(claimant, desired, candidate.logged_sha256, uri, event_id, trigger, baseline, baseline_at)
+
+    def _save_reference(self, version: str, reference: Reference) -> None:
+        from sentiment_core.store import StoreUnavailable
+
+        try:
+            self.save_reference(version, reference)
+        except StoreUnavailable as exc:
+            raise StateUnavailable(f"the reference of version {version} could not be saved: {exc}") from exc
 
     def _release(self, claimant: str) -> None:
         try:

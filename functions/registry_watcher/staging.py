@@ -1,4 +1,5 @@
-"""Staging an accepted version in the serving bucket: `gs://BUCKET/<model>/v<version>/{model.onnx,manifest.json}`.
+"""Staging an accepted version in the serving bucket:
+`gs://BUCKET/<model>/v<version>/{model.onnx,reference.json,manifest.json}`.
 
 A prefix, once written, is never overwritten: staging again after a crash reuses what is there when it is the
 same model, and refuses when it is not (the registry was reset, say), so a serving revision's files never change.
@@ -6,8 +7,10 @@ same model, and refuses when it is not (the registry was reset, say), so a servi
 
 from __future__ import annotations
 
-from sentiment_core.contract import MANIFEST_FILENAME, MODEL_FILENAME
-from sentiment_core.manifest import Manifest, ManifestError, now_iso, sha256_bytes
+from typing import Any
+
+from sentiment_core.contract import MANIFEST_FILENAME, MODEL_FILENAME, REFERENCE_FILENAME
+from sentiment_core.manifest import Manifest, ManifestError, now_iso, reference_json, sha256_bytes
 
 
 class StagingError(RuntimeError):
@@ -37,8 +40,18 @@ class GcsStager:
     def uri(self, model_name: str, version: str) -> str:
         return f"gs://{self._bucket_name}/{model_name}/v{version}"
 
-    def stage(self, model_bytes: bytes, *, model_name: str, version: str, run_id: str, threshold: float) -> str:
-        """The staged folder's gs:// URI; idempotent for the same model bytes."""
+    def stage(
+        self,
+        model_bytes: bytes,
+        *,
+        model_name: str,
+        version: str,
+        run_id: str,
+        threshold: float,
+        reference: dict[str, Any] | None = None,
+    ) -> str:
+        """The staged folder's gs:// URI; idempotent for the same model bytes. With `reference` (monitoring's),
+        reference.json is written beside the model and its sha256 listed in the manifest."""
         from google.api_core import exceptions as gexc
 
         prefix = f"{model_name}/v{version}"
@@ -57,6 +70,12 @@ class GcsStager:
             except gexc.PreconditionFailed as exc:  # a crashed earlier run wrote the model but not its manifest
                 if sha256_bytes(model_blob.download_as_bytes(timeout=self._timeout)) != sha256:
                     raise StagingConflict(f"{self.uri(model_name, version)} holds another {MODEL_FILENAME}") from exc
+            reference_bytes = reference_json(reference) if reference is not None else None
+            if reference_bytes is not None:
+                # Overwritten freely: until the manifest exists nothing reads it, and the bytes are the run's.
+                self._bucket.blob(f"{prefix}/{REFERENCE_FILENAME}").upload_from_string(
+                    reference_bytes, content_type="application/json", timeout=self._timeout
+                )
             manifest = Manifest(
                 model_name=model_name,
                 model_version=version,
@@ -64,6 +83,7 @@ class GcsStager:
                 sha256=sha256,
                 threshold=threshold,
                 staged_at=now_iso(),
+                reference_sha256=sha256_bytes(reference_bytes) if reference_bytes is not None else None,
             )
             # The manifest goes last: a folder with a manifest is complete.
             self._bucket.blob(f"{prefix}/{MANIFEST_FILENAME}").upload_from_string(

@@ -9,7 +9,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import flask
+import gate
 import webhook
+from drift_watch import DriftWatch
 from reconcile import PublishError, Reconciler
 from staging import StagingError
 from watcher_decisions import Action, Commanded, Policy, decide
@@ -17,8 +19,10 @@ from watcher_decisions import Action, Commanded, Policy, decide
 from sentiment_core import config, http
 from sentiment_core.contract import PRODUCTION_ALIAS
 from sentiment_core.deployment_store import DeploymentStore, StateSettings, StateUnavailable, utc_now
-from sentiment_core.deployments import Rollout
+from sentiment_core.deployments import DeploymentState, Rollout
 from sentiment_core.events import TOPIC
+from sentiment_core.monitoring import DriftSettings
+from sentiment_core.records import StoreUnavailable
 from sentiment_core.registry import IdTokenSource, RegistryClient, RegistryError
 from sentiment_core.rollout import Command, Reason, RolloutAction, RolloutSettings
 
@@ -46,7 +50,9 @@ class Settings:
     serving_bucket: str
     topic: str
     min_val_accuracy: float
+    max_calibration_error: float = gate.DEFAULT_MAX_CALIBRATION_ERROR
     rollout: RolloutSettings = dataclasses.field(default_factory=RolloutSettings)
+    drift: DriftSettings = dataclasses.field(default_factory=DriftSettings)
     webhook_receiver_only: bool = False
 
     @classmethod
@@ -65,7 +71,11 @@ class Settings:
             serving_bucket=config.required("SERVING_BUCKET", env),
             topic=topic if topic.startswith("projects/") else f"projects/{state.project}/topics/{topic}",
             min_val_accuracy=config.number("MIN_VALIDATION_ACCURACY", 0.8, 0.0, 1.0, env),
+            max_calibration_error=config.number(
+                "MAX_CALIBRATION_ERROR", gate.DEFAULT_MAX_CALIBRATION_ERROR, 0.0, 1.0, env
+            ),
             rollout=RolloutSettings.from_env(env),
+            drift=DriftSettings.from_env(env),
             webhook_receiver_only=_true_or_false(
                 "WEBHOOK_RECEIVER_ONLY", config.optional("WEBHOOK_RECEIVER_ONLY", "false", env)
             ),
@@ -110,14 +120,45 @@ def run_tick(reconciler: Reconciler, trigger: str, retry_refused: str | None = N
     return result.to_api()
 
 
-def handle_tick(request: flask.Request, reconciler: Callable[[], Reconciler]) -> flask.Response:
-    """POST /: Cloud Scheduler, `gcloud functions call` or a person. Optional body {"retry_refused": "<version>"}."""
+def handle_tick(
+    request: flask.Request,
+    reconciler: Callable[[], Reconciler],
+    drift: Callable[[], DriftWatch] | None = None,
+    store: Callable[[], DeploymentStore] | None = None,
+) -> flask.Response:
+    """POST /: Cloud Scheduler, `gcloud functions call` or a person. Optional body {"retry_refused": "<version>"}.
+
+    After the reconcile, the drift evaluation of the versions in service (with `drift` and `store`): its
+    answer is the tick's `monitoring` field; its failure is logged and reported there, never failing the tick.
+    """
     retry = None
     if request.content_length or request.headers.get("Transfer-Encoding"):
         body = http.read_json_object(request) if request.mimetype == "application/json" else {}
         http.check_fields(body, {}, {"retry_refused": str})
         retry = body.get("retry_refused")
-    return http.json_response(run_tick(reconciler(), "tick", retry))
+    answer = run_tick(reconciler(), "tick", retry)
+    if drift is not None and store is not None:
+        answer["monitoring"] = run_drift_check(drift(), store())
+    return http.json_response(answer)
+
+
+def in_service(state: DeploymentState) -> set[str]:
+    """The versions taking traffic or about to: the serving one, the announced one, a rollout's candidate."""
+    versions = {state.serving.version} if state.serving is not None else set()
+    if state.target is not None:
+        versions.add(state.target.version)
+    if state.canary is not None:
+        versions.add(state.canary.version)
+    return versions
+
+
+def run_drift_check(watch: DriftWatch, store: DeploymentStore) -> dict[str, Any]:
+    try:
+        results = watch.check(in_service(store.read().state))
+    except (StoreUnavailable, StateUnavailable) as exc:
+        logger.error("drift check failed: %s", exc)
+        return {"error": str(exc)}
+    return {"window_hours": watch.settings.window_hours, "versions": [r.to_api() for r in results]}
 
 
 def handle_webhook(

@@ -120,7 +120,16 @@ locals {
     ROLLOUT_MAX_S        = tostring(var.rollout_max_s)
   }
 
-  watcher_env = merge(local.state_env, local.rollout_env, {
+  # Monitoring's drift rule (variables.tf checks them as DriftSettings.from_env does; docs/monitoring.md).
+  drift_env = {
+    DRIFT_MIN_PREDICTIONS            = tostring(var.drift_min_predictions)
+    DRIFT_MAX_PSI                    = tostring(var.drift_max_psi)
+    DRIFT_MAX_UNKNOWN_TOKEN_INCREASE = tostring(var.drift_max_unknown_token_increase)
+    DRIFT_MAX_POSITIVE_RATE_SHIFT    = tostring(var.drift_max_positive_rate_shift)
+    DRIFT_WINDOW_HOURS               = tostring(var.drift_window_hours)
+  }
+
+  watcher_env = merge(local.state_env, local.rollout_env, local.drift_env, {
     MLFLOW_TRACKING_URI      = google_cloud_run_v2_service.mlflow.uri
     MLFLOW_TRACKING_USERNAME = "watcher"
     MLFLOW_IAM_AUDIENCE      = google_cloud_run_v2_service.mlflow.uri
@@ -128,6 +137,7 @@ locals {
     SERVING_BUCKET           = google_storage_bucket.staged_models.name
     PUBSUB_TOPIC             = google_pubsub_topic.production_changed.id
     MIN_VALIDATION_ACCURACY  = tostring(var.min_validation_accuracy)
+    MAX_CALIBRATION_ERROR    = tostring(var.max_calibration_error)
   })
 
   redeploy_env = merge(local.state_env, {

@@ -170,6 +170,78 @@ variable "rollout_min_feedback" {
   }
 }
 
+variable "max_calibration_error" {
+  type        = number
+  description = "Deploy gate: the highest expected calibration error (test set) a version may have; monitoring's label-free accuracy estimate relies on calibrated probabilities."
+  default     = 0.05
+  nullable    = false
+
+  validation {
+    condition     = var.max_calibration_error >= 0 && var.max_calibration_error <= 1
+    error_message = "max_calibration_error must be between 0 and 1, got ${var.max_calibration_error}."
+  }
+}
+
+variable "drift_min_predictions" {
+  type        = number
+  description = "DRIFT_MIN_PREDICTIONS: predictions a version needs in the window before drift can fire or resolve."
+  default     = 200
+  nullable    = false
+
+  validation {
+    condition     = var.drift_min_predictions >= 1 && var.drift_min_predictions <= 1000000 && floor(var.drift_min_predictions) == var.drift_min_predictions
+    error_message = "drift_min_predictions must be a whole number between 1 and 1000000, got ${var.drift_min_predictions}."
+  }
+}
+
+variable "drift_max_psi" {
+  type        = number
+  description = "DRIFT_MAX_PSI: drift when the population stability index of the scores or of the text lengths against the reference is above this."
+  default     = 0.2
+  nullable    = false
+
+  validation {
+    condition     = var.drift_max_psi >= 0.001 && var.drift_max_psi <= 10
+    error_message = "drift_max_psi must be between 0.001 and 10, got ${var.drift_max_psi}."
+  }
+}
+
+variable "drift_max_unknown_token_increase" {
+  type        = number
+  description = "DRIFT_MAX_UNKNOWN_TOKEN_INCREASE: drift when the unknown-token rate is more than this (a fraction: 0.1 is 10 points) above the reference's."
+  default     = 0.1
+  nullable    = false
+
+  validation {
+    condition     = var.drift_max_unknown_token_increase >= 0.001 && var.drift_max_unknown_token_increase <= 1
+    error_message = "drift_max_unknown_token_increase must be between 0.001 and 1, got ${var.drift_max_unknown_token_increase}."
+  }
+}
+
+variable "drift_max_positive_rate_shift" {
+  type        = number
+  description = "DRIFT_MAX_POSITIVE_RATE_SHIFT: drift when the positive-answer rate is more than this (a fraction) away from the reference's."
+  default     = 0.1
+  nullable    = false
+
+  validation {
+    condition     = var.drift_max_positive_rate_shift >= 0.001 && var.drift_max_positive_rate_shift <= 1
+    error_message = "drift_max_positive_rate_shift must be between 0.001 and 1, got ${var.drift_max_positive_rate_shift}."
+  }
+}
+
+variable "drift_window_hours" {
+  type        = number
+  description = "DRIFT_WINDOW_HOURS: the window the scheduled drift evaluation reads, in UTC hours (the current one included)."
+  default     = 24
+  nullable    = false
+
+  validation {
+    condition     = var.drift_window_hours >= 1 && var.drift_window_hours <= 168 && floor(var.drift_window_hours) == var.drift_window_hours
+    error_message = "drift_window_hours must be a whole number between 1 and 168, got ${var.drift_window_hours}."
+  }
+}
+
 variable "rollout_alpha" {
   type        = number
   description = "ROLLOUT_ALPHA: chance that a whole rollout of a version as good as the stable one is rolled back (all checks and ticks together)."

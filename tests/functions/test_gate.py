@@ -8,6 +8,7 @@ import pytest
 
 from sentiment_core.contract import MODEL_NAME, PRODUCTION_ALIAS
 from sentiment_core.manifest import sha256_bytes
+from sentiment_core.monitoring import Reference
 from sentiment_core.registry import RegistryClient, RegistryError
 from tests.functions.conftest import watcher_module, wrong_shape_onnx
 
@@ -30,16 +31,21 @@ def with_model(candidate, model_bytes: bytes):
     return dataclasses.replace(candidate, model_bytes=model_bytes, logged_sha256=sha256_bytes(model_bytes))
 
 
-def test_fetch_candidate_reads_model_sha_golden_outputs_and_accuracy(candidate, trained) -> None:
+def test_fetch_candidate_reads_model_sha_golden_outputs_accuracy_reference_and_calibration(candidate, trained) -> None:
     assert candidate.version.run_id == trained["run_id"]
     assert len(candidate.model_bytes) == trained["model_size_bytes"]
     assert candidate.logged_sha256 == sha256_bytes(candidate.model_bytes)
     assert len(candidate.golden["texts"]) >= 50
     assert candidate.val_accuracy > 0.9
+    assert 0.0 <= candidate.calibration_error < 0.05
+    assert candidate.reference["source"] == "validation"
 
 
-def test_judge_accepts_the_trained_version(candidate) -> None:
-    assert gate.judge(candidate, min_val_accuracy=0.9) == gate.Verdict(True)
+def test_judge_accepts_the_trained_version_and_hands_on_its_reference(candidate) -> None:
+    verdict = gate.judge(candidate, min_val_accuracy=0.9)
+
+    assert verdict == gate.Verdict(True, reference=Reference.from_dict(candidate.reference))
+    assert verdict.reference.predictions == sum(candidate.reference["probability_histogram"])
 
 
 @pytest.mark.parametrize(
@@ -60,6 +66,11 @@ def test_judge_accepts_the_trained_version(candidate) -> None:
         ),
         (lambda c: dataclasses.replace(c, val_accuracy=0.5), "validation_accuracy_below_minimum"),
         (lambda c: dataclasses.replace(c, val_accuracy=None), "validation_accuracy_missing"),
+        (lambda c: dataclasses.replace(c, calibration_error=0.06), "calibration_error_above_maximum"),
+        (lambda c: dataclasses.replace(c, calibration_error=None), "calibration_error_missing"),
+        (lambda c: dataclasses.replace(c, reference=None), "reference_missing"),
+        (lambda c: dataclasses.replace(c, reference={**c.reference, "positive": -1}), "reference_invalid"),
+        (lambda c: dataclasses.replace(c, reference=[1, 2]), "reference_invalid"),
     ],
     ids=[
         "missing",
@@ -72,6 +83,11 @@ def test_judge_accepts_the_trained_version(candidate) -> None:
         "golden-moved",
         "low-accuracy",
         "no-accuracy",
+        "badly-calibrated",
+        "no-calibration-error",
+        "no-reference",
+        "reference-negative-count",
+        "reference-not-an-object",
     ],
 )
 def test_judge_refuses_with_the_reason(candidate, change, reason: str) -> None:
@@ -79,6 +95,13 @@ def test_judge_refuses_with_the_reason(candidate, change, reason: str) -> None:
 
     assert (verdict.accepted, verdict.reason) == (False, reason)
     assert verdict.detail
+
+
+def test_judge_takes_the_calibration_maximum_it_is_given(candidate) -> None:
+    error = candidate.calibration_error
+
+    assert gate.judge(candidate, 0.9, max_calibration_error=error).accepted
+    assert gate.judge(candidate, 0.9, max_calibration_error=error * 0.99).reason == "calibration_error_above_maximum"
 
 
 def test_registry_download_missing_artifact_is_file_not_found(registry, candidate) -> None:

@@ -36,10 +36,10 @@ class FailingModel:
     def __init__(self, answer: float | None) -> None:
         self.answer = answer
 
-    def predict(self, texts: list[str]) -> np.ndarray:
+    def infer(self, texts: list[str]) -> tuple[np.ndarray, None]:
         if self.answer is None:
             raise RuntimeError("inference failed")
-        return np.full(len(texts), self.answer, dtype=np.float32)
+        return np.full(len(texts), self.answer, dtype=np.float32), None
 
 
 @pytest.fixture

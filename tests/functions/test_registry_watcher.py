@@ -23,7 +23,7 @@ from sentiment_core.deployments import Decision
 from sentiment_core.records import COUNTER_WINDOWS, window_document_id, window_hour
 from sentiment_core.registry import RegistryClient, RegistryError
 from sentiment_core.rollout import Command, RolloutSettings
-from sentiment_core.store import window_evidence
+from sentiment_core.store import save_reference, window_evidence
 from tests.functions.conftest import PROJECT, redeploy_module, watcher_module, wrong_shape_onnx
 from tests.functions.fake_cloud_run import LATEST, FakeCloudRun
 from tests.functions.watcher_support import Topics, Versions
@@ -102,6 +102,7 @@ class Loop:
             policy=watcher_decisions.Policy(self.name, **policy),
             min_val_accuracy=MIN_ACCURACY,
             counts=functools.partial(window_evidence, self.db),
+            save_reference=functools.partial(save_reference, self.db),
         )
 
     def tick(self, trigger: str = "test", *, policy: dict | None = None, **kwargs):

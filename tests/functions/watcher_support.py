@@ -12,10 +12,12 @@ from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
 from sentiment_core.contract import (
+    CALIBRATION_ERROR_METRIC,
     GOLDEN_OUTPUTS_ARTIFACT,
     MODEL_FILENAME,
     MODEL_NAME,
     PRODUCTION_ALIAS,
+    REFERENCE_ARTIFACT,
     RUN_TAG_MODEL_SHA256,
     VALIDATION_ACCURACY_METRIC,
 )
@@ -38,6 +40,8 @@ class Versions:
         self.model_bytes = registry.download(registry.model_artifact_uri(base), MODEL_FILENAME)
         self.golden = json.loads(registry.download(run.artifact_uri, GOLDEN_OUTPUTS_ARTIFACT))
         self.val_accuracy = run.metrics[VALIDATION_ACCURACY_METRIC]
+        self.reference = json.loads(registry.download(run.artifact_uri, REFERENCE_ARTIFACT))
+        self.calibration_error = run.metrics[CALIBRATION_ERROR_METRIC]
         self._experiment = self.client.create_experiment(f"watcher-variants-{uuid.uuid4().hex[:8]}")
 
     def new_model(self, prefix: str = "wt") -> str:
@@ -58,6 +62,8 @@ class Versions:
         logged_sha256: str | None = None,
         golden: dict[str, Any] | None = None,
         val_accuracy: float | None = None,
+        reference: dict[str, Any] | None = None,
+        calibration_error: float | None = None,
     ) -> str:
         """A version from a run of its own whose files or records differ from the trained run's as given."""
         model_bytes = self.model_bytes if model_bytes is None else model_bytes
@@ -69,9 +75,12 @@ class Versions:
             golden_path = folder / Path(GOLDEN_OUTPUTS_ARTIFACT).name
             golden_path.write_text(json.dumps(golden if golden is not None else self.golden))
             self.client.log_artifact(run_id, str(golden_path), str(Path(GOLDEN_OUTPUTS_ARTIFACT).parent))
+            self.client.log_dict(run_id, reference if reference is not None else self.reference, REFERENCE_ARTIFACT)
         self.client.set_tag(run_id, RUN_TAG_MODEL_SHA256, logged_sha256 or sha256_bytes(model_bytes))
         accuracy = self.val_accuracy if val_accuracy is None else val_accuracy
         self.client.log_metric(run_id, VALIDATION_ACCURACY_METRIC, accuracy)
+        error = self.calibration_error if calibration_error is None else calibration_error
+        self.client.log_metric(run_id, CALIBRATION_ERROR_METRIC, error)
         self.client.set_terminated(run_id)
         artifact_uri = self.client.get_run(run_id).info.artifact_uri
         return str(self.client.create_model_version(name, f"{artifact_uri}/model", run_id).version)

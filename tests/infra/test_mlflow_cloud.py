@@ -24,10 +24,12 @@ import pytest
 
 from localdev import services
 from sentiment_core.contract import (
+    CALIBRATION_ERROR_METRIC,
     GOLDEN_OUTPUTS_ARTIFACT,
     MODEL_FILENAME,
     MODEL_NAME,
     PRODUCTION_ALIAS,
+    REFERENCE_ARTIFACT,
     RUN_TAG_MODEL_SHA256,
     VALIDATION_ACCURACY_METRIC,
 )
@@ -157,6 +159,7 @@ def registered(cloud_mlflow: services.Service, trained: dict) -> dict[str, objec
     run = source.run(base.run_id)
     model_bytes = source.download(source.model_artifact_uri(base), MODEL_FILENAME)
     golden = source.download(run.artifact_uri, GOLDEN_OUTPUTS_ARTIFACT)
+    reference = json.loads(source.download(run.artifact_uri, REFERENCE_ARTIFACT))
     with as_admin(cloud_mlflow.url) as client, tempfile.TemporaryDirectory() as tmp:
         experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
         run_id = client.create_run(experiment_id).info.run_id
@@ -167,6 +170,8 @@ def registered(cloud_mlflow: services.Service, trained: dict) -> dict[str, objec
         client.log_artifact(run_id, str(golden_path), str(Path(GOLDEN_OUTPUTS_ARTIFACT).parent))
         client.set_tag(run_id, RUN_TAG_MODEL_SHA256, sha256_bytes(model_bytes))
         client.log_metric(run_id, VALIDATION_ACCURACY_METRIC, run.metrics[VALIDATION_ACCURACY_METRIC])
+        client.log_metric(run_id, CALIBRATION_ERROR_METRIC, run.metrics[CALIBRATION_ERROR_METRIC])
+        client.log_dict(run_id, reference, REFERENCE_ARTIFACT)
         client.set_terminated(run_id)
         artifact_uri = client.get_run(run_id).info.artifact_uri
         version = client.create_model_version(MODEL_NAME, f"{artifact_uri}/model", run_id).version

@@ -47,7 +47,7 @@ SHARED = REPO_ROOT / "lib/sentiment_core/src/sentiment_core"
 SETTINGS_MODULES = {
     "predict": {"config", "web", "firestore_rest"},
     "feedback": {"config", "web"},
-    "registry_watcher": {"config", "registry", "deployment_store", "rollout"},  # rollout: RolloutSettings.from_env
+    "registry_watcher": {"config", "registry", "deployment_store", "rollout", "monitoring"},  # *Settings.from_env
     "redeploy": {"config", "deployment_store"},
 }
 

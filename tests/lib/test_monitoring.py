@@ -19,9 +19,7 @@ from sentiment_core.monitoring import (
 )
 
 
-@pytest.mark.parametrize(
-    ("probability", "index"), [(0.0, 0), (0.049, 0), (0.05, 1), (0.5, 10), (0.999, 19), (1.0, 19)]
-)
+@pytest.mark.parametrize(("probability", "index"), [(0.0, 0), (0.049, 0), (0.05, 1), (0.5, 10), (0.999, 19), (1.0, 19)])
 def test_probability_bins_are_twenty_equal_widths_with_one_in_the_last(probability: float, index: int) -> None:
     assert probability_bin(probability) == index
 

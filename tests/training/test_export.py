@@ -4,7 +4,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from sentiment_core.contract import INPUT_NAME, OUTPUT_NAME, REQUIRED_METADATA
+from sentiment_core.contract import INPUT_NAME, KNOWN_FRACTION_OUTPUT, OUTPUT_NAME, REQUIRED_METADATA
 from training import export, preprocess
 from training.model import FastTextClassifier
 
@@ -55,7 +55,10 @@ def test_build_onnx_has_contract_signature_and_metadata(small_model) -> None:
     props = {p.key: p.value for p in onnx_model.metadata_props}
 
     assert [(i.name, i.type, i.shape) for i in session.get_inputs()] == [(INPUT_NAME, "tensor(string)", ["N"])]
-    assert [(o.name, o.type, o.shape) for o in session.get_outputs()] == [(OUTPUT_NAME, "tensor(float)", ["N"])]
+    assert [(o.name, o.type, o.shape) for o in session.get_outputs()] == [
+        (OUTPUT_NAME, "tensor(float)", ["N"]),
+        (KNOWN_FRACTION_OUTPUT, "tensor(float)", ["N"]),
+    ]
     assert set(REQUIRED_METADATA) <= props.keys()
     assert props["mlflow_run_id"] == "run123"
     assert props["label_rule"] == "stars>=3"
@@ -68,6 +71,24 @@ def test_build_onnx_matches_pytorch_on_awkward_texts(small_model) -> None:
     worst = export.verify_parity(model_bytes, *small_model, AWKWARD)
 
     assert worst <= export.PARITY_TOLERANCE
+
+
+def test_known_fraction_is_the_share_of_tokens_that_are_vocabulary_unigrams(small_model) -> None:
+    session = export.session(export.build_onnx(*small_model, METADATA).SerializeToString())
+    texts = ["great food", "great zzz", "zzz yyy xxx great", "", "!!!", "GREAT FOOD friendly", "café olé"]
+
+    known = export.onnx_known_fractions(session, texts)
+
+    np.testing.assert_allclose(known, [1.0, 0.5, 0.25, 0.0, 0.0, 1.0, 0.5], atol=1e-7)
+    np.testing.assert_allclose(known, export.python_known_fractions(small_model[1], texts), atol=1e-7)
+
+
+def test_verify_parity_covers_known_fraction_on_awkward_texts(small_model) -> None:
+    session = export.session(export.build_onnx(*small_model, METADATA).SerializeToString())
+
+    np.testing.assert_allclose(
+        export.onnx_known_fractions(session, AWKWARD), export.python_known_fractions(small_model[1], AWKWARD), atol=1e-6
+    )
 
 
 def test_build_onnx_empty_and_unknown_texts_give_finite_bias_probability(small_model) -> None:

@@ -8,9 +8,13 @@ LEGACY_PRODUCTION_STAGE = "Production"
 
 INPUT_NAME = "text"
 OUTPUT_NAME = "probability"
+# Optional second output: the share of each text's tokens the model knows, float [N] (monitoring's unknown-token
+# rate). Models exported before it existed have none and still serve.
+KNOWN_FRACTION_OUTPUT = "known_fraction"
 
 MODEL_FILENAME = "model.onnx"
 MANIFEST_FILENAME = "manifest.json"
+REFERENCE_FILENAME = "reference.json"  # monitoring's reference, staged beside the model
 
 # metadata_props every exported model carries.
 META_RUN_ID = "mlflow_run_id"
@@ -25,3 +29,5 @@ DEFAULT_THRESHOLD = 0.5
 RUN_TAG_MODEL_SHA256 = "model_sha256"
 GOLDEN_OUTPUTS_ARTIFACT = "deploy_gate/golden_outputs.json"
 VALIDATION_ACCURACY_METRIC = "best_val_accuracy"  # of the epoch whose weights were shipped
+REFERENCE_ARTIFACT = "monitoring/reference.json"  # sentiment_core.monitoring.Reference of the validation set
+CALIBRATION_ERROR_METRIC = "test_expected_calibration_error"  # of the shipped (calibrated) probabilities

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sentiment_core.contract import MANIFEST_FILENAME, MODEL_FILENAME
+from sentiment_core.contract import MANIFEST_FILENAME, MODEL_FILENAME, REFERENCE_FILENAME
 
 _CHUNK = 1 << 20
 
@@ -42,6 +42,8 @@ class Manifest:
     sha256: str
     threshold: float
     staged_at: str
+    # sha256 of reference.json beside the model (monitoring's reference); None for folders staged before it.
+    reference_sha256: str | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> Manifest:
@@ -49,7 +51,7 @@ class Manifest:
         if not isinstance(data, dict):
             raise ManifestError("manifest must be a JSON object")
         fields = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(fields - data.keys())
+        missing = sorted(fields - data.keys() - {"reference_sha256"})
         if missing:
             raise ManifestError(f"manifest lacks {', '.join(missing)}")
         version = data["model_version"]
@@ -63,7 +65,14 @@ class Manifest:
             raise ManifestError("threshold must be a number")
         if not 0.0 < float(threshold) < 1.0:
             raise ManifestError("threshold must be between 0 and 1")
-        return cls(**{name: data[name] for name in fields} | {"threshold": float(threshold)})
+        reference_sha256 = data.get("reference_sha256")
+        if reference_sha256 is not None and (not isinstance(reference_sha256, str) or not reference_sha256):
+            raise ManifestError("reference_sha256 must be a non-empty string or null")
+        return cls(
+            **{name: data[name] for name in fields - {"reference_sha256", "threshold"}},
+            threshold=float(threshold),
+            reference_sha256=reference_sha256,
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
@@ -91,9 +100,12 @@ def write_staged_folder(
     model_version: str | None,
     mlflow_run_id: str,
     threshold: float,
+    reference: dict[str, Any] | None = None,
 ) -> Manifest:
-    """Write model.onnx then manifest.json, each atomically, so a reader never sees half a folder."""
+    """Write model.onnx (and reference.json) then manifest.json, each atomically, so a reader never sees half a
+    folder: a folder with a manifest is complete."""
     folder.mkdir(parents=True, exist_ok=True)
+    reference_bytes = reference_json(reference) if reference is not None else None
     manifest = Manifest(
         model_name=model_name,
         model_version=model_version,
@@ -101,10 +113,18 @@ def write_staged_folder(
         sha256=sha256_bytes(model_bytes),
         threshold=threshold,
         staged_at=now_iso(),
+        reference_sha256=sha256_bytes(reference_bytes) if reference_bytes is not None else None,
     )
     _atomic_write(folder / MODEL_FILENAME, model_bytes)
+    if reference_bytes is not None:
+        _atomic_write(folder / REFERENCE_FILENAME, reference_bytes)
     _atomic_write(folder / MANIFEST_FILENAME, manifest.to_json().encode())
     return manifest
+
+
+def reference_json(reference: dict[str, Any]) -> bytes:
+    """reference.json's bytes: stable key order, so the same reference always has the same sha256."""
+    return (json.dumps(reference, indent=2, sort_keys=True) + "\n").encode()
 
 
 def read_staged_folder(folder: Path) -> tuple[Manifest, bytes]:

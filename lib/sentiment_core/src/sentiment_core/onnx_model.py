@@ -5,9 +5,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from sentiment_core.contract import INPUT_NAME, OUTPUT_NAME
+from sentiment_core.contract import INPUT_NAME, KNOWN_FRACTION_OUTPUT, OUTPUT_NAME
 
 _OUTPUTS = [OUTPUT_NAME]
+_WITH_KNOWN = [OUTPUT_NAME, KNOWN_FRACTION_OUTPUT]
 _PER_THREAD = threading.local()  # one onnxruntime.RunOptions per serving thread
 
 
@@ -45,6 +46,19 @@ def probabilities(session: Any, texts: list[str]) -> Any:
     # docs/serving.md), so each thread keeps one.
     (result,) = session.run(_OUTPUTS, {INPUT_NAME: np.array(texts, dtype=object)}, _run_options())
     return result
+
+
+def has_known_fraction(session: Any) -> bool:
+    """Whether the model reports known_fraction (models exported before it existed do not)."""
+    return (KNOWN_FRACTION_OUTPUT, "tensor(float)") in [(o.name, o.type) for o in session.get_outputs()]
+
+
+def probabilities_and_known(session: Any, texts: list[str]) -> tuple[Any, Any]:
+    """Probabilities and known fractions, float32 [len(texts)] each; the model must have known_fraction."""
+    import numpy as np
+
+    probability, known = session.run(_WITH_KNOWN, {INPUT_NAME: np.array(texts, dtype=object)}, _run_options())
+    return probability, known
 
 
 def _run_options() -> Any:

@@ -69,6 +69,8 @@ class Prediction:
     mlflow_run_id: str
     inference_elapsed: float
     created_at: datetime
+    # The share of the text's tokens the model knows (monitoring); None from a model without that output.
+    known_fraction: float | None = None
 
     @property
     def correct(self) -> bool | None:
@@ -104,10 +106,15 @@ class Prediction:
 
     @classmethod
     def from_document(cls, prediction_id: str, data: dict[str, Any]) -> Prediction:
-        """The record from a document's fields (extra fields, such as request_sha256, are not part of it)."""
-        names = {f.name for f in dataclasses.fields(cls)} - {"id"}
+        """The record from a document's fields (extra fields, such as request_sha256, are not part of it; records
+        stored before known_fraction existed have none)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"id", "known_fraction"}
         created = data["created_at"]
-        return cls(id=prediction_id, **{name: data[name] for name in names} | {"created_at": _as_utc(created)})
+        return cls(
+            id=prediction_id,
+            **{name: data[name] for name in names} | {"created_at": _as_utc(created)},
+            known_fraction=data.get("known_fraction"),
+        )
 
 
 def _as_utc(value: datetime) -> datetime:
