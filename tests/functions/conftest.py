@@ -130,12 +130,14 @@ def window_monitoring(db: firestore.Client) -> dict[tuple[str, datetime], Monito
 
 
 def monitoring_from_records(db: firestore.Client) -> dict[tuple[str, datetime], MonitorCounts]:
-    """The same, recomputed from every stored prediction's probability and text."""
+    """The same, recomputed from every stored prediction's probability, text and known fraction."""
     totals: dict[tuple[str, datetime], MonitorCounts] = {}
     for record in db.collection("predictions").stream():
         data = record.to_dict()
         window = (data["model_version"], window_hour(data["created_at"]))
-        totals[window] = totals.get(window, MonitorCounts()) + MonitorCounts.of(data["probability"], data["text"])
+        totals[window] = totals.get(window, MonitorCounts()) + MonitorCounts.of(
+            data["probability"], data["text"], data.get("known_fraction")
+        )
     return totals
 
 

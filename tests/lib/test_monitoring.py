@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
+from sentiment_core.config import ConfigError
 from sentiment_core.monitoring import (
     CONFIDENCE_SUM,
     LENGTH_BINS,
     PROBABILITY_BINS,
+    DriftChange,
+    DriftSettings,
+    InvalidReference,
     MonitorCounts,
+    Reference,
+    Window,
+    assess,
+    drift_change,
     length_bin,
     probability_bin,
     probability_field,
@@ -84,3 +93,140 @@ def test_psi_of_a_bin_seen_on_one_side_only_is_large_but_finite() -> None:
 def test_psi_refuses_histograms_of_other_bins() -> None:
     with pytest.raises(ValueError, match="bins"):
         psi([1, 2], [1, 2, 3])
+
+
+def _counts(probabilities: list[float], text: str = "a short review text", known: float | None = 1.0) -> MonitorCounts:
+    return sum((MonitorCounts.of(p, text, known) for p in probabilities), MonitorCounts())
+
+
+# The validation set's answers: 60% positive, confident, every token known.
+REFERENCE = Reference.of([0.95] * 60 + [0.05] * 40, ["a short review text"] * 100, [1.0] * 100, 0.5)
+
+
+def window(probabilities: list[float], *, known: float | None = 1.0, text: str = "a short review text") -> Window:
+    positive = sum(1 for p in probabilities if p >= 0.5)
+    return Window(len(probabilities), positive, 0, 0, _counts(probabilities, text, known))
+
+
+SETTINGS = DriftSettings(min_predictions=200)
+
+
+@pytest.mark.parametrize(
+    ("live", "reference", "drift", "reasons", "enough"),
+    [
+        (window([0.95] * 120 + [0.05] * 80), REFERENCE, False, [], True),
+        (window([0.95] * 12 + [0.05] * 8), REFERENCE, False, [], False),  # too few predictions
+        (window([0.95] * 300), None, False, [], False),  # no reference: nothing compared
+        (window([0.95] * 150 + [0.05] * 50), REFERENCE, True, ["positive_rate"], True),  # 75% vs 60%
+        (window([0.95] * 100 + [0.05] * 100), REFERENCE, False, [], True),  # 50% vs 60%: not more than 0.10
+        (window([0.95] * 90 + [0.05] * 110), REFERENCE, True, ["positive_rate"], True),  # 45% vs 60%
+        (window([0.55] * 120 + [0.45] * 80), REFERENCE, True, ["score_psi"], True),  # unsure answers
+        (window([0.95] * 120 + [0.05] * 80, known=0.8), REFERENCE, True, ["unknown_token_rate"], True),
+        (window([0.95] * 120 + [0.05] * 80, known=0.92), REFERENCE, False, [], True),  # 8 points: within
+        (window([0.95] * 120 + [0.05] * 80, known=None), REFERENCE, False, [], True),  # an older model: no rate
+        (window([0.95] * 120 + [0.05] * 80, text="x" * 900), REFERENCE, True, ["length_psi"], True),
+    ],
+    ids=[
+        "like-validation",
+        "too-few",
+        "no-reference",
+        "more-positive",
+        "less-positive-by-exactly-ten-points",
+        "less-positive",
+        "less-confident",
+        "unknown-words",
+        "unknown-words-within-threshold",
+        "model-without-known-fraction",
+        "longer-texts",
+    ],
+)
+def test_drift_rule_table(live: Window, reference, drift: bool, reasons: list[str], enough: bool) -> None:
+    assessment = assess(live, reference, SETTINGS)
+
+    assert (assessment.drift, assessment.enough_data) == (drift, enough)
+    assert [reason.split()[0] for reason in assessment.reasons] == reasons
+
+
+@pytest.mark.parametrize(
+    ("drifting_before", "live", "change"),
+    [
+        (False, window([0.95] * 150 + [0.05] * 50), DriftChange.DETECTED),
+        (True, window([0.95] * 150 + [0.05] * 50), None),  # still drifting: nothing new to say
+        (True, window([0.95] * 120 + [0.05] * 80), DriftChange.RESOLVED),
+        (False, window([0.95] * 120 + [0.05] * 80), None),
+        (True, window([0.95] * 15), None),  # traffic stopped: too few to say the drift is over
+        (False, window([0.05] * 15), None),  # too few to say it started
+    ],
+    ids=["starts", "goes-on", "ends", "stays-fine", "few-while-drifting", "few-while-fine"],
+)
+def test_drift_change_table(drifting_before: bool, live: Window, change: DriftChange | None) -> None:
+    assert drift_change(drifting_before, assess(live, REFERENCE, SETTINGS)) is change
+
+
+def test_statistics_carry_every_field_of_the_monitoring_contract() -> None:
+    statistics = assess(window([0.95] * 150 + [0.05] * 50, known=0.5), REFERENCE, SETTINGS).statistics()
+
+    contract = {
+        "predictions": int,
+        "drift": bool,
+        "reasons": list,
+        "score_psi": float,
+        "positive_rate": float,
+        "reference_positive_rate": float,
+        "unknown_token_rate": float,
+        "reference_unknown_token_rate": float,
+        "estimated_accuracy": float,
+        "feedback": int,
+    }
+    assert {name: type(statistics[name]) for name in contract} == contract
+    assert statistics["feedback_accuracy"] is None
+    assert statistics["positive_rate"] == 0.75
+    assert statistics["unknown_token_rate"] == 0.5
+    assert statistics["estimated_accuracy"] == pytest.approx(0.95)
+
+
+def test_reference_round_trips_through_its_json_and_says_its_rates() -> None:
+    reference = Reference.of([0.9, 0.2, 0.7, 0.4], ["good", "bad food", "fine", "meh " * 30], [1.0, 0.5, 1.0, 0.0], 0.5)
+
+    decoded = Reference.from_dict(json.loads(json.dumps(reference.to_dict())))
+
+    assert decoded == reference
+    assert (reference.predictions, reference.positive, reference.positive_rate) == (4, 2, 0.5)
+    assert reference.counts.unknown_token_rate() == pytest.approx(1 - 2.5 / 4)
+    assert reference.to_dict()["estimated_accuracy"] == pytest.approx((0.9 + 0.8 + 0.7 + 0.6) / 4)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"schema": 2}, "schema"),
+        ({"probability_histogram": [1] * 19}, "20 counts"),
+        ({"length_histogram": [0.5] * 8}, "whole counts"),
+        ({"positive": 500}, "disagree"),
+        ({"confidence_sum": float("nan")}, "finite"),
+        ({"known_fraction_count": 101}, "known_fraction_count"),
+        ({"probability_histogram": [0] * 20, "length_histogram": [0] * 8, "positive": 0}, "no predictions"),
+    ],
+)
+def test_reference_refuses_a_malformed_document(change: dict, message: str) -> None:
+    with pytest.raises(InvalidReference, match=message):
+        Reference.from_dict({**REFERENCE.to_dict(), **change})
+    with pytest.raises(InvalidReference, match="lacks"):
+        Reference.from_dict({k: v for k, v in REFERENCE.to_dict().items() if k != "positive"})
+
+
+def test_window_reads_a_counter_document_and_older_counters_read_as_zero() -> None:
+    fields = {"predictions": 3, "positive": 2, "feedback": 1, "correct": 1, **_counts([0.9, 0.8, 0.1]).increments()}
+
+    read = Window.from_document(fields) + Window.from_document({"predictions": 1})
+
+    assert (read.predictions, read.positive, read.feedback_accuracy) == (4, 2, 1.0)
+    assert read.counts == _counts([0.9, 0.8, 0.1])
+
+
+def test_drift_settings_from_env_defaults_and_refusals() -> None:
+    assert DriftSettings.from_env({}) == DriftSettings()
+    assert DriftSettings.from_env({"DRIFT_MAX_PSI": "0.3", "DRIFT_WINDOW_HOURS": "6"}).window_hours == 6
+    for name, value in [("DRIFT_MIN_PREDICTIONS", "2.5"), ("DRIFT_WINDOW_HOURS", "169"), ("DRIFT_MAX_PSI", "x")]:
+        with pytest.raises(ConfigError, match=name):
+            DriftSettings.from_env({name: value})

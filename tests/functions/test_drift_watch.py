@@ -1,0 +1,139 @@
+"""The scheduled drift evaluation (registry_watcher drift_watch) on the Firestore emulator: real records and
+counters written by predict's writer, the reference where the watcher keeps it, one recorded change and one log
+line per change, even when two ticks race."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sentiment_core import logs
+from sentiment_core.firestore_rest import RestPredictionWriter
+from sentiment_core.monitoring import DriftChange, DriftSettings, Reference
+from sentiment_core.records import Prediction
+from sentiment_core.store import save_reference
+from tests.functions.conftest import PROJECT, watcher_module
+
+pytestmark = pytest.mark.system
+drift_watch = watcher_module("drift_watch")
+
+NOW = datetime(2026, 11, 30, 12, 30, tzinfo=UTC)
+VERSION = "7"
+# Validation: 60% positive, confident answers on short reviews whose words the model knows.
+REFERENCE = Reference.of([0.96] * 60 + [0.04] * 40, ["the soup was lovely"] * 100, [1.0] * 100, 0.5)
+
+
+@pytest.fixture
+def writer(firestore_emulator, clean_db):
+    rest = RestPredictionWriter(
+        PROJECT, "(default)", 5.0, endpoint=f"http://{firestore_emulator.url}", token=lambda: "owner"
+    )
+    try:
+        yield rest
+    finally:
+        rest.close()
+
+
+def store(writer: RestPredictionWriter, probabilities: list[float], at: datetime, known: float = 1.0) -> None:
+    """Predictions as predict stores them: records and their counters in one commit per 100."""
+    made = [
+        Prediction(
+            id=uuid.uuid4().hex,
+            text="the soup was lovely",
+            probability=p,
+            model_answer=p >= 0.5,
+            user_answer=None,
+            model_name="yelp-sentiment",
+            model_version=VERSION,
+            mlflow_run_id="run",
+            inference_elapsed=1e-5,
+            created_at=at,
+            known_fraction=known,
+        )
+        for p in probabilities
+    ]
+    for start in range(0, len(made), 100):
+        writer.save_predictions(made[start : start + 100])
+
+
+def watch(db, at: datetime = NOW) -> drift_watch.DriftWatch:
+    return drift_watch.DriftWatch(db, DriftSettings(min_predictions=200), lambda: at)
+
+
+def drift_lines(caplog: pytest.LogCaptureFixture) -> list[dict]:
+    formatter = logs.JsonFormatter()
+    lines = [json.loads(formatter.format(r)) for r in caplog.records if r.name == "sentiment.monitoring"]
+    return [line for line in lines if line.get(logs.EVENT_FIELD, "").startswith("drift_")]
+
+
+def test_like_validation_is_no_drift_and_records_nothing(writer, clean_db, caplog) -> None:
+    save_reference(clean_db, VERSION, REFERENCE)
+    store(writer, [0.96] * 180 + [0.04] * 120, NOW)
+
+    (result,) = watch(clean_db).check([VERSION])
+
+    assert (result.assessment.drift, result.change, result.assessment.window.predictions) == (False, None, 300)
+    assert not clean_db.collection(drift_watch.DRIFT_STATES).document(VERSION).get().exists
+    assert drift_lines(caplog) == []
+
+
+def test_drift_is_recorded_and_logged_once_then_resolved_by_a_later_window(writer, clean_db, caplog) -> None:
+    caplog.set_level(logging.INFO, "sentiment.monitoring")
+    save_reference(clean_db, VERSION, REFERENCE)
+    store(writer, [0.96] * 150 + [0.04] * 50, NOW, known=0.6)  # 75% positive, 40% of the words unknown
+
+    (first,) = watch(clean_db).check([VERSION])
+    (again,) = watch(clean_db).check([VERSION])
+
+    assert (first.change, again.change) == (DriftChange.DETECTED, None)
+    state = clean_db.collection(drift_watch.DRIFT_STATES).document(VERSION).get().to_dict()
+    assert state["drift"] is True
+    assert [reason.split()[0] for reason in state["reasons"]] == ["unknown_token_rate", "positive_rate"]
+    (line,) = drift_lines(caplog)
+    assert (line["severity"], line[logs.EVENT_FIELD], line["model_version"]) == ("WARNING", "drift_detected", "7")
+    assert line["reasons"] == state["reasons"]
+    assert "the soup" not in json.dumps(line)  # never a review's text
+
+    later = NOW + timedelta(hours=30)  # the drifting hour has left the 24-hour window
+    store(writer, [0.96] * 120 + [0.04] * 80, later)
+    (resolved,) = watch(clean_db, later).check([VERSION])
+
+    assert resolved.change is DriftChange.RESOLVED
+    assert [line[logs.EVENT_FIELD] for line in drift_lines(caplog)] == ["drift_detected", "drift_resolved"]
+    events = [e.to_dict()["kind"] for e in clean_db.collection(drift_watch.DRIFT_EVENTS).stream()]
+    assert sorted(events) == ["drift_detected", "drift_resolved"]
+
+
+def test_two_ticks_racing_record_and_log_the_change_once(writer, clean_db, caplog) -> None:
+    save_reference(clean_db, VERSION, REFERENCE)
+    store(writer, [0.55] * 300, NOW)  # unsure answers: the score histogram moved
+    results: list = []
+    start = threading.Barrier(4)
+
+    def tick() -> None:
+        start.wait()
+        results.extend(watch(clean_db).check([VERSION]))
+
+    threads = [threading.Thread(target=tick) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(str(r.change) for r in results).count(str(DriftChange.DETECTED)) == 1
+    assert len(drift_lines(caplog)) == 1
+    assert len(list(clean_db.collection(drift_watch.DRIFT_EVENTS).stream())) == 1
+
+
+def test_a_version_without_a_reference_is_measured_but_never_drifts(writer, clean_db) -> None:
+    store(writer, [0.55] * 300, NOW)
+
+    (result,) = watch(clean_db).check([VERSION])
+
+    assert (result.assessment.drift, result.assessment.reference, result.change) == (False, None, None)
+    assert result.assessment.statistics()["estimated_accuracy"] == pytest.approx(0.55)
