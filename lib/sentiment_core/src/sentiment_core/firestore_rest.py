@@ -145,7 +145,9 @@ class RestPredictionWriter:
             by_version[p.model_version] = by_version.get(p.model_version, Counts()) + counted
             window = (p.model_version, window_hour(p.created_at))
             by_window[window] = by_window.get(window, WindowCounts()) + WindowCounts.of(p)
-            monitored[window] = monitored.get(window, MonitorCounts()) + MonitorCounts.of(p.probability, p.text, p.known_fraction)
+            monitored[window] = monitored.get(window, MonitorCounts()) + MonitorCounts.of(
+                p.probability, p.text, p.known_fraction
+            )
         writes += [self._increment(version, counts) for version, counts in by_version.items()]
         writes += [
             self._window_increment(version, hour, counts, monitored[version, hour])
