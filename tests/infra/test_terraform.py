@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from sentiment_core.config import ConfigError
+from sentiment_core.monitoring import DriftSettings
 from sentiment_core.rollout import RolloutSettings
 from tests.infra.terraform_config import TERRAFORM, functions, granted_roles, locals_, parsed, resources, unquote
 
@@ -143,13 +144,13 @@ class RecordingEnv(Mapping[str, str]):
         return len(self.values)
 
 
-def rollout_module(directory: Path, variables: Mapping[str, Any]) -> Path:
-    """A module holding only variables.tf's rollout_* variables and locals.tf's rollout_env, copied as written,
-    with `variables` as its tfvars: terraform plans and evaluates it offline, since it needs no provider."""
+def settings_module(directory: Path, variables: Mapping[str, Any], prefix: str = "rollout") -> Path:
+    """A module holding only variables.tf's `{prefix}_*` variables and locals.tf's `{prefix}_env`, copied as
+    written, with `variables` as its tfvars: terraform plans and evaluates it offline, since it needs no provider."""
     declared = re.findall(
-        r'^variable "rollout_\w+" \{\n.*?^\}\n', (TERRAFORM / "variables.tf").read_text(), re.M | re.S
+        rf'^variable "{prefix}_\w+" \{{\n.*?^\}}\n', (TERRAFORM / "variables.tf").read_text(), re.M | re.S
     )
-    (env,) = re.findall(r"^  rollout_env = \{\n.*?^  \}\n", (TERRAFORM / "locals.tf").read_text(), re.M | re.S)
+    (env,) = re.findall(rf"^  {prefix}_env = \{{\n.*?^  \}}\n", (TERRAFORM / "locals.tf").read_text(), re.M | re.S)
     (directory / "main.tf").write_text("\n".join(declared) + "\nlocals {\n" + env + "}\n")
     (directory / "terraform.tfvars.json").write_text(json.dumps(variables))
     return directory
@@ -160,21 +161,24 @@ def terraform(directory: Path, *args: str, stdin: str = "") -> subprocess.Comple
     return subprocess.run(command, input=stdin, capture_output=True, text=True, check=False, timeout=60)
 
 
-def terraform_rollout_env(directory: Path) -> dict[str, str]:
-    """local.rollout_env as terraform renders it from the module's tfvars."""
-    result = terraform(directory, "console", stdin="jsonencode(local.rollout_env)\n")
+def terraform_env(directory: Path, prefix: str = "rollout") -> dict[str, str]:
+    """local.{prefix}_env as terraform renders it from the module's tfvars."""
+    result = terraform(directory, "console", stdin=f"jsonencode(local.{prefix}_env)\n")
     assert result.returncode == 0, result.stderr
     return json.loads(json.loads(result.stdout))
 
 
-def test_watcher_environment_carries_every_rollout_variable_with_the_code_defaults(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("settings", "prefix"), [(RolloutSettings, "rollout"), (DriftSettings, "drift")])
+def test_watcher_environment_carries_every_settings_variable_with_the_code_defaults(
+    tmp_path: Path, settings: type, prefix: str
+) -> None:
     reading = RecordingEnv({})
-    RolloutSettings.from_env(reading)
-    env = terraform_rollout_env(rollout_module(tmp_path, {}))
+    settings.from_env(reading)
+    env = terraform_env(settings_module(tmp_path, {}, prefix), prefix)
 
-    assert reading.read >= {"ROLLOUT_STEPS", "ROLLOUT_MAX_S"}  # the recording sees what from_env reads
+    assert len(reading.read) >= 5  # the recording sees what from_env reads
     assert set(env) == reading.read
-    assert RolloutSettings.from_env(env) == RolloutSettings()
+    assert settings.from_env(env) == settings()
     for name in ("registry-watcher", "registry-webhook"):
         assert reading.read <= env_names(locals_()["function_env"][name])
 
@@ -218,13 +222,43 @@ ROLLOUT_VARIABLES = [
 ]
 
 
-@pytest.mark.parametrize(("variables", "rejected_by"), ROLLOUT_VARIABLES, ids=str)
-def test_rollout_variables_fail_the_plan_exactly_when_the_watcher_would_fail_to_start(
-    tmp_path: Path, variables: dict[str, Any], rejected_by: str | None
+DRIFT_VARIABLES = [
+    ({}, None),
+    ({"drift_min_predictions": 1}, None),
+    ({"drift_min_predictions": 1000000}, None),
+    ({"drift_min_predictions": 0}, "drift_min_predictions"),
+    ({"drift_min_predictions": 1000001}, "drift_min_predictions"),
+    ({"drift_min_predictions": 20.5}, "drift_min_predictions"),
+    ({"drift_max_psi": 0.001}, None),
+    ({"drift_max_psi": 10}, None),
+    ({"drift_max_psi": 0.0009}, "drift_max_psi"),
+    ({"drift_max_psi": 10.1}, "drift_max_psi"),
+    ({"drift_max_unknown_token_increase": 1}, None),
+    ({"drift_max_unknown_token_increase": 0}, "drift_max_unknown_token_increase"),
+    ({"drift_max_unknown_token_increase": 1.01}, "drift_max_unknown_token_increase"),
+    ({"drift_max_positive_rate_shift": 0.001}, None),
+    ({"drift_max_positive_rate_shift": 0.0005}, "drift_max_positive_rate_shift"),
+    ({"drift_max_positive_rate_shift": 1.5}, "drift_max_positive_rate_shift"),
+    ({"drift_window_hours": 1}, None),
+    ({"drift_window_hours": 168}, None),
+    ({"drift_window_hours": 0}, "drift_window_hours"),
+    ({"drift_window_hours": 169}, "drift_window_hours"),
+    ({"drift_window_hours": 2.5}, "drift_window_hours"),
+]
+
+
+SETTINGS_VARIABLES = [(RolloutSettings, "rollout", *case) for case in ROLLOUT_VARIABLES] + [
+    (DriftSettings, "drift", *case) for case in DRIFT_VARIABLES
+]
+
+
+@pytest.mark.parametrize(("settings", "prefix", "variables", "rejected_by"), SETTINGS_VARIABLES, ids=str)
+def test_settings_variables_fail_the_plan_exactly_when_the_watcher_would_fail_to_start(
+    tmp_path: Path, settings: type, prefix: str, variables: dict[str, Any], rejected_by: str | None
 ) -> None:
-    module = rollout_module(tmp_path, variables)
+    module = settings_module(tmp_path, variables, prefix)
     try:
-        code, code_error = RolloutSettings.from_env(as_env(variables)), ""
+        code, code_error = settings.from_env(as_env(variables)), ""
     except ConfigError as exc:
         code, code_error = None, str(exc)
 
@@ -233,22 +267,23 @@ def test_rollout_variables_fail_the_plan_exactly_when_the_watcher_would_fail_to_
     assert (code is not None) == (rejected_by is None), code_error
     assert (plan.returncode == 0) == (rejected_by is None), plan.stdout + plan.stderr
     if rejected_by is None:
-        assert RolloutSettings.from_env(terraform_rollout_env(module)) == code
+        assert settings.from_env(terraform_env(module, prefix)) == code
     else:
         assert code_error.startswith(rejected_by.upper())  # the code names the same variable
         assert f"{rejected_by} must" in plan.stderr  # the message of its own validation block
 
 
-def test_tfvars_example_shows_the_rollout_variables_with_their_defaults() -> None:
+@pytest.mark.parametrize(("prefix", "count"), [("rollout_", 5), ("drift_", 5), ("max_calibration_error", 1)])
+def test_tfvars_example_shows_the_settings_variables_with_their_defaults(prefix: str, count: int) -> None:
     import hcl2
 
     example = (TERRAFORM / "terraform.tfvars.example").read_text()
-    commented = [line.removeprefix("# ") for line in example.splitlines() if line.startswith("# rollout_")]
-    shown = {name: value for name, value in hcl2.loads("\n".join(commented)).items() if name.startswith("rollout_")}
+    commented = [line.removeprefix("# ") for line in example.splitlines() if line.startswith(f"# {prefix}")]
+    shown = {name: value for name, value in hcl2.loads("\n".join(commented)).items() if name.startswith(prefix)}
     variables = {unquote(k): v for block in parsed()["variable"] for k, v in block.items()}
 
-    assert shown == {name: v["default"] for name, v in variables.items() if name.startswith("rollout_")}
-    assert len(shown) == 5
+    assert shown == {name: v["default"] for name, v in variables.items() if name.startswith(prefix)}
+    assert len(shown) == count
 
 
 def test_every_function_has_max_instances_and_its_own_service_account() -> None:
