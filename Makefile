@@ -57,12 +57,13 @@ fmt: install
 	$(VENV)/bin/ruff format .
 	terraform fmt -recursive infra/terraform
 
-bench: install ## benchmarks: accuracy vs a baseline, cold start, latency, promotion, rollout policy (uses .local/models/latest if present)
+bench: install ## benchmarks: accuracy vs a baseline, cold start, latency, promotion, rollout policy, drift rule (uses .local/models/latest if present)
 	$(PY) bench/train_vs_baseline.py
 	$(PY) bench/coldstart.py
 	$(PY) bench/latency.py
 	$(PY) bench/promotion.py
 	$(PY) bench/rollout.py
+	$(PY) bench/drift.py
 
 lock: ## re-pin requirements/dev.txt from requirements/dev.in in a scratch venv
 	rm -rf /tmp/lock-venv && $(PYTHON) -m venv /tmp/lock-venv
