@@ -208,8 +208,8 @@ variable "drift_max_psi" {
 
 variable "drift_max_unknown_token_increase" {
   type        = number
-  description = "DRIFT_MAX_UNKNOWN_TOKEN_INCREASE: drift when the unknown-token rate is more than this (a fraction: 0.1 is 10 points) above the reference's."
-  default     = 0.1
+  description = "DRIFT_MAX_UNKNOWN_TOKEN_INCREASE: drift when the unknown-token rate is more than this (a fraction: 0.05 is 5 points) above the reference's."
+  default     = 0.05
   nullable    = false
 
   validation {

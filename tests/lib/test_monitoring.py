@@ -122,7 +122,7 @@ SETTINGS = DriftSettings(min_predictions=200)
         (window([0.95] * 90 + [0.05] * 110), REFERENCE, True, ["positive_rate"], True),  # 45% vs 60%
         (window([0.55] * 120 + [0.45] * 80), REFERENCE, True, ["score_psi"], True),  # unsure answers
         (window([0.95] * 120 + [0.05] * 80, known=0.8), REFERENCE, True, ["unknown_token_rate"], True),
-        (window([0.95] * 120 + [0.05] * 80, known=0.92), REFERENCE, False, [], True),  # 8 points: within
+        (window([0.95] * 120 + [0.05] * 80, known=0.96), REFERENCE, False, [], True),  # 4 points: within
         (window([0.95] * 120 + [0.05] * 80, known=None), REFERENCE, False, [], True),  # an older model: no rate
         (window([0.95] * 120 + [0.05] * 80, text="x" * 900), REFERENCE, True, ["length_psi"], True),
     ],

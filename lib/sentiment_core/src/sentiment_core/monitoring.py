@@ -300,7 +300,7 @@ class DriftSettings:
 
     min_predictions: int = 200
     max_psi: float = 0.2
-    max_unknown_token_increase: float = 0.10
+    max_unknown_token_increase: float = 0.05
     max_positive_rate_shift: float = 0.10
     window_hours: int = DEFAULT_WINDOW_HOURS
 
