@@ -38,14 +38,14 @@ reset: ## stop the local stack and delete .local/: predictions, feedback, deploy
 bundles: install ## each function's self-contained deploy bundle in build/functions/<name> (Terraform zips them)
 	for f in predict feedback registry_watcher redeploy; do $(PY) -m localdev.bundle $$f build/functions/$$f; done
 
-deploy: install ## the whole Google Cloud deployment, step by step, each skipped when done: PROJECT=... REGION=... [OPERATOR=user:me@example.com] [DRY_RUN=1]
+deploy: install ## the whole Google Cloud deployment, step by step, each skipped when done: PROJECT=... REGION=... [OPERATOR=user:me@example.com] [ALERT_EMAIL=ml-ops@example.com] [DRY_RUN=1]
 	$(PY) -m infra.deploy deploy --project "$(PROJECT)" --region "$(REGION)" $(if $(filter-out 0,$(DRY_RUN)),--dry-run) \
-	    $(if $(OPERATOR),--operator "$(OPERATOR)")
+	    $(if $(OPERATOR),--operator "$(OPERATOR)") $(if $(ALERT_EMAIL),--alert-email "$(ALERT_EMAIL)")
 
 destroy: install ## tear the deployment down: PROJECT=... REGION=... [DELETE_STATE_BUCKET=1] [YES=1] [DRY_RUN=1]
 	$(PY) -m infra.deploy destroy --project "$(PROJECT)" --region "$(REGION)" $(if $(filter-out 0,$(DRY_RUN)),--dry-run) \
 	    $(if $(filter-out 0,$(DELETE_STATE_BUCKET)),--delete-state-bucket) $(if $(filter-out 0,$(YES)),--yes) \
-	    $(if $(OPERATOR),--operator "$(OPERATOR)")
+	    $(if $(OPERATOR),--operator "$(OPERATOR)") $(if $(ALERT_EMAIL),--alert-email "$(ALERT_EMAIL)")
 
 lint: install ## ruff and terraform fmt
 	$(VENV)/bin/ruff check .

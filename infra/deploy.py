@@ -69,6 +69,7 @@ SQL_PEERING = "servicenetworking-googleapis-com"  # the peering Service Networki
 PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")  # variables.tf project_id
 REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 MEMBER = re.compile(r"^(user|group|serviceAccount):[^@\s]+@[^@\s]+$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")  # variables.tf alert_email
 
 
 class UsageError(ValueError):
@@ -87,6 +88,8 @@ class Settings:
     # The person running the deployment, as an IAM member: made an invoker of MLflow and of the watcher, which
     # the MLflow bootstrap and the operator commands need (a project owner has that right already).
     operator: str = ""
+    # Where alert incidents are emailed (variables.tf alert_email); empty: no notification channel.
+    alert_email: str = ""
 
     def __post_init__(self) -> None:
         if not self.project or not self.region:
@@ -98,6 +101,8 @@ class Settings:
             raise UsageError(f"REGION {self.region!r} is not a region such as europe-west1")
         if self.operator and not MEMBER.match(self.operator):
             raise UsageError(f"OPERATOR {self.operator!r} is not an IAM member such as user:me@example.com")
+        if self.alert_email and not EMAIL.match(self.alert_email):
+            raise UsageError(f"ALERT_EMAIL {self.alert_email!r} is not one email address such as ml-ops@example.com")
 
     @property
     def state_bucket(self) -> str:
@@ -229,6 +234,7 @@ def terraform_vars(settings: Settings, mlflow_version: str) -> dict[str, str]:
             if settings.operator
             else {}
         ),
+        **({"alert_email": settings.alert_email} if settings.alert_email else {}),
     }
 
 
@@ -571,6 +577,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default="",
         help="you, as an IAM member (user:me@example.com): may invoke MLflow (the bootstrap) and the watcher",
     )
+    parser.add_argument(
+        "--alert-email",
+        default="",
+        help="email address alert incidents are sent to (terraform variable alert_email; default: none)",
+    )
     return parser.parse_args(argv)
 
 
@@ -590,6 +601,7 @@ def main(
             initial_model_uri=args.initial_model_uri,
             delete_state_bucket=args.delete_state_bucket,
             operator=args.operator,
+            alert_email=args.alert_email,
         )
         version = mlflow_version(root)
     except UsageError as exc:

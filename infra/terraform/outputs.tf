@@ -42,3 +42,8 @@ output "topic" {
   description = "Pub/Sub topic of production changes."
   value       = google_pubsub_topic.production_changed.id
 }
+
+output "dashboard_url" {
+  description = "The serving dashboard in the Cloud console (docs/alerts.md)."
+  value       = "https://console.cloud.google.com/monitoring/dashboards/builder/${element(split("/", google_monitoring_dashboard.serving.id), 3)}?project=${var.project_id}"
+}

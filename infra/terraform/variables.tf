@@ -288,3 +288,40 @@ variable "deletion_protection" {
   default     = true
   nullable    = false
 }
+
+# Alerts and their notification (monitoring.tf; docs/alerts.md says what each alert watches and why).
+variable "alert_email" {
+  type        = string
+  description = "Email address that alert incidents are sent to (an email notification channel). Empty: no channel; incidents open in the Cloud Monitoring console only."
+  default     = ""
+  nullable    = false
+
+  validation {
+    condition     = var.alert_email == "" || can(regex("^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", var.alert_email))
+    error_message = "alert_email must be one email address (alerts@example.com) or empty, got \"${var.alert_email}\"."
+  }
+}
+
+variable "alert_error_ratio" {
+  type        = number
+  description = "Share of predict's or feedback's answers that may be 5xx over five minutes before an incident opens (with at least five of them)."
+  default     = 0.05
+  nullable    = false
+
+  validation {
+    condition     = var.alert_error_ratio > 0 && var.alert_error_ratio < 1
+    error_message = "alert_error_ratio must be between 0 and 1 (exclusive), got ${var.alert_error_ratio}."
+  }
+}
+
+variable "alert_latency_p95_ms" {
+  type        = number
+  description = "predict's 95th percentile latency in milliseconds (Cloud Run's, cold starts included) that, held for ten minutes, opens an incident."
+  default     = 1000
+  nullable    = false
+
+  validation {
+    condition     = var.alert_latency_p95_ms >= 50 && var.alert_latency_p95_ms <= 60000
+    error_message = "alert_latency_p95_ms must be between 50 and 60000, got ${var.alert_latency_p95_ms}."
+  }
+}

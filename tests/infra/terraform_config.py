@@ -56,6 +56,7 @@ AGENTS = {
     "google_project_service_identity.pubsub": "pubsub-agent",
     "@serverless-robot-prod.iam.gserviceaccount.com": "cloud-run-agent",
     "group:cloud-storage-analytics@google.com": "storage-access-logs",
+    "@gcp-sa-monitoring-notification.iam.gserviceaccount.com": "monitoring-agent",
 }
 
 

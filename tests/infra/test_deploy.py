@@ -349,3 +349,27 @@ def test_deploy_refuses_an_operator_that_is_not_an_iam_member(cloud: Cloud) -> N
     assert code == 2
     assert "OPERATOR 'ops@example.com' is not an IAM member" in said
     assert cloud.calls() == []
+
+
+def test_deploy_passes_the_alert_email_to_terraform_only_when_given(cloud: Cloud) -> None:
+    code, said = cloud.main("deploy", *ARGS, "--alert-email", "ml-ops@example.com")
+    apply = next(m for m in cloud.mutating() if " apply " in m)
+    settings = deploy.Settings("my-sentiment-project", "europe-west1")
+
+    assert code == 0, said
+    assert "-var=alert_email=ml-ops@example.com" in apply
+    assert "alert_email" not in deploy.terraform_vars(settings, "3.17.2")  # terraform.tfvars or the default decide
+
+
+def test_deploy_refuses_an_alert_email_that_is_not_one_address(cloud: Cloud) -> None:
+    code, said = cloud.main("deploy", *ARGS, "--alert-email", "ml-ops@example.com,dev@example.com")
+
+    assert code == 2
+    assert "ALERT_EMAIL 'ml-ops@example.com,dev@example.com' is not one email address" in said
+    assert cloud.calls() == []
+
+
+def test_make_passes_alert_email_to_both_commands() -> None:
+    makefile = (REPO_ROOT / "Makefile").read_text()
+
+    assert makefile.count('$(if $(ALERT_EMAIL),--alert-email "$(ALERT_EMAIL)")') == 2

@@ -29,6 +29,8 @@ API_OF_RESOURCE = {
     "google_cloud_scheduler": "cloudscheduler.googleapis.com",
     "google_compute": "compute.googleapis.com",
     "google_firestore": "firestore.googleapis.com",
+    "google_logging": "logging.googleapis.com",
+    "google_monitoring": "monitoring.googleapis.com",
     "google_project_iam": "cloudresourcemanager.googleapis.com",
     "google_project": "cloudresourcemanager.googleapis.com",  # the data source: the project's number
     "google_project_service_identity": "serviceusage.googleapis.com",  # bootstrap enables it (README step 1)

@@ -9,6 +9,7 @@ no READ on the experiment, the gate cannot read the run.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import importlib.util
 import json
 import os
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import types
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from sentiment_core.contract import (
 from sentiment_core.manifest import sha256_bytes
 from sentiment_core.registry import RegistryClient, RegistryError
 from tests.functions.conftest import watcher_module
+from tests.infra.terraform_config import resources, unquote
 
 gate = watcher_module("gate")
 
@@ -247,6 +250,25 @@ def test_bootstrap_registers_one_webhook_for_alias_moves_and_check_changes_nothi
 def test_host_not_allowed_is_refused_with_403(cloud_mlflow, registered, host: str) -> None:
     with pytest.raises(RegistryError, match="HTTP 403"):
         watcher(cloud_mlflow.url, host=host).production_version(MODEL_NAME)
+
+
+@pytest.mark.system
+def test_uptime_check_path_answers_without_mlflow_credentials_through_the_run_app_host(cloud_mlflow) -> None:
+    """monitoring.tf's uptime check sends Cloud Run an identity token but no MLflow credentials: its path must be
+    one that basic auth leaves open, while everything else still asks for them."""
+    path = unquote(resources("google_monitoring_uptime_check_config")["mlflow"]["http_check"][0]["path"])
+    server = urllib.parse.urlsplit(cloud_mlflow.url)
+
+    def status(target: str) -> int:
+        connection = http.client.HTTPConnection(server.hostname, server.port, timeout=10)
+        try:
+            connection.request("GET", target, headers={"Host": RUN_APP_HOST})
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    assert status(path) == 200
+    assert status("/api/2.0/mlflow/registered-models/search") == 401
 
 
 @pytest.mark.system

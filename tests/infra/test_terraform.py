@@ -476,10 +476,11 @@ ROLES_USED = {
     "mlflow": {"roles/storage.objectAdmin", "roles/secretmanager.secretAccessor"},
     "build": {"roles/storage.objectViewer", "roles/artifactregistry.writer", "roles/logging.logWriter"},
     # Google's agents: Pub/Sub signs push tokens as pubsub-push and moves dead letters; Cloud Run pulls images;
-    # Cloud Storage writes access logs.
+    # Cloud Storage writes access logs; Monitoring's uptime check calls MLflow's /health.
     "pubsub-agent": {"roles/iam.serviceAccountTokenCreator", "roles/pubsub.publisher", "roles/pubsub.subscriber"},
     "cloud-run-agent": {"roles/artifactregistry.reader"},
     "storage-access-logs": {"roles/storage.objectCreator"},
+    "monitoring-agent": {"roles/run.invoker"},  # on MLflow's service
 }
 ROLES_USED["registry-webhook"] = ROLES_USED["registry-watcher"]
 
