@@ -179,6 +179,7 @@ def reconciler(production: str, state: DeploymentState) -> Any:
         policy=watcher_module("watcher_decisions").Policy(model_name="yelp-sentiment"),
         min_val_accuracy=0.85,
         counts=lambda version, since: VersionCounts(version),
+        save_reference=lambda version, reference: None,  # a refused version has no reference to keep
         fetch=lambda registry, version: gate.Candidate(version, None, None, None, None),  # model.onnx missing
     )
 
