@@ -47,6 +47,28 @@ class VersionDrift:
         }
 
 
+def log_evaluation(version: str, assessment: Assessment, window_hours: int) -> None:
+    """One line per version and scheduled tick: the numbers the dashboard charts (accuracy per version lives in
+    Firestore, which Cloud Monitoring cannot read). A rate without data is left out, not logged as null."""
+    statistics = assessment.statistics()
+    numbers = ("predictions", "feedback", "estimated_accuracy", "feedback_accuracy", "score_psi", "unknown_token_rate")
+    fields = {
+        logs.EVENT_FIELD: logs.MONITORING_EVALUATED,
+        "model_version": version,
+        "drift": assessment.drift,
+        "window_hours": window_hours,
+        **{name: statistics[name] for name in numbers if statistics[name] is not None},
+    }
+    logger.info(
+        "version %s over %d h: %d predictions, drift %s",
+        version,
+        window_hours,
+        statistics["predictions"],
+        assessment.drift,
+        extra=fields,
+    )
+
+
 def log_change(change: DriftChange, version: str, assessment: Assessment, window_hours: int) -> None:
     """The one structured line per change that the log-based metric `drift_detected` counts (no review text)."""
     statistics = assessment.statistics()
@@ -82,6 +104,7 @@ class DriftWatch:
         for version in wanted:
             window = sum(hourly_windows(self._db, version, since, self._timeout).values(), Window())
             assessment = assess(window, references.get(version), self.settings)
+            log_evaluation(version, assessment, self.settings.window_hours)
             results.append(VersionDrift(version, assessment, self._record(version, assessment, now)))
         return results
 

@@ -57,6 +57,13 @@ locals {
         model_version = "The version whose drift resolved."
       }
     }
+    sentiment_monitoring_evaluated = {
+      description = "The scheduled drift evaluation of a version in service (one a minute per version: its heartbeat)."
+      filter      = "${local.watcher_logs} AND jsonPayload.event=\"monitoring_evaluated\""
+      labels = {
+        model_version = "The evaluated version."
+      }
+    }
     sentiment_server_errors = {
       description = "5xx answers of predict and feedback, as their request lines record them (sentiment_core.web.serve)."
       filter      = "${local.public_logs} AND jsonPayload.status>=500"
@@ -82,6 +89,22 @@ locals {
       description = "Failed attempts of the Scheduler job that ticks the registry watcher (scheduler.tf)."
       filter      = "resource.type=\"cloud_scheduler_job\" AND resource.labels.job_id=\"registry-watcher-tick\" AND severity>=ERROR"
       labels      = {}
+    }
+  }
+
+  # Distributions of a number the evaluation line carries (jsonPayload.<field>), per model version: accuracy per
+  # version lives in Firestore, which Cloud Monitoring cannot read, so the watcher logs it once a minute. A line
+  # without the number (no feedback yet) is not counted: the filter asks for it.
+  log_distributions = {
+    sentiment_estimated_accuracy = {
+      description = "The label-free accuracy estimate (mean max(p, 1 - p)) of a version over the drift window."
+      field       = "estimated_accuracy"
+      filter      = "${local.watcher_logs} AND jsonPayload.event=\"monitoring_evaluated\" AND jsonPayload.estimated_accuracy>=0"
+    }
+    sentiment_feedback_accuracy = {
+      description = "The share of user answers that agreed with a version over the drift window."
+      field       = "feedback_accuracy"
+      filter      = "${local.watcher_logs} AND jsonPayload.event=\"monitoring_evaluated\" AND jsonPayload.feedback_accuracy>=0"
     }
   }
 
@@ -150,6 +173,40 @@ resource "google_logging_metric" "main" {
         value_type  = "STRING"
         description = labels.value
       }
+    }
+  }
+
+  depends_on = [google_project_service.main]
+}
+
+resource "google_logging_metric" "distribution" {
+  for_each = local.log_distributions
+
+  name             = each.key
+  description      = each.value.description
+  filter           = each.value.filter
+  value_extractor  = "EXTRACT(jsonPayload.${each.value.field})"
+  label_extractors = { model_version = "EXTRACT(jsonPayload.model_version)" }
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "DISTRIBUTION"
+    unit         = "1"
+    display_name = each.key
+
+    labels {
+      key         = "model_version"
+      value_type  = "STRING"
+      description = "The evaluated version."
+    }
+  }
+
+  # Twenty buckets of 0.05 over [0, 1]: an accuracy's median per minute reads to the nearest bucket.
+  bucket_options {
+    linear_buckets {
+      num_finite_buckets = 20
+      width              = 0.05
+      offset             = 0
     }
   }
 

@@ -50,6 +50,7 @@ EXPECTED = {
     "sentiment_event_unprocessable": {"event_unprocessable"},
     "sentiment_drift_detected": {"drift_detected"},
     "sentiment_drift_resolved": {"drift_resolved"},
+    "sentiment_monitoring_evaluated": {"evaluated_with_feedback", "evaluated_without_feedback"},
     "sentiment_server_errors": {"predict_model_unavailable", "predict_healthz_unavailable", "feedback_internal"},
     "sentiment_predictions": {"predict_answered"},
     "sentiment_feedback_answers": {"feedback_recorded"},
@@ -80,12 +81,14 @@ def plain_locals_block() -> str:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """local.log_metrics and local.log_alerts exactly as terraform evaluates them (no provider needed)."""
+    """local.log_metrics, local.log_alerts and local.log_distributions exactly as terraform evaluates them (no
+    provider needed)."""
     module = tmp_path_factory.mktemp("monitoring-locals")
     (module / "main.tf").write_text(plain_locals_block())
     result = subprocess.run(
         ["terraform", f"-chdir={module}", "console", "-no-color"],
-        input="jsonencode({log_metrics = local.log_metrics, log_alerts = local.log_alerts})\n",
+        input="jsonencode({log_metrics = local.log_metrics, log_alerts = local.log_alerts, "
+        "log_distributions = local.log_distributions})\n",
         capture_output=True,
         text=True,
         check=False,
@@ -213,10 +216,20 @@ def drift_lines() -> dict[str, dict[str, Any]]:
     turned = Window(300, 0, counts=sum((MonitorCounts.of(0.1, "bad food") for _ in range(300)), MonitorCounts()))
     back = Window(300, 300, counts=reference.counts)
     settings = DriftSettings()
+    answered = Window(300, 300, feedback=20, correct=19, counts=reference.counts)
     with captured() as lines:
         drift_watch.log_change(DriftChange.DETECTED, "3", assess(turned, reference, settings), settings.window_hours)
         drift_watch.log_change(DriftChange.RESOLVED, "3", assess(back, reference, settings), settings.window_hours)
-    return {"drift_detected": only(lines, severity="WARNING"), "drift_resolved": only(lines, severity="INFO")}
+    with captured() as evaluations:
+        drift_watch.log_evaluation("3", assess(answered, reference, settings), settings.window_hours)
+        drift_watch.log_evaluation("3", assess(back, reference, settings), settings.window_hours)
+    with_feedback, without_feedback = evaluations
+    return {
+        "drift_detected": only(lines, severity="WARNING"),
+        "drift_resolved": only(lines, severity="INFO"),
+        "evaluated_with_feedback": with_feedback,
+        "evaluated_without_feedback": without_feedback,
+    }
 
 
 def redeploy_lines() -> dict[str, dict[str, Any]]:
@@ -345,6 +358,25 @@ def test_log_metric_counts_exactly_its_lines_from_every_service_that_writes_them
     assert counted(query, lines) == EXPECTED[metric]
     assert expected
     assert all(log_query.matches(query, entry) for entry in expected)
+
+
+DISTRIBUTIONS = {
+    "sentiment_estimated_accuracy": {"evaluated_with_feedback", "evaluated_without_feedback"},
+    "sentiment_feedback_accuracy": {"evaluated_with_feedback"},  # no answers yet: nothing to count
+}
+
+
+@pytest.mark.parametrize("metric", sorted(DISTRIBUTIONS))
+def test_distribution_counts_exactly_the_lines_that_carry_its_number(rendered, lines, metric) -> None:
+    spec = rendered["log_distributions"][metric]
+    counted_entries = [entry for _, entry in lines if log_query.matches(spec["filter"], entry)]
+
+    assert set(rendered["log_distributions"]) == set(DISTRIBUTIONS)
+    assert counted(spec["filter"], lines) == DISTRIBUTIONS[metric]
+    values = [log_query.lookup(entry, f"jsonPayload.{spec['field']}")[1] for entry in counted_entries]
+    assert values
+    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in values)
+    assert all(entry["jsonPayload"]["model_version"] == "3" for entry in counted_entries)
 
 
 @pytest.mark.parametrize("metric", sorted(EXPECTED))
@@ -553,8 +585,9 @@ def test_dashboard_charts_read_metrics_that_exist(rendered) -> None:
     ]
     read = {re.search(r'metric\.type="([^"]+)"', q)[1].removeprefix(USER_METRIC) for q in queries}
 
-    assert [(q, problem) for q in queries for problem in metric_problems(q, rendered["log_metrics"])] == []
-    assert set(rendered["log_metrics"]) <= read  # every counter is charted
+    defined = {**rendered["log_metrics"], **rendered["log_distributions"]}
+    assert [(q, problem) for q in queries for problem in metric_problems(q, defined)] == []
+    assert set(defined) <= read  # every counter and distribution is charted
     assert set(BUILT_IN) <= read
 
 

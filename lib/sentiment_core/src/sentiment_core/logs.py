@@ -19,6 +19,8 @@ DEPLOY_FAILED = "deploy_failed"  # a redeploy failed; Pub/Sub delivers again, th
 EVENT_UNPROCESSABLE = "event_unprocessable"  # a message that can never be processed: it will be dead-lettered
 DRIFT_DETECTED = "drift_detected"  # monitoring: a version's traffic drifted from its reference (WARNING)
 DRIFT_RESOLVED = "drift_resolved"  # ... and came back (INFO)
+# Each scheduled evaluation of a version (INFO): its estimated and feedback accuracy, for the dashboard.
+MONITORING_EVALUATED = "monitoring_evaluated"
 
 _trace: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace", default=None)
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
