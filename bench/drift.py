@@ -91,7 +91,8 @@ class Scored:
             known.append(k)
         probability, fraction = np.concatenate(probabilities), np.concatenate(known)
         counted = [
-            MonitorCounts.of(float(p), text, float(k)) for p, text, k in zip(probability, texts, fraction, strict=True)
+            MonitorCounts.of(float(p), text, float(k), positive=bool(p >= threshold))
+            for p, text, k in zip(probability, texts, fraction, strict=True)
         ]
         return cls(
             np.asarray(labels, dtype=np.int64),

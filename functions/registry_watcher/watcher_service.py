@@ -16,10 +16,10 @@ from reconcile import PublishError, Reconciler
 from staging import StagingError
 from watcher_decisions import Action, Commanded, Policy, decide
 
-from sentiment_core import config, http
+from sentiment_core import config, http, logs
 from sentiment_core.contract import PRODUCTION_ALIAS
 from sentiment_core.deployment_store import DeploymentStore, StateSettings, StateUnavailable, utc_now
-from sentiment_core.deployments import DeploymentState, Rollout
+from sentiment_core.deployments import Rollout
 from sentiment_core.events import TOPIC
 from sentiment_core.monitoring import DriftSettings
 from sentiment_core.records import StoreUnavailable
@@ -142,23 +142,17 @@ def handle_tick(
     return http.json_response(answer)
 
 
-def in_service(state: DeploymentState) -> set[str]:
-    """The versions taking traffic or about to: the serving one, the announced one, a rollout's candidate."""
-    versions = {state.serving.version} if state.serving is not None else set()
-    if state.target is not None:
-        versions.add(state.target.version)
-    if state.canary is not None:
-        versions.add(state.canary.version)
-    return versions
-
-
 def run_drift_check(watch: DriftWatch, store: DeploymentStore) -> dict[str, Any]:
+    """The drift evaluation of the versions in service, when due; a failure is logged (alerted on), not raised."""
     try:
-        results = watch.check(in_service(store.read().state))
+        results = watch.check(store.read().state.versions_in_service)
     except (StoreUnavailable, StateUnavailable) as exc:
-        logger.error("drift check failed: %s", exc)
-        return {"error": str(exc)}
-    return {"window_hours": watch.settings.window_hours, "versions": [r.to_api() for r in results]}
+        logger.error("drift evaluation failed: %s", exc, extra={logs.EVENT_FIELD: logs.MONITORING_FAILED})
+        return {"evaluated": False, "error": str(exc)}
+    if results is None:
+        return {"evaluated": False, "detail": f"evaluated less than {watch.settings.evaluate_every_s:g} s ago"}
+    versions = [r.to_api() for r in results]
+    return {"evaluated": True, "window_hours": watch.settings.window_hours, "versions": versions}
 
 
 def handle_webhook(

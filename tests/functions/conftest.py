@@ -136,7 +136,7 @@ def monitoring_from_records(db: firestore.Client) -> dict[tuple[str, datetime], 
         data = record.to_dict()
         window = (data["model_version"], window_hour(data["created_at"]))
         totals[window] = totals.get(window, MonitorCounts()) + MonitorCounts.of(
-            data["probability"], data["text"], data.get("known_fraction")
+            data["probability"], data["text"], data.get("known_fraction"), positive=data["model_answer"]
         )
     return totals
 

@@ -14,7 +14,7 @@ import pytest
 
 from sentiment_core import logs
 from sentiment_core.firestore_rest import RestPredictionWriter
-from sentiment_core.monitoring import DriftChange, DriftSettings, Reference
+from sentiment_core.monitoring import DriftChange, DriftSettings, MonitorCounts, Reference, Window, assess
 from sentiment_core.records import Prediction
 from sentiment_core.store import save_reference
 from tests.functions.conftest import PROJECT, watcher_module
@@ -61,8 +61,9 @@ def store(writer: RestPredictionWriter, probabilities: list[float], at: datetime
         writer.save_predictions(made[start : start + 100])
 
 
-def watch(db, at: datetime = NOW) -> drift_watch.DriftWatch:
-    return drift_watch.DriftWatch(db, DriftSettings(min_predictions=200), lambda: at)
+def watch(db, at: datetime = NOW, every_s: float = 0.0) -> drift_watch.DriftWatch:
+    """every_s 0: each check evaluates (the production interval is tested on its own)."""
+    return drift_watch.DriftWatch(db, DriftSettings(min_predictions=200, evaluate_every_s=every_s), lambda: at)
 
 
 def drift_lines(caplog: pytest.LogCaptureFixture) -> list[dict]:
@@ -137,3 +138,63 @@ def test_a_version_without_a_reference_is_measured_but_never_drifts(writer, clea
 
     assert (result.assessment.drift, result.assessment.reference, result.change) == (False, None, None)
     assert result.assessment.statistics()["estimated_accuracy"] == pytest.approx(0.55)
+
+
+def test_evaluation_runs_once_per_interval_even_when_ticks_race(writer, clean_db) -> None:
+    save_reference(clean_db, VERSION, REFERENCE)
+    store(writer, [0.96] * 180 + [0.04] * 120, NOW)
+    results: list = []
+    start = threading.Barrier(4)
+
+    def tick() -> None:
+        start.wait()
+        results.append(watch(clean_db, every_s=600).check([VERSION]))
+
+    threads = [threading.Thread(target=tick) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sum(r is not None for r in results) == 1
+    assert watch(clean_db, NOW + timedelta(seconds=599), every_s=600).check([VERSION]) is None
+    assert watch(clean_db, NOW + timedelta(seconds=600), every_s=600).check([VERSION]) is not None
+
+
+def test_a_change_committed_by_a_tick_that_crashed_before_logging_is_logged_once_later(clean_db, caplog) -> None:
+    assessment = assess(window_of([0.55] * 300), REFERENCE, DriftSettings())
+    event = drift_watch.change_record(DriftChange.DETECTED, VERSION, assessment, 24, NOW)
+    clean_db.collection(drift_watch.DRIFT_EVENTS).document("crashed").create(
+        {**event, "tick": "t", "logged": False, "recorded_at": NOW}
+    )
+
+    watch(clean_db, NOW + timedelta(seconds=30)).check([])  # its own tick may still log it: left alone
+    assert drift_lines(caplog) == []
+    watch(clean_db, NOW + timedelta(minutes=3)).check([])
+    watch(clean_db, NOW + timedelta(minutes=4)).check([])
+
+    (line,) = drift_lines(caplog)
+    assert (line[logs.EVENT_FIELD], line["model_version"], line["reasons"]) == ("drift_detected", "7", event["reasons"])
+    assert clean_db.collection(drift_watch.DRIFT_EVENTS).document("crashed").get().to_dict()["logged"] is True
+
+
+def test_a_drifting_version_that_left_service_is_resolved_once(writer, clean_db, caplog) -> None:
+    caplog.set_level(logging.INFO, "sentiment.monitoring")
+    save_reference(clean_db, VERSION, REFERENCE)
+    store(writer, [0.55] * 300, NOW)
+    (detected,) = watch(clean_db).check([VERSION])
+
+    retiring = {r.version: r for r in watch(clean_db).check(["8"])}  # version 8 took over; 7 no longer serves
+    again = watch(clean_db).check(["8"])
+
+    retired = retiring[VERSION]
+    assert (detected.change, retired.change, retiring["8"].change) == (DriftChange.DETECTED, DriftChange.RESOLVED, None)
+    assert retired.assessment.reasons == ("no longer in service",)
+    assert [r.version for r in again] == ["8"]
+    assert [line[logs.EVENT_FIELD] for line in drift_lines(caplog)] == ["drift_detected", "drift_resolved"]
+    assert clean_db.collection(drift_watch.DRIFT_STATES).document(VERSION).get().to_dict()["drift"] is False
+
+
+def window_of(probabilities: list[float]) -> Window:
+    counts = sum((MonitorCounts.of(p, "the soup was lovely", 1.0) for p in probabilities), MonitorCounts())
+    return Window(len(probabilities), sum(p >= 0.5 for p in probabilities), 0, 0, counts)

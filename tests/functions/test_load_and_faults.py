@@ -67,13 +67,17 @@ def test_2000_concurrent_mixed_requests_keep_every_aggregate_and_window_equal_to
     for (window_version, hour), counted in windows.items():
         assert counted == window_counted_from_records(clean_db, window_version, hour)
     assert {k: sum(w[k] for w in windows.values()) for k in from_records} == from_records  # no hour missed
-    # Monitoring's histograms and confidence sums, written in the same commits, equal the records too.
+    # Monitoring's histograms, confidence and known-fraction sums, written in the same commits, equal the records.
     monitored, recomputed = window_monitoring(clean_db), monitoring_from_records(clean_db)
     assert monitored.keys() == recomputed.keys()
     for window, counted in monitored.items():
         assert (counted.probability, counted.length) == (recomputed[window].probability, recomputed[window].length)
         assert counted.confidence_sum == pytest.approx(recomputed[window].confidence_sum)
+        assert counted.known_fraction_count == recomputed[window].known_fraction_count
+        assert counted.known_fraction_sum == pytest.approx(recomputed[window].known_fraction_sum)
     assert sum(m.predictions for m in monitored.values()) == from_records["predictions"]
+    # The served model reports known_fraction: every prediction counted it.
+    assert sum(m.known_fraction_count for m in monitored.values()) == from_records["predictions"]
 
 
 def test_frozen_firestore_gives_bounded_503s_and_every_201_is_stored(predict_url, firestore_emulator, clean_db) -> None:

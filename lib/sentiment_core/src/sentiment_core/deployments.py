@@ -350,6 +350,16 @@ class DeploymentState:
     canary: Canary | None = None
 
     @property
+    def versions_in_service(self) -> set[str]:
+        """The versions taking traffic or about to: the serving one, the announced one, a rollout's candidate."""
+        versions = {self.serving.version} if self.serving is not None else set()
+        if self.target is not None:
+            versions.add(self.target.version)
+        if self.canary is not None:
+            versions.add(self.canary.version)
+        return versions
+
+    @property
     def in_service(self) -> str | None:
         """The version announced for serving, else the one serving; None when there is neither."""
         if self.target is not None:

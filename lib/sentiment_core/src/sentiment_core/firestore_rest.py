@@ -146,7 +146,7 @@ class RestPredictionWriter:
             window = (p.model_version, window_hour(p.created_at))
             by_window[window] = by_window.get(window, WindowCounts()) + WindowCounts.of(p)
             monitored[window] = monitored.get(window, MonitorCounts()) + MonitorCounts.of(
-                p.probability, p.text, p.known_fraction
+                p.probability, p.text, p.known_fraction, positive=p.model_answer
             )
         writes += [self._increment(version, counts) for version, counts in by_version.items()]
         writes += [

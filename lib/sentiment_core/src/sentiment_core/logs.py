@@ -21,6 +21,7 @@ DRIFT_DETECTED = "drift_detected"  # monitoring: a version's traffic drifted fro
 DRIFT_RESOLVED = "drift_resolved"  # ... and came back (INFO)
 # Each scheduled evaluation of a version (INFO): its estimated and feedback accuracy, for the dashboard.
 MONITORING_EVALUATED = "monitoring_evaluated"
+MONITORING_FAILED = "monitoring_failed"  # the scheduled evaluation could not read or write Firestore (ERROR)
 
 _trace: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace", default=None)
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}

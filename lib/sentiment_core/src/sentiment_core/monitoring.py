@@ -2,9 +2,10 @@
 
 Every prediction adds, in the same commit as its record (firestore_rest.save_predictions), to its version's hourly
 window counter: one in a bin of the probability histogram, one in a bin of the text-length histogram, and its
-confidence max(p, 1 - p) to a sum. From those, for any window: the population stability index of the
-probabilities against a reference histogram, and a label-free accuracy estimate, the mean confidence (what
-NannyML's CBPE estimates for binary classification; honest only for calibrated probabilities).
+confidence (the probability that its answer is right if p is calibrated: p for a positive answer, 1 - p for a
+negative one; max(p, 1 - p) at the threshold 0.5) to a sum. From those, for any window: the population stability
+index of the probabilities against a reference histogram, and a label-free accuracy estimate, the mean confidence
+(what NannyML's CBPE estimates for binary classification; honest only for calibrated probabilities).
 """
 
 from __future__ import annotations
@@ -62,13 +63,18 @@ class MonitorCounts:
     known_fraction_count: int = 0
 
     @classmethod
-    def of(cls, probability: float, text: str, known_fraction: float | None = None) -> MonitorCounts:
+    def of(
+        cls, probability: float, text: str, known_fraction: float | None = None, *, positive: bool | None = None
+    ) -> MonitorCounts:
+        """One prediction. positive: the answer given (probability >= the model's threshold); None: p >= 0.5."""
         histogram = [0] * PROBABILITY_BINS
         histogram[probability_bin(probability)] = 1
         lengths = [0] * LENGTH_BINS
         lengths[length_bin(len(text))] = 1
         known = (0.0, 0) if known_fraction is None else (float(known_fraction), 1)
-        return cls(tuple(histogram), tuple(lengths), max(probability, 1.0 - probability), *known)
+        answered_positive = probability >= 0.5 if positive is None else positive
+        confidence = probability if answered_positive else 1.0 - probability
+        return cls(tuple(histogram), tuple(lengths), confidence, *known)
 
     def __add__(self, other: MonitorCounts) -> MonitorCounts:
         return MonitorCounts(
@@ -158,8 +164,9 @@ class Reference:
     counts: MonitorCounts  # the validation texts' histograms, confidence and known-token sums
     positive: int  # validation texts the model answered positive (probability >= its threshold)
     accuracy: float | None = None  # on the validation labels, for the record
-    expected_calibration_error: float | None = None
+    expected_calibration_error: float | None = None  # on the test set: the figure the deploy gate bounds
     source: str = "validation"
+    model_sha256: str | None = None  # of the model.onnx whose answers these are (the gate checks it)
 
     @property
     def predictions(self) -> int:
@@ -187,6 +194,7 @@ class Reference:
             "estimated_accuracy": counts.estimated_accuracy(),
             "accuracy": self.accuracy,
             "expected_calibration_error": self.expected_calibration_error,
+            "model_sha256": self.model_sha256,
         }
 
     @classmethod
@@ -218,7 +226,12 @@ class Reference:
         for name, value in optional.items():
             if value is not None:
                 optional[name] = _number(value, name)
-        return cls(counts, positive, source=str(data.get("source", "validation")), **optional)
+        model_sha256 = data.get("model_sha256")
+        if model_sha256 is not None and not (isinstance(model_sha256, str) and len(model_sha256) == 64):
+            raise InvalidReference("model_sha256 must be 64 hex characters or null")
+        return cls(
+            counts, positive, source=str(data.get("source", "validation")), model_sha256=model_sha256, **optional
+        )
 
     @classmethod
     def of(
@@ -230,14 +243,15 @@ class Reference:
         *,
         accuracy: float | None = None,
         expected_calibration_error: float | None = None,
+        model_sha256: str | None = None,
     ) -> Reference:
         """The reference of a model's answers on some texts, counted exactly as predict counts live traffic."""
         known = known_fractions if known_fractions is not None else [None] * len(texts)
         counts = MonitorCounts()
         for probability, text, fraction in zip(probabilities, texts, known, strict=True):
-            counts += MonitorCounts.of(float(probability), text, fraction)
+            counts += MonitorCounts.of(float(probability), text, fraction, positive=probability >= threshold)
         positive = sum(1 for p in probabilities if p >= threshold)
-        return cls(counts, positive, accuracy, expected_calibration_error)
+        return cls(counts, positive, accuracy, expected_calibration_error, model_sha256=model_sha256)
 
 
 def _counts(values: Any, size: int, name: str) -> tuple[int, ...]:
@@ -303,11 +317,14 @@ class DriftSettings:
     max_unknown_token_increase: float = 0.05
     max_positive_rate_shift: float = 0.10
     window_hours: int = DEFAULT_WINDOW_HOURS
+    # How often the scheduled evaluation runs: each one reads up to window_hours x 16 counter documents per
+    # version, so every tick (every minute) would cost 550,000 reads a day per version for little news.
+    evaluate_every_s: float = 600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DriftSettings:
         """DRIFT_MIN_PREDICTIONS, DRIFT_MAX_PSI, DRIFT_MAX_UNKNOWN_TOKEN_INCREASE, DRIFT_MAX_POSITIVE_RATE_SHIFT,
-        DRIFT_WINDOW_HOURS; ConfigError names the variable to fix."""
+        DRIFT_WINDOW_HOURS, DRIFT_EVALUATE_EVERY_S; ConfigError names the variable to fix."""
         from sentiment_core import config
 
         default = cls()
@@ -326,6 +343,7 @@ class DriftSettings:
                 "DRIFT_MAX_POSITIVE_RATE_SHIFT", default.max_positive_rate_shift, 0.001, 1.0, env
             ),
             window_hours=int(hours),
+            evaluate_every_s=config.number("DRIFT_EVALUATE_EVERY_S", default.evaluate_every_s, 0.0, 86400.0, env),
         )
 
 
@@ -365,7 +383,12 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-def assess(window: Window, reference: Reference | None, settings: DriftSettings) -> Assessment:
+RESOLVE_FACTOR = 0.8  # a drifting version resolves only once every statistic is below 80% of its limit
+
+
+def assess(
+    window: Window, reference: Reference | None, settings: DriftSettings, *, drifting: bool = False
+) -> Assessment:
     """Pure: the drift rule of docs/monitoring.md.
 
     With at least `min_predictions` predictions in the window, drift fires when any of these holds, each
@@ -373,7 +396,17 @@ def assess(window: Window, reference: Reference | None, settings: DriftSettings)
     lengths above `max_psi`; the unknown-token rate more than `max_unknown_token_increase` above the
     reference's; the positive-answer rate more than `max_positive_rate_shift` away from the reference's.
     Without a reference (a version staged before monitoring) nothing is compared and drift is false.
+
+    drifting: the version's recorded state. A drifting version is judged against RESOLVE_FACTOR times each limit,
+    so a statistic hovering at its limit does not open and close an incident every few minutes.
     """
+    if drifting:
+        settings = dataclasses.replace(
+            settings,
+            max_psi=settings.max_psi * RESOLVE_FACTOR,
+            max_unknown_token_increase=settings.max_unknown_token_increase * RESOLVE_FACTOR,
+            max_positive_rate_shift=settings.max_positive_rate_shift * RESOLVE_FACTOR,
+        )
     counts = window.counts
     score_psi = psi(counts.probability, reference.counts.probability) if reference else None
     length_psi = psi(counts.length, reference.counts.length) if reference else None
@@ -407,12 +440,16 @@ class DriftChange(enum.Enum):
     RESOLVED = "drift_resolved"
 
 
-def drift_change(previously_drifting: bool, assessment: Assessment) -> DriftChange | None:
-    """Pure: the event to log and record when a version's drift state changes, else None.
+def drift_change(previously_drifting: bool, assessment: Assessment, *, in_service: bool = True) -> DriftChange | None:
+    """Pure: the event to log and record when a version's drift state changes, else None (the assessment made
+    with `drifting=previously_drifting`).
 
     A window without enough data changes nothing: traffic that stops does not resolve a drift, and a version
-    that has barely served cannot start one.
+    that has barely served cannot start one. A drifting version that left service resolves: nobody sees its
+    answers any more, and a state left drifting would read as a live problem.
     """
+    if not in_service:
+        return DriftChange.RESOLVED if previously_drifting else None
     if not assessment.enough_data or assessment.drift == previously_drifting:
         return None
     return DriftChange.DETECTED if assessment.drift else DriftChange.RESOLVED
