@@ -11,7 +11,8 @@ const MAX_RETRIES = 2;
 const MAX_RETRY_WAIT_S = 10;
 
 const $ = (id) => document.getElementById(id);
-const state = { config: null, prediction: null, pageTokens: [null], page: 0 };
+// roles: {version: "stable" | "candidate"} from /statistics' deployment; monitoring: the last /monitoring answer.
+const state = { config: null, prediction: null, pageTokens: [null], page: 0, roles: {}, monitoring: null };
 
 class ServiceError extends Error {
   constructor(status, code, message, retryAfterS) {
@@ -272,6 +273,8 @@ function renderStatistics(statistics, deployment) {
   show($("stats-counts"), `${predictions}, ${statistics.feedback} with feedback, ${statistics.correct} correct.`);
   const { roles, sentence } = trafficSplit(deployment);
   show($("stats-deployment"), sentence);
+  state.roles = roles;
+  renderMonitoring(); // the versions in front of traffic come first there
   const versions = Object.keys(statistics.by_model_version).sort((a, b) => Number(a) - Number(b));
   const tbody = $("stats-table").querySelector("tbody");
   tbody.replaceChildren();
@@ -325,6 +328,289 @@ function drawChart(versions, byVersion) {
     add("rect", { x: left, y, width: Math.max(1, rate * barWidth), height: 18, class: "value" });
     add("text", { x: left + barWidth + 6, y: y + 15 }, percent(rate));
   });
+}
+
+// --- Monitoring --------------------------------------------------------------------------------------------
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const HOUR_MS = 3600 * 1000;
+
+// An SVG element with attributes, and text if given.
+function svgNode(tag, attributes = {}, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, String(value));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// A chart's SVG: an image to assistive technology, named by its <title> and described by its <desc>.
+function chartSvg(className, id, titleText, description, height) {
+  const svg = svgNode("svg", {
+    class: `chart ${className}`,
+    role: "img",
+    viewBox: `0 0 400 ${height}`,
+    "aria-labelledby": `${id}-title`,
+    "aria-describedby": `${id}-desc`,
+  });
+  svg.append(svgNode("title", { id: `${id}-title` }, titleText), svgNode("desc", { id: `${id}-desc` }, description));
+  return svg;
+}
+
+// A legend in HTML: one swatch (a CSS class gives its colour or line) and a label per series.
+function legend(entries) {
+  const list = document.createElement("ul");
+  list.className = "legend";
+  for (const [swatchClass, label] of entries) {
+    const item = document.createElement("li");
+    const swatch = document.createElement("span");
+    swatch.className = `swatch ${swatchClass}`;
+    swatch.setAttribute("aria-hidden", "true");
+    item.append(swatch, label);
+    list.append(item);
+  }
+  return list;
+}
+
+function shares(counts) {
+  const total = counts.reduce((sum, n) => sum + n, 0);
+  return counts.map((n) => (total ? n / total : 0));
+}
+
+function clock(iso) {
+  return new Date(iso).toLocaleString("en", { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+}
+
+async function refreshMonitoring() {
+  const button = $("monitoring-refresh");
+  busy(button, true);
+  try {
+    const { monitoring } = await call(`${state.config.feedback_url}/monitoring`);
+    state.monitoring = monitoring;
+    clearError($("monitoring-error"));
+    renderMonitoring();
+  } catch (error) {
+    // As for the statistics: numbers from an earlier answer would read as current.
+    state.monitoring = null;
+    $("monitoring-summary").hidden = true;
+    $("monitoring-versions").hidden = true;
+    showError($("monitoring-error"), describe(error, "monitoring"));
+  } finally {
+    busy(button, false);
+  }
+}
+
+// The versions in front of traffic first (stable, then the candidate), then the others, newest first.
+function monitoredOrder(versions, roles) {
+  const rank = (v) => ({ stable: 0, candidate: 1 })[roles[v]] ?? 2;
+  const newestFirst = (a, b) => {
+    const [x, y] = [Number(a), Number(b)];
+    return Number.isNaN(x) || Number.isNaN(y) ? b.localeCompare(a) : y - x;
+  };
+  return versions.sort((a, b) => rank(a) - rank(b) || newestFirst(a, b));
+}
+
+function renderMonitoring() {
+  const monitoring = state.monitoring;
+  if (!monitoring) return;
+  const hours = plural(monitoring.window_hours, "hour");
+  // A version in front of traffic with no prediction in these hours is listed too: its silence is news.
+  const versions = monitoredOrder(
+    [...new Set([...Object.keys(monitoring.versions), ...Object.keys(state.roles)])],
+    state.roles,
+  );
+  show(
+    $("monitoring-summary"),
+    versions.length === 0
+      ? `No predictions in the last ${hours}.`
+      : `Each version's answers in the last ${hours}, compared with its answers on the validation set.`,
+  );
+  const list = $("monitoring-versions");
+  list.replaceChildren(...versions.map((version, index) => versionPanel(version, index, monitoring)));
+  list.hidden = versions.length === 0;
+}
+
+// The drift state in words: {kind: "ok" | "drift" | "waiting" | "unknown", text}.
+function driftState(statistics, minPredictions) {
+  if (statistics.reference_probability_histogram === null) {
+    return { kind: "unknown", text: "No reference: this version was staged before monitoring, so nothing is compared" };
+  }
+  if (!statistics.enough_data) {
+    const counted = `${statistics.predictions.toLocaleString("en")} of ${minPredictions.toLocaleString("en")}`;
+    return { kind: "waiting", text: `Not enough predictions yet (${counted})` };
+  }
+  if (statistics.drift) return { kind: "drift", text: `Drift: ${statistics.reasons.join("; ")}` };
+  return { kind: "ok", text: "No drift: scores look like validation" };
+}
+
+function versionPanel(version, index, monitoring) {
+  const id = `monitor-${index}`;
+  const panel = document.createElement("article");
+  panel.className = "monitor";
+  panel.setAttribute("aria-labelledby", `${id}-heading`);
+  const heading = document.createElement("h3");
+  heading.id = `${id}-heading`;
+  heading.textContent = `Version ${version}`;
+  if (state.roles[version]) {
+    const role = document.createElement("span");
+    role.className = `role ${state.roles[version]}`;
+    role.textContent = state.roles[version];
+    heading.append(" ", role);
+  }
+  panel.append(heading);
+  const statistics = monitoring.versions[version];
+  if (!statistics) {
+    const none = document.createElement("p");
+    none.className = "hint";
+    none.textContent = `No predictions in the last ${plural(monitoring.window_hours, "hour")}.`;
+    panel.append(none);
+    return panel;
+  }
+  const { kind, text } = driftState(statistics, monitoring.min_predictions);
+  const verdict = document.createElement("p");
+  verdict.className = `drift-state ${kind}`;
+  verdict.textContent = text;
+  panel.append(verdict);
+  if (statistics.alert && statistics.alert.drift) {
+    const alert = document.createElement("p");
+    alert.className = "hint";
+    alert.textContent = `The scheduled check raised a drift alert on ${clock(statistics.alert.since)}.`;
+    panel.append(alert);
+  }
+  const facts = [plural(statistics.predictions, "prediction")];
+  if (statistics.positive_rate !== null) {
+    const reference = statistics.reference_positive_rate;
+    const validation = reference === null ? "" : ` (validation ${percent(reference)})`;
+    facts.push(`${percent(statistics.positive_rate)} positive${validation}`);
+  }
+  if (statistics.score_psi !== null) facts.push(`score PSI ${statistics.score_psi.toFixed(3)}`);
+  const numbers = document.createElement("p");
+  numbers.className = "hint";
+  numbers.textContent = facts.join(" · ");
+  panel.append(numbers);
+  if (statistics.predictions === 0) return panel;
+  const charts = document.createElement("div");
+  charts.className = "monitor-charts";
+  charts.append(
+    histogramFigure(`${id}-histogram`, version, statistics, monitoring.window_hours),
+    accuracyFigure(`${id}-accuracy`, version, statistics, monitoring),
+  );
+  panel.append(charts);
+  return panel;
+}
+
+// Live vs validation probabilities: two bars per bin of 0.05, heights as shares of each side's total.
+function histogramFigure(id, version, statistics, windowHours) {
+  const live = shares(statistics.probability_histogram);
+  const reference = statistics.reference_probability_histogram && shares(statistics.reference_probability_histogram);
+  const bins = live.length;
+  const [left, right, top, bottom, height] = [40, 8, 8, 22, 150];
+  const plotWidth = 400 - left - right;
+  const plotHeight = height - top - bottom;
+  const highest = Math.max(0.01, ...live, ...(reference || []));
+  const svg = chartSvg(
+    "histogram",
+    id,
+    `Probabilities version ${version} answered: live against validation`,
+    `Share of answers in each of ${bins} probability bins from 0 to 1, live (last ${plural(windowHours, "hour")})` +
+      (reference ? " beside the validation set." : "; this version has no validation reference."),
+    height,
+  );
+  const y = (share) => top + plotHeight - (share / highest) * plotHeight;
+  svg.append(
+    svgNode("line", { class: "grid", x1: left, x2: left + plotWidth, y1: top, y2: top }),
+    svgNode("text", { x: left - 4, y: top + 4, "text-anchor": "end" }, `${Math.round(highest * 100)}%`),
+    svgNode("text", { x: left - 4, y: top + plotHeight, "text-anchor": "end" }, "0%"),
+  );
+  const binWidth = plotWidth / bins;
+  const barWidth = (binWidth - 2) / (reference ? 2 : 1);
+  for (let i = 0; i < bins; i += 1) {
+    const range = `${(i / bins).toFixed(2)}–${((i + 1) / bins).toFixed(2)}`;
+    const series = [["live", live[i], "live"]];
+    if (reference) series.push(["reference", reference[i], "validation"]);
+    series.forEach(([className, share, name], position) => {
+      const bar = svgNode("rect", {
+        class: className,
+        x: left + i * binWidth + 1 + position * barWidth,
+        y: y(share),
+        width: barWidth,
+        height: top + plotHeight - y(share),
+      });
+      bar.append(svgNode("title", {}, `${range}: ${percent(share)} ${name}`));
+      svg.append(bar);
+    });
+  }
+  const baseline = top + plotHeight;
+  svg.append(svgNode("line", { class: "axis", x1: left, x2: left + plotWidth, y1: baseline, y2: baseline }));
+  for (const [value, anchor] of [[0, "start"], [0.5, "middle"], [1, "end"]]) {
+    svg.append(svgNode("text", { x: left + value * plotWidth, y: height - 6, "text-anchor": anchor }, String(value)));
+  }
+  const figure = document.createElement("figure");
+  const caption = document.createElement("figcaption");
+  caption.textContent = "Probability of a positive review";
+  const entries = [["live", `Live, last ${plural(windowHours, "hour")}`]];
+  if (reference) entries.push(["reference", "Validation set"]);
+  figure.append(caption, svg, legend(entries));
+  return figure;
+}
+
+// Estimated (mean confidence) and realised (users' feedback) accuracy per hour, as two lines over the window.
+function accuracyFigure(id, version, statistics, monitoring) {
+  const [left, right, top, bottom, height] = [40, 8, 8, 22, 150];
+  const plotWidth = 400 - left - right;
+  const plotHeight = height - top - bottom;
+  const since = Date.parse(monitoring.since);
+  const span = monitoring.window_hours * HOUR_MS;
+  const x = (iso) => left + ((Date.parse(iso) + HOUR_MS / 2 - since) / span) * plotWidth; // the hour's middle
+  const y = (rate) => top + (1 - rate) * plotHeight;
+  const estimated = statistics.estimated_accuracy;
+  const realised = statistics.feedback_accuracy;
+  const answered = `realised ${percent(realised)} on ${plural(statistics.feedback, "answer")}.`;
+  const said =
+    `Estimated ${percent(estimated)} over the ${plural(monitoring.window_hours, "hour")}; ` +
+    (realised === null ? "no feedback yet." : answered);
+  const svg = chartSvg("accuracy", id, `Estimated and realised accuracy of version ${version} per hour`, said, height);
+  for (const rate of [0, 0.5, 1]) {
+    svg.append(
+      svgNode("line", { class: rate ? "grid" : "axis", x1: left, x2: left + plotWidth, y1: y(rate), y2: y(rate) }),
+      svgNode("text", { x: left - 4, y: y(rate) + 4, "text-anchor": "end" }, `${rate * 100}%`),
+    );
+  }
+  // Realised first: where the two agree, the estimate's dashes stay visible on top of it.
+  for (const [className, field, name, radius] of [
+    ["realised", "feedback_accuracy", "realised", 4],
+    ["estimated", "estimated_accuracy", "estimated", 2.5],
+  ]) {
+    const hours = statistics.hourly.filter((hour) => hour[field] !== null);
+    if (hours.length === 0) continue;
+    const points = hours.map((hour) => `${x(hour.start).toFixed(1)},${y(hour[field]).toFixed(1)}`).join(" ");
+    svg.append(svgNode("polyline", { class: className, points }));
+    for (const hour of hours) {
+      const dot = svgNode("circle", { class: className, cx: x(hour.start), cy: y(hour[field]), r: radius });
+      const answers = field === "feedback_accuracy" ? ` on ${plural(hour.feedback, "answer")}` : "";
+      dot.append(svgNode("title", {}, `${clock(hour.start)}: ${percent(hour[field])} ${name}${answers}`));
+      svg.append(dot);
+    }
+  }
+  svg.append(
+    svgNode("text", { x: left, y: height - 6, "text-anchor": "start" }, clock(monitoring.since)),
+    svgNode("text", { x: left + plotWidth, y: height - 6, "text-anchor": "end" }, "now"),
+  );
+  const figure = document.createElement("figure");
+  const caption = document.createElement("figcaption");
+  caption.textContent = "Accuracy per hour";
+  const summary = document.createElement("p");
+  summary.className = "hint";
+  summary.textContent = said;
+  figure.append(
+    caption,
+    svg,
+    legend([
+      ["line estimated", "Estimated (mean confidence)"],
+      ["line realised", "Realised (users' feedback)"],
+    ]),
+    summary,
+  );
+  return figure;
 }
 
 // --- Recent predictions ------------------------------------------------------------------------------------
@@ -387,8 +673,9 @@ async function start() {
       problem: "The page cannot read its configuration (config.json), so it cannot reach the services",
       action: "Reload the page; if that does not help, the site was deployed without it",
     };
-    for (const id of ["analyze-error", "stats-error", "recent-error"]) showError($(id), message);
+    for (const id of ["analyze-error", "stats-error", "monitoring-error", "recent-error"]) showError($(id), message);
     $("stats-overall").hidden = true;
+    $("monitoring-summary").hidden = true;
     $("analyze").disabled = true;
     return;
   }
@@ -402,10 +689,13 @@ async function start() {
   $("feedback-yes").addEventListener("click", () => sendFeedback(true));
   $("feedback-no").addEventListener("click", () => sendFeedback(false));
   $("stats-refresh").addEventListener("click", refreshStatistics);
+  $("monitoring-refresh").addEventListener("click", refreshMonitoring);
   $("recent-more").addEventListener("click", () => loadPage(state.page + 1));
   $("recent-newest").addEventListener("click", () => loadPage(0));
   updateCount();
   refreshStatistics();
+  // Not refreshed after each answer like the statistics: it reads up to hours x 16 counters per version.
+  refreshMonitoring();
   loadPage(0);
 }
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
+import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sentiment_core import rollout
+from sentiment_core.contract import MODEL_NAME
 from sentiment_core.deployments import Rollout
+from sentiment_core.firestore_rest import RestPredictionWriter
+from sentiment_core.records import Prediction
 from training.data import REPO_ROOT
 
 # The functions' test settings (tests/functions, tests/frontend).
@@ -46,3 +52,48 @@ def baking_rollout(started_at: datetime) -> Rollout:
     later = started_at + timedelta(minutes=5)
     decision = rollout.decide(started, evidence, settings, later)
     return Rollout.of(started, started.percent(settings)).decided(decision, later)
+
+
+# --- Monitoring: predictions as predict stores them, and the reference they are compared with ---------------
+
+
+def review_answers(count: int, seed: int) -> list[tuple[float, str]]:
+    """(probability, text) pairs shaped like a sentiment model's answers on reviews: mostly confident, about
+    half positive, texts of a few words to a few sentences."""
+    rng = random.Random(seed)
+    answers = []
+    for _ in range(count):
+        positive = rng.random() < 0.5
+        probability = rng.betavariate(8, 2) if positive else rng.betavariate(2, 8)
+        answers.append((probability, " ".join(["good food"] * rng.randint(1, 60))))
+    return answers
+
+
+def monitored_prediction(
+    version: str, probability: float, created_at: datetime, text: str = "food", user_answer: bool | None = None
+) -> Prediction:
+    """A record as predict makes it (threshold 0.5), with the user's answer if given."""
+    return Prediction(
+        id=uuid.uuid4().hex,
+        text=text,
+        probability=probability,
+        model_answer=probability >= 0.5,
+        user_answer=user_answer,
+        model_name=MODEL_NAME,
+        model_version=version,
+        mlflow_run_id="run",
+        inference_elapsed=0.001,
+        created_at=created_at,
+    )
+
+
+def save_predictions(firestore_host: str, predictions: Sequence[Prediction]) -> None:
+    """Stored through predict's writer, records and counters in the same commits, 100 records a commit."""
+    writer = RestPredictionWriter(
+        PROJECT, "(default)", 10.0, endpoint=f"http://{firestore_host}", token=lambda: "owner"
+    )
+    try:
+        for start in range(0, len(predictions), 100):
+            writer.save_predictions(predictions[start : start + 100])
+    finally:
+        writer.close()

@@ -1,17 +1,22 @@
-"""feedback's request handling: answers recorded once, statistics, the list of predictions."""
+"""feedback's request handling: answers recorded once, statistics, the list of predictions, monitoring."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import flask
+import monitoring_report
 
 from sentiment_core import config, http
 from sentiment_core.contract import MODEL_NAME
 from sentiment_core.deployment_store import DeploymentStore, StateUnavailable
 from sentiment_core.deployments import DeploymentState
+from sentiment_core.monitoring import MAX_WINDOW_HOURS, DriftSettings
 from sentiment_core.records import (
     PREDICTION_ID,
     FeedbackConflict,
@@ -29,14 +34,20 @@ logger = logging.getLogger("sentiment")
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """feedback's settings: the public functions' own and the model whose deployment it reports."""
+    """feedback's settings: the public functions' own, the model whose deployment it reports, the drift rule."""
 
     public: PublicSettings
     model_name: str  # whose deployment document `GET /statistics` reports
+    # GET /monitoring judges drift as the watcher's scheduled evaluation does: the same DRIFT_* variables.
+    drift: DriftSettings
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        return cls(public=PublicSettings.from_env(env), model_name=config.optional("MODEL_NAME", MODEL_NAME, env))
+        return cls(
+            public=PublicSettings.from_env(env),
+            model_name=config.optional("MODEL_NAME", MODEL_NAME, env),
+            drift=DriftSettings.from_env(env),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +141,39 @@ def handle_predictions(request: flask.Request, store: Callable[[], Store]) -> fl
     except StoreUnavailable as exc:
         raise unavailable() from exc
     return http.json_response({"predictions": [p.to_api() for p in items], "next_page_token": next_token})
+
+
+HOURS = re.compile(r"[1-9][0-9]{0,2}")  # ASCII digits, no sign, no leading zero; the range is checked apart
+
+
+def parse_hours(raw: str | None, default: int) -> int:
+    """The `hours` query parameter: a whole number from 1 to MAX_WINDOW_HOURS, `default` when absent."""
+    if raw is None:
+        return default
+    if not HOURS.fullmatch(raw) or int(raw) > MAX_WINDOW_HOURS:
+        raise http.bad_request("invalid_hours", f"hours must be a whole number from 1 to {MAX_WINDOW_HOURS}")
+    return int(raw)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def handle_monitoring(
+    request: flask.Request,
+    db: Callable[[], Any],
+    settings: DriftSettings,
+    timeout_s: float,
+    clock: Callable[[], datetime] = utc_now,
+) -> flask.Response:
+    """GET /monitoring?hours=1..168: each version's last hours against its reference (monitoring_report)."""
+    _no_query(request, allowed={"hours"})
+    hours = parse_hours(request.args.get("hours"), settings.window_hours)
+    try:
+        report = monitoring_report.read_report(db(), hours, settings, clock(), timeout_s)
+    except StoreUnavailable as exc:
+        raise unavailable() from exc
+    return http.json_response({"monitoring": report.as_api()})
 
 
 def _no_query(request: flask.Request, allowed: set[str]) -> None:

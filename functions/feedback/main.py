@@ -36,6 +36,9 @@ ROUTES = {
     "/": {"POST": lambda r: feedback_service.handle_feedback(r, _store, SETTINGS.public.feedback_token_secret)},
     "/statistics": {"GET": lambda r: feedback_service.handle_statistics(r, _store, _deployments)},
     "/predictions": {"GET": lambda r: feedback_service.handle_predictions(r, _store)},
+    "/monitoring": {
+        "GET": lambda r: feedback_service.handle_monitoring(r, _db, SETTINGS.drift, SETTINGS.public.firestore_timeout_s)
+    },
 }
 
 

@@ -12,7 +12,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,8 +23,11 @@ from sentiment_core.contract import MODEL_NAME
 from sentiment_core.deployment_store import DeploymentStore
 from sentiment_core.deployments import DeploymentState, Rollout, Serving
 from sentiment_core.firestore_rest import RestPredictionWriter
+from sentiment_core.monitoring import Reference
 from sentiment_core.records import Prediction
+from sentiment_core.store import save_reference
 from tests.functions.conftest import ORIGIN, PROJECT, call
+from tests.support import monitored_prediction, review_answers, save_predictions
 
 CHROMIUM = Path("/usr/bin/chromium")
 POSITIVE = "The pasta was wonderful and the staff were so friendly. Great value!"
@@ -359,7 +362,7 @@ def test_page_statistics_error_replaces_the_numbers_until_they_load_again(live_s
     statistics = f"{live_site['feedback'].url}/statistics"
 
     page.route(statistics, unavailable(5))
-    page.get_by_role("button", name="Refresh").click()
+    page.get_by_role("button", name="Refresh", exact=True).click()
 
     expect(page.locator("#stats-error")).to_have_text(
         "The statistics service is unavailable right now. Try again in 5 seconds."
@@ -368,7 +371,7 @@ def test_page_statistics_error_replaces_the_numbers_until_they_load_again(live_s
         expect(part).to_be_hidden()
 
     page.unroute(statistics)
-    page.get_by_role("button", name="Refresh").click()
+    page.get_by_role("button", name="Refresh", exact=True).click()
 
     expect(page.locator("#stats-error")).to_be_hidden()
     for part in numbers:
@@ -438,7 +441,7 @@ def test_page_shows_the_traffic_split_of_a_rollout_and_labels_the_versions_rows(
     page.screenshot(path=str(screenshots / "page-rollout.png"), full_page=True)
 
     finish_rollout(clean_db, rollout.RolloutStatus.COMPLETED, serving_version=candidate)
-    page.get_by_role("button", name="Refresh").click()
+    page.get_by_role("button", name="Refresh", exact=True).click()
 
     expect(page.locator("#stats-deployment")).to_have_text(f"Version {candidate} serves all traffic.")
     expect(page.get_by_role("cell", name=f"v{candidate} stable", exact=True)).to_be_visible()
@@ -446,7 +449,7 @@ def test_page_shows_the_traffic_split_of_a_rollout_and_labels_the_versions_rows(
     expect(page.locator("#stats-table .role")).to_have_count(1)
 
     clean_db.collection("deployments").document(MODEL_NAME).delete()
-    page.get_by_role("button", name="Refresh").click()
+    page.get_by_role("button", name="Refresh", exact=True).click()
 
     expect(page.locator("#stats-deployment")).to_be_hidden()
     expect(page.locator("#stats-table .role")).to_have_count(0)
@@ -457,12 +460,19 @@ def test_page_shows_the_traffic_split_of_a_rollout_and_labels_the_versions_rows(
 def test_page_on_a_phone_has_no_horizontal_scroll(live_site, browser, clean_db, screenshots: Path) -> None:
     # Content as wide as it gets: a review with a word longer than the screen, and a full statistics table with
     # two versions of a rollout labelled and the line that says how traffic is split.
-    rollout_in_progress(live_site, clean_db, percent=50)
+    # The monitoring card with both versions' charts, the stable one against its reference, and a drift reason
+    # (a long line) for the candidate.
+    stable, candidate = rollout_in_progress(live_site, clean_db, percent=50)
     answered_prediction(live_site, "Sooo" + "o" * 120 + " good! " + POSITIVE, user_says_positive=False)
+    save_reference(clean_db, stable, REFERENCE)
+    save_reference(clean_db, candidate, REFERENCE)
+    save_predictions(live_site["env"]["FIRESTORE_EMULATOR_HOST"], shifted(candidate, 250, datetime.now(UTC)))
     context, page = open_page(browser, live_site, viewport={"width": 375, "height": 800}, is_mobile=True)
     page.wait_for_selector("#stats-table:not([hidden]) .role.candidate")
     page.wait_for_selector("#stats-deployment:not([hidden])")
     page.wait_for_selector("#recent-list li")
+    page.wait_for_selector("#monitoring-versions .drift-state.drift")
+    assert page.locator("#monitoring-versions svg.histogram").count() == 2
 
     width = page.evaluate("document.documentElement.scrollWidth")
     wide = page.evaluate(
@@ -476,4 +486,130 @@ def test_page_on_a_phone_has_no_horizontal_scroll(live_site, browser, clean_db, 
     assert width <= 375, wide
     assert table_overflow <= 0  # the whole table on screen, not behind a scroll bar of its own
     page.screenshot(path=str(screenshots / "page-phone.png"), full_page=True)
+    context.close()
+
+
+# --- Monitoring -------------------------------------------------------------------------------------------------
+
+VALIDATION = review_answers(1000, seed=1)
+REFERENCE = Reference.of([p for p, _ in VALIDATION], [t for _, t in VALIDATION], None, threshold=0.5)
+
+
+def shifted(version: str, count: int, at: datetime) -> list[Prediction]:
+    """A stream unlike validation: "positive, surely" to nearly everything, on two-letter texts."""
+    return [monitored_prediction(version, 0.9 + (i % 10) / 100, at, "ok") for i in range(count)]
+
+
+def monitored_versions(site: dict, db) -> dict[str, str]:
+    """Four versions' last hours, as predict stores them, and the deployment naming two of them:
+    11 stable, answering as on validation over three hours with users' answers; 12 the candidate, drifting;
+    10 with a reference but few predictions; 9 staged before monitoring (no reference)."""
+    now = datetime.now(UTC)
+    # Hours away from the hour's boundaries would not help: the page asks for the last 24 hours, these are in it.
+    hours = [now - timedelta(hours=h) for h in (3, 2, 1)]
+    steady = [
+        monitored_prediction("11", p, hours[i % 3], text, user_answer=(p >= 0.5) != (i % 5 == 0) if i % 2 else None)
+        for i, (p, text) in enumerate(VALIDATION[:300])
+    ]
+    few = [monitored_prediction("10", p, hours[2], text) for p, text in VALIDATION[300:320]]
+    old = [monitored_prediction("9", p, hours[2], text) for p, text in VALIDATION[320:330]]
+    save_predictions(site["env"]["FIRESTORE_EMULATOR_HOST"], steady + shifted("12", 250, hours[2]) + few + old)
+    for version in ("10", "11", "12"):
+        save_reference(db, version, REFERENCE)
+    serving = Serving("11", "run", "0" * 64, f"gs://staged/{MODEL_NAME}/v11", "e11", now)
+    state = DeploymentState(serving=serving, rollout=Rollout.of(rollout.start("11", "12", now), 25))
+    store = DeploymentStore(db, MODEL_NAME)
+    assert store.commit(store.read(), state)
+    return {"stable": "11", "candidate": "12"}
+
+
+def test_page_monitoring_card_draws_each_version_against_validation_serving_ones_first(
+    live_site, browser, clean_db, screenshots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    monitored_versions(live_site, clean_db)
+    context, page = open_page(browser, live_site, viewport={"width": 1000, "height": 1600})
+    panels = page.locator("#monitoring-versions article")
+
+    # The deployment arrives with /statistics: the versions in front of traffic move first once it has.
+    expect(panels.locator("h3")).to_have_text(["Version 11 stable", "Version 12 candidate", "Version 10", "Version 9"])
+    steady = page.get_by_role("article", name="Version 11")
+    expect(steady.locator(".drift-state")).to_have_text("No drift: scores look like validation")
+    expect(steady.locator("svg.histogram rect.live")).to_have_count(20)
+    expect(steady.locator("svg.histogram rect.reference")).to_have_count(20)
+    histogram = steady.get_by_role("img", name="Probabilities version 11 answered: live against validation", exact=True)
+    expect(histogram).to_have_accessible_description(re.compile(r"^Share of answers in each of 20 probability bins"))
+    expect(steady.locator("svg.accuracy polyline.estimated")).to_have_count(1)
+    expect(steady.locator("svg.accuracy polyline.realised")).to_have_count(1)
+    expect(steady.locator("svg.accuracy circle.estimated")).to_have_count(3)  # one per hour
+    expect(steady.locator("svg.accuracy circle.realised")).to_have_count(3)
+    accuracy = steady.get_by_role("img", name="Estimated and realised accuracy of version 11 per hour", exact=True)
+    estimated = sum(max(p, 1 - p) for p, _ in VALIDATION[:300]) / 300
+    said = f"Estimated {estimated:.1%} over the 24 hours; realised 80.0% on 150 answers."  # 30 of 150 wrong
+    expect(accuracy).to_have_accessible_description(said)
+    expect(steady).to_contain_text("300 predictions")
+    expect(steady.locator(".legend li")).to_have_text(
+        ["Live, last 24 hours", "Validation set", "Estimated (mean confidence)", "Realised (users' feedback)"]
+    )
+
+    drifting = page.get_by_role("article", name="Version 12")
+    expect(drifting.locator(".drift-state")).to_contain_text("Drift: score_psi")
+    expect(drifting.locator(".drift-state")).to_contain_text("positive_rate 1.000 differs from the reference")
+    expect(drifting.locator("svg.histogram rect.live")).to_have_count(20)
+    # No answers from users: the estimate alone, and the words say so.
+    expect(drifting.locator("svg.accuracy polyline.realised")).to_have_count(0)
+    expect(drifting.locator("figure p.hint")).to_contain_text("no feedback yet.")
+
+    few = page.get_by_role("article", name="Version 10")
+    expect(few.locator(".drift-state")).to_have_text("Not enough predictions yet (20 of 200)")
+    old = page.get_by_role("article", name="Version 9")
+    expect(old.locator(".drift-state")).to_have_text(
+        "No reference: this version was staged before monitoring, so nothing is compared"
+    )
+    expect(old.locator("svg.histogram rect.live")).to_have_count(20)
+    expect(old.locator("svg.histogram rect.reference")).to_have_count(0)
+    page.get_by_role("heading", name="Does live traffic still look like validation?").scroll_into_view_if_needed()
+    page.screenshot(path=str(screenshots / "page-monitoring.png"), full_page=True)
+    context.close()
+
+
+def test_page_monitoring_error_replaces_the_card_until_it_loads_again(live_site, browser, clean_db) -> None:
+    from playwright.sync_api import expect
+
+    save_predictions(
+        live_site["env"]["FIRESTORE_EMULATOR_HOST"], [monitored_prediction("3", 0.8, datetime.now(UTC), "fine")]
+    )
+    context, page = open_page(browser, live_site)
+    versions = page.locator("#monitoring-versions")
+    expect(versions.locator("article h3")).to_have_text(["Version 3"])
+    expect(page.locator("#monitoring-summary")).to_have_text(
+        "Each version's answers in the last 24 hours, compared with its answers on the validation set."
+    )
+    monitoring = f"{live_site['feedback'].url}/monitoring"
+
+    page.route(monitoring, unavailable(5))
+    page.get_by_role("button", name="Refresh monitoring").click()
+
+    expect(page.locator("#monitoring-error")).to_have_text(
+        "The monitoring service is unavailable right now. Try again in 5 seconds."
+    )
+    expect(versions).to_be_hidden()
+    expect(page.locator("#monitoring-summary")).to_be_hidden()
+
+    page.unroute(monitoring)
+    page.get_by_role("button", name="Refresh monitoring").click()
+
+    expect(page.locator("#monitoring-error")).to_be_hidden()
+    expect(versions.locator("article h3")).to_have_text(["Version 3"])
+    context.close()
+
+
+def test_page_monitoring_without_traffic_says_so(live_site, browser, clean_db) -> None:
+    from playwright.sync_api import expect
+
+    context, page = open_page(browser, live_site)
+
+    expect(page.locator("#monitoring-summary")).to_have_text("No predictions in the last 24 hours.")
+    expect(page.locator("#monitoring-versions")).to_be_hidden()
     context.close()

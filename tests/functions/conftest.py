@@ -193,6 +193,11 @@ def redeploy_module(name: str):
     return _unit_module("redeploy", name)
 
 
+def feedback_module(name: str):
+    """A module of feedback, imported the same way (feedback_service imports monitoring_report by its name)."""
+    return _unit_module("feedback", name)
+
+
 def _unit_module(function: str, name: str):
     import importlib
     import sys

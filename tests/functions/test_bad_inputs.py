@@ -220,6 +220,9 @@ CASES: list[tuple[str, str, str, str, bytes | None, dict[str, str], int, str]] =
     ),
     ("predictions-unknown-param", "feedback", "/predictions?order=asc", "GET", None, {}, 400, "unknown_parameter"),
     ("statistics-param", "feedback", "/statistics?version=1", "GET", None, {}, 400, "unknown_parameter"),
+    ("monitoring-hours-zero", "feedback", "/monitoring?hours=0", "GET", None, {}, 400, "invalid_hours"),
+    ("monitoring-hours-week-and-more", "feedback", "/monitoring?hours=169", "GET", None, {}, 400, "invalid_hours"),
+    ("monitoring-hours-fraction", "feedback", "/monitoring?hours=2.5", "GET", None, {}, 400, "invalid_hours"),
     ("predict-wrong-method", "predict", "/", "PUT", b"{}", JSON, 405, "method_not_allowed"),
     ("predict-unknown-path", "predict", "/predict/v2", "POST", b"{}", JSON, 404, "not_found"),
 ]

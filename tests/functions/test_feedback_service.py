@@ -22,10 +22,10 @@ from sentiment_core.deployments import DeploymentState, Rollout, Serving
 from sentiment_core.records import StoreUnavailable
 from sentiment_core.rollout import RolloutStatus
 from sentiment_core.store import Store
-from tests.functions.conftest import SECRET, STORE_TIMEOUT_S, call, load_function_module
+from tests.functions.conftest import SECRET, STORE_TIMEOUT_S, call, feedback_module
 from tests.support import baking_rollout
 
-service = load_function_module("feedback", "feedback_service")
+service = feedback_module("feedback_service")
 
 
 def test_store_unavailable_from_concurrent_threads_gives_each_its_own_error_and_cause() -> None:

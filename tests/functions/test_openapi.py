@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import UTC, datetime
 
 import pytest
 import schemathesis
+import yaml
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -18,6 +20,8 @@ from schemathesis.specs.openapi.checks import (
 from werkzeug.wrappers import Response
 
 from localdev.services import FUNCTIONS_DIR
+from sentiment_core.monitoring import Reference
+from sentiment_core.store import save_reference
 from training.data import REPO_ROOT
 
 SCHEMA = schemathesis.openapi.from_path(REPO_ROOT / "docs" / "openapi.yaml")
@@ -31,8 +35,9 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def app(function_env: dict):
-    """Both functions mounted under their names, as cloudfunctions.net serves them."""
+def app(function_env: dict, db):
+    """Both functions mounted under their names, as cloudfunctions.net serves them; the version that serves has a
+    monitoring reference and a recorded drift state, so GET /monitoring answers every field it has."""
     import functions_framework
 
     saved = dict(os.environ)
@@ -42,11 +47,17 @@ def app(function_env: dict):
         predict_main = sys.modules["main"]  # feedback's main.py takes this name next
         feedback = functions_framework.create_app("feedback", str(FUNCTIONS_DIR / "feedback" / "main.py"))
         # Create each instance's Firestore client while the emulator's address is in the environment.
-        assert predict.test_client().post("/", json={"text": "warm up"}).status_code == 201
+        warm_up = predict.test_client().post("/", json={"text": "warm up"})
+        assert warm_up.status_code == 201, warm_up.get_data(as_text=True)
         assert feedback.test_client().get("/statistics").status_code == 200
     finally:
         os.environ.clear()
         os.environ.update(saved)
+    version = warm_up.get_json()["details"]["model_version"]
+    save_reference(db, version, Reference.of([0.1, 0.8, 0.95], ["bad", "good", "great food"], [1.0, 0.5, 1.0], 0.5))
+    db.collection("drift_states").document(version).set(
+        {"drift": False, "reasons": [], "since": datetime.now(UTC), "model_version": version}
+    )
     mounts = {"/predict": predict, "/feedback": feedback}
 
     def cloudfunctions_net(environ, start_response):
@@ -71,7 +82,32 @@ def test_openapi_document_lists_every_route() -> None:
         ("POST", "/feedback"),
         ("GET", "/feedback/statistics"),
         ("GET", "/feedback/predictions"),
+        ("GET", "/feedback/monitoring"),
     }
+
+
+def test_openapi_document_refs_all_resolve() -> None:
+    """schemathesis validates nothing below a $ref it cannot resolve: a schema misplaced in the document would
+    leave its responses unchecked without a word."""
+    document = yaml.safe_load((REPO_ROOT / "docs" / "openapi.yaml").read_text())
+
+    def refs(node: object) -> list[str]:
+        if isinstance(node, dict):
+            own = [node["$ref"]] if "$ref" in node else []
+            return own + [r for value in node.values() for r in refs(value)]
+        return [r for value in node for r in refs(value)] if isinstance(node, list) else []
+
+    def resolves(ref: str) -> bool:
+        node = document
+        for part in ref.removeprefix("#/").split("/"):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    found = refs(document)
+    assert len(found) > 20
+    assert [ref for ref in found if not resolves(ref)] == []
 
 
 @SCHEMA.parametrize()

@@ -231,3 +231,48 @@ def read_references(client: firestore.Client, versions: set[str], timeout_s: flo
     except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
         raise StoreUnavailable(str(exc)) from exc
     return found
+
+
+# Each version's drift state as the scheduled evaluation last recorded it (registry_watcher's drift_watch.py writes
+# it, on a change only); GET /monitoring shows it beside the live statistics.
+DRIFT_STATES = "drift_states"
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedDrift:
+    """`drift_states/{version}`: whether drift was last detected or resolved, why, and since when."""
+
+    drift: bool
+    reasons: tuple[str, ...]
+    since: datetime
+
+    @classmethod
+    def from_document(cls, data: dict[str, Any]) -> RecordedDrift:
+        """KeyError, TypeError or ValueError when the document lacks a field or holds one of another type."""
+        drift, reasons, since = data["drift"], data["reasons"], data["since"]
+        if not isinstance(drift, bool) or not isinstance(since, datetime) or not isinstance(reasons, list):
+            raise TypeError("drift must be a boolean, reasons a list and since a timestamp")
+        # A plain UTC datetime: the client library's timestamps are a subclass of datetime.
+        return cls(drift, tuple(str(reason) for reason in reasons), datetime.fromtimestamp(since.timestamp(), UTC))
+
+
+def read_drift_states(
+    client: firestore.Client, versions: set[str], timeout_s: float = 10.0
+) -> dict[str, RecordedDrift]:
+    """The recorded drift states of those versions that have one (none before the first change is recorded)."""
+    if not versions:
+        return {}
+    collection = client.collection(DRIFT_STATES)
+    retry = Retry(predicate=if_transient_error, initial=0.05, maximum=0.5, timeout=timeout_s)
+    found: dict[str, RecordedDrift] = {}
+    try:
+        snapshots = client.get_all([collection.document(v) for v in sorted(versions)], retry=retry, timeout=timeout_s)
+        for snapshot in snapshots:
+            if snapshot.exists:
+                try:
+                    found[snapshot.id] = RecordedDrift.from_document(snapshot.to_dict())
+                except (KeyError, TypeError, ValueError):
+                    continue  # unreadable (another writer's format): shown as no recorded state
+    except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+        raise StoreUnavailable(str(exc)) from exc
+    return found
