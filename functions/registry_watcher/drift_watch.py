@@ -27,12 +27,12 @@ from typing import Any
 from sentiment_core import logs
 from sentiment_core.monitoring import Assessment, DriftChange, DriftSettings, Window, assess, drift_change
 from sentiment_core.records import StoreUnavailable
-from sentiment_core.store import hourly_windows, read_references
+from sentiment_core.store import DRIFT_STATES, hourly_windows, read_references
 
 logger = logging.getLogger("sentiment.monitoring")
 
 MONITORING_RUNS = "monitoring_runs"
-DRIFT_STATES = "drift_states"
+
 DRIFT_EVENTS = "drift_events"
 UNLOGGED_AFTER = timedelta(minutes=2)  # an event still unlogged this long after its commit lost its line
 LOGGED_FIELDS = ("predictions", "score_psi", "positive_rate", "unknown_token_rate")
@@ -168,7 +168,7 @@ class DriftWatch:
         return True
 
     def _drifting(self) -> set[str]:
-        from google.cloud.firestore_v1.base_query import FieldFilter
+        from google.cloud.firestore import FieldFilter
 
         query = self._db.collection(DRIFT_STATES).where(filter=FieldFilter("drift", "==", True))
         return {snapshot.id for snapshot in query.stream(timeout=self._timeout)}
@@ -212,7 +212,7 @@ class DriftWatch:
     def _flush(self, now: datetime) -> None:
         """Log the changes whose tick committed them but never logged them (it crashed in between)."""
         from google.api_core import exceptions as gexc
-        from google.cloud.firestore_v1.base_query import FieldFilter
+        from google.cloud.firestore import FieldFilter
 
         query = self._db.collection(DRIFT_EVENTS).where(filter=FieldFilter("logged", "==", False))
         for snapshot in query.stream(timeout=self._timeout):

@@ -128,6 +128,7 @@ locals {
     DRIFT_MAX_UNKNOWN_TOKEN_INCREASE = tostring(var.drift_max_unknown_token_increase)
     DRIFT_MAX_POSITIVE_RATE_SHIFT    = tostring(var.drift_max_positive_rate_shift)
     DRIFT_WINDOW_HOURS               = tostring(var.drift_window_hours)
+    DRIFT_EVALUATE_EVERY_S           = tostring(var.drift_evaluate_every_s)
   }
 
   watcher_env = merge(local.state_env, local.rollout_env, local.drift_env, {
@@ -149,7 +150,7 @@ locals {
   # allUsers may invoke the webhook receiver (MLflow sends no Google identity): it serves POST /webhook only.
   function_env = {
     predict               = merge(local.public_env, { MODEL_URI = var.initial_model_uri, ORT_THREADS = "1" })
-    feedback              = merge(local.public_env, { MODEL_NAME = var.model_name }) # its deployment, on /statistics
+    feedback              = merge(local.public_env, local.drift_env, { MODEL_NAME = var.model_name }) # /statistics, /monitoring
     registry-watcher      = merge(local.watcher_env, { WEBHOOK_RECEIVER_ONLY = "false" })
     registry-webhook      = merge(local.watcher_env, { WEBHOOK_RECEIVER_ONLY = "true" })
     on-production-changed = local.redeploy_env

@@ -64,6 +64,11 @@ locals {
         model_version = "The evaluated version."
       }
     }
+    sentiment_monitoring_failed = {
+      description = "The scheduled drift evaluation could not read or write Firestore (event monitoring_failed)."
+      filter      = "${local.watcher_logs} AND jsonPayload.event=\"monitoring_failed\" AND severity>=ERROR"
+      labels      = {}
+    }
     sentiment_server_errors = {
       description = "5xx answers of predict and feedback, as their request lines record them (sentiment_core.web.serve)."
       filter      = "${local.public_logs} AND jsonPayload.status>=500"
@@ -137,6 +142,17 @@ locals {
       window   = "300s"
       group_by = ["metric.label.model_version", "metric.label.reason"]
       severity = "WARNING"
+    }
+    # A failed evaluation is tried again on the next tick (its run was not claimed): three failures in half an
+    # hour, not one, is monitoring that has stopped.
+    monitoring_failed = {
+      metric   = "sentiment_monitoring_failed"
+      resource = "cloud_run_revision"
+      title    = "The drift evaluation fails"
+      above    = 2
+      window   = "1800s"
+      group_by = []
+      severity = "ERROR"
     }
     # The tick runs every minute and is not retried (the next tick is the retry): three failures in ten minutes,
     # not one, is a watcher that cannot work.

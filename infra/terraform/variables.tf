@@ -242,6 +242,18 @@ variable "drift_window_hours" {
   }
 }
 
+variable "drift_evaluate_every_s" {
+  type        = number
+  description = "DRIFT_EVALUATE_EVERY_S: seconds between two scheduled drift evaluations (each reads up to drift_window_hours x 16 counter documents per version in service); 0 evaluates on every tick."
+  default     = 600
+  nullable    = false
+
+  validation {
+    condition     = var.drift_evaluate_every_s >= 0 && var.drift_evaluate_every_s <= 86400
+    error_message = "drift_evaluate_every_s must be between 0 and 86400, got ${var.drift_evaluate_every_s}."
+  }
+}
+
 variable "rollout_alpha" {
   type        = number
   description = "ROLLOUT_ALPHA: chance that a whole rollout of a version as good as the stable one is rolled back (all checks and ticks together)."

@@ -32,6 +32,7 @@ from sentiment_core.deployment_store import Snapshot
 from sentiment_core.deployments import DeploymentState, Desired, Rollout, Serving, Target
 from sentiment_core.events import ProductionChanged
 from sentiment_core.monitoring import DriftChange, DriftSettings, MonitorCounts, Reference, Window, assess
+from sentiment_core.records import StoreUnavailable
 from sentiment_core.registry import ModelVersion
 from sentiment_core.rollout import VersionCounts, start
 from tests.functions.conftest import redeploy_module, watcher_module
@@ -41,6 +42,7 @@ from tests.infra.terraform_config import REPO_ROOT, TERRAFORM, functions, locals
 MONITORING_TF = TERRAFORM / "monitoring.tf"
 DASHBOARD = TERRAFORM / "dashboards" / "serving.json"
 SHA = "a" * 64
+NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
 
 # What each log-based metric must count, by the kind of line (the keys of `lines` below), and nothing else.
 EXPECTED = {
@@ -51,6 +53,7 @@ EXPECTED = {
     "sentiment_drift_detected": {"drift_detected"},
     "sentiment_drift_resolved": {"drift_resolved"},
     "sentiment_monitoring_evaluated": {"evaluated_with_feedback", "evaluated_without_feedback"},
+    "sentiment_monitoring_failed": {"monitoring_failed"},
     "sentiment_server_errors": {"predict_model_unavailable", "predict_healthz_unavailable", "feedback_internal"},
     "sentiment_predictions": {"predict_answered"},
     "sentiment_feedback_answers": {"feedback_recorded"},
@@ -218,13 +221,27 @@ def drift_lines() -> dict[str, dict[str, Any]]:
     settings = DriftSettings()
     answered = Window(300, 300, feedback=20, correct=19, counts=reference.counts)
     with captured() as lines:
-        drift_watch.log_change(DriftChange.DETECTED, "3", assess(turned, reference, settings), settings.window_hours)
-        drift_watch.log_change(DriftChange.RESOLVED, "3", assess(back, reference, settings), settings.window_hours)
+        for change, window in ((DriftChange.DETECTED, turned), (DriftChange.RESOLVED, back)):
+            assessment = assess(window, reference, settings)
+            drift_watch.log_change(drift_watch.change_record(change, "3", assessment, settings.window_hours, NOW))
     with captured() as evaluations:
         drift_watch.log_evaluation("3", assess(answered, reference, settings), settings.window_hours)
         drift_watch.log_evaluation("3", assess(back, reference, settings), settings.window_hours)
     with_feedback, without_feedback = evaluations
+
+    class Unreachable:
+        """A drift evaluation whose Firestore does not answer."""
+
+        def __init__(self) -> None:
+            self.settings = settings
+
+        def check(self, versions: set[str]) -> None:
+            raise StoreUnavailable("Firestore did not answer within 10 s")
+
+    with captured() as failing:
+        watcher_module("watcher_service").run_drift_check(Unreachable(), MemoryStore(DeploymentState()))
     return {
+        "monitoring_failed": only(failing, severity="ERROR"),
         "drift_detected": only(lines, severity="WARNING"),
         "drift_resolved": only(lines, severity="INFO"),
         "evaluated_with_feedback": with_feedback,

@@ -47,7 +47,7 @@ SHARED = REPO_ROOT / "lib/sentiment_core/src/sentiment_core"
 # PublicSettings are predict's and feedback's).
 SETTINGS_MODULES = {
     "predict": {"config", "web", "firestore_rest"},
-    "feedback": {"config", "web"},
+    "feedback": {"config", "web", "monitoring"},  # monitoring: DriftSettings.from_env
     "registry_watcher": {"config", "registry", "deployment_store", "rollout", "monitoring"},  # *Settings.from_env
     "redeploy": {"config", "deployment_store"},
 }
@@ -168,9 +168,15 @@ def terraform_env(directory: Path, prefix: str = "rollout") -> dict[str, str]:
     return json.loads(json.loads(result.stdout))
 
 
-@pytest.mark.parametrize(("settings", "prefix"), [(RolloutSettings, "rollout"), (DriftSettings, "drift")])
-def test_watcher_environment_carries_every_settings_variable_with_the_code_defaults(
-    tmp_path: Path, settings: type, prefix: str
+@pytest.mark.parametrize(
+    ("settings", "prefix", "readers"),
+    [
+        (RolloutSettings, "rollout", ("registry-watcher", "registry-webhook")),
+        (DriftSettings, "drift", ("registry-watcher", "registry-webhook", "feedback")),  # the page agrees with alerts
+    ],
+)
+def test_functions_environment_carries_every_settings_variable_with_the_code_defaults(
+    tmp_path: Path, settings: type, prefix: str, readers: tuple[str, ...]
 ) -> None:
     reading = RecordingEnv({})
     settings.from_env(reading)
@@ -179,7 +185,7 @@ def test_watcher_environment_carries_every_settings_variable_with_the_code_defau
     assert len(reading.read) >= 5  # the recording sees what from_env reads
     assert set(env) == reading.read
     assert settings.from_env(env) == settings()
-    for name in ("registry-watcher", "registry-webhook"):
+    for name in readers:
         assert reading.read <= env_names(locals_()["function_env"][name])
 
 
@@ -244,6 +250,10 @@ DRIFT_VARIABLES = [
     ({"drift_window_hours": 0}, "drift_window_hours"),
     ({"drift_window_hours": 169}, "drift_window_hours"),
     ({"drift_window_hours": 2.5}, "drift_window_hours"),
+    ({"drift_evaluate_every_s": 0}, None),
+    ({"drift_evaluate_every_s": 86400}, None),
+    ({"drift_evaluate_every_s": -1}, "drift_evaluate_every_s"),
+    ({"drift_evaluate_every_s": 86401}, "drift_evaluate_every_s"),
 ]
 
 
@@ -273,7 +283,7 @@ def test_settings_variables_fail_the_plan_exactly_when_the_watcher_would_fail_to
         assert f"{rejected_by} must" in plan.stderr  # the message of its own validation block
 
 
-@pytest.mark.parametrize(("prefix", "count"), [("rollout_", 5), ("drift_", 5), ("max_calibration_error", 1)])
+@pytest.mark.parametrize(("prefix", "count"), [("rollout_", 5), ("drift_", 6), ("max_calibration_error", 1)])
 def test_tfvars_example_shows_the_settings_variables_with_their_defaults(prefix: str, count: int) -> None:
     import hcl2
 
