@@ -45,7 +45,7 @@ from _common import ModelError, monitored_model, percentile
 
 from sentiment_core import onnx_model
 from sentiment_core.contract import META_LABEL_RULE, META_TRAINING_DATA_SHA256, REFERENCE_FILENAME
-from sentiment_core.manifest import read_staged_folder, sha256_bytes
+from sentiment_core.manifest import read_staged_folder
 from sentiment_core.monitoring import (
     LENGTH_BINS,
     PROBABILITY_BINS,
@@ -290,11 +290,8 @@ def read_tsv(path: Path) -> tuple[list[str], list[int]]:
 
 def load_model(folder: Path) -> tuple[object, float, Reference, dict[str, str]]:
     """The staged model's session, threshold, reference and metadata; checks sha256s against the manifest."""
-    manifest, model_bytes = read_staged_folder(folder)
-    reference_bytes = (folder / REFERENCE_FILENAME).read_bytes()
-    if manifest.reference_sha256 is not None and sha256_bytes(reference_bytes) != manifest.reference_sha256:
-        raise ModelError(f"{folder / REFERENCE_FILENAME} does not match the sha256 in its manifest")
-    reference = Reference.from_dict(json.loads(reference_bytes))
+    manifest, model_bytes = read_staged_folder(folder)  # checks model.onnx and reference.json against it
+    reference = Reference.from_dict(json.loads((folder / REFERENCE_FILENAME).read_bytes()))
     session = onnx_model.open_session(model_bytes)
     if not onnx_model.has_known_fraction(session):
         raise ModelError(f"{folder} has no known_fraction output: retrain it with `python -m training.train`")

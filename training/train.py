@@ -178,7 +178,9 @@ def run(args: argparse.Namespace) -> int:
         # The shipped weights are the best epoch's: its validation metrics are what the deploy gate reads.
         mlflow.log_metrics({"best_epoch": best, **{f"best_{k}": v for k, v in chosen.items() if k.startswith("val_")}})
 
-        calibrated = _calibrate(mlflow, model, data.take(encoded, split.validation), labels[split.validation], tracking)
+        _calibrate(
+            mlflow, model, data.take(encoded, split.validation), labels[split.validation], args.threshold, tracking
+        )
         test_probabilities = _evaluate(mlflow, model, encoded, labels, split, args.threshold, tracking)
 
         log("exporting to ONNX and checking it against PyTorch on every validation text ...")
@@ -202,12 +204,9 @@ def run(args: argparse.Namespace) -> int:
         )
         model_uri = tracking.log_onnx_model(model_bytes, golden)
         log(f"logged {model_uri} ({len(model_bytes) / 1e6:.1f} MB, max |onnx - torch| {worst:.2g})")
+        validation_texts = data.take(dataset.texts, split.validation)
         reference = _reference(
-            model_bytes,
-            data.take(dataset.texts, split.validation),
-            labels[split.validation],
-            args.threshold,
-            calibrated,
+            model_bytes, validation_texts, labels[split.validation], args.threshold, test_probabilities
         )
         mlflow.log_dict(reference.to_dict(), REFERENCE_ARTIFACT)
         log(
@@ -278,12 +277,12 @@ def _log_epoch(mlflow, epoch: int, record: dict[str, float]) -> None:
     mlflow.log_metrics({k: v for k, v in record.items() if k != "best_epoch"}, step=epoch)
 
 
-def _calibrate(mlflow, model, val_encoded, val_labels: np.ndarray, tracking) -> calibration.Calibration:
+def _calibrate(mlflow, model, val_encoded, val_labels: np.ndarray, threshold: float, tracking) -> None:
     """Temperature scaling on validation, folded into the weights when it lowers the calibration error."""
     from training.model import predict_logits, scale_logits
 
     logits = predict_logits(model, val_encoded)
-    fitted = calibration.calibrate(logits, val_labels)
+    fitted = calibration.calibrate(logits, val_labels, threshold)
     if fitted.applied:
         scale_logits(model, 1.0 / fitted.temperature)
     mlflow.log_metrics(
@@ -297,21 +296,22 @@ def _calibrate(mlflow, model, val_encoded, val_labels: np.ndarray, tracking) -> 
     calibrated = 1.0 / (1.0 + np.exp(-logits.astype(np.float64) / fitted.temperature))
     curves = {"uncalibrated": uncalibrated, f"temperature {fitted.temperature:.2f}": calibrated}
     tracking.log_figure(
-        calibration.reliability_figure(curves, val_labels, "validation set"), "plots/reliability_validation.png"
+        calibration.reliability_figure(curves, val_labels, "validation set", threshold),
+        "plots/reliability_validation.png",
     )
     log(
         f"calibration: temperature {fitted.temperature:.3f} "
-        f"({'applied' if fitted.applied else 'not applied: it did not help'}), validation ECE "
+        f"({'applied' if fitted.applied else 'not applied: it would not help or would move answers'}), validation ECE "
         f"{fitted.ece_before:.4f} -> {fitted.ece_after:.4f}"
     )
-    return fitted
 
 
 def _reference(
-    model_bytes: bytes, texts: list[str], labels: np.ndarray, threshold: float, calibrated: calibration.Calibration
+    model_bytes: bytes, texts: list[str], labels: np.ndarray, threshold: float, test: dict[str, float]
 ) -> Reference:
     """Monitoring's reference: the exported graph's own answers on the validation texts, counted as predict
-    counts live traffic."""
+    counts live traffic, with the test set's calibration error (the figure the deploy gate bounds) and the
+    model's sha256 (the gate checks the reference is this model's)."""
     session = export.session(model_bytes)
     probabilities = export.onnx_probabilities(session, texts)
     known = export.onnx_known_fractions(session, texts)
@@ -322,7 +322,8 @@ def _reference(
         known.tolist(),
         threshold,
         accuracy=accuracy,
-        expected_calibration_error=calibrated.ece_after,
+        expected_calibration_error=test["expected_calibration_error"],
+        model_sha256=sha256_bytes(model_bytes),
     )
 
 
@@ -335,7 +336,7 @@ def _evaluate(mlflow, model, encoded, labels, split, threshold: float, tracking)
         probabilities = predict_proba(model, data.take(encoded, indices))
         truth = labels[indices]
         metrics = evaluate.binary_metrics(truth, probabilities, threshold)
-        metrics["expected_calibration_error"] = calibration.expected_calibration_error(probabilities, truth)
+        metrics["expected_calibration_error"] = calibration.expected_calibration_error(probabilities, truth, threshold)
         if part == "test":
             mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
             results = metrics

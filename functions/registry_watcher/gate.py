@@ -3,7 +3,8 @@
 Checks, in order: the ONNX file exists; its sha256 is the one the training run logged; onnxruntime loads it with
 the contract's signature; it reproduces the run's golden outputs (PyTorch's probabilities on fixed texts) within
 the tolerance; the run's validation accuracy is at least the configured minimum; the run logged monitoring's
-reference (`monitoring/reference.json`, readable and of the model's own answers); the run's expected calibration
+reference (`monitoring/reference.json`, readable, naming this model's sha256, reporting the unknown-token rate
+exactly when the model has that output); the run's expected calibration
 error on the test set is at most the configured maximum (monitoring's label-free accuracy estimate is only as
 honest as the calibration).
 """
@@ -28,7 +29,7 @@ from sentiment_core.contract import (
 )
 from sentiment_core.manifest import sha256_bytes
 from sentiment_core.monitoring import InvalidReference, Reference
-from sentiment_core.onnx_model import ModelContractError, open_session, probabilities
+from sentiment_core.onnx_model import ModelContractError, has_known_fraction, open_session, probabilities
 from sentiment_core.registry import ModelVersion, RegistryClient
 
 GOLDEN_TOLERANCE = 1e-4
@@ -133,6 +134,12 @@ def judge(
         reference = Reference.from_dict(candidate.reference)
     except InvalidReference as exc:
         return Verdict.refuse("reference_invalid", f"{REFERENCE_ARTIFACT}: {exc}")
+    if reference.model_sha256 != actual:
+        return Verdict.refuse("reference_invalid", f"{REFERENCE_ARTIFACT} is of model {reference.model_sha256}")
+    if (reference.counts.known_fraction_count > 0) != has_known_fraction(session):
+        return Verdict.refuse(
+            "reference_invalid", f"{REFERENCE_ARTIFACT} and the model disagree on whether it reports known_fraction"
+        )
     return Verdict(True, threshold=threshold, reference=reference)
 
 

@@ -57,7 +57,7 @@ class Stager(Protocol):
         version: str,
         run_id: str,
         threshold: float,
-        reference: dict[str, Any] | None = None,
+        reference: Reference | None = None,
     ) -> str: ...
 
 
@@ -241,7 +241,7 @@ class Reconciler:
                     version=version,
                     run_id=found.run_id,
                     threshold=verdict.threshold,
-                    reference=verdict.reference.to_dict() if verdict.reference else None,
+                    reference=verdict.reference,
                 )
             except StagingConflict as exc:
                 return Rejected(claimant, version, "staging_conflict", str(exc), trigger)

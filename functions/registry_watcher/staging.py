@@ -7,10 +7,9 @@ same model, and refuses when it is not (the registry was reset, say), so a servi
 
 from __future__ import annotations
 
-from typing import Any
-
 from sentiment_core.contract import MANIFEST_FILENAME, MODEL_FILENAME, REFERENCE_FILENAME
 from sentiment_core.manifest import Manifest, ManifestError, now_iso, reference_json, sha256_bytes
+from sentiment_core.monitoring import Reference
 
 
 class StagingError(RuntimeError):
@@ -48,7 +47,7 @@ class GcsStager:
         version: str,
         run_id: str,
         threshold: float,
-        reference: dict[str, Any] | None = None,
+        reference: Reference | None = None,
     ) -> str:
         """The staged folder's gs:// URI; idempotent for the same model bytes. With `reference` (monitoring's),
         reference.json is written beside the model and its sha256 listed in the manifest."""
@@ -70,9 +69,10 @@ class GcsStager:
             except gexc.PreconditionFailed as exc:  # a crashed earlier run wrote the model but not its manifest
                 if sha256_bytes(model_blob.download_as_bytes(timeout=self._timeout)) != sha256:
                     raise StagingConflict(f"{self.uri(model_name, version)} holds another {MODEL_FILENAME}") from exc
-            reference_bytes = reference_json(reference) if reference is not None else None
+            reference_bytes = reference_json(reference.to_dict()) if reference is not None else None
             if reference_bytes is not None:
-                # Overwritten freely: until the manifest exists nothing reads it, and the bytes are the run's.
+                # Overwritten freely: until the manifest exists nothing reads it, and the same reference always
+                # has the same bytes (reference_json's stable order), so a retry writes what a crash left.
                 self._bucket.blob(f"{prefix}/{REFERENCE_FILENAME}").upload_from_string(
                     reference_bytes, content_type="application/json", timeout=self._timeout
                 )

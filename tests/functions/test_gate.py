@@ -71,6 +71,14 @@ def test_judge_accepts_the_trained_version_and_hands_on_its_reference(candidate)
         (lambda c: dataclasses.replace(c, reference=None), "reference_missing"),
         (lambda c: dataclasses.replace(c, reference={**c.reference, "positive": -1}), "reference_invalid"),
         (lambda c: dataclasses.replace(c, reference=[1, 2]), "reference_invalid"),
+        (lambda c: dataclasses.replace(c, reference={**c.reference, "model_sha256": "b" * 64}), "reference_invalid"),
+        (lambda c: dataclasses.replace(c, reference={**c.reference, "model_sha256": None}), "reference_invalid"),
+        (
+            lambda c: dataclasses.replace(
+                c, reference={**c.reference, "known_fraction_sum": 0, "known_fraction_count": 0}
+            ),
+            "reference_invalid",
+        ),
     ],
     ids=[
         "missing",
@@ -88,6 +96,9 @@ def test_judge_accepts_the_trained_version_and_hands_on_its_reference(candidate)
         "no-reference",
         "reference-negative-count",
         "reference-not-an-object",
+        "reference-of-another-model",
+        "reference-of-no-model",
+        "reference-without-the-models-known-fraction",
     ],
 )
 def test_judge_refuses_with_the_reason(candidate, change, reason: str) -> None:

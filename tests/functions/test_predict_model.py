@@ -106,3 +106,25 @@ def test_predict_refuses_to_start_without_its_settings(monkeypatch) -> None:
 
     with pytest.raises(ConfigError, match="MODEL_URI must be set"):
         functions_framework.create_app("predict", str(FUNCTIONS_DIR / "predict" / "main.py"))
+
+
+def test_a_model_without_known_fraction_still_serves_and_reports_none(tmp_path: Path, model_bytes: bytes) -> None:
+    import onnx
+
+    older = onnx.load_from_string(model_bytes)
+    del older.graph.output[1]  # as exported before monitoring existed: `probability` only
+    served = predict_model.load(str(stage(tmp_path, older.SerializeToString())))
+
+    probabilities, known = served.infer(["good food", "bad food"])
+
+    assert served.reports_known_fraction is False
+    assert known is None
+    np.testing.assert_allclose(probabilities, served.predict(["good food", "bad food"]))
+
+
+def test_a_model_with_known_fraction_reports_it_per_text(tmp_path: Path, model_bytes: bytes) -> None:
+    served = predict_model.load(str(stage(tmp_path, model_bytes)))
+
+    _, known = served.infer(["good food", "good zzz", "!!!"])
+
+    np.testing.assert_allclose(known, [1.0, 0.5, 0.0])

@@ -10,6 +10,7 @@ import pytest
 
 from sentiment_core import rollout
 from sentiment_core.deployments import (
+    Canary,
     Decision,
     DeploymentState,
     Desired,
@@ -131,6 +132,39 @@ def test_rollout_once_decided_consumes_the_pending_command() -> None:
     ended = pending.decided(rollout.decide(pending.policy_state(), evidence, settings, AT), AT)
 
     assert (ended.state, ended.reason, ended.candidate_percent, ended.command) == ("aborted", "aborted", 0, None)
+
+
+@pytest.mark.parametrize(
+    ("parts", "versions"),
+    [
+        ({}, set()),
+        ({"serving": "1"}, {"1"}),
+        ({"serving": "1", "target": "2"}, {"1", "2"}),  # announced, not yet deployed: about to take traffic
+        ({"serving": "1", "target": "1", "canary": "2"}, {"1", "2"}),  # a rollout: both take traffic
+        ({"target": "2"}, {"2"}),
+    ],
+)
+def test_versions_in_service_are_those_taking_traffic_or_about_to(parts: dict, versions: set) -> None:
+    stored = DeploymentState.from_document(STORED)
+    canary = Canary(
+        version="x",
+        run_id="r",
+        sha256=SHA,
+        model_uri="u",
+        event_id="e",
+        revision="rev",
+        url="https://c",
+        stable_revision="rev-1",
+        percent=10,
+        applied_at=AT,
+    )
+    state = DeploymentState(
+        serving=dataclasses.replace(stored.serving, version=parts["serving"]) if "serving" in parts else None,
+        target=dataclasses.replace(stored.target, version=parts["target"]) if "target" in parts else None,
+        canary=dataclasses.replace(canary, version=parts["canary"]) if "canary" in parts else None,
+    )
+
+    assert state.versions_in_service == versions
 
 
 def test_in_service_is_the_announced_version_else_the_serving_one() -> None:

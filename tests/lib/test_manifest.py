@@ -76,3 +76,28 @@ def test_manifest_to_json_round_trips() -> None:
     manifest = Manifest.from_dict(VALID)
 
     assert Manifest.from_json(manifest.to_json()) == manifest
+
+
+def test_staged_folder_with_a_reference_lists_its_sha256_and_refuses_it_changed(tmp_path: Path) -> None:
+    reference = {"schema": 1, "predictions": 2, "b": [1, 2]}
+
+    manifest = write_staged_folder(
+        tmp_path, b"model", model_name="m", model_version="1", mlflow_run_id="r", threshold=0.5, reference=reference
+    )
+
+    assert manifest.reference_sha256 == sha256_bytes((tmp_path / "reference.json").read_bytes())
+    assert json.loads((tmp_path / "reference.json").read_text()) == reference
+    assert read_staged_folder(tmp_path)[0] == manifest
+    (tmp_path / "reference.json").write_text("{}")
+    with pytest.raises(ManifestError, match=r"reference\.json has sha256"):
+        read_staged_folder(tmp_path)
+    (tmp_path / "reference.json").unlink()
+    with pytest.raises(ManifestError, match="no file"):
+        read_staged_folder(tmp_path)
+
+
+def test_manifest_without_reference_sha256_reads_as_staged_before_monitoring() -> None:
+    manifest = Manifest.from_dict({**VALID, "reference_sha256": None})
+
+    assert manifest.reference_sha256 is None
+    assert Manifest.from_dict({k: v for k, v in VALID.items() if k != "reference_sha256"}) == manifest

@@ -140,7 +140,9 @@ SETTINGS = DriftSettings(min_predictions=200)
         "longer-texts",
     ],
 )
-def test_drift_rule_table(live: Window, reference, drift: bool, reasons: list[str], enough: bool) -> None:
+def test_drift_fires_with_enough_predictions_on_exactly_the_statistics_past_their_limits(
+    live: Window, reference, drift: bool, reasons: list[str], enough: bool
+) -> None:
     assessment = assess(live, reference, SETTINGS)
 
     assert (assessment.drift, assessment.enough_data) == (drift, enough)
@@ -159,8 +161,43 @@ def test_drift_rule_table(live: Window, reference, drift: bool, reasons: list[st
     ],
     ids=["starts", "goes-on", "ends", "stays-fine", "few-while-drifting", "few-while-fine"],
 )
-def test_drift_change_table(drifting_before: bool, live: Window, change: DriftChange | None) -> None:
-    assert drift_change(drifting_before, assess(live, REFERENCE, SETTINGS)) is change
+def test_drift_change_is_recorded_when_drift_starts_or_ends_never_on_too_few_predictions(
+    drifting_before: bool, live: Window, change: DriftChange | None
+) -> None:
+    assert drift_change(drifting_before, assess(live, REFERENCE, SETTINGS, drifting=drifting_before)) is change
+
+
+@pytest.mark.parametrize(
+    ("positive_share", "drifting", "drift"),
+    [
+        (0.71, False, True),  # 11 points from 60%: past the limit of 10
+        (0.69, False, False),
+        (0.69, True, True),  # a drifting version stays drifting until below 80% of the limit (8 points)
+        (0.67, True, False),
+    ],
+)
+def test_a_drifting_version_resolves_only_well_inside_each_limit(
+    positive_share: float, drifting: bool, drift: bool
+) -> None:
+    positives = round(positive_share * 200)
+    live = window([0.95] * positives + [0.05] * (200 - positives))
+
+    assert assess(live, REFERENCE, SETTINGS, drifting=drifting).drift is drift
+
+
+def test_drift_change_resolves_a_drifting_version_that_left_service_whatever_its_traffic() -> None:
+    few = assess(window([0.05] * 3), REFERENCE, SETTINGS, drifting=True)
+
+    assert drift_change(True, few, in_service=False) is DriftChange.RESOLVED
+    assert drift_change(False, few, in_service=False) is None
+
+
+def test_confidence_is_the_probability_of_the_answer_given_at_the_models_threshold() -> None:
+    at_seven_tenths = MonitorCounts.of(0.6, "ok", positive=False)  # threshold 0.7: 0.6 is a negative answer
+
+    assert at_seven_tenths.confidence_sum == pytest.approx(0.4)
+    assert MonitorCounts.of(0.6, "ok").confidence_sum == pytest.approx(0.6)
+    assert MonitorCounts.of(0.2, "ok").confidence_sum == pytest.approx(0.8)
 
 
 def test_statistics_carry_every_field_of_the_monitoring_contract() -> None:
@@ -211,8 +248,12 @@ def test_reference_round_trips_through_its_json_and_says_its_rates() -> None:
 def test_reference_refuses_a_malformed_document(change: dict, message: str) -> None:
     with pytest.raises(InvalidReference, match=message):
         Reference.from_dict({**REFERENCE.to_dict(), **change})
-    with pytest.raises(InvalidReference, match="lacks"):
-        Reference.from_dict({k: v for k, v in REFERENCE.to_dict().items() if k != "positive"})
+
+
+@pytest.mark.parametrize("field", ["positive", "probability_histogram", "confidence_sum", "known_fraction_count"])
+def test_reference_without_a_required_field_names_it(field: str) -> None:
+    with pytest.raises(InvalidReference, match=f"lacks {field}"):
+        Reference.from_dict({k: v for k, v in REFERENCE.to_dict().items() if k != field})
 
 
 def test_window_reads_a_counter_document_and_older_counters_read_as_zero() -> None:
@@ -226,7 +267,8 @@ def test_window_reads_a_counter_document_and_older_counters_read_as_zero() -> No
 
 def test_drift_settings_from_env_defaults_and_refusals() -> None:
     assert DriftSettings.from_env({}) == DriftSettings()
-    assert DriftSettings.from_env({"DRIFT_MAX_PSI": "0.3", "DRIFT_WINDOW_HOURS": "6"}).window_hours == 6
+    read = DriftSettings.from_env({"DRIFT_MAX_PSI": "0.3", "DRIFT_WINDOW_HOURS": "6", "DRIFT_EVALUATE_EVERY_S": "0"})
+    assert (read.max_psi, read.window_hours, read.evaluate_every_s) == (0.3, 6, 0.0)
     for name, value in [("DRIFT_MIN_PREDICTIONS", "2.5"), ("DRIFT_WINDOW_HOURS", "169"), ("DRIFT_MAX_PSI", "x")]:
         with pytest.raises(ConfigError, match=name):
             DriftSettings.from_env({name: value})

@@ -83,12 +83,14 @@ def test_known_fraction_is_the_share_of_tokens_that_are_vocabulary_unigrams(smal
     np.testing.assert_allclose(known, export.python_known_fractions(small_model[1], texts), atol=1e-7)
 
 
-def test_verify_parity_covers_known_fraction_on_awkward_texts(small_model) -> None:
-    session = export.session(export.build_onnx(*small_model, METADATA).SerializeToString())
+def test_verify_parity_refuses_a_graph_whose_known_fraction_disagrees_with_python(small_model) -> None:
+    onnx_model = export.build_onnx(*small_model, METADATA)
+    (known,) = [node for node in onnx_model.graph.node if node.output == ["token_known"]]
+    (values,) = [attribute for attribute in known.attribute if attribute.name == "values_floats"]
+    values.floats[:] = [0.5] * len(values.floats)  # every known token counts half: probabilities unchanged
 
-    np.testing.assert_allclose(
-        export.onnx_known_fractions(session, AWKWARD), export.python_known_fractions(small_model[1], AWKWARD), atol=1e-6
-    )
+    with pytest.raises(export.ExportError, match="known_fraction disagrees"):
+        export.verify_parity(onnx_model.SerializeToString(), *small_model, AWKWARD)
 
 
 def test_build_onnx_empty_and_unknown_texts_give_finite_bias_probability(small_model) -> None:

@@ -13,10 +13,12 @@ from sentiment_core.contract import (
     GOLDEN_OUTPUTS_ARTIFACT,
     MODEL_NAME,
     PRODUCTION_ALIAS,
+    REFERENCE_ARTIFACT,
     RUN_TAG_MODEL_SHA256,
     VALIDATION_ACCURACY_METRIC,
 )
 from sentiment_core.manifest import read_staged_folder, sha256_file
+from sentiment_core.monitoring import Reference
 
 
 @pytest.fixture
@@ -120,8 +122,27 @@ def test_production_alias_model_runs_in_plain_onnxruntime_without_project_code(
     assert positive > 0.5 > negative
 
 
+def test_run_logs_calibration_and_the_reference_of_its_own_model(client: MlflowClient, trained_full: dict) -> None:
+    run = client.get_run(trained_full["run_id"])
+    metrics = run.data.metrics
+    reference = Reference.from_dict(
+        json.loads(Path(client.download_artifacts(run.info.run_id, REFERENCE_ARTIFACT)).read_text())
+    )
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+
+    assert 0.0 < metrics["test_expected_calibration_error"] <= 0.05
+    assert metrics["val_expected_calibration_error"] <= metrics["val_expected_calibration_error_uncalibrated"]
+    assert metrics["calibration_temperature"] > 0
+    assert "plots/reliability_validation.png" in artifacts
+    assert reference.model_sha256 == run.data.tags["model_sha256"]
+    assert reference.expected_calibration_error == pytest.approx(metrics["test_expected_calibration_error"])
+    assert reference.predictions > 10_000  # the whole validation split
+    assert reference.counts.known_fraction_count == reference.predictions  # the model reports known_fraction
+
+
 def test_staged_folder_matches_registered_version(trained_full: dict) -> None:
     manifest, model_bytes = read_staged_folder(Path(trained_full["staged_dir"]))
+    assert manifest.reference_sha256 is not None  # read_staged_folder checked reference.json against it
 
     assert manifest.model_name == MODEL_NAME
     assert manifest.model_version == trained_full["model_version"]

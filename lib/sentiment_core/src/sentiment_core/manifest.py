@@ -140,6 +140,11 @@ def read_staged_folder(folder: Path) -> tuple[Manifest, bytes]:
     actual = sha256_bytes(model_bytes)
     if actual != manifest.sha256:
         raise ManifestError(f"{model_path} has sha256 {actual}, manifest says {manifest.sha256}")
+    if manifest.reference_sha256 is not None:
+        reference_path = folder / REFERENCE_FILENAME
+        found = sha256_file(reference_path) if reference_path.is_file() else "no file"
+        if found != manifest.reference_sha256:
+            raise ManifestError(f"{reference_path} has sha256 {found}, manifest says {manifest.reference_sha256}")
     return manifest, model_bytes
 
 
