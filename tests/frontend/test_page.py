@@ -556,6 +556,10 @@ def test_page_monitoring_card_draws_each_version_against_validation_serving_ones
     drifting = page.get_by_role("article", name="Version 12")
     expect(drifting.locator(".drift-state")).to_contain_text("Drift: score_psi")
     expect(drifting.locator(".drift-state")).to_contain_text("positive_rate 1.000 differs from the reference")
+    expect(drifting.locator(".estimate-caveat")).to_have_text(
+        "While traffic drifts the estimated accuracy is optimistic: trust the feedback accuracy."
+    )
+    expect(steady.locator(".estimate-caveat")).to_have_count(0)
     expect(drifting.locator("svg.histogram rect.live")).to_have_count(20)
     # No answers from users: the estimate alone, and the words say so.
     expect(drifting.locator("svg.accuracy polyline.realised")).to_have_count(0)
