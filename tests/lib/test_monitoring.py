@@ -10,6 +10,7 @@ import pytest
 
 from sentiment_core.config import ConfigError
 from sentiment_core.monitoring import (
+    CHI2_999,
     CONFIDENCE_SUM,
     LENGTH_BINS,
     PROBABILITY_BINS,
@@ -25,6 +26,7 @@ from sentiment_core.monitoring import (
     probability_bin,
     probability_field,
     psi,
+    psi_noise,
 )
 
 
@@ -272,3 +274,26 @@ def test_drift_settings_from_env_defaults_and_refusals() -> None:
     for name, value in [("DRIFT_MIN_PREDICTIONS", "2.5"), ("DRIFT_WINDOW_HOURS", "169"), ("DRIFT_MAX_PSI", "x")]:
         with pytest.raises(ConfigError, match=name):
             DriftSettings.from_env({name: value})
+
+
+def test_psi_noise_quantiles_are_scipys_and_shrink_with_more_predictions() -> None:
+    from scipy.stats import chi2
+
+    assert {df: round(chi2.ppf(0.999, df), 6) for df in (PROBABILITY_BINS - 1, LENGTH_BINS - 1)} == CHI2_999
+    assert psi_noise(PROBABILITY_BINS, 200, 17_810) == pytest.approx(43.820196 * (1 / 200 + 1 / 17_810))
+    assert psi_noise(PROBABILITY_BINS, 5_000, 17_810) < psi_noise(PROBABILITY_BINS, 500, 17_810) / 5
+
+
+def test_a_score_shift_within_the_sampling_noise_of_few_predictions_is_not_drift() -> None:
+    # 200 predictions spread over bins 18 and 19 where the reference has bin 19 only: PSI about 0.3, of which the
+    # noise at 200 predictions allows 0.22 above the limit.
+    live = window([0.91] * 10 + [0.95] * 110 + [0.05] * 80)
+    many = window(([0.91] * 10 + [0.95] * 110 + [0.05] * 80) * 10)
+
+    validation = Reference.of([0.95] * 6_000 + [0.05] * 4_000, ["a short review text"] * 10_000, [1.0] * 10_000, 0.5)
+
+    few_assessed, many_assessed = assess(live, validation, SETTINGS), assess(many, validation, SETTINGS)
+
+    assert few_assessed.score_psi == pytest.approx(many_assessed.score_psi)
+    assert (few_assessed.drift, many_assessed.drift) == (False, True)
+    assert many_assessed.reasons[0].startswith("score_psi")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,8 +51,10 @@ def held_out_reviews(count: int) -> list[str]:
     dataset = data.load_dataset(None, data.LabelRule(3.0))
     texts = dataset.texts[:LIMIT]
     split = data.stratified_split(dataset.labels[:LIMIT], val_fraction=0.1, test_fraction=0.1, seed=SEED, texts=texts)
-    # predict takes texts of up to 5,000 characters: the few longer reviews stay out.
-    return [texts[i] for i in split.test if len(texts[i]) <= MAX_TEXT_CHARS][:count]
+    # predict takes texts of up to 5,000 characters: the few longer reviews stay out. The split lists each class
+    # in turn: a random draw keeps their mix.
+    usable = [i for i in split.test if len(texts[i]) <= MAX_TEXT_CHARS]
+    return [texts[i] for i in random.Random(SEED).sample(usable, count)]
 
 
 def movie_snippets(count: int) -> list[str]:

@@ -22,6 +22,10 @@ PROBABILITY_BINS = 20  # equal-width bins of [0, 1]: enough resolution for PSI a
 LENGTH_EDGES = (20, 50, 100, 200, 500, 1000, 2000)
 LENGTH_BINS = len(LENGTH_EDGES) + 1
 PSI_FLOOR = 1e-4  # an empty bin's share, so that a bin seen on one side only adds a large but finite term
+# 99.9% quantiles of the chi-square distribution with (bins - 1) degrees of freedom, scipy.stats.chi2.ppf(0.999, df)
+# (tests/lib/test_monitoring.py checks them): between two samples of one distribution, PSI is about chi-square
+# times (1/n + 1/N), so this much PSI is sampling noise 999 times in 1,000.
+CHI2_999 = {19: 43.820196, 7: 24.321886}
 
 
 def probability_field(index: int) -> str:
@@ -122,6 +126,12 @@ class MonitorCounts:
         if not self.known_fraction_count:
             return None
         return min(max(1.0 - self.known_fraction_sum / self.known_fraction_count, 0.0), 1.0)
+
+
+def psi_noise(bins: int, live: int, reference: int) -> float:
+    """The PSI that two samples of `live` and `reference` counts from one distribution stay below 99.9% of the time
+    (over `bins` bins): what a limit must allow on top before a shift is real."""
+    return CHI2_999[bins - 1] * (1.0 / live + 1.0 / reference)
 
 
 def psi(live: Sequence[int], reference: Sequence[float]) -> float | None:
@@ -392,9 +402,10 @@ def assess(
     """Pure: the drift rule of docs/monitoring.md.
 
     With at least `min_predictions` predictions in the window, drift fires when any of these holds, each
-    listed as a reason: the PSI of the probabilities against the reference above `max_psi`; the PSI of the text
-    lengths above `max_psi`; the unknown-token rate more than `max_unknown_token_increase` above the
-    reference's; the positive-answer rate more than `max_positive_rate_shift` away from the reference's.
+    listed as a reason: the PSI of the probabilities against the reference above `max_psi` plus its sampling
+    noise at this many predictions (psi_noise); the same for the PSI of the text lengths; the unknown-token rate
+    more than `max_unknown_token_increase` above the reference's; the positive-answer rate more than
+    `max_positive_rate_shift` away from the reference's.
     Without a reference (a version staged before monitoring) nothing is compared and drift is false.
 
     drifting: the version's recorded state. A drifting version is judged against RESOLVE_FACTOR times each limit,
@@ -414,10 +425,13 @@ def assess(
     reasons: list[str] = []
     if enough:
         assert reference is not None
-        if score_psi is not None and score_psi > settings.max_psi:
-            reasons.append(f"score_psi {score_psi:.3f} > {settings.max_psi:g}")
-        if length_psi is not None and length_psi > settings.max_psi:
-            reasons.append(f"length_psi {length_psi:.3f} > {settings.max_psi:g}")
+        for name, value, bins in (("score_psi", score_psi, PROBABILITY_BINS), ("length_psi", length_psi, LENGTH_BINS)):
+            noise = psi_noise(bins, counts.predictions, reference.predictions) if counts.predictions else 0.0
+            if value is not None and value > settings.max_psi + noise:
+                reasons.append(
+                    f"{name} {value:.3f} > {settings.max_psi + noise:.3f} ({settings.max_psi:g} + {noise:.3f} of "
+                    f"sampling noise at {counts.predictions} predictions)"
+                )
         live_unknown, reference_unknown = counts.unknown_token_rate(), reference.counts.unknown_token_rate()
         increase = None if live_unknown is None or reference_unknown is None else live_unknown - reference_unknown
         if increase is not None and increase > settings.max_unknown_token_increase:
