@@ -70,9 +70,14 @@ def review_answers(count: int, seed: int) -> list[tuple[float, str]]:
 
 
 def monitored_prediction(
-    version: str, probability: float, created_at: datetime, text: str = "food", user_answer: bool | None = None
+    version: str,
+    probability: float,
+    created_at: datetime,
+    text: str = "food",
+    user_answer: bool | None = None,
+    known_fraction: float | None = None,
 ) -> Prediction:
-    """A record as predict makes it (threshold 0.5), with the user's answer if given."""
+    """A record as predict makes it (threshold 0.5), with the user's answer and the known fraction if given."""
     return Prediction(
         id=uuid.uuid4().hex,
         text=text,
@@ -84,6 +89,7 @@ def monitored_prediction(
         mlflow_run_id="run",
         inference_elapsed=0.001,
         created_at=created_at,
+        known_fraction=known_fraction,
     )
 
 

@@ -214,19 +214,19 @@ def session(model_bytes: bytes, extra_outputs: Sequence[str] = ()) -> ort.Infere
 
 def onnx_probabilities(sess: ort.InferenceSession, texts: Sequence[str], batch_size: int = 2048) -> np.ndarray:
     """Run the exported graph on texts in batches (StringNormalizer rejects an empty batch)."""
-    out = np.empty(len(texts), dtype=np.float32)
-    for start in range(0, len(texts), batch_size):
-        batch = np.array(texts[start : start + batch_size], dtype=object)
-        (out[start : start + len(batch)],) = sess.run([OUTPUT_NAME], {INPUT_NAME: batch})
-    return out
+    return _output_in_batches(sess, OUTPUT_NAME, texts, batch_size)
 
 
 def onnx_known_fractions(sess: ort.InferenceSession, texts: Sequence[str], batch_size: int = 2048) -> np.ndarray:
     """The graph's known_fraction output on texts, in batches."""
+    return _output_in_batches(sess, KNOWN_FRACTION_OUTPUT, texts, batch_size)
+
+
+def _output_in_batches(sess: ort.InferenceSession, output: str, texts: Sequence[str], batch_size: int) -> np.ndarray:
     out = np.empty(len(texts), dtype=np.float32)
     for start in range(0, len(texts), batch_size):
         batch = np.array(texts[start : start + batch_size], dtype=object)
-        (out[start : start + len(batch)],) = sess.run([KNOWN_FRACTION_OUTPUT], {INPUT_NAME: batch})
+        (out[start : start + len(batch)],) = sess.run([output], {INPUT_NAME: batch})
     return out
 
 

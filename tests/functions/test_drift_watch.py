@@ -7,17 +7,15 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from sentiment_core import logs
-from sentiment_core.firestore_rest import RestPredictionWriter
 from sentiment_core.monitoring import DriftChange, DriftSettings, MonitorCounts, Reference, Window, assess
-from sentiment_core.records import Prediction
 from sentiment_core.store import save_reference
-from tests.functions.conftest import PROJECT, watcher_module
+from tests.functions.conftest import watcher_module
+from tests.support import monitored_prediction, save_predictions
 
 pytestmark = pytest.mark.system
 drift_watch = watcher_module("drift_watch")
@@ -29,36 +27,15 @@ REFERENCE = Reference.of([0.96] * 60 + [0.04] * 40, ["the soup was lovely"] * 10
 
 
 @pytest.fixture
-def writer(firestore_emulator, clean_db):
-    rest = RestPredictionWriter(
-        PROJECT, "(default)", 5.0, endpoint=f"http://{firestore_emulator.url}", token=lambda: "owner"
-    )
-    try:
-        yield rest
-    finally:
-        rest.close()
+def writer(firestore_emulator, clean_db) -> str:
+    """Where predict's writer stores records and counters (tests.support.save_predictions)."""
+    return firestore_emulator.url
 
 
-def store(writer: RestPredictionWriter, probabilities: list[float], at: datetime, known: float = 1.0) -> None:
+def store(firestore_host: str, probabilities: list[float], at: datetime, known: float = 1.0) -> None:
     """Predictions as predict stores them: records and their counters in one commit per 100."""
-    made = [
-        Prediction(
-            id=uuid.uuid4().hex,
-            text="the soup was lovely",
-            probability=p,
-            model_answer=p >= 0.5,
-            user_answer=None,
-            model_name="yelp-sentiment",
-            model_version=VERSION,
-            mlflow_run_id="run",
-            inference_elapsed=1e-5,
-            created_at=at,
-            known_fraction=known,
-        )
-        for p in probabilities
-    ]
-    for start in range(0, len(made), 100):
-        writer.save_predictions(made[start : start + 100])
+    made = [monitored_prediction(VERSION, p, at, "the soup was lovely", known_fraction=known) for p in probabilities]
+    save_predictions(firestore_host, made)
 
 
 def watch(db, at: datetime = NOW, every_s: float = 0.0) -> drift_watch.DriftWatch:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_transient_error
@@ -32,6 +34,9 @@ from sentiment_core.records import (
     window_key,
 )
 from sentiment_core.rollout import VersionCounts
+
+logger = logging.getLogger("sentiment.store")
+T = TypeVar("T")
 
 
 class Store:
@@ -214,20 +219,34 @@ def save_reference(client: firestore.Client, version: str, reference: Reference,
 
 
 def read_references(client: firestore.Client, versions: set[str], timeout_s: float = 10.0) -> dict[str, Reference]:
-    """The references of those versions that have one (a version staged before monitoring has none)."""
+    """The references of those versions that have one (a version staged before monitoring has none; an unreadable
+    one is logged and compared with nothing, as a version without one)."""
+    return _read_by_version(client, MONITORING_REFERENCES, versions, Reference.from_dict, InvalidReference, timeout_s)
+
+
+def _read_by_version(
+    client: firestore.Client,
+    collection: str,
+    versions: set[str],
+    parse: Callable[[dict[str, Any]], T],
+    unreadable: type[Exception] | tuple[type[Exception], ...],
+    timeout_s: float,
+) -> dict[str, T]:
+    """`collection/{version}` of each version, parsed, in one batched read; missing and unreadable ones left out."""
     if not versions:
         return {}
-    collection = client.collection(MONITORING_REFERENCES)
+    documents = client.collection(collection)
     retry = Retry(predicate=if_transient_error, initial=0.05, maximum=0.5, timeout=timeout_s)
-    found: dict[str, Reference] = {}
+    found: dict[str, T] = {}
     try:
-        snapshots = client.get_all([collection.document(v) for v in sorted(versions)], retry=retry, timeout=timeout_s)
+        snapshots = client.get_all([documents.document(v) for v in sorted(versions)], retry=retry, timeout=timeout_s)
         for snapshot in snapshots:
-            if snapshot.exists:
-                try:
-                    found[snapshot.id] = Reference.from_dict(snapshot.to_dict())
-                except InvalidReference:
-                    continue  # unreadable: compared with nothing, as a version without one
+            if not snapshot.exists:
+                continue
+            try:
+                found[snapshot.id] = parse(snapshot.to_dict())
+            except unreadable as exc:
+                logger.warning("%s/%s is unreadable, left out: %s", collection, snapshot.id, exc)
     except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
         raise StoreUnavailable(str(exc)) from exc
     return found
@@ -260,19 +279,5 @@ def read_drift_states(
     client: firestore.Client, versions: set[str], timeout_s: float = 10.0
 ) -> dict[str, RecordedDrift]:
     """The recorded drift states of those versions that have one (none before the first change is recorded)."""
-    if not versions:
-        return {}
-    collection = client.collection(DRIFT_STATES)
-    retry = Retry(predicate=if_transient_error, initial=0.05, maximum=0.5, timeout=timeout_s)
-    found: dict[str, RecordedDrift] = {}
-    try:
-        snapshots = client.get_all([collection.document(v) for v in sorted(versions)], retry=retry, timeout=timeout_s)
-        for snapshot in snapshots:
-            if snapshot.exists:
-                try:
-                    found[snapshot.id] = RecordedDrift.from_document(snapshot.to_dict())
-                except (KeyError, TypeError, ValueError):
-                    continue  # unreadable (another writer's format): shown as no recorded state
-    except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
-        raise StoreUnavailable(str(exc)) from exc
-    return found
+    unreadable = (KeyError, TypeError, ValueError)  # another writer's format: shown as no recorded state
+    return _read_by_version(client, DRIFT_STATES, versions, RecordedDrift.from_document, unreadable, timeout_s)
