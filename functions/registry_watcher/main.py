@@ -8,6 +8,7 @@ watcher_service.py. The redeploy that consumes the events is its own unit (funct
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import flask
 import functions_framework
@@ -15,6 +16,10 @@ import watcher_service
 
 from sentiment_core import http, logs, web
 from sentiment_core.deployment_store import DeploymentStore, firestore_client
+
+if TYPE_CHECKING:
+    from drift_watch import DriftWatch
+    from reconcile import Reconciler
 
 logs.configure()
 SETTINGS = watcher_service.Settings.from_env()  # fails at start-up: a misconfigured revision never takes traffic
@@ -32,7 +37,7 @@ def _store() -> DeploymentStore:
 
 
 @functools.cache
-def _reconciler():
+def _reconciler() -> Reconciler:
     from publisher import PubSubPublisher
     from reconcile import Reconciler
     from staging import GcsStager
@@ -54,7 +59,7 @@ def _reconciler():
 
 
 @functools.cache
-def _drift_watch():
+def _drift_watch() -> DriftWatch:
     from drift_watch import DriftWatch
 
     from sentiment_core.deployment_store import utc_now
