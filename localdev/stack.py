@@ -13,9 +13,9 @@ stack started; `reset` also deletes .local/.
 Ports: LOCAL_PORT_MLFLOW (5000), LOCAL_PORT_PREDICT (8080), LOCAL_PORT_FEEDBACK (8081),
 LOCAL_PORT_REGISTRY_WATCHER (8082), LOCAL_PORT_FRONTEND (8000); 0 picks a free port. LOCAL_TICK_INTERVAL_S
 (60) is the scheduler's interval, LOCAL_MIN_VALIDATION_ACCURACY (0.8) the deploy gate's minimum. ROLLOUT_*,
-DRIFT_* and MAX_CALIBRATION_ERROR are passed to the watcher as they are (DRIFT_* to feedback too); unset, the
-stack's own rollout defaults (LOCAL_ROLLOUT) make a promotion watchable in a minute: half the traffic, then all
-of it after 30 s unless the live evidence says the new version is worse.
+DRIFT_*, MAX_CALIBRATION_ERROR and MIN_BEHAVIOUR_PASS_RATE are passed to the watcher as they are (DRIFT_* to
+feedback too); unset, the stack's own rollout defaults (LOCAL_ROLLOUT) make a promotion watchable in a minute:
+half the traffic, then all of it after 30 s unless the live evidence says the new version is worse.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
         "PUBSUB_TOPIC": TOPIC,
         "MIN_VALIDATION_ACCURACY": os.environ.get("LOCAL_MIN_VALIDATION_ACCURACY", "0.8"),
         **LOCAL_ROLLOUT,
-        **_passed_through("ROLLOUT_", "DRIFT_", "MAX_CALIBRATION_ERROR"),
+        **_passed_through("ROLLOUT_", "DRIFT_", "MAX_CALIBRATION_ERROR", "MIN_BEHAVIOUR_PASS_RATE"),
     }
     redeploy_env = {
         "FIRESTORE_EMULATOR_HOST": firestore.url,

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sentiment_core.contract import MODEL_NAME, REFERENCE_ARTIFACT
+from sentiment_core.contract import BEHAVIOUR_PASS_RATE_METRIC, MODEL_NAME, REFERENCE_ARTIFACT
 from sentiment_core.manifest import sha256_bytes, write_staged_folder
 from sentiment_core.monitoring import Reference
-from training import calibration, data, evaluate, export, preprocess
+from training import behaviour, calibration, data, evaluate, export, preprocess
 from training.fit import HyperParams, fit
 from training.golden import GOLDEN_TEXTS
 from training.model import save_checkpoint
@@ -213,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
             f"monitoring reference: {reference.predictions} validation texts, positive rate "
             f"{reference.positive_rate:.3f}, unknown-token rate {reference.counts.unknown_token_rate():.3f}"
         )
+        _behaviour(mlflow, model_bytes, args.threshold)
 
         version = None
         if args.register:
@@ -324,6 +325,31 @@ def _reference(
         accuracy=accuracy,
         expected_calibration_error=test["expected_calibration_error"],
         model_sha256=sha256_bytes(model_bytes),
+    )
+
+
+def _behaviour(mlflow, model_bytes: bytes, threshold: float) -> None:
+    """The behavioural suite on the exported graph: its pass rate (the deploy gate's MIN_BEHAVIOUR_PASS_RATE reads
+    it), one per capability, and every case as a table."""
+    session = export.session(model_bytes)
+    report = behaviour.run(lambda texts: export.onnx_probabilities(session, list(texts)), threshold)
+    table = report.by_capability()
+    mlflow.log_metric(BEHAVIOUR_PASS_RATE_METRIC, report.pass_rate)
+    mlflow.log_metrics({f"behaviour_pass_rate/{behaviour.slug(name)}": p / n for name, (p, n) in table.items()})
+    mlflow.log_table(report.rows(), "behaviour/cases.json")
+    mlflow.log_table(
+        {
+            "capability": list(table),
+            "passed": [p for p, _ in table.values()],
+            "cases": [n for _, n in table.values()],
+            "pass_rate": [round(p / n, 4) for p, n in table.values()],
+        },
+        "behaviour/capabilities.json",
+    )
+    weakest = min(table.items(), key=lambda item: item[1][0] / item[1][1])
+    log(
+        f"behaviour: {report.pass_rate:.1%} of {len(report.outcomes)} cases pass; weakest: {weakest[0]} "
+        f"{weakest[1][0]}/{weakest[1][1]}"
     )
 
 

@@ -6,7 +6,8 @@ the tolerance; the run's validation accuracy is at least the configured minimum;
 reference (`monitoring/reference.json`, readable, naming this model's sha256, reporting the unknown-token rate
 exactly when the model has that output); the run's expected calibration
 error on the test set is at most the configured maximum (monitoring's label-free accuracy estimate is only as
-honest as the calibration).
+honest as the calibration); the run's behavioural pass rate (training.behaviour's suite) is at least the
+configured minimum.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sentiment_core.contract import (
+    BEHAVIOUR_PASS_RATE_METRIC,
     CALIBRATION_ERROR_METRIC,
     DEFAULT_THRESHOLD,
     GOLDEN_OUTPUTS_ARTIFACT,
@@ -34,6 +36,9 @@ from sentiment_core.registry import ModelVersion, RegistryClient
 
 GOLDEN_TOLERANCE = 1e-4
 DEFAULT_MAX_CALIBRATION_ERROR = 0.05
+# The default training run passes 92% of the suite, a quick run (20,000 examples, 2 epochs) 84%, one epoch on
+# 2,000 examples less; the weakest capability of all is "never disappointed" (docs/model-card.md).
+DEFAULT_MIN_BEHAVIOUR_PASS_RATE = 0.8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +52,7 @@ class Candidate:
     val_accuracy: float | None
     reference: Any = None  # the decoded monitoring/reference.json, None when the run logged none
     calibration_error: float | None = None
+    behaviour_pass_rate: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +93,7 @@ def fetch_candidate(registry: RegistryClient, version: ModelVersion) -> Candidat
         val_accuracy=run.metrics.get(VALIDATION_ACCURACY_METRIC),
         reference=reference,
         calibration_error=run.metrics.get(CALIBRATION_ERROR_METRIC),
+        behaviour_pass_rate=run.metrics.get(BEHAVIOUR_PASS_RATE_METRIC),
     )
 
 
@@ -94,6 +101,7 @@ def judge(
     candidate: Candidate,
     min_val_accuracy: float,
     max_calibration_error: float = DEFAULT_MAX_CALIBRATION_ERROR,
+    min_behaviour_pass_rate: float = DEFAULT_MIN_BEHAVIOUR_PASS_RATE,
     tolerance: float = GOLDEN_TOLERANCE,
 ) -> Verdict:
     """Pure: the verdict on a fetched candidate."""
@@ -124,6 +132,13 @@ def judge(
         return Verdict.refuse(
             "calibration_error_above_maximum",
             f"expected calibration error {candidate.calibration_error:.4f} > maximum {max_calibration_error:.4f}",
+        )
+    if candidate.behaviour_pass_rate is None:
+        return Verdict.refuse("behaviour_pass_rate_missing", f"the run has no {BEHAVIOUR_PASS_RATE_METRIC} metric")
+    if candidate.behaviour_pass_rate < min_behaviour_pass_rate:
+        return Verdict.refuse(
+            "behaviour_pass_rate_below_minimum",
+            f"behavioural pass rate {candidate.behaviour_pass_rate:.4f} < minimum {min_behaviour_pass_rate:.4f}",
         )
     threshold = _threshold(session)
     if threshold is None:

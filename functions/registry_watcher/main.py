@@ -53,6 +53,7 @@ def _reconciler() -> Reconciler:
         policy=Policy(SETTINGS.state.model_name, rollout=SETTINGS.rollout),
         min_val_accuracy=SETTINGS.min_val_accuracy,
         max_calibration_error=SETTINGS.max_calibration_error,
+        min_behaviour_pass_rate=SETTINGS.min_behaviour_pass_rate,
         counts=functools.partial(window_evidence, _db()),
         save_reference=functools.partial(save_reference, _db()),
     )

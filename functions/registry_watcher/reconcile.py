@@ -119,6 +119,7 @@ class Reconciler:
     # Keeps a version's monitoring reference where the functions read it (sentiment_core.store.save_reference).
     save_reference: Callable[[str, Reference], None]
     max_calibration_error: float = gate.DEFAULT_MAX_CALIBRATION_ERROR
+    min_behaviour_pass_rate: float = gate.DEFAULT_MIN_BEHAVIOUR_PASS_RATE
     fetch: Callable[[RegistryClient, ModelVersion], gate.Candidate] = gate.fetch_candidate
 
     def tick(self, trigger: str, retry_refused: str | None = None) -> TickResult:
@@ -231,7 +232,9 @@ class Reconciler:
         logger.info("checking version %s", version, extra={"model_version": version, "trigger": trigger})
         try:
             candidate = self.fetch(self.registry, found)
-            verdict = gate.judge(candidate, self.min_val_accuracy, self.max_calibration_error)
+            verdict = gate.judge(
+                candidate, self.min_val_accuracy, self.max_calibration_error, self.min_behaviour_pass_rate
+            )
             if not verdict.accepted:
                 return Rejected(claimant, version, verdict.reason, verdict.detail, trigger)
             try:

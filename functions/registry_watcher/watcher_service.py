@@ -51,6 +51,7 @@ class Settings:
     topic: str
     min_val_accuracy: float
     max_calibration_error: float = gate.DEFAULT_MAX_CALIBRATION_ERROR
+    min_behaviour_pass_rate: float = gate.DEFAULT_MIN_BEHAVIOUR_PASS_RATE
     rollout: RolloutSettings = dataclasses.field(default_factory=RolloutSettings)
     drift: DriftSettings = dataclasses.field(default_factory=DriftSettings)
     webhook_receiver_only: bool = False
@@ -73,6 +74,9 @@ class Settings:
             min_val_accuracy=config.number("MIN_VALIDATION_ACCURACY", 0.8, 0.0, 1.0, env),
             max_calibration_error=config.number(
                 "MAX_CALIBRATION_ERROR", gate.DEFAULT_MAX_CALIBRATION_ERROR, 0.0, 1.0, env
+            ),
+            min_behaviour_pass_rate=config.number(
+                "MIN_BEHAVIOUR_PASS_RATE", gate.DEFAULT_MIN_BEHAVIOUR_PASS_RATE, 0.0, 1.0, env
             ),
             rollout=RolloutSettings.from_env(env),
             drift=DriftSettings.from_env(env),

@@ -140,6 +140,7 @@ locals {
     PUBSUB_TOPIC             = google_pubsub_topic.production_changed.id
     MIN_VALIDATION_ACCURACY  = tostring(var.min_validation_accuracy)
     MAX_CALIBRATION_ERROR    = tostring(var.max_calibration_error)
+    MIN_BEHAVIOUR_PASS_RATE  = tostring(var.min_behaviour_pass_rate)
   })
 
   redeploy_env = merge(local.state_env, {

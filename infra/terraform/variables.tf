@@ -182,6 +182,18 @@ variable "max_calibration_error" {
   }
 }
 
+variable "min_behaviour_pass_rate" {
+  type        = number
+  description = "Deploy gate: the lowest share of the behavioural suite (training/behaviour.py) a version's run must pass."
+  default     = 0.8
+  nullable    = false
+
+  validation {
+    condition     = var.min_behaviour_pass_rate >= 0 && var.min_behaviour_pass_rate <= 1
+    error_message = "min_behaviour_pass_rate must be between 0 and 1, got ${var.min_behaviour_pass_rate}."
+  }
+}
+
 variable "drift_min_predictions" {
   type        = number
   description = "DRIFT_MIN_PREDICTIONS: predictions a version needs in the window before drift can fire or resolve."

@@ -38,6 +38,7 @@ def test_fetch_candidate_reads_model_sha_golden_outputs_accuracy_reference_and_c
     assert len(candidate.golden["texts"]) >= 50
     assert candidate.val_accuracy > 0.9
     assert 0.0 <= candidate.calibration_error < 0.05
+    assert 0.8 <= candidate.behaviour_pass_rate <= 1.0
     assert candidate.reference["source"] == "validation"
 
 
@@ -68,6 +69,8 @@ def test_judge_accepts_the_trained_version_and_hands_on_its_reference(candidate)
         (lambda c: dataclasses.replace(c, val_accuracy=None), "validation_accuracy_missing"),
         (lambda c: dataclasses.replace(c, calibration_error=0.06), "calibration_error_above_maximum"),
         (lambda c: dataclasses.replace(c, calibration_error=None), "calibration_error_missing"),
+        (lambda c: dataclasses.replace(c, behaviour_pass_rate=0.5), "behaviour_pass_rate_below_minimum"),
+        (lambda c: dataclasses.replace(c, behaviour_pass_rate=None), "behaviour_pass_rate_missing"),
         (lambda c: dataclasses.replace(c, reference=None), "reference_missing"),
         (lambda c: dataclasses.replace(c, reference={**c.reference, "positive": -1}), "reference_invalid"),
         (lambda c: dataclasses.replace(c, reference=[1, 2]), "reference_invalid"),
@@ -93,6 +96,8 @@ def test_judge_accepts_the_trained_version_and_hands_on_its_reference(candidate)
         "no-accuracy",
         "badly-calibrated",
         "no-calibration-error",
+        "behaves-badly",
+        "no-behaviour-pass-rate",
         "no-reference",
         "reference-negative-count",
         "reference-not-an-object",
@@ -106,6 +111,15 @@ def test_judge_refuses_with_the_reason(candidate, change, reason: str) -> None:
 
     assert (verdict.accepted, verdict.reason) == (False, reason)
     assert verdict.detail
+
+
+def test_judge_takes_the_behaviour_minimum_it_is_given(candidate) -> None:
+    rate = candidate.behaviour_pass_rate
+
+    assert gate.judge(candidate, 0.9, min_behaviour_pass_rate=rate).accepted
+    assert (
+        gate.judge(candidate, 0.9, min_behaviour_pass_rate=rate + 0.001).reason == "behaviour_pass_rate_below_minimum"
+    )
 
 
 def test_judge_takes_the_calibration_maximum_it_is_given(candidate) -> None:

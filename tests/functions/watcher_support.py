@@ -12,6 +12,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
 from sentiment_core.contract import (
+    BEHAVIOUR_PASS_RATE_METRIC,
     CALIBRATION_ERROR_METRIC,
     GOLDEN_OUTPUTS_ARTIFACT,
     MODEL_FILENAME,
@@ -42,6 +43,7 @@ class Versions:
         self.val_accuracy = run.metrics[VALIDATION_ACCURACY_METRIC]
         self.reference = json.loads(registry.download(run.artifact_uri, REFERENCE_ARTIFACT))
         self.calibration_error = run.metrics[CALIBRATION_ERROR_METRIC]
+        self.behaviour_pass_rate = run.metrics[BEHAVIOUR_PASS_RATE_METRIC]
         self._experiment = self.client.create_experiment(f"watcher-variants-{uuid.uuid4().hex[:8]}")
 
     def new_model(self, prefix: str = "wt") -> str:
@@ -81,6 +83,7 @@ class Versions:
         self.client.log_metric(run_id, VALIDATION_ACCURACY_METRIC, accuracy)
         error = self.calibration_error if calibration_error is None else calibration_error
         self.client.log_metric(run_id, CALIBRATION_ERROR_METRIC, error)
+        self.client.log_metric(run_id, BEHAVIOUR_PASS_RATE_METRIC, self.behaviour_pass_rate)
         self.client.set_terminated(run_id)
         artifact_uri = self.client.get_run(run_id).info.artifact_uri
         return str(self.client.create_model_version(name, f"{artifact_uri}/model", run_id).version)

@@ -26,6 +26,7 @@ import pytest
 
 from localdev import services
 from sentiment_core.contract import (
+    BEHAVIOUR_PASS_RATE_METRIC,
     CALIBRATION_ERROR_METRIC,
     GOLDEN_OUTPUTS_ARTIFACT,
     MODEL_FILENAME,
@@ -174,6 +175,7 @@ def registered(cloud_mlflow: services.Service, trained: dict) -> dict[str, objec
         client.set_tag(run_id, RUN_TAG_MODEL_SHA256, sha256_bytes(model_bytes))
         client.log_metric(run_id, VALIDATION_ACCURACY_METRIC, run.metrics[VALIDATION_ACCURACY_METRIC])
         client.log_metric(run_id, CALIBRATION_ERROR_METRIC, run.metrics[CALIBRATION_ERROR_METRIC])
+        client.log_metric(run_id, BEHAVIOUR_PASS_RATE_METRIC, run.metrics[BEHAVIOUR_PASS_RATE_METRIC])
         client.log_dict(run_id, reference, REFERENCE_ARTIFACT)
         client.set_terminated(run_id)
         artifact_uri = client.get_run(run_id).info.artifact_uri

@@ -283,7 +283,10 @@ def test_settings_variables_fail_the_plan_exactly_when_the_watcher_would_fail_to
         assert f"{rejected_by} must" in plan.stderr  # the message of its own validation block
 
 
-@pytest.mark.parametrize(("prefix", "count"), [("rollout_", 5), ("drift_", 6), ("max_calibration_error", 1)])
+@pytest.mark.parametrize(
+    ("prefix", "count"),
+    [("rollout_", 5), ("drift_", 6), ("max_calibration_error", 1), ("min_behaviour_pass_rate", 1)],
+)
 def test_tfvars_example_shows_the_settings_variables_with_their_defaults(prefix: str, count: int) -> None:
     import hcl2
 

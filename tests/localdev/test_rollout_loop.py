@@ -38,6 +38,7 @@ SETTINGS = {
     # The weak model must pass the deploy gate so that live evidence rolls it back: one epoch on 2,000 examples
     # leaves its calibration error at about 0.07, above the production maximum of 0.05.
     "MAX_CALIBRATION_ERROR": "0.2",
+    "MIN_BEHAVIOUR_PASS_RATE": "0.5",  # and it passes less of the behavioural suite than the production minimum
 }
 TRAINED_ON = 20_000  # the largest --limit of the models trained here: examples after it are held out
 HELD_OUT_PER_CLASS = 2000

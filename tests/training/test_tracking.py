@@ -19,6 +19,7 @@ from sentiment_core.contract import (
 )
 from sentiment_core.manifest import read_staged_folder, sha256_file
 from sentiment_core.monitoring import Reference
+from training import behaviour
 
 
 @pytest.fixture
@@ -138,6 +139,21 @@ def test_run_logs_calibration_and_the_reference_of_its_own_model(client: MlflowC
     assert reference.expected_calibration_error == pytest.approx(metrics["test_expected_calibration_error"])
     assert reference.predictions > 10_000  # the whole validation split
     assert reference.counts.known_fraction_count == reference.predictions  # the model reports known_fraction
+
+
+def test_run_logs_the_behavioural_suite_per_capability_and_case(client: MlflowClient, trained_full: dict) -> None:
+    run = client.get_run(trained_full["run_id"])
+    metrics = run.data.metrics
+    cases = json.loads(Path(client.download_artifacts(run.info.run_id, "behaviour/cases.json")).read_text())
+    capabilities = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "behaviour/capabilities.json")).read_text()
+    )
+
+    assert 0.8 <= metrics["behaviour_pass_rate"] <= 1.0
+    assert len(cases["data"]) == len(behaviour.cases())
+    named = {row[0] for row in capabilities["data"]}
+    assert named == {case.capability for case in behaviour.cases()}
+    assert {f"behaviour_pass_rate/{behaviour.slug(name)}" for name in named} <= set(metrics)
 
 
 def test_staged_folder_matches_registered_version(trained_full: dict) -> None:

@@ -31,3 +31,4 @@ GOLDEN_OUTPUTS_ARTIFACT = "deploy_gate/golden_outputs.json"
 VALIDATION_ACCURACY_METRIC = "best_val_accuracy"  # of the epoch whose weights were shipped
 REFERENCE_ARTIFACT = "monitoring/reference.json"  # sentiment_core.monitoring.Reference of the validation set
 CALIBRATION_ERROR_METRIC = "test_expected_calibration_error"  # of the shipped (calibrated) probabilities
+BEHAVIOUR_PASS_RATE_METRIC = "behaviour_pass_rate"  # training.behaviour's suite on the exported graph
