@@ -25,11 +25,12 @@ STORE_TIMEOUT_S = 2.0
 
 
 def run_training(
-    args: list[str], env: dict[str, str] | None = None, timeout: float = 600
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 600, module: str = "training.train"
 ) -> subprocess.CompletedProcess:
-    """`python -m training.train ARGS` in a child process, exactly as a user runs it."""
+    """`python -m training.train --quiet ARGS` (or another module of training) in a child process, exactly as a
+    user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "training.train", "--quiet", *args],
+        [sys.executable, "-m", module, "--quiet", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

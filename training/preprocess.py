@@ -7,9 +7,11 @@ methods are not used: their lowercasing differs from StringNormalizer's on a few
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import itertools
+import operator
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import cache
@@ -105,13 +107,7 @@ class Vocabulary:
     @classmethod
     def build(cls, token_lists: Iterable[Sequence[str]], *, min_count: int, max_size: int) -> Vocabulary:
         """Unigrams and bigrams seen at least min_count times, most frequent first, ties by string."""
-        counts: Counter[str] = Counter()
-        for tokens in token_lists:
-            counts.update(tokens)
-            counts.update(bigrams(tokens))
-        kept = [(n, f) for f, n in counts.items() if n >= min_count]
-        kept.sort(key=lambda item: (-item[0], item[1]))
-        return cls(features=tuple(f for _, f in kept[:max_size]))
+        return FeatureCounts.count(token_lists).vocabulary(min_count=min_count, max_size=max_size)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -129,6 +125,38 @@ class Vocabulary:
             ids.extend(index[b] for b in bigrams(tokens) if b in index)
             encoded.append(ids)
         return encoded
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureCounts:
+    """Every unigram and bigram of some texts with its count, in the vocabulary's order (most frequent first,
+    ties by string).
+
+    Every vocabulary of these texts, whatever its min_count and max_size, is a prefix of this order and gives
+    a feature the same id: texts encoded once with all features serve any of them through `restrict`.
+    """
+
+    features: tuple[str, ...]
+    counts: tuple[int, ...]
+
+    @classmethod
+    def count(cls, token_lists: Iterable[Sequence[str]]) -> FeatureCounts:
+        counts: Counter[str] = Counter()
+        for tokens in token_lists:
+            counts.update(tokens)
+            counts.update(bigrams(tokens))
+        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        return cls(features=tuple(f for f, _ in ordered), counts=tuple(n for _, n in ordered))
+
+    def vocabulary(self, *, min_count: int, max_size: int) -> Vocabulary:
+        """The features seen at least min_count times, at most max_size of them."""
+        frequent = bisect.bisect_right(self.counts, -min_count, key=operator.neg)  # counts descend
+        return Vocabulary(features=self.features[: min(frequent, max_size)])
+
+
+def restrict(encoded: Iterable[Sequence[int]], size: int) -> list[list[int]]:
+    """Ids encoded with a FeatureCounts vocabulary, as its prefix of `size` features encodes them."""
+    return [[i for i in ids if i <= size] for ids in encoded]
 
 
 def featurize(

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from training.golden import GOLDEN_TEXTS
 from training.model import save_checkpoint
 
 DEFAULTS = HyperParams()
+THRESHOLD = 0.5
 
 
 # Each help text states its own default, once (argparse expands %(default)s); flags and unset options have none.
@@ -32,21 +33,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m training.train",
         description="Train the Yelp review sentiment model, track it in MLflow, export and register ONNX.",
     )
-    group = parser.add_argument_group("data")
-    group.add_argument(
-        "--data",
-        action="append",
-        metavar="PATH_OR_URI",
-        help="file or folder, local or gs://bucket/path (repeat for several; a gs:// folder ends in '/'). "
-        f"Formats: Yelp review JSON lines (.jsonl/.json) and Yelp Polarity CSV (.csv), optionally .gz. "
-        f"Default: every file in {data.DEFAULT_DATA_DIR}",
-    )
-    group.add_argument(
-        "--positive-min-stars", type=float, default=3.0, help="a review is positive when stars >= this value" + D
-    )
-    group.add_argument("--val-fraction", type=float, default=0.1, help="share of each class for validation" + D)
-    group.add_argument("--test-fraction", type=float, default=0.1, help="share of each class for the test set" + D)
-    group.add_argument("--limit", type=int, default=None, help="use only the first N usable examples (quick runs)")
+    add_data_arguments(parser)
 
     group = parser.add_argument_group("model")
     group.add_argument("--embedding-dim", type=int, default=DEFAULTS.embedding_dim, help="embedding size" + D)
@@ -57,15 +44,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument("--min-count", type=int, default=DEFAULTS.min_count, help="drop features seen fewer times" + D)
     group.add_argument("--max-features", type=int, default=DEFAULTS.max_features, help="vocabulary cap" + D)
     group.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed for the split and the training" + D)
-    group.add_argument("--threshold", type=float, default=0.5, help="decision threshold stored in the model" + D)
+    group.add_argument("--threshold", type=float, default=THRESHOLD, help="decision threshold stored in the model" + D)
 
-    group = parser.add_argument_group("tracking and output")
-    group.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking server or store (default: $MLFLOW_TRACKING_URI, else MLflow's local store)",
-    )
-    group.add_argument("--experiment", default="yelp-sentiment", help="MLflow experiment name" + D)
+    add_tracking_arguments(parser)
+    group = parser.add_argument_group("registration and output")
     group.add_argument("--run-name", default=None, help="MLflow run name")
     group.add_argument("--register", action="store_true", help=f"register the model as a version of {MODEL_NAME}")
     group.add_argument(
@@ -84,15 +66,73 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0.0 < args.threshold < 1.0:
         parser.error("--threshold must be between 0 and 1")
-    if args.limit is not None and args.limit < 10:
-        parser.error("--limit must be at least 10")
     args.register = args.register or args.promote
     return args
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the data and its split: the same in training.train and training.tune."""
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--data",
+        action="append",
+        metavar="PATH_OR_URI",
+        help="file or folder, local or gs://bucket/path (repeat for several; a gs:// folder ends in '/'). "
+        f"Formats: Yelp review JSON lines (.jsonl/.json) and Yelp Polarity CSV (.csv), optionally .gz. "
+        f"Default: every file in {data.DEFAULT_DATA_DIR}",
+    )
+    group.add_argument(
+        "--positive-min-stars", type=float, default=3.0, help="a review is positive when stars >= this value" + D
+    )
+    group.add_argument("--val-fraction", type=float, default=0.1, help="share of each class for validation" + D)
+    group.add_argument("--test-fraction", type=float, default=0.1, help="share of each class for the test set" + D)
+    group.add_argument(
+        "--limit", type=at_least(10), default=None, help="use only the first N usable examples (quick runs)"
+    )
+
+
+def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where runs go: the same in training.train and training.tune."""
+    group = parser.add_argument_group("tracking")
+    group.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking server or store (default: $MLFLOW_TRACKING_URI, else MLflow's local store)",
+    )
+    group.add_argument("--experiment", default="yelp-sentiment", help="MLflow experiment name" + D)
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer no smaller than minimum."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        return value
+
+    parse.__name__ = "integer"  # argparse's message for a non-number: "invalid integer value: 'x'"
+    return parse
 
 
 def hyper_params(args: argparse.Namespace) -> HyperParams:
     names = {f.name for f in dataclasses.fields(HyperParams)}
     return HyperParams(**{name: getattr(args, name) for name in names})
+
+
+def command_line(params: HyperParams, args: argparse.Namespace) -> list[str]:
+    """The options of training.train that train `params` on the data and split `args` name (the inverse of
+    hyper_params and add_data_arguments): every value explicit, so later changes of defaults do not alter it."""
+    argv = []
+    for path in args.data or []:
+        argv += ["--data", path]
+    argv += ["--positive-min-stars", repr(args.positive_min_stars)]
+    argv += ["--val-fraction", repr(args.val_fraction), "--test-fraction", repr(args.test_fraction)]
+    if args.limit is not None:
+        argv += ["--limit", str(args.limit)]
+    for name, value in dataclasses.asdict(params).items():
+        argv += ["--" + name.replace("_", "-"), repr(value)]
+    return argv
 
 
 def log(message: str) -> None:
@@ -109,13 +149,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    # mlflow costs ~2 s to import: only after the arguments are known to be good.
-    import mlflow
-
-    from training import tracking
-
     started = time.monotonic()
-    params = hyper_params(args)
+    dataset, split = load_data(args)
+    if connect(args) is None:
+        return 3
+    summary = train_and_log(args, dataset, split)
+    print(json.dumps({**summary, "seconds": round(time.monotonic() - started, 1)}))
+    return 0
+
+
+def load_data(args: argparse.Namespace) -> tuple[data.Dataset, data.Split]:
+    """The data the options of add_data_arguments name, reported, and its split by --seed."""
     dataset = data.load_dataset(args.data, data.LabelRule(args.positive_min_stars))
     if args.limit is not None:
         dataset.texts, dataset.labels = dataset.texts[: args.limit], dataset.labels[: args.limit]
@@ -128,14 +172,39 @@ def run(args: argparse.Namespace) -> int:
         texts=dataset.texts,
     )
     log(f"split: {split.sizes()} (seed {split.seed})")
+    return dataset, split
+
+
+def connect(args: argparse.Namespace) -> str | None:
+    """Select the tracking store and experiment of add_tracking_arguments; None (reported) if it does not answer."""
+    from training import tracking  # imports mlflow (about 2 s): only once the arguments are known to be good
+
     try:
         uri = tracking.connect(args.tracking_uri, args.experiment)
     except tracking.TrackingError as exc:
         log(f"error: {exc}")
-        return 3
+        return None
     log(f"tracking: {uri}")
+    return uri
 
-    with mlflow.start_run(run_name=args.run_name) as active:
+
+def kept_epoch_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    """best_epoch and the validation metrics of the epoch whose weights fit returned (best_val_accuracy, ...)."""
+    best = history[-1]["best_epoch"]
+    return {"best_epoch": best, **{f"best_{k}": v for k, v in history[best - 1].items() if k.startswith("val_")}}
+
+
+def train_and_log(
+    args: argparse.Namespace, dataset: data.Dataset, split: data.Split, *, nested: bool = False
+) -> dict[str, object]:
+    """Everything after the data: one MLflow run (a child of the active one if nested) from featurising to
+    registration; its summary."""
+    import mlflow
+
+    from training import tracking
+
+    params = hyper_params(args)
+    with mlflow.start_run(run_name=args.run_name, nested=nested) as active:
         run_id = active.info.run_id
         commit = tracking.git_commit()
         if commit is not None:
@@ -170,13 +239,12 @@ def run(args: argparse.Namespace) -> int:
             vocab_size=len(vocabulary),
             params=params,
             threshold=args.threshold,
-            on_epoch=lambda epoch, record: _log_epoch(mlflow, epoch, record),
+            on_epoch=lambda epoch, record: log_epoch(mlflow, epoch, record),
             progress=not args.quiet,
         )
-        best = history[-1]["best_epoch"]
-        chosen = history[best - 1]
         # The shipped weights are the best epoch's: its validation metrics are what the deploy gate reads.
-        mlflow.log_metrics({"best_epoch": best, **{f"best_{k}": v for k, v in chosen.items() if k.startswith("val_")}})
+        kept = kept_epoch_metrics(history)
+        mlflow.log_metrics(kept)
 
         _calibrate(
             mlflow, model, data.take(encoded, split.validation), labels[split.validation], args.threshold, tracking
@@ -222,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
                 "model_sha256": sha256_bytes(model_bytes),
                 "test_accuracy": f"{test_probabilities['accuracy']:.4f}",
                 "test_roc_auc": f"{test_probabilities['roc_auc']:.4f}",
-                "val_accuracy": f"{chosen['val_accuracy']:.4f}",
+                "val_accuracy": f"{kept['best_val_accuracy']:.4f}",
                 "label_rule": dataset.label_rule.describe(),
             }
             registered = tracking.register(model_uri, tags)
@@ -248,17 +316,14 @@ def run(args: argparse.Namespace) -> int:
             )
             log(f"staged folder: {args.output_dir} (sha256 {manifest.sha256[:12]}...)")
 
-    summary = {
+    return {
         "run_id": run_id,
         "model_uri": model_uri,
         "model_version": version,
         "test_accuracy": round(test_probabilities["accuracy"], 4),
         "test_roc_auc": round(test_probabilities["roc_auc"], 4),
         "model_size_bytes": len(model_bytes),
-        "seconds": round(time.monotonic() - started, 1),
     }
-    print(json.dumps(summary))
-    return 0
 
 
 def _report_data(dataset: data.Dataset) -> None:
@@ -274,7 +339,8 @@ def _report_data(dataset: data.Dataset) -> None:
     log(f"data: {len(dataset.texts)} examples ({summary['positive']} positive, {summary['negative']} negative)")
 
 
-def _log_epoch(mlflow, epoch: int, record: dict[str, float]) -> None:
+def log_epoch(mlflow, epoch: int, record: dict[str, float]) -> None:
+    """One epoch's metrics at step `epoch` (best_epoch, a running marker, is logged once at the end)."""
     mlflow.log_metrics({k: v for k, v in record.items() if k != "best_epoch"}, step=epoch)
 
 

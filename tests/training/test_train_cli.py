@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import run_training
-from training.train import parse_args
+from training.fit import HyperParams
+from training.train import command_line, hyper_params, parse_args
 
 SMALL = ["--limit", "3000", "--epochs", "2", "--embedding-dim", "8"]
 
@@ -57,6 +58,17 @@ def test_parse_args_bad_options_exit_with_usage_error(argv: list[str]) -> None:
 
 def test_parse_args_promote_implies_register() -> None:
     assert parse_args(["--promote"]).register is True
+
+
+def test_command_line_parses_back_into_the_same_params_and_data() -> None:
+    params = HyperParams(embedding_dim=48, epochs=3, learning_rate=0.012298748183751155, lr_decay=0.5, seed=7)
+    data_args = parse_args(["--data", "a.csv", "--data", "gs://b/c/", "--limit", "500", "--val-fraction", "0.2"])
+
+    parsed = parse_args(command_line(params, data_args))
+
+    assert hyper_params(parsed) == params
+    for name in ("data", "limit", "val_fraction", "test_fraction", "positive_min_stars"):
+        assert getattr(parsed, name) == getattr(data_args, name)
 
 
 @pytest.fixture(scope="module")
