@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from _common import REVIEWS, percentile, predict_env, staged_model
+from _common import REPO_ROOT, REVIEWS, percentile, predict_env, staged_model
 
 from localdev import services
 
@@ -99,6 +99,55 @@ def in_process(model_path: Path, checkpoint: Path) -> None:
     )
 
 
+def explain_cost(model_dir: Path) -> None:
+    """One review through predict_model.Model, as predict serves it: infer() on the same graph without the
+    explanation outputs (the graph before them), infer() (a request without explain) and explain() (the
+    explanation outputs fetched and the top terms built), taking turns."""
+    import importlib.util
+
+    import onnx
+
+    from sentiment_core.contract import EXPLANATION_OUTPUTS
+    from sentiment_core.manifest import read_staged_folder
+
+    # predict's folder is no package (functions-framework imports main.py by path): load the module the same way.
+    path = REPO_ROOT / "functions" / "predict" / "predict_model.py"
+    spec = importlib.util.spec_from_file_location("predict_model", path)
+    predict_model = sys.modules["predict_model"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(predict_model)
+    manifest, model_bytes = read_staged_folder(model_dir)
+    model = predict_model.Model(manifest, model_bytes)
+    if not model.explains:
+        print(f"explain: {model_dir} was exported before explanations; retrain it to measure them")
+        return
+    graph = onnx.load_from_string(model_bytes)
+    kept = [output for output in graph.graph.output if output.name not in EXPLANATION_OUTPUTS]
+    del graph.graph.output[:]
+    graph.graph.output.extend(kept)
+    before = predict_model.Model(manifest, graph.SerializeToString())
+    one = REVIEWS[:1]
+    for _ in range(500):
+        before.infer(one)
+        model.infer(one)
+        model.explain(one)
+    medians = block_medians(
+        {"before": lambda: before.infer(one), "infer": lambda: model.infer(one), "explain": lambda: model.explain(one)},
+        blocks=10,
+        calls=1000,
+    )
+    quietest = {name: min(values) for name, values in medians.items()}
+    print("explain, one review through predict_model.Model; medians of the quietest of 10 blocks of 1,000 calls:")
+    for name, label in [
+        ("before", "graph without explanation outputs"),
+        ("infer", "this graph, without explain"),
+        ("explain", "this graph, with explain"),
+    ]:
+        print(
+            f"  {label:34} {quietest[name] * 1e6:6.1f} us ({_spread(medians[name], 1e6)})   "
+            f"ratio {quietest[name] / quietest['before']:.2f}"
+        )
+
+
 def _spread(values: list[float], scale: float) -> str:
     return f"{min(values) * scale:.1f}-{max(values) * scale:.1f}"
 
@@ -141,9 +190,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="staged model folder (default: the demo's)")
     parser.add_argument("--requests", type=int, default=1000, help="HTTP requests to send")
+    parser.add_argument("--explain-only", action="store_true", help="measure only the cost of explain, in process")
     args = parser.parse_args()
     model_dir, checkpoint = staged_model(args.model)
     workdir = Path(tempfile.mkdtemp(prefix="latency-"))
+    explain_cost(model_dir)
+    if args.explain_only:
+        return 0
     in_process(model_dir / "model.onnx", checkpoint)
     over_http(model_dir, workdir, args.requests)
     return 0

@@ -170,7 +170,8 @@ async function analyze(event) {
   busy(button, true, "Analyzing…");
   // One key per click, kept for this click's retries: a retry of a request that was stored replays it.
   const headers = { "Idempotency-Key": newIdempotencyKey() };
-  const options = { method: "POST", body: JSON.stringify({ text }), headers };
+  // explain: the answer also says which words weighed most (shown under the verdict).
+  const options = { method: "POST", body: JSON.stringify({ text, explain: true }), headers };
   const onRetry = (error, waitS, retry) => {
     const why = error instanceof ServiceError ? "is unavailable" : "did not answer";
     busy(button, true, "Retrying…");
@@ -204,10 +205,66 @@ function renderPrediction(prediction) {
   const details = prediction.details;
   $("result-model").textContent =
     `Answered by ${details.model_name} version ${details.model_version} (run ${details.mlflow_run_id.slice(0, 12)})`;
+  renderExplanation(prediction.text, details.explanation);
   for (const id of ["feedback-yes", "feedback-no"]) $(id).disabled = false;
   show($("feedback-status"), "");
   clearError($("feedback-error"));
   $("result").hidden = false;
+}
+
+// The model's tokens: what training.preprocess's Tokenizer keeps ([\pL\pN_']+), lower-cased. toLowerCase differs
+// from the graph's StringNormalizer on a few characters (e.g. 'İ'): such a word is then just not highlighted.
+const TOKEN = /[\p{L}\p{N}_']+/gu;
+
+function signed(weight) {
+  return `${weight >= 0 ? "+" : "−"}${Math.abs(weight).toFixed(2)}`;
+}
+
+// The review text with each token of the explanation's terms marked, in the direction of the heaviest term that
+// covers it (a token may be a term alone and part of a bigram term); and the terms as a list, for reading out.
+function renderExplanation(text, explanation) {
+  const box = $("explanation");
+  const list = $("explanation-terms");
+  const shown = $("explanation-text");
+  list.replaceChildren();
+  shown.replaceChildren();
+  // Absent when the serving model cannot explain (exported before explanations), or on a replay by another model.
+  if (!explanation || explanation.terms.length === 0) {
+    box.hidden = true;
+    return;
+  }
+  const tokens = [...text.matchAll(TOKEN)].map((m) => ({ start: m.index, end: m.index + m[0].length, word: m[0].toLowerCase() }));
+  const cover = new Array(tokens.length).fill(null); // the heaviest term on each token
+  const claim = (i, term) => {
+    if (!cover[i] || Math.abs(term.weight) > Math.abs(cover[i].weight)) cover[i] = term;
+  };
+  for (const term of explanation.terms) {
+    const parts = term.term.split(" ");
+    for (let i = 0; i + parts.length <= tokens.length; i += 1) {
+      if (parts.every((part, k) => tokens[i + k].word === part)) parts.forEach((_, k) => claim(i + k, term));
+    }
+  }
+  let at = 0;
+  tokens.forEach((token, i) => {
+    const term = cover[i];
+    if (!term) return;
+    shown.append(text.slice(at, token.start));
+    const mark = document.createElement("mark");
+    mark.className = term.weight >= 0 ? "toward-positive" : "toward-negative";
+    mark.title = `${term.term}: ${signed(term.weight)}`;
+    mark.textContent = text.slice(token.start, token.end);
+    shown.append(mark);
+    at = token.end;
+  });
+  shown.append(text.slice(at));
+  for (const term of explanation.terms) {
+    const item = document.createElement("li");
+    item.className = term.weight >= 0 ? "toward-positive" : "toward-negative";
+    const direction = term.weight >= 0 ? "towards positive" : "towards negative";
+    item.textContent = `“${term.term}” ${signed(term.weight)} (${direction})`;
+    list.append(item);
+  }
+  box.hidden = false;
 }
 
 async function sendFeedback(agrees) {

@@ -11,6 +11,9 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from sentiment_core.contract import (
+    BIAS_OUTPUT,
+    FEATURE_KNOWN_OUTPUT,
+    FEATURE_SCORES_OUTPUT,
     INPUT_NAME,
     KNOWN_FRACTION_OUTPUT,
     META_LABEL_RULE,
@@ -18,6 +21,7 @@ from sentiment_core.contract import (
     META_THRESHOLD,
     META_TRAINING_DATA_SHA256,
     OUTPUT_NAME,
+    TOKENS_OUTPUT,
 )
 from training.model import FastTextClassifier, predict_proba
 from training.preprocess import BIGRAM_JOINER, OPSET_IMPORTS, TOKENS, Vocabulary, tokenize, tokenizer_nodes
@@ -26,6 +30,7 @@ TOKEN_IDS = "token_ids"  # [N, T] int64, UNKNOWN_TOKEN for a token outside the v
 FEATURE_KEYS = "feature_keys"  # [N, 2T - 1] int64: unigram keys then bigram keys (FeatureKeys)
 UNKNOWN_TOKEN = -1
 PARITY_TOLERANCE = 1e-5
+_TENSOR_TYPES = {TensorProto.FLOAT: "tensor(float)", TensorProto.STRING: "tensor(string)"}
 
 
 class ExportError(RuntimeError):
@@ -113,7 +118,7 @@ def build_onnx(model: FastTextClassifier, vocabulary: Vocabulary, metadata: Mode
         helper.make_node(
             "LabelEncoder",
             [FEATURE_KEYS],
-            ["feature_scores"],
+            [FEATURE_SCORES_OUTPUT],
             domain="ai.onnx.ml",
             keys_int64s=keys,
             values_floats=scores[1:].tolist(),
@@ -122,20 +127,20 @@ def build_onnx(model: FastTextClassifier, vocabulary: Vocabulary, metadata: Mode
         helper.make_node(
             "LabelEncoder",
             [FEATURE_KEYS],
-            ["feature_known"],
+            [FEATURE_KNOWN_OUTPUT],
             domain="ai.onnx.ml",
             keys_int64s=keys,
             values_floats=[1.0] * len(keys),
             default_float=0.0,
         ),
         # "one" doubles as the axis of the sums: onnxruntime would merge the two equal initializers anyway.
-        helper.make_node("ReduceSum", ["feature_scores", "one"], ["score_sum"], keepdims=0),
-        helper.make_node("ReduceSum", ["feature_known", "one"], ["known_count"], keepdims=0),
+        helper.make_node("ReduceSum", [FEATURE_SCORES_OUTPUT, "one"], ["score_sum"], keepdims=0),
+        helper.make_node("ReduceSum", [FEATURE_KNOWN_OUTPUT, "one"], ["known_count"], keepdims=0),
         # An empty or all-unknown text has no known feature: divide by 1, giving probability sigmoid(bias),
         # finite, exactly as EmbeddingBag's empty bag.
         helper.make_node("Max", ["known_count", "one_float"], ["divisor"]),
         helper.make_node("Div", ["score_sum", "divisor"], ["mean_score"]),
-        helper.make_node("Add", ["mean_score", "bias"], ["logit"]),
+        helper.make_node("Add", ["mean_score", BIAS_OUTPUT], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], [OUTPUT_NAME]),
         # known_fraction: the text's tokens that are a unigram of the vocabulary, over its tokens (padding "" is
         # not a token). A text without tokens knows nothing: 0.
@@ -168,7 +173,7 @@ def build_onnx(model: FastTextClassifier, vocabulary: Vocabulary, metadata: Mode
         numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
         numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), "last"),
         numpy_helper.from_array(np.array(feature_keys.stride, np.int64), "stride"),
-        numpy_helper.from_array(bias, "bias"),
+        numpy_helper.from_array(bias, BIAS_OUTPUT),
         numpy_helper.from_array(np.array(1.0, np.float32), "one_float"),
     ]
     graph = helper.make_graph(
@@ -178,6 +183,7 @@ def build_onnx(model: FastTextClassifier, vocabulary: Vocabulary, metadata: Mode
         [
             helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N"]),
             helper.make_tensor_value_info(KNOWN_FRACTION_OUTPUT, TensorProto.FLOAT, ["N"]),
+            *_explanation_outputs(),
         ],
         initializer=initializers,
     )
@@ -190,6 +196,24 @@ def build_onnx(model: FastTextClassifier, vocabulary: Vocabulary, metadata: Mode
     onnx_model.ir_version = 10  # what onnxruntime 1.2x+ reads; newer IRs would lock out older runtimes
     helper.set_model_props(onnx_model, metadata.as_props())
     return onnx_model
+
+
+def _explanation_outputs() -> list[onnx.ValueInfoProto]:
+    """What explains an answer: logit = bias + sum over known features of score / divisor (docs/architecture.md),
+    the divisor being max(sum of feature_known, 1).
+
+    Tensors the graph computes anyway, declared as outputs: onnxruntime computes only the outputs a run fetches
+    (declared, they still cost a plain prediction about 1 us of 13, bench/latency.py; the divisor, derived exactly
+    from feature_known, is left out). The
+    bias is the initializer itself (an Identity naming it would be constant-folded by onnxruntime's optimizers,
+    against test_export's check that they find nothing to change).
+    """
+    return [
+        helper.make_tensor_value_info(TOKENS_OUTPUT, TensorProto.STRING, ["N", "T"]),
+        helper.make_tensor_value_info(FEATURE_SCORES_OUTPUT, TensorProto.FLOAT, ["N", "F"]),
+        helper.make_tensor_value_info(FEATURE_KNOWN_OUTPUT, TensorProto.FLOAT, ["N", "F"]),
+        helper.make_tensor_value_info(BIAS_OUTPUT, TensorProto.FLOAT, [1]),
+    ]
 
 
 def check(onnx_model: onnx.ModelProto) -> None:
@@ -263,6 +287,8 @@ def verify_parity(model_bytes: bytes, model: FastTextClassifier, vocabulary: Voc
 def _check_signature(sess: ort.InferenceSession) -> None:
     inputs = [(i.name, i.type) for i in sess.get_inputs()]
     outputs = [(o.name, o.type) for o in sess.get_outputs()]
-    expected = [(OUTPUT_NAME, "tensor(float)"), (KNOWN_FRACTION_OUTPUT, "tensor(float)")]
+    expected = [(OUTPUT_NAME, "tensor(float)"), (KNOWN_FRACTION_OUTPUT, "tensor(float)")] + [
+        (o.name, _TENSOR_TYPES[o.type.tensor_type.elem_type]) for o in _explanation_outputs()
+    ]
     if inputs != [(INPUT_NAME, "tensor(string)")] or outputs != expected:
         raise ExportError(f"unexpected model signature: inputs {inputs}, outputs {outputs}")

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from sentiment_core.contract import MANIFEST_FILENAME, MODEL_FILENAME
+from sentiment_core.contract import (
+    EXPLANATION_OUTPUTS,
+    KNOWN_FRACTION_OUTPUT,
+    MANIFEST_FILENAME,
+    MODEL_FILENAME,
+    OUTPUT_NAME,
+)
 from sentiment_core.manifest import Manifest, ManifestError, read_staged_folder, sha256_bytes
 from sentiment_core.onnx_model import (
     ModelContractError,
+    has_explanation,
     has_known_fraction,
     open_session,
     probabilities,
     probabilities_and_known,
+    run_outputs,
 )
+
+TOP_TERMS = 10
+BIGRAM_JOINER = " "  # training.preprocess.BIGRAM_JOINER: how the vocabulary spells a bigram
 
 
 class ModelError(RuntimeError):
@@ -33,6 +47,12 @@ class Model:
             raise ModelError(str(exc)) from exc
         self.manifest = manifest
         self.reports_known_fraction = has_known_fraction(self._session)
+        self.explains = has_explanation(self._session)
+        self._explain_outputs = [
+            OUTPUT_NAME,
+            *([KNOWN_FRACTION_OUTPUT] if self.reports_known_fraction else []),
+            *EXPLANATION_OUTPUTS,
+        ]
 
     def predict(self, texts: list[str]) -> np.ndarray:
         """Probabilities, float32 [len(texts)]; texts must be non-empty (StringNormalizer rejects [])."""
@@ -43,6 +63,52 @@ class Model:
         if self.reports_known_fraction:
             return probabilities_and_known(self._session, texts)
         return probabilities(self._session, texts), None
+
+    def explain(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None, list[Explanation]]:
+        """infer() plus each text's explanation, in one run; the model must explain (`explains`)."""
+        outputs = run_outputs(self._session, self._explain_outputs, texts)
+        probability, known = outputs[0], (outputs[1] if self.reports_known_fraction else None)
+        return probability, known, explanations(*outputs[-len(EXPLANATION_OUTPUTS) :])
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    """Why the model answered: logit = bias + the sum of every known term's weight; `terms` are the largest."""
+
+    bias: float
+    terms: tuple[tuple[str, float], ...]  # (term, weight), largest |weight| first
+
+    def to_api(self) -> dict[str, Any]:
+        return {"bias": self.bias, "terms": [{"term": term, "weight": weight} for term, weight in self.terms]}
+
+
+def contributions(tokens: Sequence[str], scores: Sequence[float], known: Sequence[float]) -> dict[str, float]:
+    """Every known feature's exact share of one text's logit, score / max(#known, 1), summed per term (a term
+    seen twice counts twice): with the bias, all of them add up to the logit.
+
+    Feature j < T is the unigram tokens[j]; feature T + j the bigram tokens[j] tokens[j + 1] (the graph's
+    order, training.export.build_onnx). Unknown features add nothing to the logit and are left out.
+    """
+    width = len(tokens)
+    known_at = np.flatnonzero(np.asarray(known)).tolist()
+    divisor = max(len(known_at), 1)  # the graph's max(sum of feature_known, 1): a count, exact in float32
+    totals: dict[str, float] = {}
+    for j in known_at:
+        term = tokens[j] if j < width else f"{tokens[j - width]}{BIGRAM_JOINER}{tokens[j - width + 1]}"
+        totals[term] = totals.get(term, 0.0) + float(scores[j]) / divisor
+    return totals
+
+
+def top_terms(totals: dict[str, float], limit: int = TOP_TERMS) -> tuple[tuple[str, float], ...]:
+    """The `limit` terms of largest |weight|, largest first (ties by term, so answers are stable)."""
+    return tuple(sorted(totals.items(), key=lambda item: (-abs(item[1]), item[0]))[:limit])
+
+
+def explanations(tokens: np.ndarray, scores: np.ndarray, known: np.ndarray, bias: np.ndarray) -> list[Explanation]:
+    """One Explanation per text from the graph's explanation outputs (contract.EXPLANATION_OUTPUTS)."""
+    shared_bias = float(bias.reshape(-1)[0])
+    rows = tokens.tolist()
+    return [Explanation(shared_bias, top_terms(contributions(rows[i], scores[i], known[i]))) for i in range(len(rows))]
 
 
 def load(model_uri: str) -> Model:

@@ -35,10 +35,20 @@ class Settings:
         return cls(public=PublicSettings.from_env(), model_uri=config.required("MODEL_URI"))
 
 
-def parse_body(body: dict[str, Any]) -> tuple[list[str], bool | None, bool]:
-    """(texts, user answer, is batch) from a single `text` or a `texts` batch."""
+@dataclasses.dataclass(frozen=True)
+class PredictRequest:
+    """A validated POST / body."""
+
+    texts: list[str]
+    user_answer: bool | None
+    is_batch: bool
+    explain: bool = False
+
+
+def parse_body(body: dict[str, Any]) -> PredictRequest:
+    """A single `text` or a `texts` batch, each optionally with `"explain": true`."""
     if "texts" in body:
-        http.check_fields(body, {"texts": list})
+        http.check_fields(body, {"texts": list}, {"explain": bool})
         texts = body["texts"]
         if not 1 <= len(texts) <= MAX_BATCH:
             raise http.bad_request("invalid_batch", f"texts must hold 1 to {MAX_BATCH} texts")
@@ -47,9 +57,11 @@ def parse_body(body: dict[str, Any]) -> tuple[list[str], bool | None, bool]:
             if not isinstance(text, str):
                 raise http.bad_request("invalid_type", f"texts[{index}] must be a string")
             cleaned.append(http.clean_text(text, f"texts[{index}]"))
-        return cleaned, None, True
-    http.check_fields(body, {"text": str}, {"is_positive_user_answered": bool})
-    return [http.clean_text(body["text"])], body.get("is_positive_user_answered"), False
+        return PredictRequest(cleaned, None, True, body.get("explain", False))
+    http.check_fields(body, {"text": str}, {"is_positive_user_answered": bool, "explain": bool})
+    return PredictRequest(
+        [http.clean_text(body["text"])], body.get("is_positive_user_answered"), False, body.get("explain", False)
+    )
 
 
 def idempotency_key(request: flask.Request) -> str | None:
@@ -99,15 +111,16 @@ def handle_predict(request: flask.Request, model: Any, store: Callable[[], Any],
     """POST /: infer, store every prediction (or none), answer 201; 503 if the store cannot be written in time.
 
     With an Idempotency-Key, a retry of the same body answers what the first attempt stored, whatever that
-    attempt's own answer was (201, 503 or none), and stores nothing new.
+    attempt's own answer was (201, 503 or none), and stores nothing new. With "explain": true each answer also
+    says why (answered, never stored), when the model can explain and made the answers (docs/architecture.md).
     """
     key = idempotency_key(request)
     body = http.read_json_object(request)
-    texts, user_answer, is_batch = parse_body(body)
+    parsed = parse_body(body)
     fingerprint = request_fingerprint(body) if key is not None else None
     version = model.manifest.model_version or "unregistered"
     try:
-        predictions = _infer(model, texts, user_answer, prediction_ids(key, len(texts)))
+        predictions, explanations = _infer(model, parsed, prediction_ids(key, len(parsed.texts)))
         objects = [to_api(p, secret) for p in predictions]  # non-finite output fails here, before anything is stored
     except Exception:
         # The model failed on a valid request (an exception, a non-finite output): this version's server error,
@@ -127,20 +140,44 @@ def handle_predict(request: flask.Request, model: Any, store: Callable[[], Any],
             raise _unavailable(key) from exc
         existing, replayed = resolve_existing(predictions, stored, fingerprint)
         objects = [to_api(p, secret) for p in existing]
+        if not all(made_by_this_model(p, model.manifest) for p in existing):
+            explanations = None  # another model's answers: this model's reasons would not be theirs
     except StoreUnavailable as exc:
         raise _unavailable(key) from exc
+    if explanations is not None:
+        for answer, explanation in zip(objects, explanations, strict=True):
+            answer["details"]["explanation"] = explanation.to_api()
     headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return http.json_response({"predictions": objects} if is_batch else objects[0], 201, headers)
+    return http.json_response({"predictions": objects} if parsed.is_batch else objects[0], 201, headers)
 
 
-def _infer(model: Any, texts: list[str], user_answer: bool | None, ids: list[str]) -> list[Prediction]:
-    """The model's predictions for the texts, as records to store."""
+def made_by_this_model(prediction: Prediction, manifest: Any) -> bool:
+    """Whether the serving model is the one that made a stored prediction (same name, version and run).
+
+    A replayed request's stored texts are its own (same fingerprint, same body), so this model's explanations of
+    them, computed for this request, explain the stored answers exactly when this model made them.
+    """
+    return (prediction.model_name, prediction.model_version, prediction.mlflow_run_id) == (
+        manifest.model_name,
+        manifest.model_version or "unregistered",
+        manifest.mlflow_run_id,
+    )
+
+
+def _infer(model: Any, parsed: PredictRequest, ids: list[str]) -> tuple[list[Prediction], list[Any] | None]:
+    """The model's predictions for the texts, as records to store, and their explanations when asked for and the
+    model has them (None otherwise: a model exported before explanations answers without them)."""
+    texts, user_answer = parsed.texts, parsed.user_answer
+    explanations = None
     started = time.perf_counter()
-    probabilities, known = model.infer(texts)
+    if parsed.explain and model.explains:
+        probabilities, known, explanations = model.explain(texts)
+    else:
+        probabilities, known = model.infer(texts)
     elapsed = time.perf_counter() - started
     manifest = model.manifest
     now = datetime.now(UTC)
-    return [
+    predictions = [
         Prediction(
             id=prediction_id,
             text=text,
@@ -156,6 +193,7 @@ def _infer(model: Any, texts: list[str], user_answer: bool | None, ids: list[str
         )
         for i, (prediction_id, text, probability) in enumerate(zip(ids, texts, probabilities, strict=True))
     ]
+    return predictions, explanations
 
 
 def _count_server_error(store: Callable[[], Any], version: str) -> None:

@@ -617,3 +617,68 @@ def test_page_monitoring_without_traffic_says_so(live_site, browser, clean_db) -
     expect(page.locator("#monitoring-summary")).to_have_text("No predictions in the last 24 hours.")
     expect(page.locator("#monitoring-versions")).to_be_hidden()
     context.close()
+
+
+# --- Explanations -----------------------------------------------------------------------------------------------
+
+
+def test_page_highlights_the_terms_that_weighed_most_in_two_colours_with_a_legend(
+    live_site, browser, clean_db, screenshots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    context, page = open_page(browser, live_site, viewport={"width": 1000, "height": 1400})
+    sent = intercept_predict(page, live_site, failures=[])
+    review = "The pasta was wonderful and the staff were so friendly, but the dessert was awful and cold."
+
+    page.get_by_label("Review text").fill(review)
+    page.get_by_role("button", name="Analyze").click()
+
+    explanation = page.locator("#explanation")
+    expect(explanation).to_be_visible()
+    expect(explanation.locator(".legend")).to_contain_text("pushes towards positive")
+    expect(explanation.locator(".legend")).to_contain_text("pushes towards negative")
+    expect(page.locator("#explanation-text")).to_have_text(review)  # the review itself, words marked in place
+    positive = page.locator("#explanation-text mark.toward-positive")
+    negative = page.locator("#explanation-text mark.toward-negative")
+    assert positive.count() >= 1
+    assert negative.count() >= 1
+    marked = {m.lower() for m in positive.all_inner_texts()}
+    assert marked & {"wonderful", "friendly"}, marked
+    assert {m.lower() for m in negative.all_inner_texts()} & {"awful", "cold", "but"}
+    terms = page.locator("#explanation-terms li")
+    assert 1 <= terms.count() <= 10
+    expect(terms.first).to_contain_text(re.compile(r"“.+” [+−]\d+\.\d\d \(towards (positive|negative)\)"))
+    assert positive.first.get_attribute("title").split(": ")[1].startswith("+")
+    assert '"explain":true' in sent[0]["body"]
+    page.screenshot(path=str(screenshots / "page-explanation.png"), full_page=True)
+    context.close()
+
+
+def test_page_without_an_explanation_in_the_answer_shows_no_highlights(live_site, browser, clean_db) -> None:
+    """A model exported before explanations answers without one: the verdict alone, nothing left from before."""
+    from playwright.sync_api import expect
+
+    context, page = open_page(browser, live_site)
+    page.get_by_label("Review text").fill(POSITIVE)
+    page.get_by_role("button", name="Analyze").click()
+    expect(page.locator("#explanation")).to_be_visible()
+
+    def without_explanation(route) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        answer = route.fetch()
+        body = answer.json()
+        del body["details"]["explanation"]
+        route.fulfill(response=answer, json=body)
+
+    predict = live_site["predict"].url
+    page.route(lambda url: url.startswith(f"{predict}/"), without_explanation)
+    page.get_by_label("Review text").fill("Cold fries, rude cashier and a dirty table. Never again.")
+    page.get_by_role("button", name="Analyze").click()
+
+    expect(page.locator("#result-label")).to_have_text("Negative")
+    expect(page.locator("#explanation")).to_be_hidden()
+    assert page.locator("#explanation-text mark").count() == 0
+    context.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from datetime import datetime
@@ -227,3 +228,49 @@ def test_errors_are_json_with_a_stable_code_and_message(predict_url) -> None:
     assert set(answer.json["error"]) == {"code", "message"}
     assert answer.json["error"]["code"] == "invalid_json"
     json.dumps(answer.json)  # round-trips
+
+
+def test_predict_with_explain_answers_the_top_terms_and_stores_no_explanation(predict_url, clean_db) -> None:
+    answer = call(predict_url + "/", {"text": "The food was great, the staff great and friendly.", "explain": True})
+
+    assert answer.status == 201
+    explanation = answer.json["details"]["explanation"]
+    assert set(explanation) == {"bias", "terms"}
+    assert isinstance(explanation["bias"], float)
+    terms = explanation["terms"]
+    assert 1 <= len(terms) <= 10
+    assert all(set(t) == {"term", "weight"} for t in terms)
+    assert [abs(t["weight"]) for t in terms] == sorted((abs(t["weight"]) for t in terms), reverse=True)
+    tokens = ["the", "food", "was", "great", "the", "staff", "great", "and", "friendly"]
+    assert {t["term"] for t in terms} <= set(tokens) | {f"{a} {b}" for a, b in itertools.pairwise(tokens)}
+    stored = clean_db.collection("predictions").document(answer.json["id"]).get().to_dict()
+    assert "explanation" not in stored
+
+
+def test_predict_batch_with_explain_explains_each_text(predict_url) -> None:
+    answer = call(predict_url + "/", {"texts": ["Wonderful dinner.", "Awful, rude and dirty."], "explain": True})
+    plain = call(predict_url + "/", {"texts": ["Wonderful dinner."], "explain": False})
+
+    assert answer.status == 201
+    first, second = answer.json["predictions"]
+    assert first["details"]["explanation"]["bias"] == second["details"]["explanation"]["bias"]
+    assert {t["term"] for t in second["details"]["explanation"]["terms"]} <= {
+        "awful",
+        "rude",
+        "and",
+        "dirty",
+        "awful rude",
+        "rude and",
+        "and dirty",
+    }
+    assert "explanation" not in plain.json["predictions"][0]["details"]
+
+
+@pytest.mark.parametrize("value", ["true", 1, None, [True]])
+def test_predict_explain_must_be_a_boolean(predict_url, clean_db, value) -> None:
+    single = call(predict_url + "/", {"text": "Good.", "explain": value})
+    batch = call(predict_url + "/", {"texts": ["Good."], "explain": value})
+
+    assert (single.status, single.error_code) == (400, "invalid_type")
+    assert (batch.status, batch.error_code) == (400, "invalid_type")
+    assert clean_db.collection("predictions").count().get()[0][0].value == 0

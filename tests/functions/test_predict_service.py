@@ -1,5 +1,6 @@
-"""predict's handler when the model fails on a valid request: a 5xx, nothing stored, a server error counted
-in the version's window (the real REST writer on the emulator; the failing model is a stand-in)."""
+"""predict's handler on the emulator (the real REST writer): when the model fails on a valid request (a 5xx,
+nothing stored, a server error counted in the version's window; the failing model is a stand-in), and when a
+request with explain is replayed by the model that made its predictions or by another (real exported graphs)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,66 @@ def test_model_failure_counts_a_server_error_in_the_versions_window_and_stores_n
 
     assert window_evidence(clean_db, "5", started) == VersionCounts("5", server_errors=1)
     assert list(clean_db.collection("predictions").stream()) == []
+
+
+def _served(version: str, run_id: str):
+    """A real exported graph (a tiny random model) served by predict_model.Model, named version/run_id."""
+    import torch
+
+    from sentiment_core.manifest import Manifest
+    from training import export, preprocess
+    from training.model import FastTextClassifier
+
+    predict_model = load_function_module("predict", "predict_model")
+    vocabulary = preprocess.Vocabulary(features=("good", "food", "good food", "bad"))
+    torch.manual_seed(0)
+    model = FastTextClassifier(len(vocabulary), 4)
+    metadata = export.ModelMetadata(run_id, "stars>=3", 0.5, "0")
+    graph = export.build_onnx(model.eval(), vocabulary, metadata).SerializeToString()
+    manifest = Manifest("yelp-sentiment", version, run_id, "0" * 64, 0.5, "2026-01-01T00:00:00Z")
+    return predict_model.Model(manifest, graph)
+
+
+@pytest.mark.parametrize(
+    ("replayed_by", "explained"),
+    [(("5", "run-5"), True), (("6", "run-6"), False), (("5", "run-5b"), False)],
+    ids=["the-same-model-explains-again", "another-version-omits-it", "another-run-omits-it"],
+)
+def test_replay_with_explain_explains_only_when_the_serving_model_made_the_stored_prediction(
+    writer, clean_db, replayed_by: tuple[str, str], explained: bool
+) -> None:
+    app = flask.Flask(__name__)
+    body = {"texts": ["Good food.", "Bad."], "explain": True}
+    headers = {"Idempotency-Key": "explain-replay"}
+
+    def post(model) -> flask.Response:
+        with app.test_request_context("/", method="POST", json=body, headers=headers):
+            return service.handle_predict(flask.request, model, lambda: writer, SECRET.encode())
+
+    first = post(_served("5", "run-5"))
+    again = post(_served(*replayed_by))
+
+    assert again.headers["Idempotent-Replayed"] == "true"
+    original = [p["details"] for p in first.get_json()["predictions"]]
+    replayed = [p["details"] for p in again.get_json()["predictions"]]
+    assert all("explanation" in details for details in original)
+    if explained:
+        assert [d["explanation"] for d in replayed] == [d["explanation"] for d in original]
+    else:
+        assert all("explanation" not in details for details in replayed)
+    assert [{k: v for k, v in d.items() if k != "explanation"} for d in replayed] == [
+        {k: v for k, v in d.items() if k != "explanation"} for d in original
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"text": "Good."}, service.PredictRequest(["Good."], None, False, False)),
+        ({"text": " Good. ", "explain": True}, service.PredictRequest(["Good."], None, False, True)),
+        ({"texts": ["a", "b"], "explain": True}, service.PredictRequest(["a", "b"], None, True, True)),
+        ({"texts": ["a"], "explain": False}, service.PredictRequest(["a"], None, True, False)),
+    ],
+)
+def test_parse_body_reads_explain_with_a_text_or_a_batch(body, expected) -> None:
+    assert service.parse_body(body) == expected

@@ -58,6 +58,11 @@ def test_build_onnx_has_contract_signature_and_metadata(small_model) -> None:
     assert [(o.name, o.type, o.shape) for o in session.get_outputs()] == [
         (OUTPUT_NAME, "tensor(float)", ["N"]),
         (KNOWN_FRACTION_OUTPUT, "tensor(float)", ["N"]),
+        # The explanation outputs (contract.EXPLANATION_OUTPUTS), by the names docs/architecture.md gives them.
+        ("tokens", "tensor(string)", ["N", "T"]),
+        ("feature_scores", "tensor(float)", ["N", "F"]),
+        ("feature_known", "tensor(float)", ["N", "F"]),
+        ("bias", "tensor(float)", [1]),
     ]
     assert set(REQUIRED_METADATA) <= props.keys()
     assert props["mlflow_run_id"] == "run123"

@@ -11,6 +11,15 @@ OUTPUT_NAME = "probability"
 # Optional second output: the share of each text's tokens the model knows, float [N] (monitoring's unknown-token
 # rate). Models exported before it existed have none and still serve.
 KNOWN_FRACTION_OUTPUT = "known_fraction"
+# Optional outputs that explain an answer (the model is additive: logit = bias + sum of score / divisor over the
+# known features). Computed only when fetched; models exported before them still serve, without explanations.
+TOKENS_OUTPUT = "tokens"  # string [N, T], right-padded with ""
+FEATURE_SCORES_OUTPUT = "feature_scores"  # float [N, 2T - 1]: unigram j's score, then bigram (j, j + 1)'s
+FEATURE_KNOWN_OUTPUT = "feature_known"  # float [N, 2T - 1]: 1 for a feature of the vocabulary, else 0
+BIAS_OUTPUT = "bias"  # float [1]: the logit of a text without a known feature
+# The divisor, max(number of known features, 1), is the sum of feature_known (exact in float32): no output of its
+# own, since declared outputs cost even a run that does not fetch them a little (bench/latency.py).
+EXPLANATION_OUTPUTS = (TOKENS_OUTPUT, FEATURE_SCORES_OUTPUT, FEATURE_KNOWN_OUTPUT, BIAS_OUTPUT)
 
 MODEL_FILENAME = "model.onnx"
 MANIFEST_FILENAME = "manifest.json"

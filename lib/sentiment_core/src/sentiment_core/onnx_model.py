@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from sentiment_core.contract import INPUT_NAME, KNOWN_FRACTION_OUTPUT, OUTPUT_NAME
+from sentiment_core.contract import EXPLANATION_OUTPUTS, INPUT_NAME, KNOWN_FRACTION_OUTPUT, OUTPUT_NAME
 
 _OUTPUTS = [OUTPUT_NAME]
 _WITH_KNOWN = [OUTPUT_NAME, KNOWN_FRACTION_OUTPUT]
@@ -59,6 +59,23 @@ def probabilities_and_known(session: Any, texts: list[str]) -> tuple[Any, Any]:
 
     probability, known = session.run(_WITH_KNOWN, {INPUT_NAME: np.array(texts, dtype=object)}, _run_options())
     return probability, known
+
+
+def has_outputs(session: Any, names: tuple[str, ...] | list[str]) -> bool:
+    """Whether the model declares every one of these outputs (older models lack the optional ones)."""
+    return set(names) <= {o.name for o in session.get_outputs()}
+
+
+def has_explanation(session: Any) -> bool:
+    """Whether the model exposes what explains its answers (contract.EXPLANATION_OUTPUTS)."""
+    return has_outputs(session, EXPLANATION_OUTPUTS)
+
+
+def run_outputs(session: Any, names: list[str], texts: list[str]) -> list[Any]:
+    """The named outputs for the texts, in order; texts must be non-empty. Only these outputs are computed."""
+    import numpy as np
+
+    return session.run(names, {INPUT_NAME: np.array(texts, dtype=object)}, _run_options())
 
 
 def _run_options() -> Any:
