@@ -25,6 +25,34 @@ from sentiment_core.contract import (
 from sentiment_core.manifest import sha256_bytes
 from sentiment_core.registry import RegistryClient
 
+GATE_METRICS = (VALIDATION_ACCURACY_METRIC, CALIBRATION_ERROR_METRIC, BEHAVIOUR_PASS_RATE_METRIC)
+
+
+def log_gate_run(
+    client: Any,
+    run_id: str,
+    model_bytes: bytes,
+    *,
+    golden: dict[str, Any],
+    reference: dict[str, Any],
+    metrics: dict[str, float],
+    logged_sha256: str | None = None,
+) -> None:
+    """Everything the deploy gate reads from a run (model, golden outputs, reference, sha256 tag, metrics), as
+    training logs it; then the run ends."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / MODEL_FILENAME).write_bytes(model_bytes)
+        client.log_artifact(run_id, str(folder / MODEL_FILENAME), "model")
+        golden_path = folder / Path(GOLDEN_OUTPUTS_ARTIFACT).name
+        golden_path.write_text(json.dumps(golden))
+        client.log_artifact(run_id, str(golden_path), str(Path(GOLDEN_OUTPUTS_ARTIFACT).parent))
+        client.log_dict(run_id, reference, REFERENCE_ARTIFACT)
+    client.set_tag(run_id, RUN_TAG_MODEL_SHA256, logged_sha256 or sha256_bytes(model_bytes))
+    for name, value in metrics.items():
+        client.log_metric(run_id, name, value)
+    client.set_terminated(run_id)
+
 
 class Versions:
     """Registers versions in a real MLflow server: copies of the trained model, or variants with one thing wrong."""
@@ -70,21 +98,20 @@ class Versions:
         """A version from a run of its own whose files or records differ from the trained run's as given."""
         model_bytes = self.model_bytes if model_bytes is None else model_bytes
         run_id = self.client.create_run(self._experiment).info.run_id
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            (folder / MODEL_FILENAME).write_bytes(model_bytes)
-            self.client.log_artifact(run_id, str(folder / MODEL_FILENAME), "model")
-            golden_path = folder / Path(GOLDEN_OUTPUTS_ARTIFACT).name
-            golden_path.write_text(json.dumps(golden if golden is not None else self.golden))
-            self.client.log_artifact(run_id, str(golden_path), str(Path(GOLDEN_OUTPUTS_ARTIFACT).parent))
-            self.client.log_dict(run_id, reference if reference is not None else self.reference, REFERENCE_ARTIFACT)
-        self.client.set_tag(run_id, RUN_TAG_MODEL_SHA256, logged_sha256 or sha256_bytes(model_bytes))
-        accuracy = self.val_accuracy if val_accuracy is None else val_accuracy
-        self.client.log_metric(run_id, VALIDATION_ACCURACY_METRIC, accuracy)
-        error = self.calibration_error if calibration_error is None else calibration_error
-        self.client.log_metric(run_id, CALIBRATION_ERROR_METRIC, error)
-        self.client.log_metric(run_id, BEHAVIOUR_PASS_RATE_METRIC, self.behaviour_pass_rate)
-        self.client.set_terminated(run_id)
+        metrics = {
+            VALIDATION_ACCURACY_METRIC: self.val_accuracy if val_accuracy is None else val_accuracy,
+            CALIBRATION_ERROR_METRIC: self.calibration_error if calibration_error is None else calibration_error,
+            BEHAVIOUR_PASS_RATE_METRIC: self.behaviour_pass_rate,
+        }
+        log_gate_run(
+            self.client,
+            run_id,
+            model_bytes,
+            golden=golden if golden is not None else self.golden,
+            reference=reference if reference is not None else self.reference,
+            metrics=metrics,
+            logged_sha256=logged_sha256,
+        )
         artifact_uri = self.client.get_run(run_id).info.artifact_uri
         return str(self.client.create_model_version(name, f"{artifact_uri}/model", run_id).version)
 

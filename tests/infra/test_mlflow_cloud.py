@@ -26,19 +26,15 @@ import pytest
 
 from localdev import services
 from sentiment_core.contract import (
-    BEHAVIOUR_PASS_RATE_METRIC,
-    CALIBRATION_ERROR_METRIC,
     GOLDEN_OUTPUTS_ARTIFACT,
     MODEL_FILENAME,
     MODEL_NAME,
     PRODUCTION_ALIAS,
     REFERENCE_ARTIFACT,
-    RUN_TAG_MODEL_SHA256,
-    VALIDATION_ACCURACY_METRIC,
 )
-from sentiment_core.manifest import sha256_bytes
 from sentiment_core.registry import RegistryClient, RegistryError
 from tests.functions.conftest import watcher_module
+from tests.functions.watcher_support import GATE_METRICS, log_gate_run
 from tests.infra.terraform_config import resources, unquote
 
 gate = watcher_module("gate")
@@ -162,22 +158,13 @@ def registered(cloud_mlflow: services.Service, trained: dict) -> dict[str, objec
     base = source.version_by_alias(MODEL_NAME, PRODUCTION_ALIAS)
     run = source.run(base.run_id)
     model_bytes = source.download(source.model_artifact_uri(base), MODEL_FILENAME)
-    golden = source.download(run.artifact_uri, GOLDEN_OUTPUTS_ARTIFACT)
+    golden = json.loads(source.download(run.artifact_uri, GOLDEN_OUTPUTS_ARTIFACT))
     reference = json.loads(source.download(run.artifact_uri, REFERENCE_ARTIFACT))
-    with as_admin(cloud_mlflow.url) as client, tempfile.TemporaryDirectory() as tmp:
+    with as_admin(cloud_mlflow.url) as client:
         experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
         run_id = client.create_run(experiment_id).info.run_id
-        (Path(tmp) / MODEL_FILENAME).write_bytes(model_bytes)
-        client.log_artifact(run_id, str(Path(tmp) / MODEL_FILENAME), "model")
-        golden_path = Path(tmp) / Path(GOLDEN_OUTPUTS_ARTIFACT).name
-        golden_path.write_bytes(golden)
-        client.log_artifact(run_id, str(golden_path), str(Path(GOLDEN_OUTPUTS_ARTIFACT).parent))
-        client.set_tag(run_id, RUN_TAG_MODEL_SHA256, sha256_bytes(model_bytes))
-        client.log_metric(run_id, VALIDATION_ACCURACY_METRIC, run.metrics[VALIDATION_ACCURACY_METRIC])
-        client.log_metric(run_id, CALIBRATION_ERROR_METRIC, run.metrics[CALIBRATION_ERROR_METRIC])
-        client.log_metric(run_id, BEHAVIOUR_PASS_RATE_METRIC, run.metrics[BEHAVIOUR_PASS_RATE_METRIC])
-        client.log_dict(run_id, reference, REFERENCE_ARTIFACT)
-        client.set_terminated(run_id)
+        metrics = {name: run.metrics[name] for name in GATE_METRICS}
+        log_gate_run(client, run_id, model_bytes, golden=golden, reference=reference, metrics=metrics)
         artifact_uri = client.get_run(run_id).info.artifact_uri
         version = client.create_model_version(MODEL_NAME, f"{artifact_uri}/model", run_id).version
         client.set_registered_model_alias(MODEL_NAME, PRODUCTION_ALIAS, version)
