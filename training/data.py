@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -240,6 +241,52 @@ def stratified_split(
     return Split(
         train=sorted(parts["train"]), validation=sorted(parts["validation"]), test=sorted(parts["test"]), seed=seed
     )
+
+
+def review_flags(dataset: Dataset) -> list[bool]:
+    """Per example, in dataset order: True for a full review (Yelp JSON), False for a sentence (polarity CSV)."""
+    flags: list[bool] = []
+    for report in dataset.reports:
+        flags.extend([report.format == "yelp_json"] * report.used)
+    return flags[: len(dataset.texts)]  # a --limit run keeps only the first texts
+
+
+# The polarity sentences come tokenised Penn-Treebank style ("did n't", "it 's"); users write "didn't", "it's".
+_SPLIT_CONTRACTION = re.compile(r" (n't|'s|'d|'re|'ve|'ll|'m)\b")
+_SPLIT_NEGATION = re.compile(r" (n't)\b")
+CONTRACTIONS = ("as-given", "joined", "both", "both-negations")
+
+
+def join_contractions(texts: Sequence[str], indices: Iterable[int], *, negations_only: bool = False) -> list[str]:
+    """A copy of texts with "did n't" -> "didn't", "it 's" -> "it's" (only the first with negations_only) at the
+    given indices: the training text then has the tokens raw text has (the graph keeps "didn't" as one token).
+    Other texts are unchanged."""
+    pattern = _SPLIT_NEGATION if negations_only else _SPLIT_CONTRACTION
+    joined = list(texts)
+    for i in indices:
+        joined[i] = pattern.sub(r"\1", joined[i])
+    return joined
+
+
+def with_contractions(texts: Sequence[str], split: Split, mode: str) -> tuple[list[str], list[int], list[int]]:
+    """(texts, training indices, source of each text) for a --contractions mode; the test split stays as given.
+
+    as-given: unchanged. joined: training and validation texts joined. both: training texts as given, plus a
+    joined copy of each one that changes, appended (so the model knows "did n't" and "didn't"); both-negations:
+    the same for "n't" alone (with --split-apostrophes "it 's" and "it's" tokenise alike, so copying them would
+    only re-weight them). `source[i]` is the index of the example text i was made from, for its label and origin.
+    """
+    if mode not in CONTRACTIONS:
+        raise ValueError(f"contractions must be one of {CONTRACTIONS}")
+    source = list(range(len(texts)))
+    if mode == "as-given":
+        return list(texts), list(split.train), source
+    if mode == "joined":
+        return join_contractions(texts, [*split.train, *split.validation]), list(split.train), source
+    joined = join_contractions(texts, split.train, negations_only=mode == "both-negations")
+    changed = [i for i in split.train if joined[i] != texts[i]]
+    extended = [*texts, *(joined[i] for i in changed)]
+    return extended, [*split.train, *range(len(texts), len(extended))], [*source, *changed]
 
 
 def take(values: Sequence, indices: Iterable[int]) -> list:

@@ -13,7 +13,8 @@ from torch import nn
 from tqdm import tqdm
 
 from training.evaluate import binary_metrics
-from training.model import FastTextClassifier, pack, predict_proba
+from training.model import FastTextClassifier, idf_weights, pack, predict_proba
+from training.preprocess import SPLIT_APOSTROPHES_PATTERN, TOKEN_PATTERN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,30 @@ class HyperParams:
     min_count: int = 2
     max_features: int = 250_000
     seed: int = 13
+    # Levers for out-of-domain text (docs/model-card.md, "Out-of-domain accuracy: what we tried"); each default
+    # is off and leaves training exactly as it was.
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    feature_dropout: float = 0.0
+    review_weight: float = 1.0
+    idf_weighting: bool = False
+    balance_classes: bool = False
+    split_apostrophes: bool = False  # a preprocessing choice: training.preprocess.SPLIT_APOSTROPHES_PATTERN
+
+    @property
+    def token_pattern(self) -> str:
+        """The Tokenizer regex of this run (the exported graph carries it)."""
+        return SPLIT_APOSTROPHES_PATTERN if self.split_apostrophes else TOKEN_PATTERN
+
+    def __post_init__(self) -> None:
+        if self.weight_decay < 0.0:
+            raise ValueError("weight_decay must be >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError("label_smoothing must be in [0, 1)")
+        if not 0.0 <= self.feature_dropout < 1.0:
+            raise ValueError("feature_dropout must be in [0, 1)")
+        if self.review_weight <= 0.0:
+            raise ValueError("review_weight must be > 0")
 
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -40,6 +65,61 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def smooth_targets(labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Binary label smoothing: 1 -> 1 - s/2 and 0 -> s/2, so the loss stops pushing logits to infinity."""
+    return labels * (1.0 - label_smoothing) + 0.5 * label_smoothing
+
+
+def drop_features(batch: Sequence[Sequence[int]], rate: float, generator: torch.Generator) -> list[list[int]]:
+    """Each feature id kept with probability 1 - rate (training only): the model cannot lean on a few features.
+
+    The bag is a mean, so no rescaling is needed; a text whose every feature is dropped becomes an empty bag,
+    as an all-unknown text is at serving time.
+    """
+    lengths = [len(ids) for ids in batch]
+    keep = (torch.rand(sum(lengths), generator=generator) >= rate).tolist()
+    kept, start = [], 0
+    for ids, length in zip(batch, lengths, strict=True):
+        flags = keep[start : start + length]
+        kept.append([i for i, k in zip(ids, flags, strict=True) if k])
+        start += length
+    return kept
+
+
+# Decoupled decay touches the whole table (10^5 rows x 32): batching it over a few steps keeps its cost small.
+DECAY_EVERY = 16
+
+
+@torch.no_grad()
+def decay(weight: torch.Tensor, factor: float) -> None:
+    """Decoupled weight decay (AdamW's), which SparseAdam lacks: every row shrinks, rare features too (a lazy
+    decay of only the rows a batch uses would leave the rare, overfitting ones almost untouched). Row 0
+    (unknown) is zero and stays zero."""
+    weight.mul_(factor)
+
+
+def example_weights(labels: torch.Tensor, is_review: Sequence[bool] | None, params: HyperParams) -> torch.Tensor | None:
+    """Loss weight of each training example, or None when all weigh 1 (the default, unweighted loss).
+
+    review_weight multiplies full reviews against sentences; balance_classes then scales each class so both
+    carry the same total weight (the training data is 60 % positive; the out-of-domain sets are balanced).
+    """
+    if params.review_weight == 1.0 and not params.balance_classes:
+        return None
+    weights = torch.ones_like(labels)
+    if params.review_weight != 1.0:
+        if is_review is None:
+            raise ValueError("review_weight needs train_is_review")
+        weights = torch.where(torch.tensor(list(is_review), dtype=torch.bool), params.review_weight, 1.0)
+    if params.balance_classes:
+        positive = labels >= 0.5
+        total = weights.sum()
+        for members in (positive, ~positive):
+            if members.any():
+                weights = torch.where(members, weights * (total / 2) / weights[members].sum(), weights)
+    return weights
+
+
 def fit(
     train_ids: Sequence[Sequence[int]],
     train_labels: Sequence[int],
@@ -48,6 +128,7 @@ def fit(
     *,
     vocab_size: int,
     params: HyperParams,
+    train_is_review: Sequence[bool] | None = None,
     threshold: float = 0.5,
     on_epoch: EpochCallback | None = None,
     progress: bool = True,
@@ -55,10 +136,13 @@ def fit(
     """Train with Adam and a per-epoch learning-rate decay.
 
     Returns the weights of the epoch with the best validation ROC AUC (later epochs overfit on this data) and
-    every epoch's metrics, the chosen one marked with best_epoch.
+    every epoch's metrics, the chosen one marked with best_epoch. `train_is_review` marks full reviews (the
+    rest are sentences) for params.review_weight (see example_weights). train_loss and train_accuracy are
+    measured against the smoothed targets and weights the loop optimises.
     """
     set_seed(params.seed)
-    model = FastTextClassifier(vocab_size, params.embedding_dim)
+    feature_weights = idf_weights(train_ids, vocab_size) if params.idf_weighting else None
+    model = FastTextClassifier(vocab_size, params.embedding_dim, feature_weights)
     # Sparse updates touch only the rows a batch uses: about 20x faster than dense Adam on a 10^5-row table.
     optimizers = [
         torch.optim.SparseAdam(list(model.embedding.parameters()), lr=params.learning_rate),
@@ -67,6 +151,10 @@ def fit(
     schedules = [torch.optim.lr_scheduler.ExponentialLR(o, gamma=params.lr_decay) for o in optimizers]
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     labels = torch.tensor(train_labels, dtype=torch.float32)
+    targets = smooth_targets(labels, params.label_smoothing) if params.label_smoothing else labels
+    weights = example_weights(labels, train_is_review, params)
+    # A generator of its own, so turning dropout on does not shift the shuffling of the default run.
+    dropout_generator = torch.Generator().manual_seed(params.seed + 1)
     val_y = np.asarray(val_labels)
     generator = torch.Generator().manual_seed(params.seed)
     history = []
@@ -86,15 +174,24 @@ def fit(
         )
         for step, start in enumerate(bar):
             rows = order[start : start + params.batch_size]
-            ids, offsets = pack([train_ids[i] for i in rows])
-            target = labels[rows]
+            batch = [train_ids[i] for i in rows]
+            if params.feature_dropout:
+                batch = drop_features(batch, params.feature_dropout, dropout_generator)
+            ids, offsets = pack(batch)
+            target = targets[rows]
             logits = model(ids, offsets)
-            loss = loss_fn(logits, target)
+            if weights is None:
+                loss = loss_fn(logits, target)
+            else:
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, target, weights[rows], reduction="sum")
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             (loss / len(rows)).backward()
             for optimizer in optimizers:
                 optimizer.step()
+            if params.weight_decay and (step + 1) % DECAY_EVERY == 0:
+                factor = (1.0 - schedules[0].get_last_lr()[0] * params.weight_decay) ** DECAY_EVERY
+                decay(model.embedding.weight, factor)
             seen += len(rows)
             total_loss += loss.item()
             correct += int(((logits >= 0) == (target >= 0.5)).sum())

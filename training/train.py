@@ -47,6 +47,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument("--val-fraction", type=float, default=0.1, help="share of each class for validation" + D)
     group.add_argument("--test-fraction", type=float, default=0.1, help="share of each class for the test set" + D)
     group.add_argument("--limit", type=int, default=None, help="use only the first N usable examples (quick runs)")
+    group.add_argument(
+        "--contractions",
+        choices=data.CONTRACTIONS,
+        default="as-given",
+        help='the polarity sentences are tokenised ("did n\'t", "it \'s"), users write "didn\'t": train on them '
+        "as given, joined (training and validation texts), or both (training texts as given plus a joined copy of "
+        "each that changes); the test split stays as given" + D,
+    )
 
     group = parser.add_argument_group("model")
     group.add_argument("--embedding-dim", type=int, default=DEFAULTS.embedding_dim, help="embedding size" + D)
@@ -58,6 +66,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument("--max-features", type=int, default=DEFAULTS.max_features, help="vocabulary cap" + D)
     group.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed for the split and the training" + D)
     group.add_argument("--threshold", type=float, default=0.5, help="decision threshold stored in the model" + D)
+    # Levers for out-of-domain text, all off by default (docs/model-card.md, "Out-of-domain accuracy: ...").
+    for name, text in (
+        ("weight_decay", "decoupled (AdamW-style) decay of every embedding row per step, times the learning rate"),
+        ("label_smoothing", "targets 1 - s/2 and s/2 instead of 1 and 0"),
+        ("feature_dropout", "probability of dropping each feature id of a training text, per step"),
+        ("review_weight", "loss weight of a full review (JSON) relative to a sentence (CSV)"),
+    ):
+        group.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(DEFAULTS, name), help=text + D)
+    group.add_argument(
+        "--idf-weighting",
+        action="store_true",
+        help="weight each feature by its idf in the bag's mean (the graph's nodes are unchanged)",
+    )
+    group.add_argument(
+        "--split-apostrophes",
+        action="store_true",
+        help='tokenise "it\'s" as "it", "\'s" (the exported graph\'s Tokenizer uses the same regex)',
+    )
+    group.add_argument(
+        "--balance-classes", action="store_true", help="weight the loss so both classes carry the same total weight"
+    )
 
     group = parser.add_argument_group("tracking and output")
     group.add_argument(
@@ -87,6 +116,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.limit is not None and args.limit < 10:
         parser.error("--limit must be at least 10")
     args.register = args.register or args.promote
+    try:
+        hyper_params(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -148,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
                 "val_fraction": args.val_fraction,
                 "test_fraction": args.test_fraction,
                 "limit": args.limit,
+                "contractions": args.contractions,
                 "training_data_sha256": dataset.sha256,
                 "sources": ",".join(r.uri for r in dataset.reports)[:6000],
             }
@@ -155,20 +189,27 @@ def run(args: argparse.Namespace) -> int:
         tracking.log_lineage(dataset, split)
 
         log("tokenising with the model's own preprocessing graph ...")
+        texts, train_indices, source = data.with_contractions(dataset.texts, split, args.contractions)
         vocabulary, encoded = preprocess.featurize(
-            dataset.texts, split.train, min_count=params.min_count, max_size=params.max_features
+            texts,
+            train_indices,
+            min_count=params.min_count,
+            max_size=params.max_features,
+            token_pattern=params.token_pattern,
         )
         mlflow.log_param("vocabulary_size", len(vocabulary))
         log(f"vocabulary: {len(vocabulary)} unigrams and bigrams")
 
         labels = np.asarray(dataset.labels)
+        train_sources = data.take(source, train_indices)
         model, history = fit(
-            data.take(encoded, split.train),
-            labels[split.train].tolist(),
+            data.take(encoded, train_indices),
+            labels[train_sources].tolist(),
             data.take(encoded, split.validation),
             labels[split.validation].tolist(),
             vocab_size=len(vocabulary),
             params=params,
+            train_is_review=data.take(data.review_flags(dataset), train_sources),
             threshold=args.threshold,
             on_epoch=lambda epoch, record: _log_epoch(mlflow, epoch, record),
             progress=not args.quiet,
@@ -193,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
         onnx_model = export.build_onnx(model, vocabulary, metadata)
         export.check(onnx_model)
         model_bytes = onnx_model.SerializeToString()
-        worst = export.verify_parity(model_bytes, model, vocabulary, data.take(dataset.texts, split.validation))
+        worst = export.verify_parity(model_bytes, model, vocabulary, data.take(texts, split.validation))
         golden = _golden_outputs(model_bytes, model, vocabulary, args.threshold)
         mlflow.log_metrics(
             {
@@ -204,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
         )
         model_uri = tracking.log_onnx_model(model_bytes, golden)
         log(f"logged {model_uri} ({len(model_bytes) / 1e6:.1f} MB, max |onnx - torch| {worst:.2g})")
-        validation_texts = data.take(dataset.texts, split.validation)
+        validation_texts = data.take(texts, split.validation)
         reference = _reference(
             model_bytes, validation_texts, labels[split.validation], args.threshold, test_probabilities
         )
@@ -233,7 +274,8 @@ def run(args: argparse.Namespace) -> int:
                 log(f"alias 'production' -> {MODEL_NAME} version {version}")
 
         if args.checkpoint is not None:
-            save_checkpoint(model, vocabulary.features, args.checkpoint)
+            pattern = None if vocabulary.token_pattern == preprocess.TOKEN_PATTERN else vocabulary.token_pattern
+            save_checkpoint(model, vocabulary.features, args.checkpoint, pattern)
             log(f"PyTorch checkpoint: {args.checkpoint}")
 
         if args.output_dir is not None:

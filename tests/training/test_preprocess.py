@@ -82,3 +82,17 @@ def test_training_and_exported_graph_compute_identical_features_on_all_default_d
     assert len(texts) == 178_107
     assert len(vocabulary) > 100_000
     assert mismatches == []
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("I didn't like it's", ["i", "didn", "'t", "like", "it", "'s"]),
+        ("i did n't like it 's", ["i", "did", "n", "'t", "like", "it", "'s"]),
+        ("the 'soup' rocks", ["the", "'soup", "rocks"]),
+    ],
+)
+def test_tokenize_split_apostrophes_pattern_gives_raw_and_tokenised_text_the_same_clitics(
+    text: str, tokens: list[str]
+) -> None:
+    assert preprocess.tokenize([text], pattern=preprocess.SPLIT_APOSTROPHES_PATTERN) == [tokens]

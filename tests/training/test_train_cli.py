@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import run_training
-from training.train import parse_args
+from training.fit import HyperParams
+from training.train import hyper_params, parse_args
 
 SMALL = ["--limit", "3000", "--epochs", "2", "--embedding-dim", "8"]
 
@@ -31,6 +32,10 @@ def test_help_documents_every_option(capsys) -> None:
         "--seed",
         "--embedding-dim",
         "--threshold",
+        "--weight-decay",
+        "--label-smoothing",
+        "--feature-dropout",
+        "--review-weight",
     ]:
         assert option in parser_options
 
@@ -47,12 +52,31 @@ def test_help_states_each_default_at_most_once_and_none_for_flags(capsys) -> Non
     assert "(default: 4)" in text  # --epochs still shows its default
 
 
-@pytest.mark.parametrize("argv", [["--threshold", "1.5"], ["--epochs", "many"], ["--limit", "3"], ["--no-such-option"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--threshold", "1.5"],
+        ["--epochs", "many"],
+        ["--limit", "3"],
+        ["--no-such-option"],
+        ["--label-smoothing", "1"],
+        ["--feature-dropout", "-0.1"],
+        ["--review-weight", "0"],
+        ["--weight-decay", "-1"],
+    ],
+)
 def test_parse_args_bad_options_exit_with_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         parse_args(argv)
 
     assert exited.value.code == 2
+
+
+def test_hyper_params_levers_default_off_and_parse_from_the_command_line() -> None:
+    assert hyper_params(parse_args([])) == HyperParams()
+    assert hyper_params(parse_args(["--label-smoothing", "0.1", "--review-weight", "2"])) == HyperParams(
+        label_smoothing=0.1, review_weight=2.0
+    )
 
 
 def test_parse_args_promote_implies_register() -> None:
