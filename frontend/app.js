@@ -212,9 +212,11 @@ function renderPrediction(prediction) {
   $("result").hidden = false;
 }
 
-// The model's tokens: what training.preprocess's Tokenizer keeps ([\pL\pN_']+), lower-cased. toLowerCase differs
-// from the graph's StringNormalizer on a few characters (e.g. 'İ'): such a word is then just not highlighted.
-const TOKEN = /[\p{L}\p{N}_']+/gu;
+// The model's tokens: what training.preprocess's default Tokenizer keeps (SPLIT_APOSTROPHES_PATTERN: "didn't" gives
+// "didn", "'t"), lower-cased. A term of a model that kept "didn't" whole is split the same way before matching, so
+// both highlight. toLowerCase differs from the graph's StringNormalizer on a few characters (e.g. 'İ'): such a word
+// is then just not highlighted.
+const TOKEN = /[\p{L}\p{N}_]+|'[\p{L}\p{N}_]+/gu;
 
 function signed(weight) {
   return `${weight >= 0 ? "+" : "−"}${Math.abs(weight).toFixed(2)}`;
@@ -239,7 +241,7 @@ function renderExplanation(text, explanation) {
     if (!cover[i] || Math.abs(term.weight) > Math.abs(cover[i].weight)) cover[i] = term;
   };
   for (const term of explanation.terms) {
-    const parts = term.term.split(" ");
+    const parts = term.term.split(" ").flatMap((part) => part.match(TOKEN) ?? []);
     for (let i = 0; i + parts.length <= tokens.length; i += 1) {
       if (parts.every((part, k) => tokens[i + k].word === part)) parts.forEach((_, k) => claim(i + k, term));
     }

@@ -9,11 +9,15 @@ import hashlib
 import io
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "yelp"
+# Out-of-domain development sets (`label<TAB>text`, 1 = positive, a header row): for choosing and tuning, never
+# for training.
+DEFAULT_OOD_DIR = REPO_ROOT.parent / "shared" / "data" / "ood"
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".jsonl.gz", ".json.gz", ".csv.gz")
 
 # Yelp Review Polarity: 1 = negative, 2 = positive.
@@ -240,6 +244,145 @@ def stratified_split(
     return Split(
         train=sorted(parts["train"]), validation=sorted(parts["validation"]), test=sorted(parts["test"]), seed=seed
     )
+
+
+def review_flags(dataset: Dataset) -> list[bool]:
+    """Per example, in dataset order: True for a full review (Yelp JSON), False for a sentence (polarity CSV)."""
+    flags: list[bool] = []
+    for report in dataset.reports:
+        flags.extend([report.format == "yelp_json"] * report.used)
+    return flags[: len(dataset.texts)]  # a --limit run keeps only the first texts
+
+
+# The polarity sentences come tokenised Penn-Treebank style ("did n't", "it 's"); users write "didn't", "it's".
+_SPLIT_CONTRACTION = re.compile(r" (n't|'s|'d|'re|'ve|'ll|'m)\b")
+_SPLIT_NEGATION = re.compile(r" (n't)\b")
+CONTRACTIONS = ("as-given", "joined", "both", "both-negations")
+
+
+def join_contractions(texts: Sequence[str], indices: Iterable[int], *, negations_only: bool = False) -> list[str]:
+    """A copy of texts with "did n't" -> "didn't", "it 's" -> "it's" (only the first with negations_only) at the
+    given indices: the training text then has the tokens raw text has (the graph keeps "didn't" as one token).
+    Other texts are unchanged."""
+    pattern = _SPLIT_NEGATION if negations_only else _SPLIT_CONTRACTION
+    joined = list(texts)
+    for i in indices:
+        joined[i] = pattern.sub(r"\1", joined[i])
+    return joined
+
+
+def with_contractions(texts: Sequence[str], split: Split, mode: str) -> tuple[list[str], list[int], list[int]]:
+    """(texts, training indices, source of each text) for a --contractions mode; the test split stays as given.
+
+    as-given: unchanged. joined: training and validation texts joined. both: training texts as given, plus a
+    joined copy of each one that changes, appended (so the model knows "did n't" and "didn't"); both-negations:
+    the same for "n't" alone (with --split-apostrophes "it 's" and "it's" tokenise alike, so copying them would
+    only re-weight them). `source[i]` is the index of the example text i was made from, for its label and origin.
+    """
+    if mode not in CONTRACTIONS:
+        raise ValueError(f"contractions must be one of {CONTRACTIONS}")
+    source = list(range(len(texts)))
+    if mode == "as-given":
+        return list(texts), list(split.train), source
+    if mode == "joined":
+        return join_contractions(texts, [*split.train, *split.validation]), list(split.train), source
+    joined = join_contractions(texts, split.train, negations_only=mode == "both-negations")
+    changed = [i for i in split.train if joined[i] != texts[i]]
+    extended = [*texts, *(joined[i] for i in changed)]
+    return extended, [*split.train, *range(len(texts), len(extended))], [*source, *changed]
+
+
+# Copulas: most polarity sentences are from reviews narrated in the past, and the negative ones most of all, so
+# "was"/"were" became negative cues ("The staff were friendly." read as negative). "wasn't" -> "isn't" too.
+_COPULAS = {
+    "past": re.compile(r"\b(is|are)(?=\b|n't\b)", re.IGNORECASE),
+    "both": re.compile(r"\b(was|were|is|are)(?=\b|n't\b)", re.IGNORECASE),
+}
+TENSE_COPIES = ("none", *_COPULAS)
+_OTHER_TENSE = {"was": "is", "were": "are", "is": "was", "are": "were"}
+
+
+def swap_tense(text: str, mode: str = "both") -> str:
+    """text with each copula in the other tense ("The staff are friendly." -> "The staff were friendly."); with
+    mode "past" only present copulas change."""
+
+    def other(match: re.Match[str]) -> str:
+        word = match.group(0)
+        swapped = _OTHER_TENSE[word.lower()]
+        return swapped.capitalize() if word[0].isupper() else swapped
+
+    return _COPULAS[mode].sub(other, text)
+
+
+def with_tense_copies(
+    texts: Sequence[str], train_indices: Sequence[int], source: Sequence[int], mode: str = "both"
+) -> tuple[list[str], list[int], list[int]]:
+    """(texts, training indices, source) with a counterfactual copy (Kaushik et al., ICLR 2020) of each training
+    text that has a copula the mode changes, appended and trained on under the same label, so the tense of "to be"
+    is less evidence of sentiment. "past": a past-tense copy of each present-tense text (praise is also narrated
+    in the past); "both": also a present-tense copy of each past-tense one. Validation and test stay as given."""
+    if mode not in _COPULAS:
+        raise ValueError(f"tense copies must be one of {tuple(_COPULAS)}")
+    copied = [i for i in train_indices if _COPULAS[mode].search(texts[i])]
+    extended = [*texts, *(swap_tense(texts[i], mode) for i in copied)]
+    return (
+        extended,
+        [*train_indices, *range(len(texts), len(extended))],
+        [*source, *(source[i] for i in copied)],
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingTexts:
+    """The texts training.train's --contractions and --tense-copies make of a dataset: every dataset text as given
+    (validation and test are read from here), then the copies made of training texts."""
+
+    texts: list[str]
+    train: list[int]  # the indices trained on: the training split's, then its copies
+    source: list[int]  # per text: the dataset example it was made from (its label and origin)
+    tense_copies_from: int  # texts from this index on are tense copies
+
+    def train_is_tense_copy(self) -> list[bool]:
+        return [i >= self.tense_copies_from for i in self.train]
+
+
+def training_texts(texts: Sequence[str], split: Split, *, contractions: str, tense_copies: str) -> TrainingTexts:
+    extended, train_indices, source = with_contractions(texts, split, contractions)
+    copies_from = len(extended)
+    if tense_copies not in TENSE_COPIES:
+        raise ValueError(f"tense copies must be one of {TENSE_COPIES}")
+    if tense_copies != "none":
+        extended, train_indices, source = with_tense_copies(extended, train_indices, source, tense_copies)
+    return TrainingTexts(extended, train_indices, source, copies_from)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledTexts:
+    texts: list[str]
+    labels: list[int]
+
+
+def load_ood_sets(folder: Path) -> dict[str, LabelledTexts]:
+    """Every `*.tsv` dev set of folder by file stem, in name order (the MLflow metric ood_<stem>_accuracy)."""
+    if not folder.is_dir():
+        raise DataError(f"out-of-domain folder {folder} does not exist")
+    sets = {}
+    for path in sorted(folder.glob("*.tsv")):
+        with path.open(encoding="utf-8", newline="") as handle:
+            # Quoted fields: some texts span lines ("...things:\n- We'd need to call ...").
+            rows = list(csv.reader(handle, delimiter="\t"))
+        texts, labels = [], []
+        for number, row in enumerate(rows[1:], start=2):
+            if len(row) != 2 or row[0] not in ("0", "1"):
+                raise DataError(f"{path}:{number}: expected `0|1<TAB>text`, got {row!r:.80}")
+            labels.append(int(row[0]))
+            texts.append(row[1])
+        if not texts:
+            raise DataError(f"{path}: no examples")
+        sets[path.stem] = LabelledTexts(texts, labels)
+    if not sets:
+        raise DataError(f"out-of-domain folder {folder} holds no .tsv file")
+    return sets
 
 
 def take(values: Sequence, indices: Iterable[int]) -> list:

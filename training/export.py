@@ -93,14 +93,22 @@ def build_onnx(model: FastTextClassifier, vocabulary: Vocabulary, metadata: Mode
     """
     embeddings = model.embedding.weight.detach().double().numpy()
     weight = model.linear.weight.detach().double().numpy()[0]  # [D]
+    # A weighted bag (training.model.FastTextClassifier) sums w_i * score_i over sum(w_i): the same nodes with
+    # w_i in place of each feature's count of 1.
+    if model.feature_weights is None:
+        known = np.ones(len(embeddings) - 1, dtype=np.float32)
+    else:
+        known = model.feature_weights.detach().numpy()[1:].astype(np.float32)
     scores = (embeddings @ weight).astype(np.float32)  # [V + 1]; row 0 (unknown) is never looked up
+    if model.feature_weights is not None:
+        scores = (scores.astype(np.float64) * model.feature_weights.detach().double().numpy()).astype(np.float32)
     bias = model.linear.bias.detach().numpy().astype(np.float32).copy()  # [1]
     feature_keys = FeatureKeys.of(vocabulary)
     keys = list(feature_keys.keys)
     unigram_ids = [key for key, feature in zip(keys, vocabulary.features, strict=True) if BIGRAM_JOINER not in feature]
 
     nodes = [
-        *tokenizer_nodes(INPUT_NAME),
+        *tokenizer_nodes(INPUT_NAME, vocabulary.token_pattern),
         helper.make_node(
             "LabelEncoder",
             [TOKENS],
@@ -130,7 +138,7 @@ def build_onnx(model: FastTextClassifier, vocabulary: Vocabulary, metadata: Mode
             [FEATURE_KNOWN_OUTPUT],
             domain="ai.onnx.ml",
             keys_int64s=keys,
-            values_floats=[1.0] * len(keys),
+            values_floats=known.tolist(),
             default_float=0.0,
         ),
         # "one" doubles as the axis of the sums: onnxruntime would merge the two equal initializers anyway.
@@ -257,13 +265,14 @@ def _output_in_batches(sess: ort.InferenceSession, output: str, texts: Sequence[
 def python_known_fractions(vocabulary: Vocabulary, texts: Sequence[str]) -> np.ndarray:
     """known_fraction computed in Python from the same tokens: what the graph must agree with."""
     index = vocabulary.index
-    fractions = [sum(1 for token in tokens if token in index) / max(len(tokens), 1) for tokens in tokenize(list(texts))]
+    token_lists = tokenize(list(texts), pattern=vocabulary.token_pattern)
+    fractions = [sum(1 for token in tokens if token in index) / max(len(tokens), 1) for tokens in token_lists]
     return np.asarray(fractions, dtype=np.float32)
 
 
 def torch_probabilities(model: FastTextClassifier, vocabulary: Vocabulary, texts: Sequence[str]) -> np.ndarray:
     """PyTorch's probabilities for raw texts, through the same tokenisation."""
-    return predict_proba(model, vocabulary.encode(tokenize(texts)))
+    return predict_proba(model, vocabulary.encode(tokenize(texts, pattern=vocabulary.token_pattern)))
 
 
 def verify_parity(model_bytes: bytes, model: FastTextClassifier, vocabulary: Vocabulary, texts: Sequence[str]) -> float:

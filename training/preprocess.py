@@ -35,12 +35,15 @@ OPSET_IMPORTS = [
 # RE2 syntax: \pL/\pN keep Unicode letters and digits (RE2's \w is ASCII-only and would cut 'café').
 # Apostrophes stay inside tokens so "don't" and "dont" are features of their own; '_' keeps '_num_'.
 TOKEN_PATTERN = r"[\pL\pN_']+"
+# Optional (training --split-apostrophes): an apostrophe starts a token, so "it's" and the data's tokenised
+# "it 's" both give "it", "'s", and "didn't" / "did n't" share the negation token "'t".
+SPLIT_APOSTROPHES_PATTERN = r"[\pL\pN_]+|'[\pL\pN_]+"
 NORMALIZER_LOCALE = "C.UTF-8"
 BIGRAM_JOINER = " "  # cannot occur inside a token, so a bigram key is unambiguous
 TOKENS = "tokens"  # [N, T] strings, right-padded with ""
 
 
-def tokenizer_nodes(text: str = INPUT_NAME) -> list[onnx.NodeProto]:
+def tokenizer_nodes(text: str = INPUT_NAME, pattern: str = TOKEN_PATTERN) -> list[onnx.NodeProto]:
     """Nodes from raw text [N] to TOKENS [N, T], right-padded with "" (a pad never matches a vocabulary key).
 
     Bigrams are not formed here: the exported graph pairs adjacent token *ids* (see training.export), which
@@ -63,15 +66,15 @@ def tokenizer_nodes(text: str = INPUT_NAME) -> list[onnx.NodeProto]:
             mark=0,
             mincharnum=1,
             pad_value="",
-            tokenexp=TOKEN_PATTERN,
+            tokenexp=pattern,
         ),
     ]
 
 
 @cache
-def _tokenizer_session() -> ort.InferenceSession:
+def _tokenizer_session(pattern: str = TOKEN_PATTERN) -> ort.InferenceSession:
     graph = helper.make_graph(
-        tokenizer_nodes(),
+        tokenizer_nodes(pattern=pattern),
         "tokenizer",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.STRING, ["N"])],
         [helper.make_tensor_value_info(TOKENS, TensorProto.STRING, ["N", "T"])],
@@ -82,9 +85,9 @@ def _tokenizer_session() -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def tokenize(texts: Sequence[str], batch_size: int = 2048) -> list[list[str]]:
+def tokenize(texts: Sequence[str], batch_size: int = 2048, pattern: str = TOKEN_PATTERN) -> list[list[str]]:
     """Tokens of each text, computed by the graph's own nodes."""
-    session = _tokenizer_session()
+    session = _tokenizer_session(pattern)
     result: list[list[str]] = []
     for start in range(0, len(texts), batch_size):
         batch = np.array(texts[start : start + batch_size], dtype=object)
@@ -103,11 +106,20 @@ class Vocabulary:
     """Feature string -> id (1-based; 0 means unknown and is left out of the mean)."""
 
     features: tuple[str, ...]
+    token_pattern: str = TOKEN_PATTERN  # the Tokenizer regex the features were made with
 
     @classmethod
-    def build(cls, token_lists: Iterable[Sequence[str]], *, min_count: int, max_size: int) -> Vocabulary:
+    def build(
+        cls,
+        token_lists: Iterable[Sequence[str]],
+        *,
+        min_count: int,
+        max_size: int,
+        token_pattern: str = TOKEN_PATTERN,
+    ) -> Vocabulary:
         """Unigrams and bigrams seen at least min_count times, most frequent first, ties by string."""
-        return FeatureCounts.count(token_lists).vocabulary(min_count=min_count, max_size=max_size)
+        counts = FeatureCounts.count(token_lists, token_pattern=token_pattern)
+        return counts.vocabulary(min_count=min_count, max_size=max_size)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -138,20 +150,25 @@ class FeatureCounts:
 
     features: tuple[str, ...]
     counts: tuple[int, ...]
+    token_pattern: str = TOKEN_PATTERN  # the Tokenizer regex the token lists were made with
 
     @classmethod
-    def count(cls, token_lists: Iterable[Sequence[str]]) -> FeatureCounts:
+    def count(cls, token_lists: Iterable[Sequence[str]], *, token_pattern: str = TOKEN_PATTERN) -> FeatureCounts:
         counts: Counter[str] = Counter()
         for tokens in token_lists:
             counts.update(tokens)
             counts.update(bigrams(tokens))
         ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-        return cls(features=tuple(f for f, _ in ordered), counts=tuple(n for _, n in ordered))
+        return cls(
+            features=tuple(f for f, _ in ordered),
+            counts=tuple(n for _, n in ordered),
+            token_pattern=token_pattern,
+        )
 
     def vocabulary(self, *, min_count: int, max_size: int) -> Vocabulary:
         """The features seen at least min_count times, at most max_size of them."""
         frequent = bisect.bisect_right(self.counts, -min_count, key=operator.neg)  # counts descend
-        return Vocabulary(features=self.features[: min(frequent, max_size)])
+        return Vocabulary(features=self.features[: min(frequent, max_size)], token_pattern=self.token_pattern)
 
 
 def restrict(encoded: Iterable[Sequence[int]], size: int) -> list[list[int]]:
@@ -160,9 +177,16 @@ def restrict(encoded: Iterable[Sequence[int]], size: int) -> list[list[int]]:
 
 
 def featurize(
-    texts: Sequence[str], train_indices: Sequence[int], *, min_count: int, max_size: int
+    texts: Sequence[str],
+    train_indices: Sequence[int],
+    *,
+    min_count: int,
+    max_size: int,
+    token_pattern: str = TOKEN_PATTERN,
 ) -> tuple[Vocabulary, list[list[int]]]:
     """Tokenise every text, build the vocabulary from the training part only, encode every text."""
-    tokens = tokenize(texts)
-    vocabulary = Vocabulary.build((tokens[i] for i in train_indices), min_count=min_count, max_size=max_size)
+    tokens = tokenize(texts, pattern=token_pattern)
+    vocabulary = Vocabulary.build(
+        (tokens[i] for i in train_indices), min_count=min_count, max_size=max_size, token_pattern=token_pattern
+    )
     return vocabulary, vocabulary.encode(tokens)

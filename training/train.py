@@ -22,6 +22,9 @@ from training.model import save_checkpoint
 
 DEFAULTS = HyperParams()
 THRESHOLD = 0.5
+DEFAULT_CONTRACTIONS = "both-negations"
+DEFAULT_TENSE_COPIES = "past"
+OOD_PREFIX = "ood_"  # MLflow metrics ood_<file stem>_accuracy: the out-of-domain dev sets
 
 
 # Each help text states its own default, once (argparse expands %(default)s); flags and unset options have none.
@@ -45,6 +48,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument("--max-features", type=int, default=DEFAULTS.max_features, help="vocabulary cap" + D)
     group.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed for the split and the training" + D)
     group.add_argument("--threshold", type=float, default=THRESHOLD, help="decision threshold stored in the model" + D)
+    # Levers for out-of-domain text (docs/model-card.md, "Out-of-domain accuracy: what we tried").
+    for name, text in (
+        ("weight_decay", "decoupled (AdamW-style) decay of every embedding row per step, times the learning rate"),
+        ("label_smoothing", "targets 1 - s/2 and s/2 instead of 1 and 0"),
+        ("feature_dropout", "probability of dropping each feature id of a training text, per step"),
+        ("review_weight", "loss weight of a full review (JSON) relative to a sentence (CSV)"),
+        ("tense_copy_weight", "loss weight of a tense copy (--tense-copies) relative to its original"),
+    ):
+        group.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(DEFAULTS, name), help=text + D)
+    group.add_argument(
+        "--ensemble",
+        type=at_least(1),
+        default=DEFAULTS.ensemble,
+        help="models trained side by side (their own seeds) and averaged into one: the same graph and size, the "
+        "training time times N" + D,
+    )
+    # --x / --no-x, so a reproducing command (command_line) states every choice whatever the defaults become.
+    for name, text in (
+        ("idf_weighting", "weight each feature by its idf in the bag's mean (the graph's nodes are unchanged)"),
+        ("split_apostrophes", 'tokenise "it\'s" as "it", "\'s" (the exported graph\'s Tokenizer uses the same regex)'),
+        ("balance_classes", "weight the loss so both classes carry the same total weight"),
+    ):
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            action=argparse.BooleanOptionalAction,
+            default=getattr(DEFAULTS, name),
+            help=text + D,
+        )
 
     add_tracking_arguments(parser)
     group = parser.add_argument_group("registration and output")
@@ -67,6 +98,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not 0.0 < args.threshold < 1.0:
         parser.error("--threshold must be between 0 and 1")
     args.register = args.register or args.promote
+    try:
+        hyper_params(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -88,6 +123,30 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--test-fraction", type=float, default=0.1, help="share of each class for the test set" + D)
     group.add_argument(
         "--limit", type=at_least(10), default=None, help="use only the first N usable examples (quick runs)"
+    )
+    group.add_argument(
+        "--ood-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="out-of-domain dev sets (label<TAB>text .tsv files), scored and logged as ood_<file>_accuracy; never "
+        f"trained on (default: {data.DEFAULT_OOD_DIR} when it exists)",
+    )
+    group.add_argument(
+        "--contractions",
+        choices=data.CONTRACTIONS,
+        default=DEFAULT_CONTRACTIONS,
+        help='the polarity sentences are tokenised ("did n\'t", "it \'s"), users write "didn\'t": train on them '
+        "as given, joined (training and validation texts), or both (training texts as given plus a joined copy of "
+        "each that changes); the test split stays as given" + D,
+    )
+    group.add_argument(
+        "--tense-copies",
+        choices=data.TENSE_COPIES,
+        default=DEFAULT_TENSE_COPIES,
+        help='also train on a copy of each training text with "is"/"are" in the past tense ("past"), or also on '
+        'one of each with "was"/"were" in the present ("both"), same label: the training sentences narrate '
+        "complaints in the past, so short past-tense praise read as negative" + D,
     )
 
 
@@ -130,8 +189,15 @@ def command_line(params: HyperParams, args: argparse.Namespace) -> list[str]:
     argv += ["--val-fraction", repr(args.val_fraction), "--test-fraction", repr(args.test_fraction)]
     if args.limit is not None:
         argv += ["--limit", str(args.limit)]
+    if args.ood_dir is not None:
+        argv += ["--ood-dir", str(args.ood_dir)]
+    argv += ["--contractions", args.contractions, "--tense-copies", args.tense_copies]
     for name, value in dataclasses.asdict(params).items():
-        argv += ["--" + name.replace("_", "-"), repr(value)]
+        option = name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(f"--{option}" if value else f"--no-{option}")
+        else:
+            argv += [f"--{option}", repr(value)]
     return argv
 
 
@@ -175,6 +241,19 @@ def load_data(args: argparse.Namespace) -> tuple[data.Dataset, data.Split]:
     return dataset, split
 
 
+def load_ood(args: argparse.Namespace) -> dict[str, data.LabelledTexts]:
+    """The out-of-domain dev sets of --ood-dir (none when it is not given and the default folder is absent)."""
+    folder = args.ood_dir
+    if folder is None:
+        if not data.DEFAULT_OOD_DIR.is_dir():
+            log(f"out-of-domain sets: none ({data.DEFAULT_OOD_DIR} does not exist)")
+            return {}
+        folder = data.DEFAULT_OOD_DIR
+    sets = data.load_ood_sets(folder)
+    log(f"out-of-domain sets: {', '.join(f'{name} ({len(s.texts)})' for name, s in sets.items())}")
+    return sets
+
+
 def connect(args: argparse.Namespace) -> str | None:
     """Select the tracking store and experiment of add_tracking_arguments; None (reported) if it does not answer."""
     from training import tracking  # imports mlflow (about 2 s): only once the arguments are known to be good
@@ -189,9 +268,11 @@ def connect(args: argparse.Namespace) -> str | None:
 
 
 def kept_epoch_metrics(history: list[dict[str, float]]) -> dict[str, float]:
-    """best_epoch and the validation metrics of the epoch whose weights fit returned (best_val_accuracy, ...)."""
+    """best_epoch and the validation (and watched out-of-domain) metrics of the epoch whose weights fit returned
+    (best_val_accuracy, best_ood_<set>_accuracy, ...)."""
     best = history[-1]["best_epoch"]
-    return {"best_epoch": best, **{f"best_{k}": v for k, v in history[best - 1].items() if k.startswith("val_")}}
+    kept = {k: v for k, v in history[best - 1].items() if k.startswith(("val_", OOD_PREFIX))}
+    return {"best_epoch": best, **{f"best_{k}": v for k, v in kept.items()}}
 
 
 def train_and_log(
@@ -204,6 +285,7 @@ def train_and_log(
     from training import tracking
 
     params = hyper_params(args)
+    ood = load_ood(args)
     with mlflow.start_run(run_name=args.run_name, nested=nested) as active:
         run_id = active.info.run_id
         commit = tracking.git_commit()
@@ -217,6 +299,8 @@ def train_and_log(
                 "val_fraction": args.val_fraction,
                 "test_fraction": args.test_fraction,
                 "limit": args.limit,
+                "contractions": args.contractions,
+                "tense_copies": args.tense_copies,
                 "training_data_sha256": dataset.sha256,
                 "sources": ",".join(r.uri for r in dataset.reports)[:6000],
             }
@@ -224,20 +308,29 @@ def train_and_log(
         tracking.log_lineage(dataset, split)
 
         log("tokenising with the model's own preprocessing graph ...")
+        made = data.training_texts(dataset.texts, split, contractions=args.contractions, tense_copies=args.tense_copies)
+        texts, train_indices, source = made.texts, made.train, made.source
         vocabulary, encoded = preprocess.featurize(
-            dataset.texts, split.train, min_count=params.min_count, max_size=params.max_features
+            texts,
+            train_indices,
+            min_count=params.min_count,
+            max_size=params.max_features,
+            token_pattern=params.token_pattern,
         )
         mlflow.log_param("vocabulary_size", len(vocabulary))
         log(f"vocabulary: {len(vocabulary)} unigrams and bigrams")
 
         labels = np.asarray(dataset.labels)
+        train_sources = data.take(source, train_indices)
         model, history = fit(
-            data.take(encoded, split.train),
-            labels[split.train].tolist(),
+            data.take(encoded, train_indices),
+            labels[train_sources].tolist(),
             data.take(encoded, split.validation),
             labels[split.validation].tolist(),
             vocab_size=len(vocabulary),
             params=params,
+            train_is_review=data.take(data.review_flags(dataset), train_sources),
+            train_is_tense_copy=made.train_is_tense_copy(),
             threshold=args.threshold,
             on_epoch=lambda epoch, record: log_epoch(mlflow, epoch, record),
             progress=not args.quiet,
@@ -261,7 +354,7 @@ def train_and_log(
         onnx_model = export.build_onnx(model, vocabulary, metadata)
         export.check(onnx_model)
         model_bytes = onnx_model.SerializeToString()
-        worst = export.verify_parity(model_bytes, model, vocabulary, data.take(dataset.texts, split.validation))
+        worst = export.verify_parity(model_bytes, model, vocabulary, data.take(texts, split.validation))
         golden = _golden_outputs(model_bytes, model, vocabulary, args.threshold)
         mlflow.log_metrics(
             {
@@ -272,7 +365,7 @@ def train_and_log(
         )
         model_uri = tracking.log_onnx_model(model_bytes, golden)
         log(f"logged {model_uri} ({len(model_bytes) / 1e6:.1f} MB, max |onnx - torch| {worst:.2g})")
-        validation_texts = data.take(dataset.texts, split.validation)
+        validation_texts = data.take(texts, split.validation)
         reference = _reference(
             model_bytes, validation_texts, labels[split.validation], args.threshold, test_probabilities
         )
@@ -282,6 +375,7 @@ def train_and_log(
             f"{reference.positive_rate:.3f}, unknown-token rate {reference.counts.unknown_token_rate():.3f}"
         )
         _behaviour(mlflow, model_bytes, args.threshold)
+        ood_accuracy = _out_of_domain(mlflow, model_bytes, ood, args.threshold)
 
         version = None
         if args.register:
@@ -301,7 +395,8 @@ def train_and_log(
                 log(f"alias 'production' -> {MODEL_NAME} version {version}")
 
         if args.checkpoint is not None:
-            save_checkpoint(model, vocabulary.features, args.checkpoint)
+            pattern = None if vocabulary.token_pattern == preprocess.TOKEN_PATTERN else vocabulary.token_pattern
+            save_checkpoint(model, vocabulary.features, args.checkpoint, pattern)
             log(f"PyTorch checkpoint: {args.checkpoint}")
 
         if args.output_dir is not None:
@@ -323,6 +418,7 @@ def train_and_log(
         "test_accuracy": round(test_probabilities["accuracy"], 4),
         "test_roc_auc": round(test_probabilities["roc_auc"], 4),
         "model_size_bytes": len(model_bytes),
+        **{name: round(value, 4) for name, value in ood_accuracy.items()},
     }
 
 
@@ -417,6 +513,23 @@ def _behaviour(mlflow, model_bytes: bytes, threshold: float) -> None:
         f"behaviour: {report.pass_rate:.1%} of {len(report.outcomes)} cases pass; weakest: {weakest[0]} "
         f"{weakest[1][0]}/{weakest[1][1]}"
     )
+
+
+def _out_of_domain(
+    mlflow, model_bytes: bytes, sets: dict[str, data.LabelledTexts], threshold: float
+) -> dict[str, float]:
+    """Accuracy of the exported model on each out-of-domain dev set, logged as ood_<set>_accuracy."""
+    session = export.session(model_bytes)
+    accuracy = {
+        f"{OOD_PREFIX}{name}_accuracy": float(
+            np.mean((export.onnx_probabilities(session, s.texts) >= threshold) == np.asarray(s.labels))
+        )
+        for name, s in sets.items()
+    }
+    if accuracy:
+        mlflow.log_metrics(accuracy)
+        log("out-of-domain accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items()))
+    return accuracy
 
 
 def _evaluate(mlflow, model, encoded, labels, split, threshold: float, tracking) -> dict[str, float]:

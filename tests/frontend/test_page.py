@@ -655,6 +655,38 @@ def test_page_highlights_the_terms_that_weighed_most_in_two_colours_with_a_legen
     context.close()
 
 
+def test_page_marks_apostrophe_terms_whether_the_model_splits_them_or_keeps_them_whole(
+    live_site, browser, clean_db
+) -> None:
+    """The default tokenizer gives "didn't" as `didn`, `'t` (term "didn 't"); a model trained with
+    --no-split-apostrophes keeps "wasn't" whole. Both mark the very words of the review."""
+    from playwright.sync_api import expect
+
+    context, page = open_page(browser, live_site)
+    terms = [{"term": "didn 't", "weight": -1.25}, {"term": "wasn't", "weight": -0.5}, {"term": "warm", "weight": 0.25}]
+
+    def with_terms(route) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        answer = route.fetch()
+        body = answer.json()
+        body["details"]["explanation"] = {"bias": 0.1, "terms": terms}
+        route.fulfill(response=answer, json=body)
+
+    predict = live_site["predict"].url
+    page.route(lambda url: url.startswith(f"{predict}/"), with_terms)
+    review = "I didn't like it and it wasn't warm."
+    page.get_by_label("Review text").fill(review)
+    page.get_by_role("button", name="Analyze").click()
+
+    expect(page.locator("#explanation-text")).to_have_text(review)
+    negative = page.locator("#explanation-text mark.toward-negative")
+    expect(negative).to_have_text(["didn", "'t", "wasn", "'t"])
+    expect(page.locator("#explanation-text mark.toward-positive")).to_have_text(["warm"])
+    context.close()
+
+
 def test_page_without_an_explanation_in_the_answer_shows_no_highlights(live_site, browser, clean_db) -> None:
     """A model exported before explanations answers without one: the verdict alone, nothing left from before."""
     from playwright.sync_api import expect

@@ -102,10 +102,7 @@ def test_empty_and_unknown_texts_give_finite_probabilities(predict) -> None:
     assert np.all((probabilities > 0) & (probabilities < 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation: past-tense narration ('were', 'was') is a strong negative cue in the training "
-    "sentences, so short past-tense praise reads as negative (README, model card)",
-)
-def test_short_past_tense_praise_is_positive(predict) -> None:
-    assert predict(["The staff were friendly."])[0] > 0.5
+@pytest.mark.parametrize("text", ["The staff were friendly.", "The pasta was delicious."])
+def test_short_past_tense_praise_is_positive(predict, text: str) -> None:
+    # The training sentences narrate complaints in the past: without training's tense copies this read as negative.
+    assert predict([text])[0] > 0.5

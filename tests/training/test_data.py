@@ -176,3 +176,130 @@ def test_stratified_split_is_deterministic_disjoint_and_stratified() -> None:
 def test_stratified_split_bad_fractions_raise(val: float, test: float) -> None:
     with pytest.raises(ValueError, match="fractions"):
         data.stratified_split([0, 1], val_fraction=val, test_fraction=test, seed=1, texts=["a", "b"])
+
+
+@pytest.mark.parametrize("limit", [None, 3])
+def test_review_flags_mark_json_reviews_in_dataset_order(tmp_path: Path, limit: int | None) -> None:
+    write(tmp_path / "a.csv", ['"2","good sentence"', '"1","bad sentence"'])
+    reviews = [json.dumps({"stars": 5, "text": "a whole review"}), json.dumps({"stars": 1, "text": "x"})]
+    write(tmp_path / "b.jsonl", reviews)
+    dataset = data.load_dataset([str(tmp_path)])
+    if limit is not None:
+        dataset.texts, dataset.labels = dataset.texts[:limit], dataset.labels[:limit]
+
+    flags = data.review_flags(dataset)
+
+    assert flags == [False, False, True, True][: len(dataset.texts)]
+
+
+@pytest.mark.parametrize(
+    ("text", "joined"),
+    [
+        ("i did n't eat it ; it 's cold", "i didn't eat it ; it's cold"),
+        (
+            "ca n't wait , we 'll be back , i 'm sure they 've improved",
+            "can't wait , we'll be back , i'm sure they've improved",
+        ),
+        ("they 're nice and i 'd go", "they're nice and i'd go"),
+        ("the 'soup' was 'special'", "the 'soup' was 'special'"),
+        ("I didn't", "I didn't"),
+    ],
+)
+def test_join_contractions_undoes_treebank_splits_only(text: str, joined: str) -> None:
+    assert data.join_contractions([text], [0]) == [joined]
+
+
+def test_join_contractions_negations_only_leaves_other_clitics_split() -> None:
+    assert data.join_contractions(["it 's did n't"], [0], negations_only=True) == ["it 's didn't"]
+
+
+def test_join_contractions_leaves_other_indices_as_given() -> None:
+    texts = ["did n't", "did n't", "did n't"]
+
+    assert data.join_contractions(texts, [0, 2]) == ["didn't", "did n't", "didn't"]
+    assert texts == ["did n't", "did n't", "did n't"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "texts", "train", "source"),
+    [
+        ("as-given", ["did n't", "it 's", "ok", "is n't"], [0, 2], [0, 1, 2, 3]),
+        ("joined", ["didn't", "it's", "ok", "is n't"], [0, 2], [0, 1, 2, 3]),
+        ("both", ["did n't", "it 's", "ok", "is n't", "didn't"], [0, 2, 4], [0, 1, 2, 3, 0]),
+        ("both-negations", ["did n't", "it 's", "ok", "is n't", "didn't"], [0, 2, 4], [0, 1, 2, 3, 0]),
+    ],
+)
+def test_with_contractions_modes_never_touch_the_test_split(
+    mode: str, texts: list[str], train: list[int], source: list[int]
+) -> None:
+    split = data.Split(train=[0, 2], validation=[1], test=[3], seed=0)
+
+    result = data.with_contractions(["did n't", "it 's", "ok", "is n't"], split, mode)
+
+    assert result == (texts, train, source)
+
+
+def test_with_contractions_unknown_mode_raises() -> None:
+    split = data.Split(train=[0], validation=[], test=[], seed=0)
+
+    with pytest.raises(ValueError, match="contractions"):
+        data.with_contractions(["x"], split, "split")
+
+
+@pytest.mark.parametrize(
+    ("text", "swapped"),
+    [
+        ("The staff were friendly.", "The staff are friendly."),
+        ("the food is great and the fries are hot", "the food was great and the fries were hot"),
+        ("Was it good? It IS.", "Is it good? It Was."),
+        ("this thesis wasn't island", "this thesis isn't island"),  # whole words (and their "n't") only
+    ],
+)
+def test_swap_tense_swaps_each_copula_as_a_whole_word(text: str, swapped: str) -> None:
+    assert data.swap_tense(text) == swapped
+
+
+def test_with_tense_copies_appends_a_copy_of_each_training_text_with_a_copula_under_its_source() -> None:
+    texts = ["it was good", "no copula here", "it is bad", "validation was fine"]
+
+    extended, train_indices, source = data.with_tense_copies(texts, [0, 1, 2], [0, 1, 2, 3])
+
+    assert extended == [*texts, "it is good", "it was bad"]
+    assert train_indices == [0, 1, 2, 4, 5]
+    assert source == [0, 1, 2, 3, 0, 2]
+
+
+def test_with_tense_copies_past_copies_present_texts_only() -> None:
+    texts = ["it was good", "the staff are friendly", "it isn't bad"]
+
+    extended, train_indices, source = data.with_tense_copies(texts, [0, 1, 2], [0, 1, 2], "past")
+
+    assert extended[3:] == ["the staff were friendly", "it wasn't bad"]
+    assert (train_indices, source) == ([0, 1, 2, 3, 4], [0, 1, 2, 1, 2])
+
+
+@pytest.mark.parametrize("mode", ["as-given", "yes", ""])
+def test_training_texts_unknown_tense_copies_mode_raises(mode: str) -> None:
+    split = data.Split(train=[0], validation=[], test=[], seed=0)
+
+    with pytest.raises(ValueError, match="tense copies"):
+        data.training_texts(["it is"], split, contractions="as-given", tense_copies=mode)
+
+
+def test_training_texts_applies_contractions_then_tense_copies_and_never_touches_the_test_split() -> None:
+    texts = ["it was n't good", "it is fine", "test was n't seen", "validation is here"]
+    split = data.Split(train=[0, 1], validation=[3], test=[2], seed=0)
+
+    made = data.training_texts(texts, split, contractions="both-negations", tense_copies="both")
+
+    assert made.texts[:4] == texts
+    assert [made.texts[i] for i in made.train] == [
+        "it was n't good",
+        "it is fine",
+        "it wasn't good",
+        "it is n't good",
+        "it was fine",
+        "it isn't good",
+    ]
+    assert [made.source[i] for i in made.train] == [0, 1, 0, 0, 1, 0]
+    assert made.train_is_tense_copy() == [False, False, False, True, True, True]

@@ -171,3 +171,46 @@ def test_onnxruntime_optimizers_find_nothing_to_change_in_the_exported_graph(sma
         return sorted((n.op_type, tuple(n.input), tuple(n.output)) for n in model.graph.node)
 
     assert signature(optimized) == signature(exported)
+
+
+def _weighted(model: FastTextClassifier, weights: torch.Tensor) -> FastTextClassifier:
+    weighted = FastTextClassifier(model.embedding.num_embeddings - 1, model.embedding.embedding_dim, weights)
+    state = {**model.state_dict(), "feature_weights": weights}
+    weighted.load_state_dict(state)
+    return weighted.eval()
+
+
+def test_build_onnx_idf_weighted_bag_matches_pytorch_with_the_same_nodes(small_model) -> None:
+    model, vocabulary = small_model
+    weights = torch.linspace(1.0, 3.0, len(vocabulary) + 1)
+    weights[0] = 0.0
+    weighted = _weighted(model, weights)
+
+    plain = export.build_onnx(model, vocabulary, METADATA)
+    onnx_model = export.build_onnx(weighted, vocabulary, METADATA)
+
+    worst = export.verify_parity(onnx_model.SerializeToString(), weighted, vocabulary, AWKWARD)
+    assert worst <= export.PARITY_TOLERANCE
+    assert [(n.op_type, list(n.input)) for n in onnx_model.graph.node] == [
+        (n.op_type, list(n.input)) for n in plain.graph.node
+    ]
+    plain_p = export.onnx_probabilities(export.session(plain.SerializeToString()), AWKWARD[:2])
+    weighted_p = export.onnx_probabilities(export.session(onnx_model.SerializeToString()), AWKWARD[:2])
+    assert not np.allclose(plain_p, weighted_p)
+
+
+def test_build_onnx_split_apostrophes_vocabulary_carries_its_tokenizer_into_the_graph() -> None:
+    pattern = preprocess.SPLIT_APOSTROPHES_PATTERN
+    tokens = preprocess.tokenize(["i did n't like it 's", "didn't it's great"], pattern=pattern)
+    vocabulary = preprocess.Vocabulary.build(tokens, min_count=1, max_size=100, token_pattern=pattern)
+    model = _random_model(vocabulary, 8, seed=1)
+
+    onnx_model = export.build_onnx(model, vocabulary, METADATA)
+    worst = export.verify_parity(onnx_model.SerializeToString(), model, vocabulary, [*AWKWARD, "didn't", "it's"])
+
+    assert worst <= export.PARITY_TOLERANCE
+    assert "'t" in vocabulary.index
+    tokenizer = next(n for n in onnx_model.graph.node if n.op_type == "Tokenizer")
+    assert onnx.helper.get_attribute_value(next(a for a in tokenizer.attribute if a.name == "tokenexp")) == (
+        pattern.encode()
+    )

@@ -59,7 +59,9 @@ def _features_of(model: onnx.ModelProto) -> tuple[preprocess.Vocabulary, dict[in
             return token_of[key].decode()
         return f"{token_of[key // stride].decode()} {token_of[key % stride].decode()}"
 
-    vocabulary = preprocess.Vocabulary(features=tuple(feature(key) for key in keys))
+    tokenizer = next(node for node in model.graph.node if node.op_type == "Tokenizer")
+    pattern = onnx.helper.get_attribute_value(next(a for a in tokenizer.attribute if a.name == "tokenexp")).decode()
+    vocabulary = preprocess.Vocabulary(features=tuple(feature(key) for key in keys), token_pattern=pattern)
     return vocabulary, {key: i for i, key in enumerate(keys, start=1)}
 
 
@@ -70,7 +72,7 @@ def test_training_and_exported_graph_compute_identical_features_on_all_default_d
     texts = data.load_dataset(None).texts
     session = export.session(model_bytes, extra_outputs=[export.FEATURE_KEYS])
 
-    expected = vocabulary.encode(preprocess.tokenize(texts))
+    expected = vocabulary.encode(preprocess.tokenize(texts, pattern=vocabulary.token_pattern))
     mismatches = []
     for start in range(0, len(texts), 4096):
         batch = np.array(texts[start : start + 4096], dtype=object)
@@ -82,3 +84,17 @@ def test_training_and_exported_graph_compute_identical_features_on_all_default_d
     assert len(texts) == 178_107
     assert len(vocabulary) > 100_000
     assert mismatches == []
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("I didn't like it's", ["i", "didn", "'t", "like", "it", "'s"]),
+        ("i did n't like it 's", ["i", "did", "n", "'t", "like", "it", "'s"]),
+        ("the 'soup' rocks", ["the", "'soup", "rocks"]),
+    ],
+)
+def test_tokenize_split_apostrophes_pattern_gives_raw_and_tokenised_text_the_same_clitics(
+    text: str, tokens: list[str]
+) -> None:
+    assert preprocess.tokenize([text], pattern=preprocess.SPLIT_APOSTROPHES_PATTERN) == [tokens]

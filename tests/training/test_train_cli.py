@@ -32,6 +32,10 @@ def test_help_documents_every_option(capsys) -> None:
         "--seed",
         "--embedding-dim",
         "--threshold",
+        "--weight-decay",
+        "--label-smoothing",
+        "--feature-dropout",
+        "--review-weight",
     ]:
         assert option in parser_options
 
@@ -43,12 +47,26 @@ def test_help_states_each_default_at_most_once_and_none_for_flags(capsys) -> Non
 
     for entry in entries:
         assert len(re.findall(r"default", entry, flags=re.IGNORECASE)) <= 1, entry
+        # A one-way flag (--register) is off unless given; an --x/--no-x pair says which way it defaults.
+        if ", --no-" not in entry.split("\n", 1)[0]:
+            assert "(default: False)" not in entry, entry
     assert "(default: None)" not in text
-    assert "(default: False)" not in text
     assert "(default: 4)" in text  # --epochs still shows its default
 
 
-@pytest.mark.parametrize("argv", [["--threshold", "1.5"], ["--epochs", "many"], ["--limit", "3"], ["--no-such-option"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--threshold", "1.5"],
+        ["--epochs", "many"],
+        ["--limit", "3"],
+        ["--no-such-option"],
+        ["--label-smoothing", "1"],
+        ["--feature-dropout", "-0.1"],
+        ["--review-weight", "0"],
+        ["--weight-decay", "-1"],
+    ],
+)
 def test_parse_args_bad_options_exit_with_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         parse_args(argv)
@@ -56,18 +74,40 @@ def test_parse_args_bad_options_exit_with_usage_error(argv: list[str]) -> None:
     assert exited.value.code == 2
 
 
+def test_hyper_params_levers_default_off_and_parse_from_the_command_line() -> None:
+    assert hyper_params(parse_args([])) == HyperParams()
+    assert hyper_params(parse_args(["--label-smoothing", "0.1", "--review-weight", "2"])) == HyperParams(
+        label_smoothing=0.1, review_weight=2.0
+    )
+
+
 def test_parse_args_promote_implies_register() -> None:
     assert parse_args(["--promote"]).register is True
 
 
-def test_command_line_parses_back_into_the_same_params_and_data() -> None:
-    params = HyperParams(embedding_dim=48, epochs=3, learning_rate=0.012298748183751155, lr_decay=0.5, seed=7)
-    data_args = parse_args(["--data", "a.csv", "--data", "gs://b/c/", "--limit", "500", "--val-fraction", "0.2"])
+@pytest.mark.parametrize("flags", [True, False], ids=["switches-on", "switches-off"])
+def test_command_line_parses_back_into_the_same_params_and_data(flags: bool) -> None:
+    params = HyperParams(
+        embedding_dim=48,
+        epochs=3,
+        learning_rate=0.012298748183751155,
+        lr_decay=0.5,
+        seed=7,
+        label_smoothing=0.05,
+        tense_copy_weight=0.5,
+        ensemble=2,
+        idf_weighting=flags,
+        balance_classes=flags,
+        split_apostrophes=not flags,
+    )
+    data_options = ["--data", "a.csv", "--data", "gs://b/c/", "--limit", "500", "--val-fraction", "0.2"]
+    data_args = parse_args([*data_options, "--contractions", "both", "--tense-copies", "both", "--ood-dir", "/tmp/o"])
 
     parsed = parse_args(command_line(params, data_args))
 
     assert hyper_params(parsed) == params
-    for name in ("data", "limit", "val_fraction", "test_fraction", "positive_min_stars"):
+    names = ("data", "limit", "val_fraction", "test_fraction", "positive_min_stars", "contractions", "tense_copies")
+    for name in (*names, "ood_dir"):
         assert getattr(parsed, name) == getattr(data_args, name)
 
 
