@@ -51,7 +51,7 @@ def test_help_states_each_default_at_most_once_and_none_for_flags(capsys) -> Non
         if ", --no-" not in entry.split("\n", 1)[0]:
             assert "(default: False)" not in entry, entry
     assert "(default: None)" not in text
-    assert "(default: 4)" in text  # --epochs still shows its default
+    assert "(default: 500000)" in text  # --max-features still shows its default
 
 
 @pytest.mark.parametrize(
