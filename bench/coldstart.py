@@ -39,15 +39,14 @@ import predict_model
 class TorchModel:
     def __init__(self, manifest):
         from training.model import load_checkpoint
-        from training.preprocess import Vocabulary
-        self.model, features = load_checkpoint({checkpoint!r})
-        self.vocabulary = Vocabulary(features=features)
+        self.model, self.vocabulary = load_checkpoint({checkpoint!r})
         self.manifest = manifest
 
     def infer(self, texts):
         from training.model import predict_proba
         from training.preprocess import tokenize
-        return predict_proba(self.model, self.vocabulary.encode(tokenize(texts))), None
+        tokens = tokenize(texts, pattern=self.vocabulary.token_pattern)
+        return predict_proba(self.model, self.vocabulary.encode(tokens)), None
 
 def load(uri):
     from sentiment_core.manifest import read_staged_folder

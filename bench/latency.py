@@ -53,15 +53,14 @@ def in_process(model_path: Path, checkpoint: Path) -> None:
 
     from sentiment_core.onnx_model import open_session, probabilities
     from training.model import load_checkpoint, predict_proba
-    from training.preprocess import Vocabulary, tokenize
+    from training.preprocess import tokenize
 
     torch.set_num_threads(1)
     session = open_session(model_path.read_bytes(), threads=1)  # what predict opens: one intra-op thread
-    model, features = load_checkpoint(checkpoint)
-    vocabulary = Vocabulary(features=features)
+    model, vocabulary = load_checkpoint(checkpoint)
 
     def torch_predict(texts: list[str]) -> np.ndarray:
-        return predict_proba(model, vocabulary.encode(tokenize(texts)))
+        return predict_proba(model, vocabulary.encode(tokenize(texts, pattern=vocabulary.token_pattern)))
 
     one = REVIEWS[:1]
     one_feed = {"text": np.array(one, dtype=object)}

@@ -62,9 +62,13 @@ def parse_args() -> argparse.Namespace:
     for field in dataclasses.fields(HyperParams):
         option = "--" + field.name.replace("_", "-")
         if isinstance(field.default, bool):
-            group.add_argument(option, action=argparse.BooleanOptionalAction, default=field.default, help=" ")
+            group.add_argument(
+                option, action=argparse.BooleanOptionalAction, default=field.default, help=f"as training.train {option}"
+            )
         else:
-            group.add_argument(option, type=type(field.default), default=field.default, help=" ")
+            group.add_argument(
+                option, type=type(field.default), default=field.default, help=f"as training.train {option}"
+            )
     return parser.parse_args()
 
 
@@ -79,8 +83,11 @@ def main() -> int:
     )
     labels = np.asarray(dataset.labels)
     sets = {"test": (data.take(dataset.texts, split.test), labels[split.test])}
-    for name, ood in data.load_ood_sets(args.ood).items():
-        sets[name] = (ood.texts, np.asarray(ood.labels))
+    if args.ood.is_dir() or args.ood != data.DEFAULT_OOD_DIR:  # a folder given explicitly must exist
+        for name, ood in data.load_ood_sets(args.ood).items():
+            sets[name] = (ood.texts, np.asarray(ood.labels))
+    else:
+        print(f"no out-of-domain sets: {args.ood} does not exist; the test split alone", flush=True)
     print(f"data: {len(dataset.texts)} examples, split {split.sizes()}; {params}", flush=True)
 
     started = time.perf_counter()

@@ -24,4 +24,5 @@ def fit_baseline(texts: Sequence[str], labels: Sequence[int], c: float = C) -> P
 
 
 def accuracy(pipeline: Pipeline, texts: Sequence[str], labels: Sequence[int]) -> float:
+    """The share of texts the pipeline labels as given (threshold 0.5)."""
     return float(np.mean(pipeline.predict(list(texts)) == np.asarray(labels)))

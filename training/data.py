@@ -262,7 +262,8 @@ CONTRACTIONS = ("as-given", "joined", "both", "both-negations")
 
 def join_contractions(texts: Sequence[str], indices: Iterable[int], *, negations_only: bool = False) -> list[str]:
     """A copy of texts with "did n't" -> "didn't", "it 's" -> "it's" (only the first with negations_only) at the
-    given indices: the training text then has the tokens raw text has (the graph keeps "didn't" as one token).
+    given indices: the training text then has the tokens raw text has ("did n't" tokenises as `did`, `n`, `'t`,
+    "didn't" as `didn`, `'t`, or as one token with --no-split-apostrophes).
     Other texts are unchanged."""
     pattern = _SPLIT_NEGATION if negations_only else _SPLIT_CONTRACTION
     joined = list(texts)
@@ -347,6 +348,7 @@ class TrainingTexts:
 
 
 def training_texts(texts: Sequence[str], split: Split, *, contractions: str, tense_copies: str) -> TrainingTexts:
+    """The texts a run trains on: --contractions' copies (or rewrites), then --tense-copies' copies of those."""
     extended, train_indices, source = with_contractions(texts, split, contractions)
     copies_from = len(extended)
     if tense_copies not in TENSE_COPIES:

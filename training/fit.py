@@ -21,8 +21,8 @@ from training.preprocess import SPLIT_APOSTROPHES_PATTERN, TOKEN_PATTERN
 class HyperParams:
     """Everything that changes the trained weights; logged as MLflow params."""
 
-    # The defaults are trial 53 of the search in docs/model-card.md ("Hyper-parameter search"), kept to the digit so
-    # that the search's reproducing command and the defaults train the same weights; `ensemble` is not searched.
+    # The defaults are trial 53 of the search in docs/model-card.md ("Hyper-parameter search"), to the digit, with
+    # `ensemble` 3 added: the search ran single models (`--ensemble 1` in its command reproduces the trial itself).
     embedding_dim: int = 16
     epochs: int = 2
     batch_size: int = 32
@@ -95,7 +95,7 @@ def drop_features(batch: Sequence[Sequence[int]], rate: float, generator: torch.
 
 MEMBER_SEED_STRIDE = 1000  # member i's seed is params.seed + 1000 i: no stream of one member is another's
 
-# Decoupled decay touches the whole table (10^5 rows x 32): batching it over a few steps keeps its cost small.
+# Decoupled decay touches the whole table (about 10^5 rows): batching it over a few steps keeps its cost small.
 DECAY_EVERY = 16
 
 

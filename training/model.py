@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from training.preprocess import TOKEN_PATTERN, Vocabulary
+
 
 class FastTextClassifier(nn.Module):
     """Id 0 is padding/unknown: EmbeddingBag leaves it out of the mean, and an empty bag gives zeros.
@@ -103,12 +105,14 @@ def save_checkpoint(
     torch.save(saved, path)
 
 
-def load_checkpoint(path: Path) -> tuple[FastTextClassifier, tuple[str, ...]]:
-    """(model in eval mode, feature strings) from save_checkpoint's file."""
+def load_checkpoint(path: Path) -> tuple[FastTextClassifier, Vocabulary]:
+    """(model in eval mode, its vocabulary with the Tokenizer regex it was trained with) from save_checkpoint's
+    file."""
     saved = torch.load(path, weights_only=True)
     features = tuple(saved["vocabulary"])
     model = FastTextClassifier(
         len(features), saved["state_dict"]["embedding.weight"].shape[1], saved["state_dict"].get("feature_weights")
     )
     model.load_state_dict(saved["state_dict"])
-    return model.eval(), features
+    vocabulary = Vocabulary(features=features, token_pattern=saved.get("token_pattern", TOKEN_PATTERN))
+    return model.eval(), vocabulary

@@ -83,15 +83,17 @@ class Explanation:
 
 
 def contributions(tokens: Sequence[str], scores: Sequence[float], known: Sequence[float]) -> dict[str, float]:
-    """Every known feature's exact share of one text's logit, score / max(#known, 1), summed per term (a term
-    seen twice counts twice): with the bias, all of them add up to the logit.
+    """Every known feature's exact share of one text's logit, score / max(sum of known, 1), summed per term (a term
+    seen twice counts twice): with the bias, all of them add up to the logit. `known` is 1 per feature of the
+    vocabulary, or its weight in the mean for a model trained with idf weights (whose scores are weighted too).
 
     Feature j < T is the unigram tokens[j]; feature T + j the bigram tokens[j] tokens[j + 1] (the graph's
     order, training.export.build_onnx). Unknown features add nothing to the logit and are left out.
     """
     width = len(tokens)
-    known_at = np.flatnonzero(np.asarray(known)).tolist()
-    divisor = max(len(known_at), 1)  # the graph's max(sum of feature_known, 1): a count, exact in float32
+    weights = np.asarray(known, dtype=np.float64)
+    known_at = np.flatnonzero(weights).tolist()
+    divisor = max(float(weights.sum()), 1.0)  # the graph's max(sum of feature_known, 1)
     totals: dict[str, float] = {}
     for j in known_at:
         term = tokens[j] if j < width else f"{tokens[j - width]}{BIGRAM_JOINER}{tokens[j - width + 1]}"

@@ -22,10 +22,12 @@ METADATA = export.ModelMetadata(mlflow_run_id="run1", label_rule="stars>=3", thr
 WORDS = ["great", "food", "friendly", "staff", "terrible", "service", "good", "cold", "not", "bad", "café", "zzz"]
 
 
-def _model(vocabulary: preprocess.Vocabulary, seed: int = 0, scale: float = 0.4) -> bytes:
+def _model(
+    vocabulary: preprocess.Vocabulary, seed: int = 0, scale: float = 0.4, feature_weights: torch.Tensor | None = None
+) -> bytes:
     """A random model of moderate logits (|logit| < ~6), so float32 probabilities keep the logit to 1e-5."""
     torch.manual_seed(seed)
-    model = FastTextClassifier(len(vocabulary), 8)
+    model = FastTextClassifier(len(vocabulary), 8, feature_weights)
     with torch.no_grad():
         model.embedding.weight.normal_(std=scale)
         model.embedding.weight[0].zero_()
@@ -55,7 +57,16 @@ def _logit(probability: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def test_explanation_bias_plus_every_contribution_is_the_logit_on_many_texts(served) -> None:
+@pytest.fixture(scope="module")
+def served_idf(vocabulary):
+    """A model trained with --idf-weighting: a weighted mean, feature_known carrying each feature's weight."""
+    weights = torch.cat([torch.zeros(1), 1.0 + torch.rand(len(vocabulary), generator=torch.Generator().manual_seed(5))])
+    return _served(_model(vocabulary, seed=1, feature_weights=weights))
+
+
+@pytest.mark.parametrize("model", ["served", "served_idf"])
+def test_explanation_bias_plus_every_contribution_is_the_logit_on_many_texts(model: str, request) -> None:
+    served = request.getfixturevalue(model)
     rng = random.Random(7)
     texts = [" ".join(rng.choices(WORDS, k=rng.randint(1, 40))) for _ in range(300)]
     texts += ["", "!!!", "GREAT Food, great STAFF!", "zzz zzz", "good " * 300, "not bad\tnot\nbad"]

@@ -74,7 +74,7 @@ def test_parse_args_bad_options_exit_with_usage_error(argv: list[str]) -> None:
     assert exited.value.code == 2
 
 
-def test_hyper_params_levers_default_off_and_parse_from_the_command_line() -> None:
+def test_hyper_params_parse_from_the_command_line_with_the_dataclass_defaults() -> None:
     assert hyper_params(parse_args([])) == HyperParams()
     assert hyper_params(parse_args(["--label-smoothing", "0.1", "--review-weight", "2"])) == HyperParams(
         label_smoothing=0.1, review_weight=2.0
@@ -182,13 +182,12 @@ def test_train_checkpoint_reproduces_the_exported_model(two_runs) -> None:
     """--checkpoint writes the PyTorch weights of the very model that was exported."""
     from training import export
     from training.model import load_checkpoint
-    from training.preprocess import Vocabulary
 
     folder, runs = two_runs
     assert runs[0].returncode == 0, runs[0].stderr[-3000:]
-    model, features = load_checkpoint(folder / "out1.pt")
-    vocabulary = Vocabulary(features=features)
-    texts = ["great food", "awful service", "", "the food was not good"]
+    model, vocabulary = load_checkpoint(folder / "out1.pt")
+    assert vocabulary.token_pattern == HyperParams().token_pattern  # the checkpoint carries its tokenizer
+    texts = ["great food", "awful service", "", "the food was not good", "it wasn't good, they didn't care"]
 
     session = export.session((folder / "out1" / "model.onnx").read_bytes())
     difference = export.onnx_probabilities(session, texts) - export.torch_probabilities(model, vocabulary, texts)

@@ -18,7 +18,7 @@ from training import data, preprocess, train, tune
 from training.fit import HyperParams
 
 # Small enough for a trial in seconds on two cores; the accuracy is beside the point here.
-QUICK = ["--limit", "1000", "--max-epochs", "2"]
+QUICK = ["--limit", "1000", "--max-epochs", "2", "--ensemble", "1"]
 
 
 def run_tune(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -175,7 +175,14 @@ def test_search_pruned_trial_is_recorded_as_pruned(experiment: str, mlflow_serve
 
     with mlflow.start_run() as parent:
         study = tune.search(
-            prepared, trials=2, timeout=None, max_epochs=3, seed=1, pruner=PruneAfterTheFirstTrial(), progress=False
+            prepared,
+            trials=2,
+            timeout=None,
+            max_epochs=3,
+            seed=1,
+            fixed={"seed": 1, "split_apostrophes": train.DEFAULTS.split_apostrophes, "ensemble": 1},
+            pruner=PruneAfterTheFirstTrial(),
+            progress=False,
         )
 
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
@@ -235,7 +242,7 @@ def test_tune_leaves_a_nested_run_per_trial_and_the_best_on_the_parent(mlflow_se
         "epochs": str(int(best.data.metrics["best_epoch"])),  # the epoch kept, not the budget
         "seed": str(train.DEFAULTS.seed),
         "split_apostrophes": str(train.DEFAULTS.split_apostrophes),
-        "ensemble": str(train.DEFAULTS.ensemble),
+        "ensemble": "1",  # --ensemble, held fixed
     }
     assert {name: parent.data.params[f"best_{name}"] for name in expected} == expected
     # The printed command, on stdout and on the parent, is training.train's with those very parameters.

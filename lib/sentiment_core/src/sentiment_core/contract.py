@@ -15,10 +15,12 @@ KNOWN_FRACTION_OUTPUT = "known_fraction"
 # known features). Computed only when fetched; models exported before them still serve, without explanations.
 TOKENS_OUTPUT = "tokens"  # string [N, T], right-padded with ""
 FEATURE_SCORES_OUTPUT = "feature_scores"  # float [N, 2T - 1]: unigram j's score, then bigram (j, j + 1)'s
-FEATURE_KNOWN_OUTPUT = "feature_known"  # float [N, 2T - 1]: 1 for a feature of the vocabulary, else 0
+# float [N, 2T - 1]: 1 for a feature of the vocabulary (its idf weight for a model trained with idf weights), else 0
+FEATURE_KNOWN_OUTPUT = "feature_known"
 BIAS_OUTPUT = "bias"  # float [1]: the logit of a text without a known feature
-# The divisor, max(number of known features, 1), is the sum of feature_known (exact in float32): no output of its
-# own, since declared outputs cost even a run that does not fetch them a little (bench/latency.py).
+# The divisor, max(sum of feature_known, 1) (the number of known features, exact in float32, for an unweighted
+# model), has no output of its own, since declared outputs cost even a run that does not fetch them a little
+# (bench/latency.py).
 EXPLANATION_OUTPUTS = (TOKENS_OUTPUT, FEATURE_SCORES_OUTPUT, FEATURE_KNOWN_OUTPUT, BIAS_OUTPUT)
 
 MODEL_FILENAME = "model.onnx"
