@@ -35,9 +35,9 @@ SETTINGS = {
     # budget is 1 in 1,000 rather than the production 1 in 20 (the weaker version is still caught in seconds).
     "ROLLOUT_ALPHA": "0.001",
     "ROLLOUT_MAX_S": "600",
-    # The weak model must pass the deploy gate so that live evidence rolls it back: one epoch on 2,000 examples
-    # leaves its calibration error at about 0.07, above the production maximum of 0.05.
-    "MAX_CALIBRATION_ERROR": "0.2",
+    # The weak model must pass the deploy gate so that live evidence rolls it back: one epoch on 500 examples
+    # leaves its calibration error at about 0.27, above the production maximum of 0.05.
+    "MAX_CALIBRATION_ERROR": "0.3",
     "MIN_BEHAVIOUR_PASS_RATE": "0.5",  # and it passes less of the behavioural suite than the production minimum
 }
 TRAINED_ON = 20_000  # the largest --limit of the models trained here: examples after it are held out
@@ -58,7 +58,10 @@ def models(local_stack: dict) -> dict[str, str]:
     urls, env = local_stack["urls"], local_stack["env"]
     return {
         "stable": train(urls, env, seed=1),
-        "weak": train(urls, env, seed=3, limit=2000, epochs=1),
+        # 500 examples: with the default ensemble and training copies, 2,000 and 1,000 gave models only twice as
+        # often wrong as the stable one (17 % and 21 % against 9 % and 10 % of live answers), which the rollout
+        # could not yet tell apart at its 1-in-1,000 false-rollback budget.
+        "weak": train(urls, env, seed=3, limit=500, epochs=1),
         "equal": train(urls, env, seed=1),
     }
 
