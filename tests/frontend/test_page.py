@@ -622,6 +622,23 @@ def test_page_monitoring_without_traffic_says_so(live_site, browser, clean_db) -
 # --- Explanations -----------------------------------------------------------------------------------------------
 
 
+def rewrite_predict_details(page, live_site, change) -> None:
+    """predict's real answers to the page's POSTs, with `change` applied to their `details` (what another model
+    would have answered); every other request passes untouched."""
+    predict = live_site["predict"].url
+
+    def rewrite(route) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        answer = route.fetch()
+        body = answer.json()
+        change(body["details"])
+        route.fulfill(response=answer, json=body)
+
+    page.route(lambda url: url.startswith(f"{predict}/"), rewrite)
+
+
 def test_page_highlights_the_terms_that_weighed_most_in_two_colours_with_a_legend(
     live_site, browser, clean_db, screenshots: Path
 ) -> None:
@@ -665,17 +682,7 @@ def test_page_marks_apostrophe_terms_whether_the_model_splits_them_or_keeps_them
     context, page = open_page(browser, live_site)
     terms = [{"term": "didn 't", "weight": -1.25}, {"term": "wasn't", "weight": -0.5}, {"term": "warm", "weight": 0.25}]
 
-    def with_terms(route) -> None:
-        if route.request.method != "POST":
-            route.continue_()
-            return
-        answer = route.fetch()
-        body = answer.json()
-        body["details"]["explanation"] = {"bias": 0.1, "terms": terms}
-        route.fulfill(response=answer, json=body)
-
-    predict = live_site["predict"].url
-    page.route(lambda url: url.startswith(f"{predict}/"), with_terms)
+    rewrite_predict_details(page, live_site, lambda details: details.update(explanation={"bias": 0.1, "terms": terms}))
     review = "I didn't like it and it wasn't warm."
     page.get_by_label("Review text").fill(review)
     page.get_by_role("button", name="Analyze").click()
@@ -696,17 +703,7 @@ def test_page_without_an_explanation_in_the_answer_shows_no_highlights(live_site
     page.get_by_role("button", name="Analyze").click()
     expect(page.locator("#explanation")).to_be_visible()
 
-    def without_explanation(route) -> None:
-        if route.request.method != "POST":
-            route.continue_()
-            return
-        answer = route.fetch()
-        body = answer.json()
-        del body["details"]["explanation"]
-        route.fulfill(response=answer, json=body)
-
-    predict = live_site["predict"].url
-    page.route(lambda url: url.startswith(f"{predict}/"), without_explanation)
+    rewrite_predict_details(page, live_site, lambda details: details.pop("explanation"))
     page.get_by_label("Review text").fill("Cold fries, rude cashier and a dirty table. Never again.")
     page.get_by_role("button", name="Analyze").click()
 
