@@ -6,7 +6,9 @@ variables below, and tests/infra/test_mlflow_cloud.py starts the server through 
 
 Variables (required unless a default is given):
   MLFLOW_BACKEND_STORE_URI        SQLAlchemy URI of the tracking store, without its password
-  MLFLOW_BACKEND_STORE_PASSWORD   (optional) the database password, put into the URI URL-encoded
+  MLFLOW_BACKEND_STORE_PASSWORD   (optional) the database password, put into the URI URL-encoded; the URI
+                                  reaches `mlflow server` through its environment, never its command line
+                                  (which any process of the container, and a crash report, can read)
   MLFLOW_ARTIFACTS_DESTINATION    where proxied artifacts go (gs://bucket, or a local folder)
   MLFLOW_FLASK_SERVER_SECRET_KEY  CSRF key of the basic-auth app; the same in every worker and instance
   MLFLOW_SERVER_ALLOWED_HOSTS     comma-separated Host headers MLflow answers (wildcards: mlflow-*.run.app)
@@ -47,8 +49,10 @@ def backend_store_uri(uri: str, password: str | None) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def server_argv(env: Mapping[str, str]) -> list[str]:
-    """The `mlflow server` command line for these variables; ConfigError naming every missing one."""
+def server_command(env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The `mlflow server` command line and environment for these variables; ConfigError naming every missing
+    one. The store URI, password included, is in the environment (MLflow's CLI reads MLFLOW_BACKEND_STORE_URI),
+    the password variable itself is not passed on."""
     missing = [name for name in REQUIRED if not env.get(name, "").strip()]
     if missing:
         raise ConfigError(f"missing environment variable(s) for the MLflow server: {', '.join(missing)}")
@@ -60,7 +64,7 @@ def server_argv(env: Mapping[str, str]) -> list[str]:
     for name, default in (("PORT", "8080"), ("MLFLOW_WORKERS", "1")):
         if not env.get(name, default).isdigit():
             raise ConfigError(f"{name} must be a whole number, got {env[name]!r}")
-    return [
+    argv = [
         sys.executable,
         "-m",
         "mlflow",
@@ -73,23 +77,26 @@ def server_argv(env: Mapping[str, str]) -> list[str]:
         env.get("PORT", "8080"),
         "--workers",
         env.get("MLFLOW_WORKERS", "1"),
-        "--backend-store-uri",
-        backend_store_uri(env["MLFLOW_BACKEND_STORE_URI"], env.get("MLFLOW_BACKEND_STORE_PASSWORD")),
         "--artifacts-destination",
         env["MLFLOW_ARTIFACTS_DESTINATION"],
         "--allowed-hosts",
         ",".join(hosts),
     ]
+    child_env = {name: value for name, value in env.items() if name != "MLFLOW_BACKEND_STORE_PASSWORD"}
+    child_env["MLFLOW_BACKEND_STORE_URI"] = backend_store_uri(
+        env["MLFLOW_BACKEND_STORE_URI"], env.get("MLFLOW_BACKEND_STORE_PASSWORD")
+    )
+    return argv, child_env
 
 
 def main() -> None:
     """Exec the server (it becomes PID 1's process and gets Cloud Run's SIGTERM), or exit 2 with the reason."""
     try:
-        argv = server_argv(os.environ)
+        argv, env = server_command(os.environ)
     except ConfigError as exc:
         sys.stderr.write(f"infra/mlflow/serve.py: {exc}\n")
         raise SystemExit(2) from None
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, env)
 
 
 if __name__ == "__main__":

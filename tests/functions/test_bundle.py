@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from localdev.bundle import build, requirements_of, resolve
+from localdev.bundle import FUNCTIONS, build, canonical, imports_of, lock_path, locked, requirements_of, resolve
 
 HEAVY = ("torch", "mlflow", "sklearn", "pandas", "matplotlib", "training", "localdev")
 
@@ -92,15 +95,63 @@ print(json.dumps({{"status": response.status_code, "shared": sentiment_core.__fi
     assert [m for m in report["modules"] if m.startswith(absent)] == []
 
 
-@pytest.mark.system  # pip resolves each bundle's requirements against the package index
-@pytest.mark.parametrize("name", ["predict", "feedback", "registry_watcher", "redeploy"])
-def test_bundle_requirements_are_pinned_and_resolve_without_torch_or_mlflow(name: str) -> None:
-    requirements = requirements_of(name)
+@pytest.mark.system  # pip resolves each bundle's lock against the package index
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_bundle_lock_installs_exactly_its_packages_with_hashes_and_without_torch_or_mlflow(name: str) -> None:
+    """--require-hashes fails on any package the lock lacks (a transitive one too) or pins without a hash."""
+    resolved = resolve(["--require-hashes", "-r", str(lock_path(name))])
 
-    resolved = resolve(requirements)
-
-    assert all("==" in line for line in requirements)
+    assert resolved == set(locked(name))
     assert "functions-framework" in resolved
     assert ("onnxruntime" in resolved) == (name in ("predict", "registry_watcher"))  # the gate runs the model
     assert ("google-cloud-run" in resolved) == (name == "redeploy")  # only the redeploy calls Cloud Run
     assert not resolved & {"torch", "mlflow", "mlflow-skinny", "scikit-learn", "pandas"}
+
+
+@functools.cache
+def _owners() -> dict[str, str]:
+    """Installed file (absolute path) -> the distribution that installed it, for this environment."""
+    owners = {}
+    for distribution in metadata.distributions():
+        for file in distribution.files or []:
+            if file.suffix == ".py":
+                owners[str(Path(distribution.locate_file(file)).resolve())] = canonical(distribution.metadata["Name"])
+    return owners
+
+
+def distribution_of(module: str) -> str | None:
+    """The distribution that installed `module`; None for a name that is no module or a namespace package."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except ModuleNotFoundError:  # a name inside a module, not a submodule
+        return None
+    if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
+        return None
+    return _owners()[str(Path(spec.origin).resolve())]
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_bundle_lock_covers_every_import_at_the_versions_the_tests_run(name: str, tmp_path: Path) -> None:
+    bundle = build(name, tmp_path / name)
+    lock = locked(name)
+
+    imports = imports_of(bundle)
+    needed = {module: d for module in imports if (d := distribution_of(module)) is not None}
+
+    assert {m.split(".")[0] for m in imports} == {m.split(".")[0] for m in needed}  # each import was placed
+    assert ("onnxruntime" in needed) == (name in ("predict", "registry_watcher"))  # lazy imports are seen too
+    assert {module: d for module, d in needed.items() if d not in lock} == {}
+    assert {d: v for d, v in lock.items() if metadata.version(d) != v} == {}  # the tests ran what deploys
+    for line in requirements_of(name):
+        package, version = line.split("==")
+        assert lock[canonical(package)] == version, line
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_bundle_lock_pins_every_package_with_a_hash(name: str) -> None:
+    lines = lock_path(name).read_text().splitlines()
+
+    pins = [i for i, line in enumerate(lines) if line and not line.startswith((" ", "#"))]
+
+    assert len(pins) == len(locked(name)) > 10
+    assert [lines[i] for i in pins if not lines[i + 1].strip().startswith("--hash=sha256:")] == []
