@@ -553,11 +553,11 @@ def describe(steps: Sequence[Step]) -> str:
 
 
 def mlflow_version(root: Path) -> str:
-    """The MLflow release the image pins (infra/mlflow/Dockerfile), which is also the image's tag."""
-    dockerfile = root / MLFLOW_DIR / "Dockerfile"
-    found = re.search(r"mlflow(?:\[[a-z,]+\])?==([0-9]+\.[0-9]+\.[0-9]+)", dockerfile.read_text())
+    """The MLflow release the image's lock pins (infra/mlflow/requirements.txt), which is also the image's tag."""
+    lock = root / MLFLOW_DIR / "requirements.txt"
+    found = re.search(r"^mlflow==([0-9]+\.[0-9]+\.[0-9]+)", lock.read_text(), re.M)
     if not found:
-        raise UsageError(f"{dockerfile} pins no mlflow release (mlflow[auth]==X.Y.Z)")
+        raise UsageError(f"{lock} pins no mlflow release (mlflow==X.Y.Z)")
     return found.group(1)
 
 

@@ -49,6 +49,7 @@ class Cloud:
         (self.root / "infra" / "mlflow").mkdir(parents=True)
         (self.root / "infra" / "terraform").mkdir(parents=True)
         shutil.copy(REPO_ROOT / "infra/mlflow/Dockerfile", self.root / "infra/mlflow/Dockerfile")
+        shutil.copy(REPO_ROOT / "infra/mlflow/requirements.txt", self.root / "infra/mlflow/requirements.txt")
         shutil.copy(REPO_ROOT / "infra/terraform/backend.tf.example", self.root / "infra/terraform/")
         (self.root / deploy.BOOTSTRAP_SCRIPT).write_text(FAKE_BOOTSTRAP)
 
@@ -315,8 +316,8 @@ def test_destroy_unconfirmed_runs_nothing(cloud: Cloud) -> None:
     assert cloud.calls() == []
 
 
-def test_mlflow_version_is_the_dockerfile_pin() -> None:
-    assert deploy.mlflow_version(REPO_ROOT) in (REPO_ROOT / "requirements/dev.txt").read_text()
+def test_mlflow_version_is_the_image_locks_pin_and_the_tests_one() -> None:
+    assert f"mlflow=={deploy.mlflow_version(REPO_ROOT)}\n" in (REPO_ROOT / "requirements/dev.txt").read_text()
 
 
 @pytest.mark.parametrize(

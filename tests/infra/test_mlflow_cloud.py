@@ -294,21 +294,23 @@ def test_serve_without_a_required_variable_exits_naming_it(tmp_path: Path, missi
     assert missing in result.stderr
 
 
-def test_server_argv_runs_basic_auth_with_the_hosts_and_the_password_url_encoded(tmp_path: Path) -> None:
+def test_server_command_runs_basic_auth_with_the_password_url_encoded_in_its_environment_only(tmp_path: Path) -> None:
     env = {
         **serve_env(tmp_path),
         "MLFLOW_BACKEND_STORE_URI": "postgresql+psycopg://mlflow@10.0.0.3/mlflow",
         "MLFLOW_BACKEND_STORE_PASSWORD": "p@ss/w:rd",
     }
 
-    argv = serve.server_argv(env)
+    argv, child_env = serve.server_command(env)
 
     flags = dict(zip(argv[4::2], argv[5::2], strict=True))
     assert argv[1:4] == ["-m", "mlflow", "server"]
     assert flags["--app-name"] == "basic-auth"
     assert flags["--allowed-hosts"] == "mlflow-*.run.app,127.0.0.1:*"
-    assert flags["--backend-store-uri"] == "postgresql+psycopg://mlflow:p%40ss%2Fw%3Ard@10.0.0.3/mlflow"
     assert flags["--port"] == "8080"
+    assert child_env["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg://mlflow:p%40ss%2Fw%3Ard@10.0.0.3/mlflow"
+    assert "MLFLOW_BACKEND_STORE_PASSWORD" not in child_env
+    assert not [arg for arg in argv if "p%40ss" in arg or "p@ss" in arg or "postgresql" in arg]
 
 
 @pytest.mark.parametrize(
@@ -320,9 +322,9 @@ def test_server_argv_runs_basic_auth_with_the_hosts_and_the_password_url_encoded
         ({"MLFLOW_BACKEND_STORE_PASSWORD": "x", "MLFLOW_BACKEND_STORE_URI": "sqlite:///x.db"}, "must name a user"),
     ],
 )
-def test_server_argv_refuses_wrong_settings(tmp_path: Path, change: dict[str, str], message: str) -> None:
+def test_server_command_refuses_wrong_settings(tmp_path: Path, change: dict[str, str], message: str) -> None:
     with pytest.raises(serve.ConfigError, match=message):
-        serve.server_argv({**serve_env(tmp_path), **change})
+        serve.server_command({**serve_env(tmp_path), **change})
 
 
 def mlflow_service() -> dict:
@@ -342,10 +344,19 @@ def test_dockerfile_copies_serve_and_bootstrap_and_starts_through_serve() -> Non
     copied = re.findall(r"^COPY (.+) (\S+)$", dockerfile, re.M)
     (entrypoint,) = re.findall(r"^ENTRYPOINT (.+)$", dockerfile, re.M)
 
-    assert copied == [("serve.py bootstrap.py", "/opt/mlflow/")]
+    assert copied == [("requirements.txt", "/opt/mlflow/requirements.txt"), ("serve.py bootstrap.py", "/opt/mlflow/")]
     assert json.loads(entrypoint) == ["python", "/opt/mlflow/serve.py"]
     assert re.search(r"^CMD ", dockerfile, re.M) is None
-    assert '"mlflow[auth]==3.17.2"' in dockerfile
+    assert "pip install --no-cache-dir --require-hashes --no-deps -r /opt/mlflow/requirements.txt" in dockerfile
+
+
+def test_dockerfile_lock_pins_the_projects_mlflow_with_hashes() -> None:
+    lock = (MLFLOW_DIR / "requirements.txt").read_text()
+    pins = [line for line in lock.splitlines() if line and not line.startswith((" ", "#"))]
+
+    assert "mlflow==3.17.2 \\" in pins
+    assert "mlflow-skinny==3.17.2 \\" in pins
+    assert len(re.findall(r"^    --hash=sha256:", lock, re.M)) >= len(pins) > 20
 
 
 def test_cloud_run_runs_the_image_entry_point_with_every_variable_serve_requires() -> None:
@@ -367,7 +378,8 @@ def test_cloud_run_allowed_hosts_accept_the_service_url_forms() -> None:
     (hosts,) = [
         e["value"].strip('"') for e in container["env"] if e["name"].strip('"') == "MLFLOW_SERVER_ALLOWED_HOSTS"
     ]
-    allowed = serve.server_argv({**serve_env_for_check(), "MLFLOW_SERVER_ALLOWED_HOSTS": hosts})[-1].split(",")
+    argv, _ = serve.server_command({**serve_env_for_check(), "MLFLOW_SERVER_ALLOWED_HOSTS": hosts})
+    allowed = argv[-1].split(",")
 
     from mlflow.server.security_utils import is_allowed_host_header
 
