@@ -17,6 +17,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from sentiment_core.http import has_lone_surrogate
+
 SIGNATURE_HEADER = "X-MLflow-Signature"
 DELIVERY_ID_HEADER = "X-MLflow-Delivery-Id"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
@@ -71,6 +73,8 @@ def verify(headers: Mapping[str, str], body: bytes, secret: bytes, now: float | 
         raise WebhookRejected("body is not JSON") from exc
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
         raise WebhookRejected("body is not an MLflow webhook payload")
+    if has_lone_surrogate(payload):  # as every JSON body this system reads: such text cannot even be logged
+        raise WebhookRejected("body is not valid Unicode (a lone surrogate escape)")
     return Delivery(
         delivery_id=delivery_id,
         entity=str(payload.get("entity", "")),

@@ -43,6 +43,7 @@ def signed(delivery: str, timestamp: str, body: bytes = BODY) -> dict:
 
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
+SURROGATE = BODY.replace(b'"m"', b'"m\\ud800"')
 
 
 def test_verify_signed_fresh_delivery_returns_its_event() -> None:
@@ -68,6 +69,7 @@ def test_verify_signed_fresh_delivery_returns_its_event() -> None:
         (signed("d-1", "\u0661" * 10), BODY, NOW, "malformed timestamp"),  # int() reads other scripts' digits
         (signed("d\u00e9-1", str(NOW)), BODY, NOW, "malformed delivery id"),
         (headers(DEEP), DEEP, NOW, "not JSON"),
+        (headers(SURROGATE), SURROGATE, NOW, "not valid Unicode"),
     ],
     ids=[
         "wrong-secret",
@@ -84,6 +86,7 @@ def test_verify_signed_fresh_delivery_returns_its_event() -> None:
         "arabic-indic-time",
         "non-ascii-id",
         "nested-too-deep",
+        "lone-surrogate",
     ],
 )
 def test_verify_rejects(request_headers: dict, body: bytes, now: int, reason: str) -> None:
