@@ -23,6 +23,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -211,12 +212,26 @@ def _healthz(url: str) -> dict[str, Any]:
         raise RuntimeError(f"{url}/healthz answered {exc.code}: {exc.read()[:300]!r}") from exc
 
 
+class BadRequest(ValueError):
+    """A request this server cannot read (its length or chunking): a 400, never a dropped connection."""
+
+
+# Explicit ASCII patterns: int() also reads other scripts' digits, signs and spaces (and a negative length would
+# make the read wait for the client to close).
+CONTENT_LENGTH = re.compile(rb"[0-9]{1,12}")
+CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
+METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")  # an HTTP token
+
+
 def _read_body(handler: BaseHTTPRequestHandler) -> bytes | None:
-    """The request body, de-chunked; None if it is over MAX_BODY."""
+    """The request body, de-chunked; None if it is over MAX_BODY; BadRequest if its framing is malformed."""
     if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
         body = b""
         while True:
-            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            size_text = handler.rfile.readline(64).split(b";")[0].strip() or b"0"
+            if not CHUNK_SIZE.fullmatch(size_text):
+                raise BadRequest("malformed chunk size")
+            size = int(size_text, 16)
             if size == 0:
                 while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
                     pass
@@ -225,7 +240,10 @@ def _read_body(handler: BaseHTTPRequestHandler) -> bytes | None:
             handler.rfile.readline()
             if len(body) > MAX_BODY:
                 return None
-    length = int(handler.headers.get("Content-Length") or 0)
+    raw_length = (handler.headers.get("Content-Length") or "0").encode("latin-1")
+    if not CONTENT_LENGTH.fullmatch(raw_length):
+        raise BadRequest("malformed Content-Length")
+    length = int(raw_length)
     if length > MAX_BODY:
         return None
     return handler.rfile.read(length) if length else b""
@@ -242,15 +260,42 @@ def _send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any, heade
     handler.wfile.write(data)
 
 
+class JsonErrors(BaseHTTPRequestHandler):
+    """The standard handler answers what it cannot parse (request line, headers, method) with an HTML page: here
+    JSON of the functions' shape, as Cloud Run's front end would pass on the function's own answer."""
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        if code == 501:  # a method this server has no handler for: the client's mistake, as a function says it
+            code, message = 405, f"{self.command} is not allowed"
+        name = self.responses.get(code, ("error",))[0]
+        self.close_connection = True
+        # A request line it cannot parse leaves the default HTTP/0.9, whose answers have no status line at all.
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+        payload = {"error": {"code": re.sub(r"[^a-z]+", "_", name.lower()).strip("_"), "message": message or name}}
+        _send_json(self, code, payload)
+
+
 def proxy_handler(router: Router) -> type[BaseHTTPRequestHandler]:
-    class Proxy(BaseHTTPRequestHandler):
+    class Proxy(JsonErrors):
         protocol_version = "HTTP/1.1"
 
         def log_message(self, *args: object) -> None:
             pass
 
+        def __getattr__(self, name: str) -> Any:
+            # Every method reaches the revision, which answers 405 itself where it serves none (Cloud Run forwards
+            # any method to the container).
+            if name.startswith("do_") and METHOD.fullmatch(name[3:]):
+                return self._forward
+            raise AttributeError(name)
+
         def _forward(self) -> None:
-            body = _read_body(self)
+            try:
+                body = _read_body(self)
+            except BadRequest as exc:
+                self.close_connection = True
+                return _send_json(self, 400, {"error": {"code": "bad_request", "message": str(exc)}})
             if body is None:
                 self.close_connection = True
                 return _send_json(self, 413, {"error": {"code": "body_too_large", "message": "body too large"}})
@@ -290,7 +335,7 @@ def proxy_handler(router: Router) -> type[BaseHTTPRequestHandler]:
 
 
 def admin_handler(router: Router) -> type[BaseHTTPRequestHandler]:
-    class Admin(BaseHTTPRequestHandler):
+    class Admin(JsonErrors):
         def log_message(self, *args: object) -> None:
             pass
 
@@ -327,7 +372,7 @@ def admin_handler(router: Router) -> type[BaseHTTPRequestHandler]:
         def _request(self) -> dict[str, Any] | None:
             try:
                 request = json.loads(_read_body(self) or b"{}")
-            except ValueError:
+            except ValueError:  # BadRequest too
                 request = None
             return request if isinstance(request, dict) else None
 

@@ -125,11 +125,15 @@ def handle_statistics(
     return http.json_response({"statistics": statistics, "deployment": summary})
 
 
+# ASCII digits only: str.isdigit() also passes "\u00b2", which int() refuses, and "\u0661", which it reads as 1.
+LIMIT = re.compile(r"[0-9]{1,3}")
+
+
 def handle_predictions(request: flask.Request, store: Callable[[], Store]) -> flask.Response:
     """GET /predictions?limit=1..100&page_token=...: newest first."""
     _no_query(request, allowed={"limit", "page_token"})
     raw_limit = request.args.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+    if not LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= 100:
         raise http.bad_request("invalid_limit", "limit must be an integer from 1 to 100")
     page_token = request.args.get("page_token")
     if page_token is not None and (not page_token or len(page_token) > 512):

@@ -12,6 +12,7 @@ from sentiment_core import http, logs, web
 from sentiment_core.deployment_store import DeploymentStore
 
 logs.configure()
+http.register_error_handlers(functions_framework.errorhandler)  # JSON, never HTML, for every error
 SETTINGS = feedback_service.Settings.from_env()  # fails at start-up: a misconfigured revision never takes traffic
 CORS = http.Cors.from_setting(SETTINGS.public.allowed_origins)
 

@@ -13,6 +13,7 @@ import predict_service
 from sentiment_core import http, logs, web
 
 logs.configure()
+http.register_error_handlers(functions_framework.errorhandler)  # JSON, never HTML, for every error
 SETTINGS = predict_service.Settings.from_env()  # fails at start-up: a misconfigured revision never takes traffic
 CORS = http.Cors.from_setting(SETTINGS.public.allowed_origins)
 

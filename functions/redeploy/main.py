@@ -7,13 +7,24 @@ from __future__ import annotations
 
 import functools
 
+import flask
 import functions_framework
 import redeploy_service
 from cloudevents.http import CloudEvent
 
-from sentiment_core import logs
+from sentiment_core import http, logs
+from sentiment_core.events import InvalidEvent
 
 logs.configure()
+http.register_error_handlers(functions_framework.errorhandler)  # JSON, never HTML, for every error
+
+
+@functions_framework.errorhandler(InvalidEvent)
+def _invalid_event(error: InvalidEvent) -> flask.Response:
+    """A delivery that is no event of this system: a 4xx, which Pub/Sub retries and then dead-letters as before."""
+    return http.error_response(http.ApiError(400, "invalid_event", str(error)))
+
+
 SETTINGS = redeploy_service.Settings.from_env()  # fails at start-up: a misconfigured revision never takes traffic
 
 

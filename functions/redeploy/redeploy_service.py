@@ -71,6 +71,8 @@ def handle(event: Any, redeployer: Callable[[], Redeployer]) -> None:
         change = from_pubsub_message((event.get_data() or {}).get("message"))
     except (InvalidEvent, AttributeError) as exc:
         log_unprocessable(event, exc)
+        if isinstance(exc, AttributeError):  # a body that is no push envelope: as unprocessable as a bad event
+            raise InvalidEvent(f"the delivery is not a Pub/Sub push ({exc})") from exc
         raise
     redeployer().handle(change)
 

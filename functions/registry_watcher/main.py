@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from reconcile import Reconciler
 
 logs.configure()
+http.register_error_handlers(functions_framework.errorhandler)  # JSON, never HTML, for every error
 SETTINGS = watcher_service.Settings.from_env()  # fails at start-up: a misconfigured revision never takes traffic
 NO_CORS = http.Cors.from_setting("")  # internal: no browser calls it
 

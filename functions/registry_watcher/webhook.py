@@ -12,14 +12,21 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
+
+from sentiment_core.http import has_lone_surrogate
 
 SIGNATURE_HEADER = "X-MLflow-Signature"
 DELIVERY_ID_HEADER = "X-MLflow-Delivery-Id"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
 MAX_SKEW_S = 300
+# Explicit ASCII patterns: str.isdigit() and str.isalnum() also pass other scripts' digits and letters ("²" is a
+# digit that int() refuses).
+DELIVERY_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 class WebhookRejected(ValueError):
@@ -51,9 +58,9 @@ def verify(headers: Mapping[str, str], body: bytes, secret: bytes, now: float | 
     signature = headers.get(SIGNATURE_HEADER) or ""
     if not delivery_id or not timestamp or not signature:
         raise WebhookRejected("missing signature headers")
-    if not 1 <= len(delivery_id) <= 128 or not all(c.isalnum() or c in "-_" for c in delivery_id):
+    if not DELIVERY_ID.fullmatch(delivery_id):
         raise WebhookRejected("malformed delivery id")
-    if not timestamp.isdigit():
+    if not TIMESTAMP.fullmatch(timestamp):
         raise WebhookRejected("malformed timestamp")
     if not hmac.compare_digest(sign(secret, delivery_id, timestamp, body).encode(), signature.encode()):
         raise WebhookRejected("bad signature")
@@ -62,10 +69,12 @@ def verify(headers: Mapping[str, str], body: bytes, secret: bytes, now: float | 
         raise WebhookRejected("stale timestamp")
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise WebhookRejected("body is not JSON") from exc
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
         raise WebhookRejected("body is not an MLflow webhook payload")
+    if has_lone_surrogate(payload):  # as every JSON body this system reads: such text cannot even be logged
+        raise WebhookRejected("body is not valid Unicode (a lone surrogate escape)")
     return Delivery(
         delivery_id=delivery_id,
         entity=str(payload.get("entity", "")),

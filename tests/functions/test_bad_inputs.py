@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import urllib.parse
@@ -19,6 +20,25 @@ VALID_TOKEN_UNKNOWN_ID = feedback_token(SECRET.encode(), UNKNOWN_ID)
 
 def deep(depth: int) -> bytes:
     return b'{"text":' + b"[" * depth + b"]" * depth + b"}"
+
+
+def page_token(time: str) -> str:
+    """A page token of the shape this service issues, at `time`."""
+    raw = json.dumps({"t": time, "id": UNKNOWN_ID}).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def feedback_body(**fields: str) -> bytes:
+    """A feedback body (a known id and its valid token) with `fields` given as raw JSON texts, so escapes stay
+    exactly as sent; a key given as `k_<name>` is the raw JSON text of an extra key (with its quotes)."""
+    values = {
+        '"prediction_id"': json.dumps(UNKNOWN_ID),
+        '"is_positive_user_answered"': "true",
+        '"feedback_token"': json.dumps(VALID_TOKEN_UNKNOWN_ID),
+    }
+    for name, value in fields.items():
+        values[name.removeprefix("k_") if name.startswith("k_") else json.dumps(name)] = value
+    return ("{" + ", ".join(f"{key}: {value}" for key, value in values.items()) + "}").encode()
 
 
 # (case id, function, path, method, raw body, headers, expected status, expected code)
@@ -95,7 +115,30 @@ CASES: list[tuple[str, str, str, str, bytes | None, dict[str, str], int, str]] =
     ("too-long-text", "predict", "/", "POST", json.dumps({"text": "y" * 5001}).encode(), JSON, 400, "invalid_text"),
     ("control-char", "predict", "/", "POST", b'{"text": "bad\\u0000byte"}', JSON, 400, "invalid_text"),
     ("escape-char", "predict", "/", "POST", b'{"text": "ansi \\u001b[31m"}', JSON, 400, "invalid_text"),
-    ("lone-surrogate", "predict", "/", "POST", b'{"text": "half \\ud800 pair"}', JSON, 400, "invalid_text"),
+    ("lone-surrogate", "predict", "/", "POST", b'{"text": "half \\ud800 pair"}', JSON, 400, "invalid_unicode"),
+    ("lone-low-surrogate", "predict", "/", "POST", b'{"text": "\\uDFFF"}', JSON, 400, "invalid_unicode"),
+    ("reversed-pair", "predict", "/", "POST", b'{"text": "\\ude00\\ud83d"}', JSON, 400, "invalid_unicode"),
+    ("surrogate-key", "predict", "/", "POST", b'{"text": "great", "\\udc00": 1}', JSON, 400, "invalid_unicode"),
+    (
+        "surrogate-deep",
+        "predict",
+        "/",
+        "POST",
+        b'{"texts": ["ok", {"a": [["\\udbff"]]}]}',
+        JSON,
+        400,
+        "invalid_unicode",
+    ),
+    (
+        "surrogate-explain",
+        "predict",
+        "/",
+        "POST",
+        b'{"text": "ok", "explain": "\\ud800"}',
+        JSON,
+        400,
+        "invalid_unicode",
+    ),
     ("texts-empty", "predict", "/", "POST", b'{"texts": []}', JSON, 400, "invalid_batch"),
     ("texts-not-list", "predict", "/", "POST", b'{"texts": "great"}', JSON, 400, "invalid_type"),
     ("texts-bad-item", "predict", "/", "POST", b'{"texts": ["ok", 3]}', JSON, 400, "invalid_type"),
@@ -194,6 +237,82 @@ CASES: list[tuple[str, str, str, str, bytes | None, dict[str, str], int, str]] =
         400,
         "unknown_field",
     ),
+    (
+        "feedback-token-surrogate",
+        "feedback",
+        "/",
+        "POST",
+        feedback_body(feedback_token='"\\ud800"'),
+        JSON,
+        400,
+        "invalid_unicode",
+    ),
+    (
+        "feedback-surrogate-key",
+        "feedback",
+        "/",
+        "POST",
+        feedback_body(**{'k_"\\udc00"': "1"}),
+        JSON,
+        400,
+        "invalid_unicode",
+    ),
+    (
+        "feedback-id-surrogate",
+        "feedback",
+        "/",
+        "POST",
+        feedback_body(prediction_id='"\\ud800' + "0" * 31 + '"'),
+        JSON,
+        400,
+        "invalid_unicode",
+    ),
+    (
+        "feedback-token-not-ascii",
+        "feedback",
+        "/",
+        "POST",
+        feedback_body(feedback_token=json.dumps("\u00e9" * 43, ensure_ascii=False)),
+        JSON,
+        403,
+        "invalid_feedback_token",
+    ),
+    ("predictions-limit-superscript", "feedback", "/predictions?limit=%C2%B2", "GET", None, {}, 400, "invalid_limit"),
+    ("predictions-limit-arabic-one", "feedback", "/predictions?limit=%D9%A1", "GET", None, {}, 400, "invalid_limit"),
+    ("predictions-limit-fullwidth", "feedback", "/predictions?limit=%EF%BC%95", "GET", None, {}, 400, "invalid_limit"),
+    ("predictions-limit-space", "feedback", "/predictions?limit=%205", "GET", None, {}, 400, "invalid_limit"),
+    ("predictions-limit-newline", "feedback", "/predictions?limit=5%0A", "GET", None, {}, 400, "invalid_limit"),
+    (
+        "predictions-token-past-utc-max",
+        "feedback",
+        "/predictions?page_token=" + page_token("9999-12-31T23:59:59-14:00"),
+        "GET",
+        None,
+        {},
+        400,
+        "invalid_page_token",
+    ),
+    (
+        "predictions-token-before-utc-min",
+        "feedback",
+        "/predictions?page_token=" + page_token("0001-01-01T00:00:00+14:00"),
+        "GET",
+        None,
+        {},
+        400,
+        "invalid_page_token",
+    ),
+    (
+        "predictions-token-not-ascii",
+        "feedback",
+        "/predictions?page_token=%C3%A9t%C3%A9",
+        "GET",
+        None,
+        {},
+        400,
+        "invalid_page_token",
+    ),
+    ("monitoring-hours-superscript", "feedback", "/monitoring?hours=%C2%B2", "GET", None, {}, 400, "invalid_hours"),
     ("predictions-limit-zero", "feedback", "/predictions?limit=0", "GET", None, {}, 400, "invalid_limit"),
     ("predictions-limit-big", "feedback", "/predictions?limit=101", "GET", None, {}, 400, "invalid_limit"),
     ("predictions-limit-text", "feedback", "/predictions?limit=ten", "GET", None, {}, 400, "invalid_limit"),
@@ -225,6 +344,17 @@ CASES: list[tuple[str, str, str, str, bytes | None, dict[str, str], int, str]] =
     ("monitoring-hours-fraction", "feedback", "/monitoring?hours=2.5", "GET", None, {}, 400, "invalid_hours"),
     ("predict-wrong-method", "predict", "/", "PUT", b"{}", JSON, 405, "method_not_allowed"),
     ("predict-unknown-path", "predict", "/predict/v2", "POST", b"{}", JSON, 404, "not_found"),
+    # Paths the framework's own routing refuses before the entry point runs (a newline inside a segment, the
+    # framework's reserved /robots.txt and /favicon.ico): answered by the JSON handlers main.py registers.
+    ("predict-path-newline", "predict", "/a%0Ab", "GET", None, {}, 404, "not_found"),
+    ("predict-path-trailing-newline", "predict", "/healthz%0A", "GET", None, {}, 404, "not_found"),
+    ("predict-robots", "predict", "/robots.txt", "GET", None, {}, 404, "not_found"),
+    ("predict-favicon", "predict", "/favicon.ico", "GET", None, {}, 404, "not_found"),
+    ("feedback-path-newline", "feedback", "/predictions%0A%0A", "GET", None, {}, 404, "not_found"),
+    ("feedback-path-nested-newline", "feedback", "/a/%0A", "GET", None, {}, 404, "not_found"),
+    ("feedback-robots", "feedback", "/robots.txt", "GET", None, {}, 404, "not_found"),
+    ("feedback-wrong-method", "feedback", "/statistics", "DELETE", None, {}, 405, "method_not_allowed"),
+    ("predict-double-slash", "predict", "//", "PATCH", None, {}, 405, "method_not_allowed"),
 ]
 
 
@@ -245,8 +375,9 @@ def test_bad_input_gets_4xx_json_error_and_leaves_firestore_unchanged(
 
     answer = call(url, method=method, raw=body, headers=headers)
 
-    assert (answer.status, answer.error_code) == (status, code), answer.json
+    assert (answer.status, answer.error_code) == (status, code), answer.json or answer.raw[:300]
     assert answer.headers["Content-Type"] == "application/json"
+    assert set(answer.json["error"]) == {"code", "message"}
     assert state(clean_db) == before
 
 

@@ -10,9 +10,11 @@ import pytest
 import schemathesis
 import yaml
 from hypothesis import HealthCheck, settings
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -25,6 +27,10 @@ from sentiment_core.store import save_reference
 from training.data import REPO_ROOT
 
 SCHEMA = schemathesis.openapi.from_path(REPO_ROOT / "docs" / "openapi.yaml")
+# Schema violations only: each must be refused with a 4xx (negative_data_rejection) of the documented JSON shape.
+NEGATIVE = schemathesis.openapi.from_path(REPO_ROOT / "docs" / "openapi.yaml")
+NEGATIVE.config.generation.update(modes=[GenerationMode.NEGATIVE])
+NEGATIVE_CHECKS = [not_a_server_error, negative_data_rejection, content_type_conformance, response_schema_conformance]
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -116,3 +122,14 @@ def test_responses_conform_to_openapi(case, app) -> None:
     response = case.call(app=app)
 
     case.validate_response(response, checks=CHECKS)
+
+
+@NEGATIVE.parametrize()
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+def test_schema_violations_are_refused_with_4xx_json(case, app) -> None:
+    response = case.call(app=app)
+
+    case.validate_response(
+        response,
+        checks=[not_a_server_error, negative_data_rejection, content_type_conformance, response_schema_conformance],
+    )

@@ -33,6 +33,19 @@ def test_sign_matches_mlflow_own_signature() -> None:
     assert webhook.sign(SECRET, "d-1", str(NOW), BODY) == expected
 
 
+def signed(delivery: str, timestamp: str, body: bytes = BODY) -> dict:
+    """Headers signed with the right secret over any delivery id and timestamp text."""
+    return {
+        webhook.DELIVERY_ID_HEADER: delivery,
+        webhook.TIMESTAMP_HEADER: timestamp,
+        webhook.SIGNATURE_HEADER: webhook.sign(SECRET, delivery, timestamp, body),
+    }
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+SURROGATE = BODY.replace(b'"m"', b'"m\\ud800"')
+
+
 def test_verify_signed_fresh_delivery_returns_its_event() -> None:
     delivery = webhook.verify(headers(), BODY, SECRET, now=NOW + 10)
 
@@ -52,6 +65,11 @@ def test_verify_signed_fresh_delivery_returns_its_event() -> None:
         (headers(delivery="../../x"), BODY, NOW, "malformed delivery id"),
         (headers(b"[1]"), b"[1]", NOW, "not an MLflow webhook payload"),
         (headers(b"\xff"), b"\xff", NOW, "not JSON"),
+        (signed("d-1", "\u00b2"), BODY, NOW, "malformed timestamp"),  # isdigit() passes it, int() refuses it
+        (signed("d-1", "\u0661" * 10), BODY, NOW, "malformed timestamp"),  # int() reads other scripts' digits
+        (signed("d\u00e9-1", str(NOW)), BODY, NOW, "malformed delivery id"),
+        (headers(DEEP), DEEP, NOW, "not JSON"),
+        (headers(SURROGATE), SURROGATE, NOW, "not valid Unicode"),
     ],
     ids=[
         "wrong-secret",
@@ -64,6 +82,11 @@ def test_verify_signed_fresh_delivery_returns_its_event() -> None:
         "bad-id",
         "not-payload",
         "not-json",
+        "superscript-time",
+        "arabic-indic-time",
+        "non-ascii-id",
+        "nested-too-deep",
+        "lone-surrogate",
     ],
 )
 def test_verify_rejects(request_headers: dict, body: bytes, now: int, reason: str) -> None:

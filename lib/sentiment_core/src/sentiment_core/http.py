@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import flask
+from werkzeug.exceptions import HTTPException, InternalServerError
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_TEXT_CHARS = 5000
@@ -37,7 +38,8 @@ def bad_request(code: str, message: str) -> ApiError:
 
 
 def read_json_object(request: flask.Request, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
-    """The body as a JSON object: bounded read (also for chunked bodies), UTF-8, no NaN, no duplicate keys."""
+    """The body as a JSON object: bounded read (also for chunked bodies), UTF-8, no NaN, no duplicate keys, and
+    no lone surrogate in any key or string at any depth."""
     mimetype = (request.mimetype or "").lower()
     if mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
@@ -59,7 +61,42 @@ def read_json_object(request: flask.Request, max_bytes: int = MAX_BODY_BYTES) ->
         raise bad_request("invalid_json", f"the body is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise bad_request("invalid_json", "the body must be a JSON object")
+    # A \uD800-\uDFFF escape without its pair is valid JSON syntax but not Unicode: such a string cannot be
+    # encoded (hashed, stored, echoed in an error), so it is refused here, before any handler sees it. Only an
+    # escape can carry one (the raw bytes were strict UTF-8), hence the cheap test before the walk.
+    if _SURROGATE_ESCAPE.search(text) and has_lone_surrogate(value):
+        raise bad_request("invalid_unicode", "the body contains a \\u escape of a lone surrogate (U+D800 to U+DFFF)")
     return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """True when a key or string anywhere in a decoded JSON value holds a code point U+D800 to U+DFFF.
+
+    Iterative: a value json.loads accepted may be nested deeper than the recursion limit leaves room for.
+    """
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if not _encodable(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _reject_constant(name: str) -> Any:
@@ -134,8 +171,76 @@ def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | 
 
 
 def error_response(error: ApiError) -> flask.Response:
-    payload = {"error": {"code": error.code, "message": error.message}}
-    return json_response(payload, error.status, error.headers)
+    """The error as JSON; it cannot fail, because it is what answers every other failure.
+
+    A message may quote what the client sent (an unknown field's name): whatever UTF-8 cannot carry is escaped
+    as text (`\\udc00`), and if the answer still cannot be built, a fixed 500 body goes out instead.
+    """
+    payload = {"error": {"code": _printable(error.code), "message": _printable(error.message)}}
+    try:
+        return json_response(payload, error.status, error.headers)
+    except Exception:  # e.g. a header value with a newline: nothing a client could send, but never an HTML page
+        return flask.Response(_INTERNAL_BODY, status=500, mimetype="application/json")
+
+
+_INTERNAL_BODY = '{"error":{"code":"internal","message":"internal error"}}'
+
+
+def _printable(text: str) -> str:
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# The codes the routing of functions-framework (Werkzeug) can raise before an entry point runs, named as
+# dispatch names them; any other HTTP error gets its standard name in snake_case.
+_FRAMEWORK_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def framework_error_response(error: HTTPException) -> flask.Response:
+    """JSON for an error raised by the framework around the entry point: routing (a path the framework's rules
+    do not match, /robots.txt), a method the rules refuse, an event that is not a CloudEvent.
+
+    The framework's description is not echoed: for a refused event it repeats the request's headers and body.
+    """
+    status = error.code or 500
+    if status == 500:
+        return internal_error_response(error)
+    code = _FRAMEWORK_CODES.get(status) or re.sub(r"[^a-z]+", "_", (error.name or "error").lower()).strip("_")
+    if status == 404:
+        message = f"no route {flask.request.path}"
+    elif status == 405:
+        message = f"{flask.request.method} is not allowed on {flask.request.path}"
+    else:
+        message = error.name or "the request cannot be served"
+    headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}  # Allow on a 405
+    return error_response(ApiError(status, code or "error", message, headers))
+
+
+def internal_error_response(error: BaseException) -> flask.Response:
+    """JSON for an exception that escaped the entry point (Flask has already logged it with its stack trace).
+
+    `X-Google-Status: crash` is the header functions-framework's own 500 handler sets, so the platform still
+    records the request as a crash.
+    """
+    response = error_response(ApiError(500, "internal", "internal error"))
+    response.headers["X-Google-Status"] = "crash"
+    return response
+
+
+def register_error_handlers(errorhandler: Callable[..., Any]) -> None:
+    """Answer every error of a function's Flask app as JSON (pass `functions_framework.errorhandler`).
+
+    Called from a function's main.py while functions-framework imports it inside the app it creates; outside
+    such an import (a bundle imported on its own) the framework's placeholder ignores the registrations.
+    """
+    errorhandler(HTTPException)(framework_error_response)
+    # Replaces the framework's own 500 handler (plain text): an exception that escapes the entry point.
+    errorhandler(InternalServerError)(internal_error_response)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -197,7 +197,8 @@ def decode_page_token(token: str) -> tuple[datetime, str]:
         data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
         created_at = _as_utc(datetime.fromisoformat(data["t"]))
         last_id = data["id"]
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeEncodeError) as exc:
+    # OverflowError: a time that exists in its own offset but not in UTC (9999-12-31T23:59:59-14:00).
+    except (ValueError, KeyError, TypeError, OverflowError, binascii.Error, UnicodeEncodeError) as exc:
         raise InvalidPageToken(token) from exc
     if not isinstance(last_id, str) or not PREDICTION_ID.fullmatch(last_id):
         raise InvalidPageToken(token)

@@ -16,5 +16,7 @@ def feedback_token(secret: bytes, prediction_id: str) -> str:
 
 
 def verify_feedback_token(secret: bytes, prediction_id: str, token: str) -> bool:
-    """Constant-time comparison."""
-    return hmac.compare_digest(feedback_token(secret, prediction_id).encode(), token.encode())
+    """Constant-time comparison; False for anything that is not ASCII (no token this service issues is)."""
+    if not token.isascii():  # a lone surrogate cannot even be encoded: a wrong token, never an exception
+        return False
+    return hmac.compare_digest(feedback_token(secret, prediction_id).encode(), token.encode("ascii"))
