@@ -5,10 +5,20 @@
 # The page and the API share one origin of their own: no CORS between them, and the page's Content-Security-Policy
 # connects to 'self' only (storage.tf).
 
+# The API behind the load balancer and the URL map's rules for it, by priority: /api/<name> alone is the function
+# <name>'s /, /api/<name>/x its /x. Two rules per function: a prefix /api/<name> alone would also take /api/<name>x,
+# and its rewrite would make /api/<name>/x //x. (tests/infra/test_edge.py evaluates this block on its own.)
 locals {
-  # The API behind the load balancer: /api/<name> and /api/<name>/... reach the function <name> at / and /...
   edge_apis = toset(["predict", "feedback"])
+  edge_routes = { for i, route in flatten([
+    for name in sort(tolist(local.edge_apis)) : [
+      { api = name, full_path_match = "/api/${name}", prefix_match = null },
+      { api = name, full_path_match = null, prefix_match = "/api/${name}/" },
+    ]
+  ]) : tostring(10 + i) => route }
+}
 
+locals {
   # With a domain: https://domain (Google-managed certificate) and port 80 redirects to it. Without: plain http on
   # the load balancer's address (README: the trade-off).
   edge_https  = var.domain != ""
@@ -162,35 +172,18 @@ resource "google_compute_url_map" "main" {
     name            = "main"
     default_service = google_compute_backend_bucket.site.id
 
-    # /api/<name> alone is the function's POST /; /api/<name>/x is its /x. Two rules per function: a prefix
-    # /api/<name> alone would also take /api/<name>x, and its rewrite would give //x for /api/<name>/x.
     dynamic "route_rules" {
-      for_each = { for i, name in sort(tolist(local.edge_apis)) : name => i }
+      for_each = local.edge_routes
       content {
-        priority = 10 * (route_rules.value + 1)
-        service  = google_compute_backend_service.api[route_rules.key].id
+        priority = tonumber(route_rules.key)
+        service  = google_compute_backend_service.api[route_rules.value.api].id
         match_rules {
-          full_path_match = "/api/${route_rules.key}"
+          full_path_match = route_rules.value.full_path_match
+          prefix_match    = route_rules.value.prefix_match
         }
         route_action {
           url_rewrite {
-            path_prefix_rewrite = "/"
-          }
-        }
-      }
-    }
-
-    dynamic "route_rules" {
-      for_each = { for i, name in sort(tolist(local.edge_apis)) : name => i }
-      content {
-        priority = 10 * (route_rules.value + 1) + 1
-        service  = google_compute_backend_service.api[route_rules.key].id
-        match_rules {
-          prefix_match = "/api/${route_rules.key}/"
-        }
-        route_action {
-          url_rewrite {
-            path_prefix_rewrite = "/"
+            path_prefix_rewrite = "/" # the matched part: /api/<name> or /api/<name>/
           }
         }
       }

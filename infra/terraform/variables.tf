@@ -383,18 +383,18 @@ variable "rate_limits" {
 
   validation {
     condition     = alltrue([for l in values(var.rate_limits) : l.requests == floor(l.requests) && l.requests >= 1 && l.requests <= 100000])
-    error_message = "rate_limits' requests must be whole numbers between 1 and 100000."
+    error_message = "rate_limits must give each function a whole number of requests between 1 and 100000."
   }
 
   validation {
     # The intervals Cloud Armor accepts for a rate-limit threshold.
     condition     = alltrue([for l in values(var.rate_limits) : contains([10, 30, 60, 120, 180, 240, 300, 600, 900, 1200, 1800, 2700, 3600], l.interval_s)])
-    error_message = "rate_limits' interval_s must be one of 10, 30, 60, 120, 180, 240, 300, 600, 900, 1200, 1800, 2700, 3600."
+    error_message = "rate_limits must give each function an interval_s of 10, 30, 60, 120, 180, 240, 300, 600, 900, 1200, 1800, 2700 or 3600."
   }
 
   validation {
     condition     = alltrue([for l in values(var.rate_limits) : l.ban_s == floor(l.ban_s) && l.ban_s >= 60 && l.ban_s <= 86400])
-    error_message = "rate_limits' ban_s must be whole seconds between 60 and 86400."
+    error_message = "rate_limits must give each function a ban_s of whole seconds between 60 and 86400."
   }
 }
 
