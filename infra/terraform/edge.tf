@@ -156,6 +156,8 @@ resource "google_compute_backend_bucket" "site" {
   description = "The static page (the site bucket)."
   bucket_name = google_storage_bucket.site.name
   enable_cdn  = var.site_cdn
+
+  depends_on = [google_project_service.main]
 }
 
 resource "google_compute_url_map" "main" {
@@ -229,7 +231,8 @@ resource "google_compute_url_map" "main" {
 resource "google_compute_managed_ssl_certificate" "main" {
   count = local.edge_https ? 1 : 0
 
-  name = "sentiment-edge"
+  # Named by the domain: a new domain's certificate is created before the old one goes (create_before_destroy).
+  name = "sentiment-edge-${substr(sha256(var.domain), 0, 8)}"
   managed {
     domains = [var.domain]
   }
