@@ -57,8 +57,8 @@ BOOTSTRAP_ENV_FROM_SECRETS = {
     "MLFLOW_WEBHOOK_SECRET": "sentiment-mlflow-webhook",
 }
 
-# Terraform's outputs printed at the end of a deployment, in this order.
-URL_OUTPUTS = ("site_url", "predict_url", "feedback_url", "mlflow_url", "registry_watcher_url")
+# Terraform's outputs printed at the end of a deployment, in this order (load_balancer_ip: the A record of a domain).
+URL_OUTPUTS = ("site_url", "predict_url", "feedback_url", "load_balancer_ip", "mlflow_url", "registry_watcher_url")
 
 # Set for the teardown's last apply so that destroy may delete the stateful resources (variables.tf).
 UNPROTECT_VARS = {"deletion_protection": "false"}

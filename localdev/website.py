@@ -1,8 +1,10 @@
 """The static page as it is deployed: the files of frontend/, a config.json naming the function URLs, and
-index.html rendered so that its Content-Security-Policy lets the page connect to those two origins only.
+index.html rendered so that its Content-Security-Policy lets the page connect to those origins only.
 
-Terraform renders the same template for the site bucket (infra/terraform/storage.tf): a bucket cannot send a
-Content-Security-Policy header, so the policy is a meta element written when the URLs are known.
+Locally the functions listen on ports of their own, other origins than the page's, which the policy names. In the
+cloud the load balancer serves the page and the API on one origin (infra/terraform/edge.tf): config.json holds
+same-origin paths (/api/predict), which 'self' covers, and Terraform renders the same template with no origin
+added (infra/terraform/storage.tf; a bucket cannot send a Content-Security-Policy header, hence the meta element).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ def origin(url: str) -> str:
 
 
 def connect_origins(predict_url: str, feedback_url: str) -> str:
-    """The origins the page may connect to besides its own, space-separated, each once."""
-    return " ".join(dict.fromkeys([origin(predict_url), origin(feedback_url)]))
+    """The origins the page may connect to besides its own, space-separated, each once; a same-origin path
+    (/api/predict, as behind the load balancer) adds none."""
+    urls = [url for url in (predict_url, feedback_url) if not (url.startswith("/") and not url.startswith("//"))]
+    return " ".join(dict.fromkeys(origin(url) for url in urls))
 
 
 def build(destination: Path, predict_url: str, feedback_url: str) -> None:

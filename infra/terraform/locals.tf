@@ -1,6 +1,7 @@
 locals {
   services = toset([
     "artifactregistry.googleapis.com",
+    "billingbudgets.googleapis.com",
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
     "cloudresourcemanager.googleapis.com",
@@ -31,6 +32,11 @@ locals {
     build            = "Cloud Build's identity when it builds the functions' images"
   }
 
+  # Who allUsers may invoke (functions.tf): predict and feedback, which accept load-balancer traffic only (edge.tf),
+  # and the HMAC-checked webhook receiver, internal: MLflow cannot attach a Google identity. Written out, not
+  # derived, so that checkov sees each binding and the function it opens (infra/checkov/public_behind_lb.yaml).
+  public_functions = toset(["predict", "feedback", "registry-webhook"])
+
   # The deployed functions, each with its own identity. registry_watcher's source is deployed twice (the tick and
   # the webhook receiver); the webhook receiver is the only internal function that allUsers may invoke
   # (docs/architecture.md). The redeploy is a source of its own: it carries no MLflow setting or secret.
@@ -39,8 +45,7 @@ locals {
       source          = "predict"
       entry_point     = "predict"
       service_account = "predict"
-      public          = true
-      ingress         = "ALLOW_ALL"
+      ingress         = "ALLOW_INTERNAL_AND_GCLB" # the load balancer (edge.tf) is the way in
       memory          = "1Gi"
       timeout         = 30
     }
@@ -48,8 +53,7 @@ locals {
       source          = "feedback"
       entry_point     = "feedback"
       service_account = "feedback"
-      public          = true
-      ingress         = "ALLOW_ALL"
+      ingress         = "ALLOW_INTERNAL_AND_GCLB" # the load balancer (edge.tf) is the way in
       memory          = "512Mi"
       timeout         = 30
     }
@@ -59,7 +63,6 @@ locals {
       source          = "registry_watcher"
       entry_point     = "registry_watcher"
       service_account = "registry-watcher"
-      public          = false
       ingress         = "ALLOW_ALL"
       memory          = "1Gi"
       timeout         = 120
@@ -68,7 +71,6 @@ locals {
       source          = "registry_watcher"
       entry_point     = "registry_watcher"
       service_account = "registry-webhook"
-      public          = true # MLflow cannot attach a Google identity: the HMAC signature guards it, ingress is internal
       ingress         = "ALLOW_INTERNAL_ONLY"
       memory          = "1Gi"
       timeout         = 120
@@ -77,7 +79,6 @@ locals {
       source          = "redeploy"
       entry_point     = "on_production_changed"
       service_account = "redeployer"
-      public          = false
       ingress         = "ALLOW_INTERNAL_ONLY"
       memory          = "512Mi"
       timeout         = 540
@@ -92,8 +93,10 @@ locals {
     on-production-changed = var.max_instances["on_production_changed"]
   }
 
-  site_url       = "https://storage.googleapis.com/${google_storage_bucket.site.name}"
-  site_origin    = "https://storage.googleapis.com"
+  # The page and the API share the load balancer's origin (edge.tf): the bucket's storage.googleapis.com URL,
+  # which every bucket's page shares, is no allowed origin.
+  site_url       = local.edge_origin
+  site_origin    = local.edge_origin
   cors_origins   = join(",", concat([local.site_origin], var.allowed_origins))
   topic          = "model-production-changed"
   predict_run_id = "projects/${var.project_id}/locations/${var.region}/services/predict"

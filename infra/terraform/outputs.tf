@@ -1,11 +1,16 @@
 output "predict_url" {
-  description = "Public URL of predict."
-  value       = google_cloudfunctions2_function.main["predict"].service_config[0].uri
+  description = "predict through the load balancer (its own run.app URL admits internal and load-balancer traffic only)."
+  value       = "${local.edge_origin}/api/predict"
 }
 
 output "feedback_url" {
-  description = "Public URL of feedback."
-  value       = google_cloudfunctions2_function.main["feedback"].service_config[0].uri
+  description = "feedback through the load balancer (/statistics, /predictions, ... under it)."
+  value       = "${local.edge_origin}/api/feedback"
+}
+
+output "load_balancer_ip" {
+  description = "The load balancer's address: the A record of var.domain points here."
+  value       = google_compute_global_address.main.address
 }
 
 output "registry_watcher_url" {
@@ -29,8 +34,8 @@ output "mlflow_url" {
 }
 
 output "site_url" {
-  description = "The static web page."
-  value       = "${local.site_url}/index.html"
+  description = "The web page, through the load balancer (https://domain, or http://address without a domain)."
+  value       = "${local.site_url}/"
 }
 
 output "serving_bucket" {

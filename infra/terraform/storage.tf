@@ -84,7 +84,7 @@ resource "google_storage_bucket" "function_sources" {
   }
 }
 
-# The static page: the one public bucket.
+# The static page: the one public bucket, served through the load balancer (edge.tf, backend bucket).
 resource "google_storage_bucket" "site" {
   #checkov:skip=CKV_GCP_114:the static web page is public by design
   name                        = "${var.name_prefix}-site"
@@ -123,28 +123,27 @@ resource "google_storage_bucket_object" "site" {
   cache_control = "no-cache"
 }
 
-# A bucket cannot send a Content-Security-Policy header: index.html carries it in a meta element, rendered
-# here with the function origins so that the page may connect to them and to nothing else (as localdev/website.py
-# does for the local stack).
+# A bucket cannot send a Content-Security-Policy header: index.html carries it in a meta element. The page calls the
+# API on its own origin (the load balancer's, edge.tf), so it may connect to 'self' and nothing else: no origin
+# is added (the local stack, whose functions listen on ports of their own, names them: localdev/website.py).
 resource "google_storage_bucket_object" "site_index" {
   bucket        = google_storage_bucket.site.name
   name          = "index.html"
   content_type  = "text/html"
   cache_control = "no-cache"
   content = templatefile("${path.module}/../../frontend/index.html", {
-    connect_origins = join(" ", distinct([
-      for name in ["predict", "feedback"] : regex("^https://[^/]+", google_cloudfunctions2_function.main[name].service_config[0].uri)
-    ]))
+    connect_origins = ""
   })
 }
 
+# Same-origin paths: the load balancer's URL map sends /api/<name>/... to the function <name> (edge.tf).
 resource "google_storage_bucket_object" "site_config" {
   bucket        = google_storage_bucket.site.name
   name          = "config.json"
   content_type  = "application/json"
   cache_control = "no-cache"
   content = jsonencode({
-    predict_url  = google_cloudfunctions2_function.main["predict"].service_config[0].uri
-    feedback_url = google_cloudfunctions2_function.main["feedback"].service_config[0].uri
+    predict_url  = "/api/predict"
+    feedback_url = "/api/feedback"
   })
 }

@@ -88,7 +88,7 @@ variable "max_instances" {
 
 variable "allowed_origins" {
   type        = list(string)
-  description = "Extra origins allowed by CORS besides the static site's own URL."
+  description = "Extra origins allowed by CORS besides the load balancer's own (the page's), for other web front ends."
   default     = []
 }
 
@@ -347,5 +347,97 @@ variable "alert_latency_p95_ms" {
   validation {
     condition     = var.alert_latency_p95_ms >= 50 && var.alert_latency_p95_ms <= 60000
     error_message = "alert_latency_p95_ms must be between 50 and 60000, got ${var.alert_latency_p95_ms}."
+  }
+}
+
+# The load balancer in front of the page and the API (edge.tf; infra/terraform/README.md, "The load balancer").
+variable "domain" {
+  type        = string
+  description = "Domain name of the page and the API (sentiment.example.com): HTTPS with a Google-managed certificate once its A record points at the load balancer's address (output load_balancer_ip), port 80 redirecting. Empty: plain http on the address."
+  default     = ""
+  nullable    = false
+
+  validation {
+    condition     = var.domain == "" || can(regex("^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]{2,63}$", var.domain))
+    error_message = "domain must be a lowercase DNS name such as sentiment.example.com (no scheme, no port, no trailing dot) or empty, got \"${var.domain}\"."
+  }
+}
+
+variable "rate_limits" {
+  type = map(object({
+    requests   = number
+    interval_s = number
+    ban_s      = number
+  }))
+  description = "Cloud Armor per client address and function: over `requests` in `interval_s` seconds, answers 429 and a ban of `ban_s` seconds (429 too). Keys: predict, feedback."
+  default = {
+    predict  = { requests = 60, interval_s = 60, ban_s = 600 }
+    feedback = { requests = 120, interval_s = 60, ban_s = 600 } # the page reads statistics and pages of predictions
+  }
+  nullable = false
+
+  validation {
+    condition     = toset(keys(var.rate_limits)) == toset(["predict", "feedback"])
+    error_message = "rate_limits must have exactly the keys predict and feedback, got ${jsonencode(keys(var.rate_limits))}."
+  }
+
+  validation {
+    condition     = alltrue([for l in values(var.rate_limits) : l.requests == floor(l.requests) && l.requests >= 1 && l.requests <= 100000])
+    error_message = "rate_limits must give each function a whole number of requests between 1 and 100000."
+  }
+
+  validation {
+    # The intervals Cloud Armor accepts for a rate-limit threshold.
+    condition     = alltrue([for l in values(var.rate_limits) : contains([10, 30, 60, 120, 180, 240, 300, 600, 900, 1200, 1800, 2700, 3600], l.interval_s)])
+    error_message = "rate_limits must give each function an interval_s of 10, 30, 60, 120, 180, 240, 300, 600, 900, 1200, 1800, 2700 or 3600."
+  }
+
+  validation {
+    condition     = alltrue([for l in values(var.rate_limits) : l.ban_s == floor(l.ban_s) && l.ban_s >= 60 && l.ban_s <= 86400])
+    error_message = "rate_limits must give each function a ban_s of whole seconds between 60 and 86400."
+  }
+}
+
+variable "site_cdn" {
+  type        = bool
+  description = "Cloud CDN on the page's backend bucket. Its files are sent with Cache-Control: no-cache (storage.tf), so it saves little."
+  default     = false
+  nullable    = false
+}
+
+# The bill (edge.tf): a budget alerts, it does not cap; max_instances and rate_limits bound the spend.
+variable "billing_account" {
+  type        = string
+  description = "Billing account id (XXXXXX-XXXXXX-XXXXXX) to hold a monthly budget on the project; the deployer needs roles/billing.costsManager on it. Empty: no budget."
+  default     = ""
+  nullable    = false
+
+  validation {
+    condition     = var.billing_account == "" || can(regex("^[0-9A-F]{6}-[0-9A-F]{6}-[0-9A-F]{6}$", var.billing_account))
+    error_message = "billing_account must be a billing account id such as 012345-6789AB-CDEF01, or empty."
+  }
+}
+
+variable "budget_amount" {
+  type        = number
+  description = "The project's monthly budget, in whole units of the billing account's currency."
+  default     = 100
+  nullable    = false
+
+  validation {
+    condition     = var.budget_amount == floor(var.budget_amount) && var.budget_amount >= 1
+    error_message = "budget_amount must be a whole number of at least 1, got ${var.budget_amount}."
+  }
+}
+
+variable "budget_thresholds" {
+  type        = list(number)
+  description = "Shares of budget_amount whose crossing by the month's actual spend sends an alert (1.0 = the whole budget)."
+  default     = [0.5, 0.9, 1.0]
+  nullable    = false
+
+  validation {
+    condition     = length(var.budget_thresholds) >= 1 && alltrue([for v in var.budget_thresholds : v > 0 && v <= 10])
+    error_message = "budget_thresholds must hold at least one share between 0 (exclusive) and 10, got ${jsonencode(var.budget_thresholds)}."
   }
 }

@@ -30,6 +30,16 @@ provider "google" {
   region  = var.region
 }
 
+# The Budget API refuses user credentials (make deploy's) without a quota project: this alias, used by the budget
+# alone (edge.tf), bills its calls to the project, whose billingbudgets API Terraform enables (locals.tf).
+provider "google" {
+  alias                 = "billing"
+  project               = var.project_id
+  region                = var.region
+  user_project_override = true
+  billing_project       = var.project_id
+}
+
 provider "google-beta" {
   project = var.project_id
   region  = var.region

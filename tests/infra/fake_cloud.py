@@ -14,9 +14,10 @@ from pathlib import Path
 
 STATE = Path(os.environ["FAKE_STATE"])
 OUTPUTS = {
-    "site_url": "https://storage.googleapis.com/p-site/index.html",
-    "predict_url": "https://predict-abc.a.run.app",
-    "feedback_url": "https://feedback-abc.a.run.app",
+    "site_url": "http://203.0.113.7/",
+    "predict_url": "http://203.0.113.7/api/predict",
+    "feedback_url": "http://203.0.113.7/api/feedback",
+    "load_balancer_ip": "203.0.113.7",
     "mlflow_url": "https://mlflow-abc.a.run.app",
     "registry_watcher_url": "https://registry-watcher-abc.a.run.app",
     "registry_webhook_url": "https://registry-webhook-abc.a.run.app/webhook",

@@ -51,6 +51,16 @@ def functions() -> dict[str, dict[str, Any]]:
     return {name: {k: unquote(v) for k, v in spec.items()} for name, spec in locals_()["functions"].items()}
 
 
+def name_set(expression: Any) -> set[str]:
+    """The names of a literal `toset(["a", "b"])` as python-hcl2 renders it."""
+    return set(re.findall(r'"([\w-]+)"', str(expression)))
+
+
+def public_functions() -> set[str]:
+    """The functions allUsers may invoke (locals.tf public_functions)."""
+    return name_set(locals_()["public_functions"])
+
+
 # Google-managed principals the configuration grants roles to, by what their member expression contains.
 AGENTS = {
     "google_project_service_identity.pubsub": "pubsub-agent",

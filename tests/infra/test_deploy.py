@@ -150,8 +150,9 @@ def test_deploy_prints_the_urls(cloud: Cloud) -> None:
     code, said = cloud.main("deploy", *ARGS)
 
     assert code == 0
-    assert "site_url: https://storage.googleapis.com/p-site/index.html" in said
-    assert "predict_url: https://predict-abc.a.run.app" in said
+    assert "site_url: http://203.0.113.7/" in said
+    assert "predict_url: http://203.0.113.7/api/predict" in said
+    assert "load_balancer_ip: 203.0.113.7" in said  # the domain's A record (README: DNS)
     assert "mlflow_url: https://mlflow-abc.a.run.app" in said
 
 

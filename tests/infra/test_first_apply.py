@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.terraform_config import TERRAFORM, functions, locals_, parsed, resources, unquote
+from tests.infra.terraform_config import TERRAFORM, functions, locals_, parsed, public_functions, resources, unquote
 
 
 def depends_on(body: dict) -> set[str]:
@@ -27,6 +27,7 @@ API_OF_RESOURCE = {
     "google_cloudfunctions2": "cloudfunctions.googleapis.com",
     "google_cloud_run_v2": "run.googleapis.com",
     "google_cloud_scheduler": "cloudscheduler.googleapis.com",
+    "google_billing_budget": "billingbudgets.googleapis.com",
     "google_compute": "compute.googleapis.com",
     "google_firestore": "firestore.googleapis.com",
     "google_logging": "logging.googleapis.com",
@@ -82,7 +83,7 @@ def test_problem_5_operators_reach_the_watcher_through_iam_while_the_receiver_st
     invokers = str(locals_()["invokers"])
 
     assert specs["registry-watcher"]["ingress"] == "ALLOW_ALL"
-    assert specs["registry-watcher"]["public"] is False  # Cloud Run IAM still decides
+    assert "registry-watcher" not in public_functions()  # Cloud Run IAM still decides
     assert specs["registry-webhook"]["ingress"] == "ALLOW_INTERNAL_ONLY"
     assert specs["on-production-changed"]["ingress"] == "ALLOW_INTERNAL_ONLY"
     assert "var.watcher_invokers" in invokers

@@ -15,7 +15,16 @@ import pytest
 from sentiment_core.config import ConfigError
 from sentiment_core.monitoring import DriftSettings
 from sentiment_core.rollout import RolloutSettings
-from tests.infra.terraform_config import TERRAFORM, functions, granted_roles, locals_, parsed, resources, unquote
+from tests.infra.terraform_config import (
+    TERRAFORM,
+    functions,
+    granted_roles,
+    locals_,
+    parsed,
+    public_functions,
+    resources,
+    unquote,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -311,11 +320,20 @@ def test_every_function_has_max_instances_and_its_own_service_account() -> None:
 
 
 def test_only_predict_feedback_and_the_signed_webhook_receiver_are_public() -> None:
-    public = {name for name, spec in functions().items() if spec["public"] is True}
-    webhook = functions()["registry-webhook"]
+    specs = functions()
+    public = resources("google_cloud_run_v2_service_iam_member")["public"]
+    all_users = [
+        name for name, body in resources("google_cloud_run_v2_service_iam_member").items() if "allUsers" in str(body)
+    ]
 
-    assert public == {"predict", "feedback", "registry-webhook"}
-    assert webhook["ingress"] == "ALLOW_INTERNAL_ONLY"  # docs/architecture.md: the one exception, internal + HMAC
+    assert public_functions() == {"predict", "feedback", "registry-webhook"}
+    assert public["for_each"] == "${local.public_functions}"
+    assert unquote(public["member"]) == "allUsers"
+    assert all_users == ["public"]  # no other binding names allUsers, nor derives it (locals.tf invokers)
+    assert "allUsers" not in str(locals_()["invokers"])
+    assert specs["registry-webhook"]["ingress"] == "ALLOW_INTERNAL_ONLY"  # docs/architecture.md: internal + HMAC
+    # The public API admits the load balancer only (edge.tf): nobody reaches it around Cloud Armor.
+    assert {specs[name]["ingress"] for name in ("predict", "feedback")} == {"ALLOW_INTERNAL_AND_GCLB"}
     assert "allUsers" not in (TERRAFORM / "mlflow.tf").read_text()
 
 
@@ -446,7 +464,8 @@ def test_every_google_resource_type_and_attribute_exists_in_the_provider_schema(
                 if not resource_type.startswith("google_"):
                     continue  # random and archive are other providers
                 for name, body in named.items():
-                    provider = unquote(body.get("provider", "google")).strip("${}")
+                    # An alias (google.billing) has its provider's schema.
+                    provider = unquote(body.get("provider", "google")).strip("${}").split(".")[0]
                     allowed = provider_schema.get((provider, kind, resource_type))
                     if allowed is None:
                         problems.append(f"{section} type {resource_type} does not exist in {provider}")

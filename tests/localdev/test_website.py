@@ -39,6 +39,19 @@ def test_website_build_names_an_origin_shared_by_both_functions_once(tmp_path: P
     assert connect_src((tmp_path / "index.html").read_text()) == ["'self'", host]
 
 
+def test_website_build_with_same_origin_paths_as_behind_the_load_balancer_adds_no_origin(tmp_path: Path) -> None:
+    website.build(tmp_path, "/api/predict", "/api/feedback")
+
+    assert connect_src((tmp_path / "index.html").read_text()) == ["'self'"]
+    assert json.loads((tmp_path / "config.json").read_text())["predict_url"] == "/api/predict"
+
+
+@pytest.mark.parametrize("url", ["//evil.example.com/api", "api/predict"])
+def test_website_connect_origins_of_a_scheme_relative_or_bare_path_is_an_error(url: str) -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        website.connect_origins(url, "/api/feedback")
+
+
 def test_website_build_replaces_what_an_earlier_build_left(tmp_path: Path) -> None:
     (tmp_path / "stale.js").write_text("old")
 
