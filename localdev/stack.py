@@ -184,7 +184,14 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         futures = [
             pool.submit(
-                services.start_function, "feedback", LOGS, public_env, port=port["feedback"], ready_path="/statistics"
+                services.start_function,
+                "feedback",
+                LOGS,
+                # The demo lists everyone's predictions (the stack is one person's machine): an explicit opt-in,
+                # off in the cloud's public deployment (docs/architecture.md).
+                {**public_env, "PREDICTIONS_LISTING": "on"},
+                port=port["feedback"],
+                ready_path="/statistics",
             ),
             pool.submit(
                 services.start_function,

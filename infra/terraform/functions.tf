@@ -105,6 +105,8 @@ locals {
     },
     # Operators: GET /status and POST /rollout with an identity token (ingress all, IAM required).
     { for member in var.watcher_invokers : "registry-watcher/${member}" => { function = "registry-watcher", member = member } },
+    # The same operators list predictions (review texts) on feedback-operator, with an identity token.
+    { for member in var.watcher_invokers : "feedback-operator/${member}" => { function = "feedback-operator", member = member } },
   )
 }
 

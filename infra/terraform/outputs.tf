@@ -8,6 +8,11 @@ output "feedback_url" {
   value       = google_cloudfunctions2_function.main["feedback"].service_config[0].uri
 }
 
+output "feedback_operator_url" {
+  description = "URL of feedback-operator: GET /predictions lists every user's review text, for watcher_invokers only (identity token)."
+  value       = google_cloudfunctions2_function.main["feedback-operator"].service_config[0].uri
+}
+
 output "registry_watcher_url" {
   description = "URL of the watcher's tick (Scheduler's service account only)."
   value       = google_cloudfunctions2_function.main["registry-watcher"].service_config[0].uri

@@ -29,8 +29,19 @@ def predict_url(function_env: dict, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="session")
 def feedback_url(function_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """feedback with GET /predictions turned on, as the operators' deployment and the local demo run it."""
+    env = function_env | {"PREDICTIONS_LISTING": "on"}
     with services.start_function(
-        "feedback", tmp_path_factory.mktemp("feedback"), function_env, ready_path="/statistics"
+        "feedback", tmp_path_factory.mktemp("feedback"), env, ready_path="/statistics"
+    ) as service:
+        yield service.url
+
+
+@pytest.fixture(scope="session")
+def public_feedback_url(function_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """feedback as the public deployment runs it: PREDICTIONS_LISTING left at its default (off)."""
+    with services.start_function(
+        "feedback", tmp_path_factory.mktemp("public-feedback"), function_env, ready_path="/statistics"
     ) as service:
         yield service.url
 

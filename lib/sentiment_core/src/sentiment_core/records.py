@@ -3,6 +3,8 @@
 - `predictions/{id}`: ids chosen by predict, random (uuid4) or, for a request with an Idempotency-Key, derived
   from the key and the text's position; records are only ever created where none exists, so a retried write
   cannot create a duplicate. An idempotent request's records carry `request_sha256`, the fingerprint of its body.
+  Each record has `expire_at` (created_at + predict's PREDICTION_RETENTION_DAYS): Firestore's TTL policy on
+  that field deletes it some time after (typically within a day). Answering a prediction keeps its expiry.
 - `counter_shards/{version}--{n}`: `predictions`, `feedback` and `correct` per model version, split over
   NUM_SHARDS documents and changed only with increments, in the same atomic commit as the record they
   count. No single hot document; counters equal the records by construction.
@@ -19,7 +21,7 @@ import binascii
 import dataclasses
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 PREDICTIONS = "predictions"
@@ -71,6 +73,9 @@ class Prediction:
     created_at: datetime
     # The share of the text's tokens the model knows (monitoring); None from a model without that output.
     known_fraction: float | None = None
+    # When Firestore's TTL policy may delete the record (predict's PREDICTION_RETENTION_DAYS after created_at);
+    # None on records stored before retention existed, which the policy never deletes.
+    expire_at: datetime | None = None
 
     @property
     def correct(self) -> bool | None:
@@ -107,14 +112,20 @@ class Prediction:
     @classmethod
     def from_document(cls, prediction_id: str, data: dict[str, Any]) -> Prediction:
         """The record from a document's fields (extra fields, such as request_sha256, are not part of it; records
-        stored before known_fraction existed have none)."""
-        names = {f.name for f in dataclasses.fields(cls)} - {"id", "known_fraction"}
-        created = data["created_at"]
+        stored before known_fraction or expire_at existed have none)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"id", "known_fraction", "expire_at"}
+        created, expire_at = data["created_at"], data.get("expire_at")
         return cls(
             id=prediction_id,
             **{name: data[name] for name in names} | {"created_at": _as_utc(created)},
             known_fraction=data.get("known_fraction"),
+            expire_at=None if expire_at is None else _as_utc(expire_at),
         )
+
+
+def expiry(created_at: datetime, retention_days: int) -> datetime:
+    """`expire_at` of a record created at `created_at` and kept `retention_days` (the TTL policy's field)."""
+    return created_at + timedelta(days=retention_days)
 
 
 def _as_utc(value: datetime) -> datetime:
