@@ -103,11 +103,14 @@ def count(query) -> int:
     return int(query.count().get()[0][0].value)
 
 
-def counted_from_records(db: firestore.Client, version: str) -> dict[str, int]:
-    """The same numbers, recomputed from the records with aggregation queries."""
+def counted_from_records(db: firestore.Client, version: str, since: datetime | None = None) -> dict[str, int]:
+    """The same numbers, recomputed from the records with aggregation queries; with `since`, of the records made
+    from then on only (the retained window, compared with the window counters: docs/architecture.md)."""
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     records = db.collection("predictions").where(filter=FieldFilter("model_version", "==", version))
+    if since is not None:
+        records = records.where(filter=FieldFilter("created_at", ">=", since))
 
     return {
         "predictions": count(records),

@@ -12,6 +12,7 @@ from sentiment_core.records import (
     Prediction,
     WindowCounts,
     expiry,
+    first_retained_hour,
     window_document_id,
     window_hour,
     window_key,
@@ -111,3 +112,21 @@ def test_prediction_document_stored_before_retention_reads_without_expiry() -> N
     del document["expire_at"], document["known_fraction"]
 
     assert Prediction.from_document("a" * 32, document).expire_at is None
+
+
+@pytest.mark.parametrize(
+    ("now", "days", "expected"),
+    [
+        (datetime(2026, 3, 31, 12, 0, tzinfo=UTC), 30, datetime(2026, 3, 1, 13, tzinfo=UTC)),
+        (datetime(2026, 3, 31, 12, 59, tzinfo=UTC), 30, datetime(2026, 3, 1, 13, tzinfo=UTC)),
+        (datetime(2026, 3, 2, 0, 30, tzinfo=UTC), 1, datetime(2026, 3, 1, 1, tzinfo=UTC)),
+    ],
+)
+def test_first_retained_hour_is_the_first_whole_hour_no_record_of_which_has_expired(
+    now: datetime, days: int, expected: datetime
+) -> None:
+    first = first_retained_hour(now, days)
+
+    assert first == expected
+    assert expiry(first, days) > now  # its first record is still kept; the hour before's first may be gone
+    assert expiry(first - timedelta(hours=1), days) <= now

@@ -128,6 +128,16 @@ def expiry(created_at: datetime, retention_days: int) -> datetime:
     return created_at + timedelta(days=retention_days)
 
 
+def first_retained_hour(now: datetime, retention_days: int) -> datetime:
+    """The first UTC hour whose records are all still stored at `now`: counters and records agree from it on.
+
+    A record expires retention_days after it was made and the TTL policy deletes it some time after; a record of
+    an hour that began after `now - retention` cannot have expired yet. Counters are never deleted, so over
+    earlier hours they count more than the records left (docs/architecture.md, "Personal data").
+    """
+    return window_hour(now - timedelta(days=retention_days)) + timedelta(hours=1)
+
+
 def _as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
