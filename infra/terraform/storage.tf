@@ -146,5 +146,7 @@ resource "google_storage_bucket_object" "site_config" {
   content = jsonencode({
     predict_url  = google_cloudfunctions2_function.main["predict"].service_config[0].uri
     feedback_url = google_cloudfunctions2_function.main["feedback"].service_config[0].uri
+    # The page says how long a review is kept: predict's PREDICTION_RETENTION_DAYS.
+    prediction_retention_days = var.prediction_retention_days
   })
 }
