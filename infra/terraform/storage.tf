@@ -143,10 +143,10 @@ resource "google_storage_bucket_object" "site_config" {
   name          = "config.json"
   content_type  = "application/json"
   cache_control = "no-cache"
+  # The function URLs, and how long a review is kept (predict's PREDICTION_RETENTION_DAYS), which the page states.
   content = jsonencode({
-    predict_url  = google_cloudfunctions2_function.main["predict"].service_config[0].uri
-    feedback_url = google_cloudfunctions2_function.main["feedback"].service_config[0].uri
-    # The page says how long a review is kept: predict's PREDICTION_RETENTION_DAYS.
+    predict_url               = google_cloudfunctions2_function.main["predict"].service_config[0].uri
+    feedback_url              = google_cloudfunctions2_function.main["feedback"].service_config[0].uri
     prediction_retention_days = var.prediction_retention_days
   })
 }
