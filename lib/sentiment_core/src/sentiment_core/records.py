@@ -7,7 +7,8 @@
   that field deletes it some time after (typically within a day). Answering a prediction keeps its expiry.
 - `counter_shards/{version}--{n}`: `predictions`, `feedback` and `correct` per model version, split over
   NUM_SHARDS documents and changed only with increments, in the same atomic commit as the record they
-  count. No single hot document; counters equal the records by construction.
+  count. No single hot document; counters equal the records by construction, until records expire (counters
+  keep their totals: they agree over the hours from first_retained_hour on).
 - `counter_windows/{version}--{YYYYMMDDHH}--{n}`: the same counts per model version and UTC hour (plus
   `positive`, the model's positive answers, and `server_errors`), for the rollout's evidence over a window. A
   record counts in the hour it was created, its feedback too whenever that arrives, so the counters of an
