@@ -3,7 +3,11 @@
 "use strict";
 
 const MAX_CHARS = 5000;
-const PAGE_SIZE = 10;
+// "Your recent predictions": this browser's own, kept in localStorage with their feedback tokens (so they can
+// still be answered after a reload), newest first, at most this many. Nobody else's reviews are ever fetched.
+const RECENT_KEY = "review-sentiment.recent";
+const MAX_RECENT = 20;
+const DAY_MS = 24 * 60 * 60 * 1000;
 // An Analyze that meets a 503 or no answer at all is sent again, at most this often, with the same
 // Idempotency-Key: predict then stores it once, and answers a repeat with what it stored the first time.
 const MAX_RETRIES = 2;
@@ -12,7 +16,7 @@ const MAX_RETRY_WAIT_S = 10;
 
 const $ = (id) => document.getElementById(id);
 // roles: {version: "stable" | "candidate"} from /statistics' deployment; monitoring: the last /monitoring answer.
-const state = { config: null, prediction: null, pageTokens: [null], page: 0, roles: {}, monitoring: null };
+const state = { config: null, prediction: null, roles: {}, monitoring: null };
 
 class ServiceError extends Error {
   constructor(status, code, message, retryAfterS) {
@@ -181,8 +185,8 @@ async function analyze(event) {
   try {
     const prediction = await callWithRetries(state.config.predict_url, options, onRetry);
     renderPrediction(prediction);
+    remember(prediction);
     refreshStatistics();
-    loadPage(0);
   } catch (error) {
     showError($("analyze-error"), describe(error, "prediction"));
   } finally {
@@ -269,24 +273,26 @@ function renderExplanation(text, explanation) {
   box.hidden = false;
 }
 
+// POST the user's answer for one prediction (its own feedback token proves it was made here); remembered on success.
+async function postFeedback(prediction, agrees) {
+  const modelSaid = prediction.is_positive.model_answered;
+  const answer = agrees ? modelSaid : !modelSaid;
+  const body = { prediction_id: prediction.id, is_positive_user_answered: answer, feedback_token: prediction.feedback_token };
+  await call(state.config.feedback_url, { method: "POST", body: JSON.stringify(body) });
+  rememberAnswer(prediction.id, answer);
+}
+
 async function sendFeedback(agrees) {
   const prediction = state.prediction;
   if (!prediction) return;
-  const modelSaid = prediction.is_positive.model_answered;
-  const body = {
-    prediction_id: prediction.id,
-    is_positive_user_answered: agrees ? modelSaid : !modelSaid,
-    feedback_token: prediction.feedback_token,
-  };
   const buttons = [$("feedback-yes"), $("feedback-no")];
   buttons.forEach((b) => busy(b, true));
   clearError($("feedback-error"));
   show($("feedback-status"), "Sending…");
   try {
-    await call(state.config.feedback_url, { method: "POST", body: JSON.stringify(body) });
+    await postFeedback(prediction, agrees);
     show($("feedback-status"), "Thanks, your answer counted.");
     await refreshStatistics();
-    loadPage(state.page);
   } catch (error) {
     show($("feedback-status"), "");
     showError($("feedback-error"), describe(error, "feedback"));
@@ -681,50 +687,155 @@ function accuracyFigure(id, version, statistics, monitoring) {
 
 // --- Recent predictions ------------------------------------------------------------------------------------
 
-async function loadPage(page) {
-  clearError($("recent-error"));
-  const token = state.pageTokens[page];
-  const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
-  if (token) query.set("page_token", token);
-  const more = $("recent-more");
-  busy(more, true);
+// Stored in this browser only: what the page needs to show and answer a prediction, not its explanation.
+function recentEntry(prediction) {
+  const { id, text, probability, is_positive: answered, details, feedback_token: token } = prediction;
+  const { model_name: name, model_version: version, mlflow_run_id: run, timestamp } = details;
+  return {
+    id,
+    text,
+    probability,
+    is_positive: { model_answered: answered.model_answered, user_answered: answered.user_answered },
+    details: { model_name: name, model_version: version, mlflow_run_id: run, timestamp },
+    feedback_token: token,
+  };
+}
+
+function isRecentEntry(item) {
+  return (
+    item !== null &&
+    typeof item === "object" &&
+    typeof item.id === "string" &&
+    typeof item.text === "string" &&
+    typeof item.feedback_token === "string" &&
+    typeof item.probability === "number" &&
+    item.is_positive !== null &&
+    typeof item.is_positive === "object" &&
+    item.details !== null &&
+    typeof item.details === "object" &&
+    Number.isFinite(Date.parse(item.details.timestamp))
+  );
+}
+
+// This browser's predictions, newest first; those past the retention period are left out (the service has
+// deleted them, so they could not be answered any more). Unreadable storage reads as none.
+function readRecent() {
+  let items;
   try {
-    const body = await call(`${state.config.feedback_url}/predictions?${query}`);
-    state.page = page;
-    state.pageTokens[page + 1] = body.next_page_token;
-    renderRecent(body.predictions, page);
-    more.hidden = !body.next_page_token;
-  } catch (error) {
-    showError($("recent-error"), describe(error, "feedback"));
-  } finally {
-    busy(more, false);
+    items = JSON.parse(localStorage.getItem(RECENT_KEY) || "[]");
+  } catch (exc) {
+    return [];
+  }
+  if (!Array.isArray(items)) return [];
+  const days = retentionDays();
+  const oldest = days === null ? -Infinity : Date.now() - days * DAY_MS;
+  return items.filter((item) => isRecentEntry(item) && Date.parse(item.details.timestamp) >= oldest).slice(0, MAX_RECENT);
+}
+
+function writeRecent(items) {
+  try {
+    localStorage.setItem(RECENT_KEY, JSON.stringify(items.slice(0, MAX_RECENT)));
+  } catch (exc) {
+    // Storage disabled or full: the list is simply not kept across reloads.
   }
 }
 
-function renderRecent(predictions, page) {
+function remember(prediction) {
+  // A replayed answer (same Idempotency-Key) has the id of the one stored: listed once.
+  const others = readRecent().filter((item) => item.id !== prediction.id);
+  writeRecent([recentEntry(prediction), ...others]);
+  renderRecent();
+}
+
+function rememberAnswer(id, answer) {
+  const items = readRecent();
+  for (const item of items) if (item.id === id) item.is_positive.user_answered = answer;
+  writeRecent(items);
+  renderRecent();
+}
+
+function renderRecent() {
+  const items = readRecent();
   const list = $("recent-list");
-  list.replaceChildren();
-  $("recent-empty").hidden = !(predictions.length === 0 && page === 0);
-  $("recent-newest").hidden = page === 0;
-  list.start = page * PAGE_SIZE + 1;
-  for (const prediction of predictions) {
-    const item = document.createElement("li");
-    const text = document.createElement("p");
-    text.className = "text";
-    text.textContent = prediction.text; // textContent: reviews are data, never markup
-    const meta = document.createElement("p");
-    meta.className = "meta";
-    const positive = prediction.is_positive.model_answered;
-    const tag = document.createElement("span");
-    tag.className = positive ? "tag positive" : "tag negative";
-    tag.textContent = positive ? "Positive" : "Negative";
-    const user = prediction.is_positive.user_answered;
-    const verdict = user === null ? "no feedback" : user === positive ? "user agreed" : "user disagreed";
-    const when = new Date(prediction.details.timestamp).toLocaleString();
-    meta.append(tag, ` ${percent(prediction.probability)} · v${prediction.details.model_version} · ${verdict} · ${when}`);
-    item.append(text, meta);
-    list.append(item);
-  }
+  list.replaceChildren(...items.map(recentItem));
+  $("recent-empty").hidden = items.length > 0;
+}
+
+function recentItem(prediction) {
+  const item = document.createElement("li");
+  const text = document.createElement("p");
+  text.className = "text";
+  text.textContent = prediction.text; // textContent: reviews are data, never markup
+  const meta = document.createElement("p");
+  meta.className = "meta";
+  const positive = prediction.is_positive.model_answered;
+  const tag = document.createElement("span");
+  tag.className = positive ? "tag positive" : "tag negative";
+  tag.textContent = positive ? "Positive" : "Negative";
+  const user = prediction.is_positive.user_answered;
+  const verdict = user === null ? "no feedback" : user === positive ? "you agreed" : "you disagreed";
+  const when = new Date(prediction.details.timestamp).toLocaleString();
+  meta.append(tag, ` ${percent(prediction.probability)} · v${prediction.details.model_version} · ${verdict} · ${when}`);
+  item.append(text, meta);
+  if (user === null) item.append(recentFeedback(prediction));
+  return item;
+}
+
+// "Was this right? Yes / No" for a listed prediction not answered yet, with its own error line.
+function recentFeedback(prediction) {
+  const box = document.createElement("div");
+  box.className = "recent-feedback";
+  const question = document.createElement("span");
+  question.className = "hint";
+  question.textContent = "Was this right?";
+  const error = document.createElement("p");
+  error.className = "error";
+  error.setAttribute("role", "alert");
+  error.hidden = true;
+  const buttons = [true, false].map((agrees) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "secondary";
+    button.textContent = agrees ? "Yes" : "No";
+    // Each list item has a Yes and a No: the accessible name says which review they answer.
+    const excerpt = prediction.text.length > 40 ? `${prediction.text.slice(0, 40)}…` : prediction.text;
+    button.setAttribute("aria-label", `${agrees ? "Yes" : "No"}, the answer to “${excerpt}” was ${agrees ? "right" : "wrong"}`);
+    button.addEventListener("click", async () => {
+      buttons.forEach((b) => busy(b, true));
+      clearError(error);
+      try {
+        await postFeedback(prediction, agrees); // re-renders the list: this item loses its buttons
+        if (state.prediction && state.prediction.id === prediction.id) {
+          [$("feedback-yes"), $("feedback-no")].forEach((b) => busy(b, true));
+          show($("feedback-status"), "Thanks, your answer counted.");
+        }
+        refreshStatistics();
+      } catch (failure) {
+        showError(error, describe(failure, "feedback"));
+        buttons.forEach((b) => busy(b, false));
+      }
+    });
+    return button;
+  });
+  box.append(question, " ", ...buttons, error);
+  return box;
+}
+
+// Whole days from config.json (written with the function URLs); null when it has none.
+function retentionDays() {
+  const days = state.config && state.config.prediction_retention_days;
+  return Number.isInteger(days) && days > 0 ? days : null;
+}
+
+// One line saying what the service keeps, and for how long; nothing said when the config does not know.
+function renderRetention() {
+  const days = retentionDays();
+  show(
+    $("retention"),
+    days === null
+      ? ""
+      : `Stored: each review you analyze, with the model's answer and yours, for ${plural(days, "day")}, then deleted; the list of your recent predictions stays in this browser.`,
+  );
 }
 
 // --- Start -------------------------------------------------------------------------------------------------
@@ -756,13 +867,12 @@ async function start() {
   $("feedback-no").addEventListener("click", () => sendFeedback(false));
   $("stats-refresh").addEventListener("click", refreshStatistics);
   $("monitoring-refresh").addEventListener("click", refreshMonitoring);
-  $("recent-more").addEventListener("click", () => loadPage(state.page + 1));
-  $("recent-newest").addEventListener("click", () => loadPage(0));
   updateCount();
   refreshStatistics();
   // Not refreshed after each answer like the statistics: it reads up to hours x 16 counters per version.
   refreshMonitoring();
-  loadPage(0);
+  renderRetention();
+  renderRecent();
 }
 
 document.addEventListener("DOMContentLoaded", start);

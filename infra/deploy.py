@@ -58,7 +58,15 @@ BOOTSTRAP_ENV_FROM_SECRETS = {
 }
 
 # Terraform's outputs printed at the end of a deployment, in this order (load_balancer_ip: the A record of a domain).
-URL_OUTPUTS = ("site_url", "predict_url", "feedback_url", "load_balancer_ip", "mlflow_url", "registry_watcher_url")
+URL_OUTPUTS = (
+    "site_url",
+    "predict_url",
+    "feedback_url",
+    "feedback_operator_url",
+    "load_balancer_ip",
+    "mlflow_url",
+    "registry_watcher_url",
+)
 
 # Set for the teardown's last apply so that destroy may delete the stateful resources (variables.tf).
 UNPROTECT_VARS = {"deletion_protection": "false"}

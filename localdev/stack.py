@@ -12,7 +12,9 @@ stack started; `reset` also deletes .local/.
 
 Ports: LOCAL_PORT_MLFLOW (5000), LOCAL_PORT_PREDICT (8080), LOCAL_PORT_FEEDBACK (8081),
 LOCAL_PORT_REGISTRY_WATCHER (8082), LOCAL_PORT_FRONTEND (8000); 0 picks a free port. LOCAL_TICK_INTERVAL_S
-(60) is the scheduler's interval, LOCAL_MIN_VALIDATION_ACCURACY (0.8) the deploy gate's minimum. ROLLOUT_*,
+(60) is the scheduler's interval, LOCAL_MIN_VALIDATION_ACCURACY (0.8) the deploy gate's minimum,
+PREDICTION_RETENTION_DAYS (30) predict's retention, which the page states. feedback lists predictions
+(PREDICTIONS_LISTING=on: one person's machine). ROLLOUT_*,
 DRIFT_*, MAX_CALIBRATION_ERROR and MIN_BEHAVIOUR_PASS_RATE are passed to the watcher as they are (DRIFT_* to
 feedback too); unset, the stack's own rollout defaults (LOCAL_ROLLOUT) make a promotion watchable in a minute:
 half the traffic, then all of it after 30 s unless the live evidence says the new version is worse.
@@ -26,6 +28,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -90,6 +93,14 @@ def ports() -> dict[str, int]:
     return chosen
 
 
+def retention_days() -> int:
+    """PREDICTION_RETENTION_DAYS for predict and the page (how long a review is kept), predict's default 30."""
+    raw = os.environ.get("PREDICTION_RETENTION_DAYS", "30")
+    if not re.fullmatch(r"[1-9][0-9]{0,3}", raw) or int(raw) > 3650:
+        raise StackError(f"PREDICTION_RETENTION_DAYS must be a whole number of days from 1 to 3650, got {raw!r}")
+    return int(raw)
+
+
 def up() -> dict[str, str]:
     """Start the stack unless it runs already; the public URLs."""
     pids = _read(PIDS_FILE)
@@ -98,6 +109,7 @@ def up() -> dict[str, str]:
     if pids:
         down()  # half a stack (a crash, a reboot): start clean
     port = ports()
+    retention_days()  # a malformed setting fails here, before anything starts
     started: dict[str, int] = {}
 
     def keep(service: services.Service) -> None:
@@ -119,6 +131,7 @@ def up() -> dict[str, str]:
 def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -> dict[str, str]:
     LOGS.mkdir(parents=True, exist_ok=True)
     secret = _secrets()
+    retention = retention_days()
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         firestore, pubsub, gcs = (
             future.result()
@@ -155,9 +168,10 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
     # deployed, so the router starts on it (the staged files outlive the restart in the GCS emulator's folder).
     serving = _serving_version(firestore.url)
     _forget_canary(firestore.url)
+    # How long predict keeps a review (its expire_at) and what the page says: the same number.
     router, router_admin = services.start_router(
         LOGS / "predict",
-        public_env,
+        {**public_env, "PREDICTION_RETENTION_DAYS": str(retention)},
         port=port["predict"],
         model_uri=serving and serving["model_uri"],
         model_version=serving and serving["version"],
@@ -184,7 +198,14 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         futures = [
             pool.submit(
-                services.start_function, "feedback", LOGS, public_env, port=port["feedback"], ready_path="/statistics"
+                services.start_function,
+                "feedback",
+                LOGS,
+                # The demo lists everyone's predictions (the stack is one person's machine): an explicit opt-in,
+                # off in the cloud's public deployment (docs/architecture.md).
+                {**public_env, "PREDICTIONS_LISTING": "on"},
+                port=port["feedback"],
+                ready_path="/statistics",
             ),
             pool.submit(
                 services.start_function,
@@ -237,15 +258,15 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
             env={"PYTHONPATH": str(REPO_ROOT)},
         )
     )
-    keep(_start_frontend(port["frontend"], urls))
+    keep(_start_frontend(port["frontend"], urls, retention))
     _write(INTERNAL_FILE, {**emulators, "router_admin": router_admin, "consumer": consumer_url, "topic": TOPIC})
     return urls
 
 
-def _start_frontend(port: int, urls: dict[str, str]) -> services.Service:
+def _start_frontend(port: int, urls: dict[str, str], retention_days: int) -> services.Service:
     """The page's files as in the site bucket: config.json names the function URLs, the CSP their origins."""
     site = LOCAL_DIR / "site"
-    website.build(site, urls["predict"], urls["feedback"])
+    website.build(site, urls["predict"], urls["feedback"], retention_days)
     argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)]
     return services.start(
         "frontend", argv, url=urls["frontend"], ready_path="/config.json", log_path=LOGS / "frontend.log"

@@ -33,13 +33,16 @@ def connect_origins(predict_url: str, feedback_url: str) -> str:
     return " ".join(dict.fromkeys(origin(url) for url in urls))
 
 
-def build(destination: Path, predict_url: str, feedback_url: str) -> None:
-    """Write the site into destination (replaced): the page's files, config.json and the rendered index.html."""
+def build(destination: Path, predict_url: str, feedback_url: str, retention_days: int = 30) -> None:
+    """Write the site into destination (replaced): the page's files, config.json and the rendered index.html.
+
+    retention_days: predict's PREDICTION_RETENTION_DAYS, which the page states (how long a review is kept).
+    """
     shutil.rmtree(destination, ignore_errors=True)
     shutil.copytree(FRONTEND_DIR, destination, ignore=shutil.ignore_patterns("README.md"))
     index = destination / "index.html"
     # substitute, not safe_substitute: a placeholder left unfilled would fail here, not silently in a browser.
     template = string.Template(index.read_text())
     index.write_text(template.substitute(connect_origins=connect_origins(predict_url, feedback_url)))
-    config = {"predict_url": predict_url, "feedback_url": feedback_url}
+    config = {"predict_url": predict_url, "feedback_url": feedback_url, "prediction_retention_days": retention_days}
     (destination / "config.json").write_text(json.dumps(config, indent=2) + "\n")

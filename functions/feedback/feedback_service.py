@@ -40,6 +40,9 @@ class Settings:
     model_name: str  # whose deployment document `GET /statistics` reports
     # GET /monitoring judges drift as the watcher's scheduled evaluation does: the same DRIFT_* variables.
     drift: DriftSettings
+    # GET /predictions pages through every user's review text: served only where turned on (the operators'
+    # IAM-only deployment, the local demo); the public deployment answers 404 listing_disabled.
+    predictions_listing: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -47,7 +50,15 @@ class Settings:
             public=PublicSettings.from_env(env),
             model_name=config.optional("MODEL_NAME", MODEL_NAME, env),
             drift=DriftSettings.from_env(env),
+            predictions_listing=on_or_off("PREDICTIONS_LISTING", config.optional("PREDICTIONS_LISTING", "off", env)),
         )
+
+
+def on_or_off(name: str, value: str) -> bool:
+    """A switch setting: `on` or `off`, nothing else (a typo must not open or close a route silently)."""
+    if value not in ("on", "off"):
+        raise config.ConfigError(f"{name} must be on or off, got {value!r}")
+    return value == "on"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +134,11 @@ def handle_statistics(
     deployment = read_deployment(deployments)
     summary = None if deployment is None else deployment.as_api()
     return http.json_response({"statistics": statistics, "deployment": summary})
+
+
+def listing_disabled(request: flask.Request) -> flask.Response:
+    """GET /predictions where PREDICTIONS_LISTING is off: reviews are personal data, not for anonymous callers."""
+    raise http.ApiError(404, "listing_disabled", "listing predictions is not served here")
 
 
 # ASCII digits only: str.isdigit() also passes "\u00b2", which int() refuses, and "\u0661", which it reads as 1.

@@ -33,10 +33,17 @@ def _deployments() -> DeploymentStore:
     return DeploymentStore(_db(), SETTINGS.model_name, SETTINGS.public.firestore_timeout_s)
 
 
+# Turned off (the default), the route still answers, as a JSON 404 that says why.
+LIST_PREDICTIONS = (
+    (lambda r: feedback_service.handle_predictions(r, _store))
+    if SETTINGS.predictions_listing
+    else feedback_service.listing_disabled
+)
+
 ROUTES = {
     "/": {"POST": lambda r: feedback_service.handle_feedback(r, _store, SETTINGS.public.feedback_token_secret)},
     "/statistics": {"GET": lambda r: feedback_service.handle_statistics(r, _store, _deployments)},
-    "/predictions": {"GET": lambda r: feedback_service.handle_predictions(r, _store)},
+    "/predictions": {"GET": LIST_PREDICTIONS},
     "/monitoring": {
         "GET": lambda r: feedback_service.handle_monitoring(r, _db, SETTINGS.drift, SETTINGS.public.firestore_timeout_s)
     },

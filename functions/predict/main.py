@@ -46,7 +46,11 @@ def _store():
 
 
 ROUTES = {
-    "/": {"POST": lambda r: predict_service.handle_predict(r, _model(), _store, SETTINGS.public.feedback_token_secret)},
+    "/": {
+        "POST": lambda r: predict_service.handle_predict(
+            r, _model(), _store, SETTINGS.public.feedback_token_secret, SETTINGS.retention_days
+        )
+    },
     "/healthz": {"GET": lambda r: predict_service.handle_healthz(_model())},
 }
 

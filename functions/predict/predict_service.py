@@ -8,14 +8,14 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import flask
 
 from sentiment_core import config, http
-from sentiment_core.records import Prediction, PredictionsExist, StoreUnavailable
+from sentiment_core.records import Prediction, PredictionsExist, StoreUnavailable, expiry
 from sentiment_core.tokens import feedback_token
 from sentiment_core.web import PublicSettings
 
@@ -24,15 +24,37 @@ RETRY_AFTER_S = "5"
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+DEFAULT_RETENTION_DAYS = 30
+RETENTION_DAYS = re.compile(r"[1-9][0-9]{0,3}")  # whole days, ASCII digits; the range is checked apart
+MAX_RETENTION_DAYS = 3650
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     public: PublicSettings
     model_uri: str
+    # Days each stored prediction (a review: personal data) is kept before Firestore's TTL policy deletes it.
+    retention_days: int = DEFAULT_RETENTION_DAYS
 
     @classmethod
-    def from_env(cls) -> Settings:
-        config.required("GOOGLE_CLOUD_PROJECT")  # the REST writer names the database by project
-        return cls(public=PublicSettings.from_env(), model_uri=config.required("MODEL_URI"))
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        config.required("GOOGLE_CLOUD_PROJECT", env)  # the REST writer names the database by project
+        return cls(
+            public=PublicSettings.from_env(env),
+            model_uri=config.required("MODEL_URI", env),
+            retention_days=parse_retention_days(
+                config.optional("PREDICTION_RETENTION_DAYS", str(DEFAULT_RETENTION_DAYS), env)
+            ),
+        )
+
+
+def parse_retention_days(raw: str) -> int:
+    """PREDICTION_RETENTION_DAYS: a whole number of days from 1 to MAX_RETENTION_DAYS."""
+    if not RETENTION_DAYS.fullmatch(raw) or int(raw) > MAX_RETENTION_DAYS:
+        raise config.ConfigError(
+            f"PREDICTION_RETENTION_DAYS must be a whole number of days from 1 to {MAX_RETENTION_DAYS}, got {raw!r}"
+        )
+    return int(raw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +129,13 @@ def to_api(prediction: Prediction, secret: bytes) -> dict[str, Any]:
     return {**prediction.to_api(), "feedback_token": feedback_token(secret, prediction.id)}
 
 
-def handle_predict(request: flask.Request, model: Any, store: Callable[[], Any], secret: bytes) -> flask.Response:
+def handle_predict(
+    request: flask.Request,
+    model: Any,
+    store: Callable[[], Any],
+    secret: bytes,
+    retention_days: int = DEFAULT_RETENTION_DAYS,
+) -> flask.Response:
     """POST /: infer, store every prediction (or none), answer 201; 503 if the store cannot be written in time.
 
     With an Idempotency-Key, a retry of the same body answers what the first attempt stored, whatever that
@@ -120,7 +148,7 @@ def handle_predict(request: flask.Request, model: Any, store: Callable[[], Any],
     fingerprint = request_fingerprint(body) if key is not None else None
     version = model.manifest.model_version or "unregistered"
     try:
-        predictions, explanations = _infer(model, parsed, prediction_ids(key, len(parsed.texts)))
+        predictions, explanations = _infer(model, parsed, prediction_ids(key, len(parsed.texts)), retention_days)
         objects = [to_api(p, secret) for p in predictions]  # non-finite output fails here, before anything is stored
     except Exception:
         # The model failed on a valid request (an exception, a non-finite output): this version's server error,
@@ -164,7 +192,9 @@ def made_by_this_model(prediction: Prediction, manifest: Any) -> bool:
     )
 
 
-def _infer(model: Any, parsed: PredictRequest, ids: list[str]) -> tuple[list[Prediction], list[Any] | None]:
+def _infer(
+    model: Any, parsed: PredictRequest, ids: list[str], retention_days: int
+) -> tuple[list[Prediction], list[Any] | None]:
     """The model's predictions for the texts, as records to store, and their explanations when asked for and the
     model has them (None otherwise: a model exported before explanations answers without them)."""
     texts, user_answer = parsed.texts, parsed.user_answer
@@ -190,6 +220,7 @@ def _infer(model: Any, parsed: PredictRequest, ids: list[str]) -> tuple[list[Pre
             inference_elapsed=elapsed / len(texts),
             created_at=now,
             known_fraction=None if known is None else float(known[i]),
+            expire_at=expiry(now, retention_days),
         )
         for i, (prediction_id, text, probability) in enumerate(zip(ids, texts, probabilities, strict=True))
     ]

@@ -32,6 +32,19 @@ resource "google_firestore_field" "delivery_expiry" {
   ttl_config {}
 }
 
+# Retention: each prediction (a review, personal data) has expire_at = created_at + var.prediction_retention_days,
+# written by predict; Firestore's TTL policy deletes it after that time (typically within a day). Counters keep
+# their totals (docs/architecture.md). Not indexed: never queried, and a rising timestamp would be a hot index.
+resource "google_firestore_field" "prediction_expiry" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "predictions"
+  field      = "expire_at"
+
+  index_config {}
+  ttl_config {}
+}
+
 # Statistics per version: counts of a version's predictions with feedback (aggregation check queries).
 resource "google_firestore_index" "predictions_by_version" {
   project    = var.project_id

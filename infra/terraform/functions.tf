@@ -29,7 +29,7 @@ resource "google_artifact_registry_repository" "functions" {
 }
 
 resource "google_cloudfunctions2_function" "main" {
-  #checkov:skip=CKV_GCP_124:only registry-watcher keeps ingress all (operators call it with an identity token; Cloud Run IAM admits no one else); CKV2_SENTIMENT_17 keeps every allUsers function behind the load balancer or internal
+  #checkov:skip=CKV_GCP_124:only registry-watcher and feedback-operator keep ingress all (operators call them with an identity token; Cloud Run IAM admits no one else); CKV2_SENTIMENT_17 keeps every allUsers function behind the load balancer or internal
   for_each = local.functions
 
   name     = each.key
@@ -104,6 +104,8 @@ locals {
     },
     # Operators: GET /status and POST /rollout with an identity token (ingress all, IAM required).
     { for member in var.watcher_invokers : "registry-watcher/${member}" => { function = "registry-watcher", member = member } },
+    # The same operators list predictions (review texts) on feedback-operator, with an identity token.
+    { for member in var.watcher_invokers : "feedback-operator/${member}" => { function = "feedback-operator", member = member } },
   )
 }
 

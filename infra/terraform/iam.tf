@@ -2,11 +2,11 @@
 # Firestore has no per-database IAM binding: datastore.user is granted with a condition naming the database.
 
 locals {
-  firestore_users = toset(["predict", "feedback", "registry-watcher", "registry-webhook", "redeployer"])
+  firestore_users = toset(["predict", "feedback", "feedback-operator", "registry-watcher", "registry-webhook", "redeployer"])
   watchers        = toset(["registry-watcher", "registry-webhook"])
 
   secret_readers = merge(
-    { for sa in ["predict", "feedback"] : "${sa}/feedback-token" => { sa = sa, secret_name = "feedback-token" } },
+    { for sa in ["predict", "feedback", "feedback-operator"] : "${sa}/feedback-token" => { sa = sa, secret_name = "feedback-token" } },
     {
       for pair in setproduct(["registry-watcher", "registry-webhook"], ["mlflow-webhook", "mlflow-watcher-password"]) :
       "${pair[0]}/${pair[1]}" => { sa = pair[0], secret_name = pair[1] }

@@ -21,15 +21,16 @@ locals {
 
   # One service account per component: each gets only the roles its code uses (iam.tf).
   service_accounts = {
-    predict          = "predict function"
-    feedback         = "feedback function"
-    registry-watcher = "registry_watcher function (scheduler ticks)"
-    registry-webhook = "registry_watcher deployed as MLflow's webhook receiver"
-    redeployer       = "on_production_changed function (the redeploy of predict)"
-    scheduler        = "Cloud Scheduler's identity when it ticks the watcher"
-    pubsub-push      = "Pub/Sub's identity when it pushes events to the redeploy"
-    mlflow           = "MLflow tracking server on Cloud Run"
-    build            = "Cloud Build's identity when it builds the functions' images"
+    predict           = "predict function"
+    feedback          = "feedback function"
+    feedback-operator = "feedback deployed for operators: lists predictions (IAM only)"
+    registry-watcher  = "registry_watcher function (scheduler ticks)"
+    registry-webhook  = "registry_watcher deployed as MLflow's webhook receiver"
+    redeployer        = "on_production_changed function (the redeploy of predict)"
+    scheduler         = "Cloud Scheduler's identity when it ticks the watcher"
+    pubsub-push       = "Pub/Sub's identity when it pushes events to the redeploy"
+    mlflow            = "MLflow tracking server on Cloud Run"
+    build             = "Cloud Build's identity when it builds the functions' images"
   }
 
   # Who allUsers may invoke (functions.tf): predict and feedback, which accept load-balancer traffic only (edge.tf),
@@ -54,6 +55,16 @@ locals {
       entry_point     = "feedback"
       service_account = "feedback"
       ingress         = "ALLOW_INTERNAL_AND_GCLB" # the load balancer (edge.tf) is the way in
+      memory          = "512Mi"
+      timeout         = 30
+    }
+    # feedback's source again with GET /predictions on (every user's review text): for operators only, with an
+    # identity token (ingress all, Cloud Run IAM admits var.watcher_invokers alone; functions.tf).
+    feedback-operator = {
+      source          = "feedback"
+      entry_point     = "feedback"
+      service_account = "feedback-operator"
+      ingress         = "ALLOW_ALL"
       memory          = "512Mi"
       timeout         = 30
     }
@@ -88,6 +99,7 @@ locals {
   max_instances = {
     predict               = var.max_instances["predict"]
     feedback              = var.max_instances["feedback"]
+    feedback-operator     = var.max_instances["feedback_operator"]
     registry-watcher      = var.max_instances["registry_watcher"]
     registry-webhook      = var.max_instances["registry_webhook"]
     on-production-changed = var.max_instances["on_production_changed"]
@@ -146,6 +158,8 @@ locals {
     MIN_BEHAVIOUR_PASS_RATE  = tostring(var.min_behaviour_pass_rate)
   })
 
+  feedback_env = merge(local.public_env, local.drift_env, { MODEL_NAME = var.model_name })
+
   redeploy_env = merge(local.state_env, {
     DEPLOYER        = "cloud_run"
     PREDICT_SERVICE = local.predict_run_id
@@ -153,8 +167,14 @@ locals {
 
   # allUsers may invoke the webhook receiver (MLflow sends no Google identity): it serves POST /webhook only.
   function_env = {
-    predict               = merge(local.public_env, { MODEL_URI = var.initial_model_uri, ORT_THREADS = "1" })
-    feedback              = merge(local.public_env, local.drift_env, { MODEL_NAME = var.model_name }) # /statistics, /monitoring
+    predict = merge(local.public_env, {
+      MODEL_URI                 = var.initial_model_uri
+      ORT_THREADS               = "1"
+      PREDICTION_RETENTION_DAYS = tostring(var.prediction_retention_days) # expire_at, deleted by the TTL policy
+    })
+    # /statistics, /monitoring; GET /predictions (everyone's review text) only on the operators' deployment.
+    feedback              = merge(local.feedback_env, { PREDICTIONS_LISTING = "off" })
+    feedback-operator     = merge(local.feedback_env, { PREDICTIONS_LISTING = "on" })
     registry-watcher      = merge(local.watcher_env, { WEBHOOK_RECEIVER_ONLY = "false" })
     registry-webhook      = merge(local.watcher_env, { WEBHOOK_RECEIVER_ONLY = "true" })
     on-production-changed = local.redeploy_env
@@ -163,6 +183,7 @@ locals {
   function_secrets = {
     predict               = { FEEDBACK_TOKEN_SECRET = google_secret_manager_secret.main["feedback-token"].secret_id }
     feedback              = { FEEDBACK_TOKEN_SECRET = google_secret_manager_secret.main["feedback-token"].secret_id }
+    feedback-operator     = { FEEDBACK_TOKEN_SECRET = google_secret_manager_secret.main["feedback-token"].secret_id }
     registry-watcher      = local.watcher_secrets
     registry-webhook      = local.watcher_secrets
     on-production-changed = {}

@@ -13,6 +13,11 @@ output "load_balancer_ip" {
   value       = google_compute_global_address.main.address
 }
 
+output "feedback_operator_url" {
+  description = "URL of feedback-operator: GET /predictions lists every user's review text, for watcher_invokers only (identity token)."
+  value       = google_cloudfunctions2_function.main["feedback-operator"].service_config[0].uri
+}
+
 output "registry_watcher_url" {
   description = "URL of the watcher's tick (Scheduler's service account only)."
   value       = google_cloudfunctions2_function.main["registry-watcher"].service_config[0].uri

@@ -142,8 +142,10 @@ resource "google_storage_bucket_object" "site_config" {
   name          = "config.json"
   content_type  = "application/json"
   cache_control = "no-cache"
+  # The function URLs, and how long a review is kept (predict's PREDICTION_RETENTION_DAYS), which the page states.
   content = jsonencode({
-    predict_url  = "/api/predict"
-    feedback_url = "/api/feedback"
+    predict_url               = "/api/predict"
+    feedback_url              = "/api/feedback"
+    prediction_retention_days = var.prediction_retention_days
   })
 }

@@ -75,6 +75,7 @@ variable "max_instances" {
   default = {
     predict               = 20
     feedback              = 10
+    feedback_operator     = 1
     registry_watcher      = 2
     registry_webhook      = 2
     on_production_changed = 1
@@ -295,9 +296,20 @@ variable "rollout_max_s" {
   }
 }
 
+variable "prediction_retention_days" {
+  type        = number
+  description = "Days a stored prediction (a review) is kept: predict writes expire_at = created_at + this, and Firestore's TTL policy deletes the record after it. Counters keep their totals."
+  default     = 30
+
+  validation {
+    condition     = var.prediction_retention_days == floor(var.prediction_retention_days) && var.prediction_retention_days >= 1 && var.prediction_retention_days <= 3650
+    error_message = "prediction_retention_days must be a whole number of days from 1 to 3650."
+  }
+}
+
 variable "watcher_invokers" {
   type        = list(string)
-  description = "Principals that may call the registry watcher's GET /status and POST /rollout (for example group:ml-ops@example.com), besides the Scheduler's service account. Project owners may already."
+  description = "Operators: principals that may call the registry watcher's GET /status and POST /rollout and list predictions on feedback-operator (for example group:ml-ops@example.com), besides the Scheduler's service account. Project owners may already."
   default     = []
 
   validation {

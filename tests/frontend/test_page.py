@@ -1,5 +1,6 @@
 """The static page in a real browser (Debian's Chromium, headless, driven by Playwright) against the real
-functions and the Firestore emulator: analyze, give feedback, see statistics change, page, and errors."""
+functions and the Firestore emulator: analyze, give feedback, see statistics change, this browser's own recent
+predictions (kept in localStorage, never fetched: feedback runs with PREDICTIONS_LISTING off), and errors."""
 
 from __future__ import annotations
 
@@ -190,7 +191,9 @@ def open_page(browser, site: dict, **options):
     return context, page
 
 
-def test_page_analyze_feedback_statistics_paging_and_errors(live_site, browser, clean_db, screenshots: Path) -> None:
+def test_page_analyze_feedback_statistics_own_recent_predictions_and_errors(
+    live_site, browser, clean_db, screenshots: Path
+) -> None:
     from playwright.sync_api import expect
 
     site = live_site
@@ -202,13 +205,17 @@ def test_page_analyze_feedback_statistics_paging_and_errors(live_site, browser, 
 
     expect(page.locator("#recent-empty")).to_be_visible()
     expect(page.locator("#stats-overall")).to_have_text("No feedback yet")
+    expect(page.locator("#retention")).to_have_text(
+        "Stored: each review you analyze, with the model's answer and yours, for 30 days, then deleted; "
+        "the list of your recent predictions stays in this browser."
+    )
 
     # A positive review, by keyboard: type, Ctrl+Enter.
     page.get_by_label("Review text").fill(POSITIVE)
     page.get_by_label("Review text").press("Control+Enter")
     expect(page.locator("#result-label")).to_have_text("Positive")
     expect(page.locator("#result-model")).to_contain_text("version")
-    page.get_by_role("button", name="Yes").click()
+    page.get_by_role("button", name="Yes", exact=True).click()
     expect(page.locator("#feedback-status")).to_have_text("Thanks, your answer counted.")
     expect(page.locator("#stats-overall")).to_have_text("100.0% right")
     expect(page.locator("#stats-counts")).to_have_text("1 prediction, 1 with feedback, 1 correct.")
@@ -218,24 +225,39 @@ def test_page_analyze_feedback_statistics_paging_and_errors(live_site, browser, 
     page.get_by_label("Review text").fill("Cold fries, rude cashier and a dirty table. Never again.")
     page.get_by_role("button", name="Analyze").click()
     expect(page.locator("#result-label")).to_have_text("Negative")
-    page.get_by_role("button", name="No").click()
+    page.get_by_role("button", name="No", exact=True).click()
     expect(page.locator("#stats-overall")).to_have_text("50.0% right")
     expect(page.locator("#stats-counts")).to_have_text("2 predictions, 2 with feedback, 1 correct.")
     expect(page.locator("#stats-table tbody tr")).to_have_count(1)
     expect(page.locator("#stats-chart rect")).to_have_count(2)
 
-    # Paging: twelve more predictions, newest first, ten a page.
-    for n in range(12):
-        assert call(site["predict"].url, {"text": f"review number {n}: nice"}).status == 201
+    # Recent predictions: this browser's own, newest first, with the answers given; someone else's never.
+    recent = page.locator("#recent-list li")
+    expect(recent).to_have_count(2)
+    expect(recent.first).to_contain_text("Cold fries")
+    expect(recent.first).to_contain_text("you disagreed")
+    expect(recent.last).to_contain_text("The pasta was wonderful")
+    expect(recent.last).to_contain_text("you agreed")
+    for n in range(3):
+        assert call(site["predict"].url, {"text": f"someone else's review number {n}"}).status == 201
     page.reload()
-    expect(page.locator("#recent-list li")).to_have_count(10)
-    expect(page.locator("#recent-list li").first).to_contain_text("review number 11")
-    page.get_by_role("button", name="Older predictions").click()
-    expect(page.locator("#recent-list li")).to_have_count(4)
-    expect(page.locator("#recent-list li").last).to_contain_text("The pasta was wonderful")
-    expect(page.get_by_role("button", name="Older predictions")).to_be_hidden()
-    page.get_by_role("button", name="Newest").click()
-    expect(page.locator("#recent-list li").first).to_contain_text("review number 11")
+    expect(page.locator("#stats-counts")).to_have_text("5 predictions, 2 with feedback, 1 correct.")
+    expect(recent).to_have_count(2)
+    expect(page.locator("#recent-list")).not_to_contain_text("someone else")
+
+    # Analyzed, not answered, the page reloaded: the list still holds its feedback token, so it can be answered.
+    page.get_by_label("Review text").fill("Lovely little bakery, the croissants are the best in town.")
+    page.get_by_role("button", name="Analyze").click()
+    expect(recent).to_have_count(3)
+    page.reload()
+    expect(recent.first).to_contain_text("Lovely little bakery")
+    expect(recent.first).to_contain_text("no feedback")
+    recent.first.get_by_role("button", name="Yes, the answer to “Lovely little bakery, the croissants are…”").click()
+    expect(recent.first).to_contain_text("you agreed")
+    expect(recent.first.get_by_role("button")).to_have_count(0)
+    expect(page.locator("#stats-counts")).to_have_text("6 predictions, 3 with feedback, 2 correct.")
+    page.reload()
+    expect(recent.first).to_contain_text("you agreed")  # the answer is kept with the prediction
 
     # Errors in plain words: too long, then predict down.
     page.get_by_label("Review text").fill("x" * 5001)
@@ -255,6 +277,58 @@ def test_page_analyze_feedback_statistics_paging_and_errors(live_site, browser, 
     allowed = {site["url"], site["predict"].url, site["feedback"].url}
     origins = {f"{urllib.parse.urlsplit(u).scheme}://{urllib.parse.urlsplit(u).netloc}" for u in requested}
     assert origins <= allowed, origins - allowed
+    assert [u for u in requested if urllib.parse.urlsplit(u).path.endswith("/predictions")] == []
+    context.close()
+
+
+def stored_entry(text: str, made_at: datetime) -> dict:
+    """One entry of the page's localStorage list, as it keeps a prediction (not a real one: never answered)."""
+    stamp = made_at.isoformat().replace("+00:00", "Z")  # as predict answers it
+    return {
+        "id": uuid.uuid4().hex,
+        "text": text,
+        "probability": 0.9,
+        "is_positive": {"model_answered": True, "user_answered": None},
+        "details": {"model_name": MODEL_NAME, "model_version": "1", "mlflow_run_id": "run", "timestamp": stamp},
+        "feedback_token": "t" * 64,
+    }
+
+
+def test_page_keeps_the_last_20_of_its_own_predictions_and_drops_those_past_retention(live_site, browser) -> None:
+    from playwright.sync_api import expect
+
+    now = datetime.now(UTC)
+    entries = [stored_entry(f"older review {n}", now - timedelta(minutes=n + 1)) for n in range(20)]
+    entries.append(stored_entry("a review past retention", now - timedelta(days=31)))
+    context, page = open_page(browser, live_site)
+    page.evaluate("entries => localStorage.setItem('review-sentiment.recent', JSON.stringify(entries))", entries)
+    page.reload()
+    recent = page.locator("#recent-list li")
+    expect(recent).to_have_count(20)
+    expect(page.locator("#recent-list")).not_to_contain_text("past retention")
+
+    page.get_by_label("Review text").fill(POSITIVE)
+    page.get_by_role("button", name="Analyze").click()
+
+    expect(recent).to_have_count(20)
+    expect(recent.first).to_contain_text("The pasta was wonderful")
+    expect(recent.last).to_contain_text("older review 18")  # the oldest, 19, made room
+    stored = page.evaluate("JSON.parse(localStorage.getItem('review-sentiment.recent'))")
+    assert len(stored) == 20
+    assert stored[0]["feedback_token"]
+    assert "explanation" not in stored[0]["details"]
+    context.close()
+
+
+def test_page_with_unreadable_storage_starts_with_an_empty_list(live_site, browser) -> None:
+    from playwright.sync_api import expect
+
+    context, page = open_page(browser, live_site)
+    page.evaluate("localStorage.setItem('review-sentiment.recent', '{not json')")
+    page.reload()
+
+    expect(page.locator("#recent-empty")).to_be_visible()
+    expect(page.locator("#stats-overall")).not_to_have_text("Loading…")
     context.close()
 
 
@@ -463,14 +537,16 @@ def test_page_on_a_phone_has_no_horizontal_scroll(live_site, browser, clean_db, 
     # The monitoring card with both versions' charts, the stable one against its reference, and a drift reason
     # (a long line) for the candidate.
     stable, candidate = rollout_in_progress(live_site, clean_db, percent=50)
-    answered_prediction(live_site, "Sooo" + "o" * 120 + " good! " + POSITIVE, user_says_positive=False)
     save_reference(clean_db, stable, REFERENCE)
     save_reference(clean_db, candidate, REFERENCE)
     save_predictions(live_site["env"]["FIRESTORE_EMULATOR_HOST"], shifted(candidate, 250, datetime.now(UTC)))
     context, page = open_page(browser, live_site, viewport={"width": 375, "height": 800}, is_mobile=True)
+    # Analyzed on the phone, left unanswered: its list item carries the Yes/No buttons too.
+    page.get_by_label("Review text").fill("Sooo" + "o" * 120 + " good! " + POSITIVE)
+    page.get_by_role("button", name="Analyze").click()
     page.wait_for_selector("#stats-table:not([hidden]) .role.candidate")
     page.wait_for_selector("#stats-deployment:not([hidden])")
-    page.wait_for_selector("#recent-list li")
+    page.wait_for_selector("#recent-list li .recent-feedback button")
     page.wait_for_selector("#monitoring-versions .drift-state.drift")
     assert page.locator("#monitoring-versions svg.histogram").count() == 2
 

@@ -29,8 +29,19 @@ def predict_url(function_env: dict, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="session")
 def feedback_url(function_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """feedback with GET /predictions turned on, as the operators' deployment and the local demo run it."""
+    env = function_env | {"PREDICTIONS_LISTING": "on"}
     with services.start_function(
-        "feedback", tmp_path_factory.mktemp("feedback"), function_env, ready_path="/statistics"
+        "feedback", tmp_path_factory.mktemp("feedback"), env, ready_path="/statistics"
+    ) as service:
+        yield service.url
+
+
+@pytest.fixture(scope="session")
+def public_feedback_url(function_env: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """feedback as the public deployment runs it: PREDICTIONS_LISTING left at its default (off)."""
+    with services.start_function(
+        "feedback", tmp_path_factory.mktemp("public-feedback"), function_env, ready_path="/statistics"
     ) as service:
         yield service.url
 
@@ -92,11 +103,14 @@ def count(query) -> int:
     return int(query.count().get()[0][0].value)
 
 
-def counted_from_records(db: firestore.Client, version: str) -> dict[str, int]:
-    """The same numbers, recomputed from the records with aggregation queries."""
+def counted_from_records(db: firestore.Client, version: str, since: datetime | None = None) -> dict[str, int]:
+    """The same numbers, recomputed from the records with aggregation queries; with `since`, of the records made
+    from then on only (the retained window, compared with the window counters: docs/architecture.md)."""
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     records = db.collection("predictions").where(filter=FieldFilter("model_version", "==", version))
+    if since is not None:
+        records = records.where(filter=FieldFilter("created_at", ">=", since))
 
     return {
         "predictions": count(records),

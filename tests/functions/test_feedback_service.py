@@ -16,6 +16,7 @@ from google.cloud import firestore
 
 from localdev import services
 from sentiment_core import http
+from sentiment_core.config import ConfigError
 from sentiment_core.contract import MODEL_NAME
 from sentiment_core.deployment_store import DeploymentStore
 from sentiment_core.deployments import DeploymentState, Rollout, Serving
@@ -23,7 +24,7 @@ from sentiment_core.records import StoreUnavailable
 from sentiment_core.rollout import RolloutStatus
 from sentiment_core.store import Store
 from tests.functions.conftest import SECRET, STORE_TIMEOUT_S, call, feedback_module
-from tests.support import baking_rollout
+from tests.support import baking_rollout, monitored_prediction, save_predictions
 
 service = feedback_module("feedback_service")
 
@@ -190,3 +191,53 @@ def test_statistics_when_firestore_hangs_before_the_deployment_read_are_served_w
     }
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "sentiment"]
     assert [r.getMessage().split(":")[0] for r in warnings] == ["statistics served without the deployment"]
+
+
+# --- Listing predictions: personal data, served only where PREDICTIONS_LISTING is on ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [({}, False), ({"PREDICTIONS_LISTING": "off"}, False), ({"PREDICTIONS_LISTING": "on"}, True)],
+    ids=["default", "off", "on"],
+)
+def test_settings_predictions_listing_is_off_unless_turned_on(env: dict, expected: bool) -> None:
+    settings = service.Settings.from_env({"FEEDBACK_TOKEN_SECRET": SECRET} | env)
+
+    assert settings.predictions_listing is expected
+
+
+@pytest.mark.parametrize("value", ["yes", "true", "ON", "1"])
+def test_settings_predictions_listing_other_than_on_or_off_fails_naming_it(value: str) -> None:
+    with pytest.raises(ConfigError, match="PREDICTIONS_LISTING must be on or off"):
+        service.Settings.from_env({"FEEDBACK_TOKEN_SECRET": SECRET, "PREDICTIONS_LISTING": value})
+
+
+@pytest.mark.parametrize("query", ["", "?limit=100", "?limit=0", "?page_token=x", "?order=asc"])
+def test_predictions_listing_off_answers_json_404_without_any_text(
+    public_feedback_url, firestore_emulator, clean_db, query: str
+) -> None:
+    """Whatever the query, the public deployment says the route is off before looking at it or at the store."""
+    review = "Private review: the waiter Anna Example was rude to me"
+    save_predictions(firestore_emulator.url, [monitored_prediction("1", 0.2, datetime.now(UTC), text=review)])
+
+    answer = call(public_feedback_url + "/predictions" + query)
+
+    assert answer.status == 404
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.json == {"error": {"code": "listing_disabled", "message": "listing predictions is not served here"}}
+    assert b"Anna" not in answer.raw
+
+
+def test_predictions_listing_off_leaves_the_other_routes_served(public_feedback_url, clean_db) -> None:
+    assert call(public_feedback_url + "/statistics").status == 200
+    assert call(public_feedback_url + "/monitoring").status == 200
+
+
+def test_predictions_listing_on_pages_through_the_stored_texts(feedback_url, firestore_emulator, clean_db) -> None:
+    save_predictions(firestore_emulator.url, [monitored_prediction("1", 0.2, datetime.now(UTC), text="Fine food.")])
+
+    answer = call(feedback_url + "/predictions")
+
+    assert answer.status == 200
+    assert [p["text"] for p in answer.json["predictions"]] == ["Fine food."]

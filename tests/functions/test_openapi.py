@@ -47,7 +47,9 @@ def app(function_env: dict, db):
     import functions_framework
 
     saved = dict(os.environ)
-    os.environ.update(function_env)  # read at import (settings) and at first use (the Firestore client)
+    # Read at import (settings) and at first use (the Firestore client). Listing on, as feedback-operator serves
+    # it, so that GET /predictions' page is checked too (off, it is the 404 of test_feedback_service.py).
+    os.environ.update(function_env | {"PREDICTIONS_LISTING": "on"})
     try:
         predict = functions_framework.create_app("predict", str(FUNCTIONS_DIR / "predict" / "main.py"))
         predict_main = sys.modules["main"]  # feedback's main.py takes this name next

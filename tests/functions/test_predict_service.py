@@ -5,7 +5,7 @@ request with explain is replayed by the model that made its predictions or by an
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import flask
 import numpy as np
@@ -30,7 +30,7 @@ class Manifest:
 
 
 class FailingModel:
-    """A loaded model whose inference goes wrong: it raises, or answers NaN."""
+    """A loaded model that answers `answer` to every text, or raises when it is None (NaN goes wrong too)."""
 
     manifest = Manifest()
 
@@ -129,3 +129,16 @@ def test_replay_with_explain_explains_only_when_the_serving_model_made_the_store
 )
 def test_parse_body_reads_explain_with_a_text_or_a_batch(body, expected) -> None:
     assert service.parse_body(body) == expected
+
+
+@pytest.mark.parametrize("days", [1, 30])
+def test_stored_predictions_expire_the_retention_days_after_they_were_made(writer, clean_db, days: int) -> None:
+    app = flask.Flask(__name__)
+
+    with app.test_request_context("/", method="POST", json={"texts": ["Good food.", "Bad."]}):
+        response = service.handle_predict(flask.request, FailingModel(0.9), lambda: writer, SECRET.encode(), days)
+
+    assert response.status_code == 201
+    stored = [snapshot.to_dict() for snapshot in clean_db.collection("predictions").stream()]
+    assert len(stored) == 2
+    assert [s["expire_at"] - s["created_at"] for s in stored] == [timedelta(days=days)] * 2

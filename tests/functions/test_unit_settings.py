@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from sentiment_core.config import ConfigError
-from tests.functions.conftest import redeploy_module, watcher_module
+from tests.functions.conftest import load_function_module, redeploy_module, watcher_module
 
 watcher_service = watcher_module("watcher_service")
 redeploy_service = redeploy_module("redeploy_service")
+predict_service = load_function_module("predict", "predict_service")
 
 WATCHER = {
     "GOOGLE_CLOUD_PROJECT": "p",
@@ -17,6 +18,7 @@ WATCHER = {
     "SERVING_BUCKET": "gs://serving",
 }
 REDEPLOY = {"GOOGLE_CLOUD_PROJECT": "p", "PREDICT_SERVICE": "projects/p/locations/l/services/predict"}
+PREDICT = {"GOOGLE_CLOUD_PROJECT": "p", "MODEL_URI": "gs://serving/m/v1/", "FEEDBACK_TOKEN_SECRET": "s" * 16}
 
 
 def test_watcher_settings_need_no_cloud_run_setting() -> None:
@@ -70,3 +72,18 @@ def test_unit_settings_missing_or_malformed_variable_fails_naming_it(unit: str, 
 
     with pytest.raises(ConfigError, match=message):
         settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("env", "days"),
+    [({}, 30), ({"PREDICTION_RETENTION_DAYS": "1"}, 1), ({"PREDICTION_RETENTION_DAYS": "3650"}, 3650)],
+    ids=["default", "one-day", "ten-years"],
+)
+def test_predict_settings_retention_days_default_and_range(env: dict, days: int) -> None:
+    assert predict_service.Settings.from_env(PREDICT | env).retention_days == days
+
+
+@pytest.mark.parametrize("raw", ["0", "3651", "7.5", "-1", "30d", "", "²", "٣"])
+def test_predict_settings_retention_days_not_a_whole_number_in_range_fails_naming_it(raw: str) -> None:
+    with pytest.raises(ConfigError, match="PREDICTION_RETENTION_DAYS must be a whole number of days from 1 to 3650"):
+        predict_service.Settings.from_env(PREDICT | {"PREDICTION_RETENTION_DAYS": raw})

@@ -72,6 +72,10 @@ def code_reads(source: str) -> set[str]:
     return {name for path in files for name in pattern.findall(path.read_text())}
 
 
+FUNCTIONS = ["predict", "feedback", "feedback-operator", "registry-watcher", "registry-webhook"]
+FUNCTIONS += ["on-production-changed"]
+
+
 def test_terraform_files_are_formatted() -> None:
     result = subprocess.run(
         ["terraform", "fmt", "-check", "-recursive", str(TERRAFORM)], capture_output=True, text=True, check=False
@@ -89,9 +93,7 @@ def test_terraform_has_the_style_files_and_typed_described_variables() -> None:
     assert [n for n, v in variables.items() if "type" not in v or "description" not in v] == []
 
 
-@pytest.mark.parametrize(
-    "name", ["predict", "feedback", "registry-watcher", "registry-webhook", "on-production-changed"]
-)
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_each_function_entry_point_exists_in_its_code(name: str) -> None:
     spec = functions()[name]
     main = (REPO_ROOT / "functions" / spec["source"] / "main.py").read_text()
@@ -99,9 +101,7 @@ def test_each_function_entry_point_exists_in_its_code(name: str) -> None:
     assert re.search(rf"@functions_framework\.(http|cloud_event)\ndef {spec['entry_point']}\(", main)
 
 
-@pytest.mark.parametrize(
-    "name", ["predict", "feedback", "registry-watcher", "registry-webhook", "on-production-changed"]
-)
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_each_environment_variable_the_code_reads_is_set(name: str) -> None:
     spec = functions()[name]
     set_by_terraform = env_names(locals_()["function_env"][name]) | env_names(locals_()["function_secrets"][name])
@@ -111,9 +111,7 @@ def test_each_environment_variable_the_code_reads_is_set(name: str) -> None:
     assert missing == set()
 
 
-@pytest.mark.parametrize(
-    "name", ["predict", "feedback", "registry-watcher", "registry-webhook", "on-production-changed"]
-)
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_each_function_gets_only_the_variables_its_code_reads(name: str) -> None:
     spec = functions()[name]
     set_by_terraform = env_names(locals_()["function_env"][name]) | env_names(locals_()["function_secrets"][name])
@@ -337,6 +335,31 @@ def test_only_predict_feedback_and_the_signed_webhook_receiver_are_public() -> N
     assert "allUsers" not in (TERRAFORM / "mlflow.tf").read_text()
 
 
+def test_predictions_listing_is_on_only_in_the_operators_deployment_which_only_operators_invoke() -> None:
+    """Reviews are personal data: the public feedback does not list them; feedback-operator (same source) does,
+    invoked by var.watcher_invokers alone, never allUsers (docs/architecture.md)."""
+    env = locals_()["function_env"]
+    operator = functions()["feedback-operator"]
+    invokers = locals_()["invokers"]  # one HCL expression: allUsers for the public ones, then the named ones
+
+    assert re.search(r'PREDICTIONS_LISTING\s*=\s*"off"', env["feedback"])
+    assert re.search(r'PREDICTIONS_LISTING\s*=\s*"on"', env["feedback-operator"])
+    assert [name for name in env if "PREDICTIONS_LISTING" in str(env[name])] == ["feedback", "feedback-operator"]
+    assert (operator["source"], operator["entry_point"], operator["public"]) == ("feedback", "feedback", False)
+    assert re.search(r'for member in var\.watcher_invokers : "feedback-operator/\$\{member\}"', invokers)
+    assert invokers.count("feedback-operator") == 2  # that key and its function: no other invoker
+    assert "feedback_operator_url" in {unquote(k) for block in parsed()["output"] for k in block}
+
+
+def test_predictions_expire_by_a_firestore_ttl_policy_on_the_field_predict_writes() -> None:
+    field = resources("google_firestore_field")["prediction_expiry"]
+    predict_env = locals_()["function_env"]["predict"]
+
+    assert (unquote(field["collection"]), unquote(field["field"])) == ("predictions", "expire_at")
+    assert "ttl_config" in field
+    assert re.search(r"PREDICTION_RETENTION_DAYS\s*=\s*tostring\(var\.prediction_retention_days\)", predict_env)
+
+
 def test_no_basic_roles_anywhere() -> None:
     text = "\n".join(p.read_text() for p in TERRAFORM.glob("*.tf"))
 
@@ -515,6 +538,7 @@ ROLES_USED = {
     "monitoring-agent": {"roles/run.invoker"},  # on MLflow's service
 }
 ROLES_USED["registry-webhook"] = ROLES_USED["registry-watcher"]
+ROLES_USED["feedback-operator"] = ROLES_USED["feedback"]
 
 
 def test_each_service_account_holds_only_the_roles_its_component_uses() -> None:

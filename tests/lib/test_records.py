@@ -11,6 +11,8 @@ from sentiment_core.records import (
     NUM_SHARDS,
     Prediction,
     WindowCounts,
+    expiry,
+    first_retained_hour,
     window_document_id,
     window_hour,
     window_key,
@@ -83,3 +85,48 @@ def test_window_hour_of_a_client_library_timestamp_is_a_plain_utc_hour() -> None
     stored = DatetimeWithNanoseconds(2024, 3, 5, 7, 42, 1, nanosecond=123456789, tzinfo=UTC)
 
     assert window_hour(stored) == datetime(2024, 3, 5, 7, tzinfo=UTC)
+
+
+CREATED = datetime(2026, 3, 1, 23, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("days", "expected"),
+    [(1, datetime(2026, 3, 2, 23, 30, tzinfo=UTC)), (30, datetime(2026, 3, 31, 23, 30, tzinfo=UTC))],
+)
+def test_expiry_is_created_at_plus_the_retention_days(days: int, expected: datetime) -> None:
+    assert expiry(CREATED, days) == expected
+
+
+def test_prediction_document_carries_expire_at_and_reads_back_equal() -> None:
+    prediction = Prediction("a" * 32, "t", 0.9, True, None, "m", "1", "r", 0.0, CREATED, 0.5, expiry(CREATED, 30))
+
+    document = prediction.to_document()
+
+    assert document["expire_at"] == datetime(2026, 3, 31, 23, 30, tzinfo=UTC)
+    assert Prediction.from_document("a" * 32, document) == prediction
+
+
+def test_prediction_document_stored_before_retention_reads_without_expiry() -> None:
+    document = Prediction("a" * 32, "t", 0.9, True, None, "m", "1", "r", 0.0, CREATED).to_document()
+    del document["expire_at"], document["known_fraction"]
+
+    assert Prediction.from_document("a" * 32, document).expire_at is None
+
+
+@pytest.mark.parametrize(
+    ("now", "days", "expected"),
+    [
+        (datetime(2026, 3, 31, 12, 0, tzinfo=UTC), 30, datetime(2026, 3, 1, 13, tzinfo=UTC)),
+        (datetime(2026, 3, 31, 12, 59, tzinfo=UTC), 30, datetime(2026, 3, 1, 13, tzinfo=UTC)),
+        (datetime(2026, 3, 2, 0, 30, tzinfo=UTC), 1, datetime(2026, 3, 1, 1, tzinfo=UTC)),
+    ],
+)
+def test_first_retained_hour_is_the_first_whole_hour_no_record_of_which_has_expired(
+    now: datetime, days: int, expected: datetime
+) -> None:
+    first = first_retained_hour(now, days)
+
+    assert first == expected
+    assert expiry(first, days) > now  # its first record is still kept; the hour before's first may be gone
+    assert expiry(first - timedelta(hours=1), days) <= now

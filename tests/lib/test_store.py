@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from sentiment_core.firestore_rest import RestPredictionWriter
-from sentiment_core.records import Prediction
+from sentiment_core.records import Prediction, expiry
 from sentiment_core.rollout import VersionCounts
 from sentiment_core.store import Store, window_evidence
 from tests.support import PROJECT
@@ -62,3 +63,24 @@ def test_window_evidence_sums_the_hours_from_that_of_since(history, since: datet
 def test_window_evidence_of_a_version_excludes_versions_sharing_its_prefix(history) -> None:
     assert window_evidence(history, "10", at(0)) == VersionCounts("10", predictions=1, positive=1)
     assert window_evidence(history, "0", at(0)) == VersionCounts("0")
+
+
+def test_expire_at_written_by_predicts_writer_is_kept_when_feedback_answers(firestore_emulator, clean_db) -> None:
+    """Both writers of a record: predict's creates it with its expiry, feedback's answer leaves the expiry as is
+    (an answer does not extend how long a review is kept)."""
+    created = datetime.now(UTC).replace(microsecond=0)
+    prediction = dataclasses.replace(made("1", created, model_answer=True), expire_at=expiry(created, 7))
+    writer = RestPredictionWriter(
+        PROJECT, "(default)", 5.0, endpoint=f"http://{firestore_emulator.url}", token=lambda: "owner"
+    )
+    try:
+        writer.save_predictions([prediction])
+    finally:
+        writer.close()
+
+    answered, changed = Store(clean_db, 5.0).record_feedback(prediction.id, True)
+
+    stored = clean_db.collection("predictions").document(prediction.id).get()
+    assert changed
+    assert stored.get("expire_at") == created + timedelta(days=7)
+    assert Prediction.from_snapshot(stored).expire_at == answered.expire_at == created + timedelta(days=7)

@@ -74,9 +74,10 @@ def test_stack_writes_the_contract_urls_and_up_again_starts_nothing(local_stack:
     assert sorted(urls) == ["feedback", "frontend", "mlflow", "predict", "registry_watcher"]
     assert again.returncode == 0, again.stderr
     assert json.loads((local_stack["state"] / "pids.json").read_text()) == local_stack["pids"]
-    assert config == {"predict_url": urls["predict"], "feedback_url": urls["feedback"]}
+    assert config == {"predict_url": urls["predict"], "feedback_url": urls["feedback"], "prediction_retention_days": 30}
     assert call(f"{urls['mlflow']}/health").status == 200
     assert call(f"{urls['feedback']}/statistics").status == 200
+    assert call(f"{urls['feedback']}/predictions").status == 200  # the demo opts in to listing (PREDICTIONS_LISTING)
     assert call(f"{urls['registry_watcher']}/status").status == 200
     assert local_stack["fresh_predict"] == "no_revision"  # nothing promoted yet
 

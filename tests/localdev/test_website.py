@@ -26,8 +26,14 @@ def test_website_build_names_the_two_function_origins_in_the_csp_and_the_urls_in
     assert connect_src(index) == ["'self'", "http://127.0.0.1:8080", "https://feedback-abc-ew.a.run.app"]
     assert "$" not in index
     config = json.loads((tmp_path / "site" / "config.json").read_text())
-    assert config == {"predict_url": predict, "feedback_url": feedback}
+    assert config == {"predict_url": predict, "feedback_url": feedback, "prediction_retention_days": 30}
     assert (tmp_path / "site" / "favicon.svg").is_file()
+
+
+def test_website_build_states_the_retention_predict_was_given(tmp_path: Path) -> None:
+    website.build(tmp_path, "http://127.0.0.1:1", "http://127.0.0.1:2", retention_days=7)
+
+    assert json.loads((tmp_path / "config.json").read_text())["prediction_retention_days"] == 7
     assert not (tmp_path / "site" / "README.md").exists()
 
 

@@ -3,9 +3,12 @@
 - `predictions/{id}`: ids chosen by predict, random (uuid4) or, for a request with an Idempotency-Key, derived
   from the key and the text's position; records are only ever created where none exists, so a retried write
   cannot create a duplicate. An idempotent request's records carry `request_sha256`, the fingerprint of its body.
+  Each record has `expire_at` (created_at + predict's PREDICTION_RETENTION_DAYS): Firestore's TTL policy on
+  that field deletes it some time after (typically within a day). Answering a prediction keeps its expiry.
 - `counter_shards/{version}--{n}`: `predictions`, `feedback` and `correct` per model version, split over
   NUM_SHARDS documents and changed only with increments, in the same atomic commit as the record they
-  count. No single hot document; counters equal the records by construction.
+  count. No single hot document; counters equal the records by construction, until records expire (counters
+  keep their totals: they agree over the hours from first_retained_hour on).
 - `counter_windows/{version}--{YYYYMMDDHH}--{n}`: the same counts per model version and UTC hour (plus
   `positive`, the model's positive answers, and `server_errors`), for the rollout's evidence over a window. A
   record counts in the hour it was created, its feedback too whenever that arrives, so the counters of an
@@ -19,7 +22,7 @@ import binascii
 import dataclasses
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 PREDICTIONS = "predictions"
@@ -71,6 +74,9 @@ class Prediction:
     created_at: datetime
     # The share of the text's tokens the model knows (monitoring); None from a model without that output.
     known_fraction: float | None = None
+    # When Firestore's TTL policy may delete the record (predict's PREDICTION_RETENTION_DAYS after created_at);
+    # None on records stored before retention existed, which the policy never deletes.
+    expire_at: datetime | None = None
 
     @property
     def correct(self) -> bool | None:
@@ -107,14 +113,30 @@ class Prediction:
     @classmethod
     def from_document(cls, prediction_id: str, data: dict[str, Any]) -> Prediction:
         """The record from a document's fields (extra fields, such as request_sha256, are not part of it; records
-        stored before known_fraction existed have none)."""
-        names = {f.name for f in dataclasses.fields(cls)} - {"id", "known_fraction"}
-        created = data["created_at"]
+        stored before known_fraction or expire_at existed have none)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"id", "known_fraction", "expire_at"}
+        created, expire_at = data["created_at"], data.get("expire_at")
         return cls(
             id=prediction_id,
             **{name: data[name] for name in names} | {"created_at": _as_utc(created)},
             known_fraction=data.get("known_fraction"),
+            expire_at=None if expire_at is None else _as_utc(expire_at),
         )
+
+
+def expiry(created_at: datetime, retention_days: int) -> datetime:
+    """`expire_at` of a record created at `created_at` and kept `retention_days` (the TTL policy's field)."""
+    return created_at + timedelta(days=retention_days)
+
+
+def first_retained_hour(now: datetime, retention_days: int) -> datetime:
+    """The first UTC hour whose records are all still stored at `now`: counters and records agree from it on.
+
+    A record expires retention_days after it was made and the TTL policy deletes it some time after; a record of
+    an hour that began after `now - retention` cannot have expired yet. Counters are never deleted, so over
+    earlier hours they count more than the records left (docs/architecture.md, "Personal data").
+    """
+    return window_hour(now - timedelta(days=retention_days)) + timedelta(hours=1)
 
 
 def _as_utc(value: datetime) -> datetime:
