@@ -345,7 +345,8 @@ def test_predictions_listing_is_on_only_in_the_operators_deployment_which_only_o
     assert re.search(r'PREDICTIONS_LISTING\s*=\s*"off"', env["feedback"])
     assert re.search(r'PREDICTIONS_LISTING\s*=\s*"on"', env["feedback-operator"])
     assert [name for name in env if "PREDICTIONS_LISTING" in str(env[name])] == ["feedback", "feedback-operator"]
-    assert (operator["source"], operator["entry_point"], operator["public"]) == ("feedback", "feedback", False)
+    assert (operator["source"], operator["entry_point"]) == ("feedback", "feedback")
+    assert "feedback-operator" not in unquote(locals_()["public_functions"])
     assert re.search(r'for member in var\.watcher_invokers : "feedback-operator/\$\{member\}"', invokers)
     assert invokers.count("feedback-operator") == 2  # that key and its function: no other invoker
     assert "feedback_operator_url" in {unquote(k) for block in parsed()["output"] for k in block}
