@@ -178,6 +178,7 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
         "FIRESTORE_EMULATOR_HOST": firestore.url,
         "GOOGLE_CLOUD_PROJECT": PROJECT,
         "DEPLOYER": "local",
+        "SERVING_BUCKET": SERVING_BUCKET,  # the GCS emulator's bucket the watcher stages into: nothing else deploys
         "LOCAL_ROUTER_URL": router_admin,
         "LOCAL_PREDICT_URL": urls["predict"],
     }

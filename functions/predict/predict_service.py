@@ -24,15 +24,22 @@ RETRY_AFTER_S = "5"
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     public: PublicSettings
     model_uri: str
+    model_sha256: str | None = None  # MODEL_SHA256: the model file's sha256; unset only when run by hand
 
     @classmethod
     def from_env(cls) -> Settings:
         config.required("GOOGLE_CLOUD_PROJECT")  # the REST writer names the database by project
-        return cls(public=PublicSettings.from_env(), model_uri=config.required("MODEL_URI"))
+        sha256 = config.optional("MODEL_SHA256", "") or None
+        if sha256 is not None and not SHA256.fullmatch(sha256):
+            raise config.ConfigError(f"MODEL_SHA256 must be 64 lowercase hex digits, got {sha256!r}")
+        return cls(public=PublicSettings.from_env(), model_uri=config.required("MODEL_URI"), model_sha256=sha256)
 
 
 @dataclasses.dataclass(frozen=True)

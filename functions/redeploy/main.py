@@ -26,7 +26,7 @@ def _redeployer():
     from sentiment_core.deployment_store import DeploymentStore, firestore_client
 
     store = DeploymentStore(firestore_client(SETTINGS.state), SETTINGS.state.model_name)
-    return Redeployer(store, SETTINGS.make_deployer(), Policy(SETTINGS.state.model_name))
+    return Redeployer(store, SETTINGS.make_deployer(), Policy(SETTINGS.state.model_name, SETTINGS.serving_bucket))
 
 
 @functions_framework.cloud_event

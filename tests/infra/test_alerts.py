@@ -252,8 +252,8 @@ def drift_lines() -> dict[str, dict[str, Any]]:
 def redeploy_lines() -> dict[str, dict[str, Any]]:
     """A redeploy whose revision never gets ready; a push whose CloudEvent carries no Pub/Sub message."""
     redeploy, service = redeploy_module("redeploy"), redeploy_module("redeploy_service")
-    policy = redeploy_module("redeploy_decisions").Policy(model_name="yelp-sentiment")
-    event = ProductionChanged("event-3", "yelp-sentiment", "3", "run-3", "gs://b/yelp-sentiment/3", SHA, None)
+    policy = redeploy_module("redeploy_decisions").Policy(model_name="yelp-sentiment", serving_bucket="b")
+    event = ProductionChanged("event-3", "yelp-sentiment", "3", "run-3", "gs://b/yelp-sentiment/v3", SHA, None)
     with captured() as failing, contextlib.suppress(RuntimeError):
         redeploy.Redeployer(MemoryStore(DeploymentState()), FailingDeployer(), policy).handle(event)
     empty = CloudEvent({"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "//pubsub"}, {})
