@@ -14,7 +14,7 @@ import monitoring_report
 
 from sentiment_core import config, http
 from sentiment_core.contract import MODEL_NAME
-from sentiment_core.deployment_store import DeploymentStore, StateUnavailable
+from sentiment_core.deployment_store import DeploymentStore, StateUnavailable, deployments_database
 from sentiment_core.deployments import DeploymentState
 from sentiment_core.monitoring import MAX_WINDOW_HOURS, DriftSettings
 from sentiment_core.records import (
@@ -40,6 +40,7 @@ class Settings:
     model_name: str  # whose deployment document `GET /statistics` reports
     # GET /monitoring judges drift as the watcher's scheduled evaluation does: the same DRIFT_* variables.
     drift: DriftSettings
+    deployments_database: str = "(default)"  # DEPLOYMENTS_DATABASE: where that document is (read only)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -47,6 +48,7 @@ class Settings:
             public=PublicSettings.from_env(env),
             model_name=config.optional("MODEL_NAME", MODEL_NAME, env),
             drift=DriftSettings.from_env(env),
+            deployments_database=deployments_database(env),
         )
 
 

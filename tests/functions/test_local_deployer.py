@@ -13,7 +13,7 @@ import pytest
 
 from localdev import services
 from sentiment_core import events
-from sentiment_core.manifest import read_staged_folder, write_staged_folder
+from sentiment_core.manifest import read_staged_folder, sha256_file, write_staged_folder
 from tests.functions.conftest import call, production_changed, redeploy_module
 
 deployers = redeploy_module("deployers")
@@ -45,7 +45,9 @@ def router(function_env, staged, tmp_path) -> Iterator[tuple[services.Service, s
 
 
 def event(staged: dict[str, Path], version: str, event_id: str | None = None) -> events.ProductionChanged:
-    return production_changed(version, f"file://{staged[version]}", event_id)
+    """The watcher's event for a staged version: its folder and its model file's real sha256 (MODEL_SHA256)."""
+    announced = production_changed(version, f"file://{staged[version]}", event_id)
+    return dataclasses.replace(announced, sha256=sha256_file(staged[version] / "model.onnx"))
 
 
 def test_deploy_under_load_switches_versions_with_no_failed_request(router, staged) -> None:
@@ -96,6 +98,34 @@ def test_revision_that_cannot_start_is_a_deploy_error_and_the_old_one_keeps_serv
 
     assert call(f"{service.url}/healthz").json["model_version"] == "1"
     assert call(service.url, {"text": "fine"}).status == 201
+
+
+def test_revision_given_another_sha256_never_takes_traffic_and_the_old_one_keeps_serving(router, staged) -> None:
+    """The staged folder is consistent with its own manifest, but not the file the event announced: the new
+    predict process refuses it (503 on /healthz), so the router never switches to it."""
+    service, admin = router
+    swapped = dataclasses.replace(event(staged, "2"), sha256="f" * 64)
+    deployer = deployers.LocalDeployer(admin, service.url, timeout_s=90)
+
+    with pytest.raises(deployers.DeployError, match="refused the revision"):
+        deployer.deploy(swapped)
+    with pytest.raises(deployers.DeployError, match="refused the revision"):
+        deployer.deploy_candidate(swapped, 10)
+
+    assert list(live_pids(admin)) == ["predict-00001"]
+    assert call(f"{service.url}/healthz").json["model_version"] == "1"
+    assert call(service.url, {"text": "fine"}).status == 201
+
+
+def test_revision_started_by_the_local_deployer_runs_with_the_events_sha256(router, staged) -> None:
+    service, admin = router
+    announced = event(staged, "2")
+
+    deployed = deployers.LocalDeployer(admin, service.url).deploy(announced)
+
+    pid = live_pids(admin)[deployed.revision]
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"MODEL_SHA256={announced.sha256}".encode() in environ
 
 
 def test_router_answers_with_one_server_and_one_date_header(router) -> None:
