@@ -11,6 +11,7 @@ dashboard must read metrics that exist.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -46,7 +47,7 @@ NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
 
 # What each log-based metric must count, by the kind of line (the keys of `lines` below), and nothing else.
 EXPECTED = {
-    "sentiment_deploy_refused": {"deploy_refused"},
+    "sentiment_deploy_refused": {"deploy_refused", "event_refused"},
     "sentiment_rollout_rolled_back": {"rollout_rolled_back"},
     "sentiment_deploy_failed": {"deploy_failed"},
     "sentiment_event_unprocessable": {"event_unprocessable"},
@@ -259,7 +260,14 @@ def redeploy_lines() -> dict[str, dict[str, Any]]:
     empty = CloudEvent({"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "//pubsub"}, {})
     with captured() as unprocessable, contextlib.suppress(ValueError):
         service.handle(empty, redeployer=lambda: None)
-    return {"deploy_failed": only(failing, severity="ERROR"), "event_unprocessable": only(unprocessable)}
+    planted = dataclasses.replace(event, model_uri="gs://attacker-public-bucket/evil")
+    with captured() as refusing:
+        redeploy.Redeployer(MemoryStore(DeploymentState()), FailingDeployer(), policy).handle(planted)
+    return {
+        "deploy_failed": only(failing, severity="ERROR"),
+        "event_unprocessable": only(unprocessable),
+        "event_refused": only(refusing, severity="ERROR"),  # its model_uri is not its staged folder
+    }
 
 
 def predict_lines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, dict[str, Any]]:
@@ -613,7 +621,13 @@ def test_dashboard_log_panels_show_the_event_lines_they_are_about(lines) -> None
 
     assert {title.split(":")[0]: counted(query, lines) for title, query in panels.items()} == {
         "Drift state": {"drift_detected", "drift_resolved"},
-        "Deployment events": {"deploy_refused", "rollout_rolled_back", "deploy_failed", "event_unprocessable"},
+        "Deployment events": {
+            "deploy_refused",
+            "event_refused",
+            "rollout_rolled_back",
+            "deploy_failed",
+            "event_unprocessable",
+        },
     }
 
 
