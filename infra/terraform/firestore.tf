@@ -22,7 +22,7 @@ resource "google_firestore_database" "deployments" {
   type                              = "FIRESTORE_NATIVE"
   point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
   delete_protection_state           = var.deletion_protection ? "DELETE_PROTECTION_ENABLED" : "DELETE_PROTECTION_DISABLED"
-  deletion_policy                   = "DELETE" # a named database's id is taken until it is really deleted
+  deletion_policy                   = "DELETE" # as the main one: destroyed with the project, unless protected
 
   depends_on = [google_project_service.main]
 }
