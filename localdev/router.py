@@ -3,7 +3,8 @@
 `python -m localdev.router --port P --admin-port A --workdir DIR [--model-uri URI]`
 
 - Port P proxies every request to the current revision (a functions-framework `predict` process).
-- `POST http://127.0.0.1:A/revisions {"model_uri", "model_version"}` starts a new revision on that model, waits
+- `POST http://127.0.0.1:A/revisions {"model_uri", "model_version", "sha256"?}` starts a new revision on that model
+  (with `sha256`, its MODEL_SHA256: the revision serves only a model file with that sha256), waits
   until its /healthz reports the version, switches traffic to it, lets the old revision finish the requests it
   holds, then stops it: the page never sees an error. `GET /revisions` says what serves.
 - With `"percent": P` (0 to 99) the new revision is a candidate instead: it gets P% of the requests and the
@@ -40,6 +41,7 @@ logger = logging.getLogger("localdev.router")
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 MAX_BODY = 1 << 20
+SHA256 = re.compile(r"[0-9a-f]{64}")
 DRAIN_TIMEOUT_S = 30.0
 
 
@@ -50,6 +52,7 @@ class Revision:
     model_version: str
     service: services.Service
     in_flight: int = 0
+    sha256: str | None = None
 
 
 class Conflict(RuntimeError):
@@ -100,14 +103,14 @@ class Router:
         with self._lock:
             revision.in_flight -= 1
 
-    def deploy(self, model_uri: str, model_version: str) -> Revision:
+    def deploy(self, model_uri: str, model_version: str, sha256: str | None = None) -> Revision:
         """A new revision takes all traffic; every other one drains and stops."""
         with self._deploy_lock:
-            revision = self._start(model_uri, model_version)
+            revision = self._start(model_uri, model_version, sha256)
             self._take_all(revision)
             return revision
 
-    def deploy_candidate(self, model_uri: str, model_version: str, percent: int) -> Revision:
+    def deploy_candidate(self, model_uri: str, model_version: str, percent: int, sha256: str | None = None) -> Revision:
         """A new revision beside the stable one gets `percent` of the requests; the same call again only sets
         the share (a redelivered event starts no second process)."""
         with self._deploy_lock:
@@ -115,12 +118,16 @@ class Router:
                 raise Conflict("no revision serves yet: deploy one before a candidate")
             if len(self._live) == 2:
                 candidate = self._live[1]
-                if (candidate.model_uri, candidate.model_version) != (model_uri, model_version):
+                if (candidate.model_uri, candidate.model_version, candidate.sha256) != (
+                    model_uri,
+                    model_version,
+                    sha256,
+                ):
                     raise Conflict(f"{candidate.name} is already a candidate: complete or roll it back first")
                 self._set_weights(self._live[0], candidate, percent)
                 return candidate
             stable = self._live[0]
-            candidate = self._start(model_uri, model_version)
+            candidate = self._start(model_uri, model_version, sha256)
             with self._lock:
                 self._live = [stable, candidate]
                 self._credit[candidate.name] = 0
@@ -145,11 +152,14 @@ class Router:
             self._take_all(winner)
             return winner
 
-    def _start(self, model_uri: str, model_version: str) -> Revision:
+    def _start(self, model_uri: str, model_version: str, sha256: str | None = None) -> Revision:
         self._count += 1
         name = f"predict-{self._count:05d}"
         env = {**os.environ, "MODEL_URI": model_uri}
-        # Up means answering at all: a revision whose model cannot load answers 503, and fails at once below.
+        if sha256:
+            env["MODEL_SHA256"] = sha256
+        # Up means answering at all: a revision whose model cannot load (or differs from MODEL_SHA256) answers 503,
+        # and fails at once below, before it gets any traffic.
         service = services.start_function("predict", self.workdir, env, ready_any_status=True)
         try:
             reported = _healthz(service.url).get("model_version")
@@ -158,7 +168,7 @@ class Router:
         except Exception:
             service.stop()
             raise
-        return Revision(name, model_uri, model_version, service)
+        return Revision(name, model_uri, model_version, service, sha256=sha256)
 
     def _set_weights(self, stable: Revision, candidate: Revision, percent: int) -> None:
         with self._lock:
@@ -386,15 +396,23 @@ def admin_handler(router: Router) -> type[BaseHTTPRequestHandler]:
                 return self._error(404, "not_found", self.path)
             request = self._request() or {}
             model_uri, version = request.get("model_uri"), request.get("model_version")
-            percent = request.get("percent", 100)
-            if not isinstance(model_uri, str) or not isinstance(version, str) or not _is_percent(percent, 100):
-                give = "give model_uri, model_version and optionally percent (0 to 100, 100 takes all traffic)"
+            percent, sha256 = request.get("percent", 100), request.get("sha256")
+            if (
+                not isinstance(model_uri, str)
+                or not isinstance(version, str)
+                or not _is_percent(percent, 100)
+                or not (sha256 is None or (isinstance(sha256, str) and SHA256.fullmatch(sha256)))
+            ):
+                give = (
+                    "give model_uri, model_version and optionally percent (0 to 100, 100 takes all traffic) and "
+                    "sha256 (64 lowercase hex digits)"
+                )
                 return self._error(400, "invalid_request", give)
             try:
                 if percent == 100:
-                    revision = router.deploy(model_uri, version)
+                    revision = router.deploy(model_uri, version, sha256)
                 else:
-                    revision = router.deploy_candidate(model_uri, version, percent)
+                    revision = router.deploy_candidate(model_uri, version, percent, sha256)
             except Conflict as exc:
                 return self._error(409, "conflict", str(exc))
             except Exception as exc:  # the old revision keeps serving; say why the new one did not start
@@ -438,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, required=True, help="where revisions write their logs")
     parser.add_argument("--model-uri", help="serve this staged folder at once")
     parser.add_argument("--model-version", help="the version --model-uri holds")
+    parser.add_argument("--model-sha256", help="the sha256 the model file of --model-uri must have (MODEL_SHA256)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
 
@@ -452,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     if args.model_uri:
-        router.deploy(args.model_uri, args.model_version or "")
+        router.deploy(args.model_uri, args.model_version or "", args.model_sha256 or None)
     threading.Thread(target=admin.serve_forever, daemon=True).start()
     try:
         public.serve_forever()

@@ -311,6 +311,7 @@ def start_router(
     admin_port: int | None = None,
     model_uri: str | None = None,
     model_version: str | None = None,
+    model_sha256: str | None = None,
 ) -> tuple[Service, str]:
     """localdev.router on loopback: (the service, whose url is predict's stable URL; the revision API's URL)."""
     port = port or free_port()
@@ -319,6 +320,8 @@ def start_router(
     argv += ["--workdir", str(workdir)]
     if model_uri:
         argv += ["--model-uri", model_uri, "--model-version", model_version or ""]
+        if model_sha256:
+            argv += ["--model-sha256", model_sha256]
     admin_url = f"http://127.0.0.1:{admin_port}"
     service = start(
         "router",

@@ -175,6 +175,7 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
         port=port["predict"],
         model_uri=serving and serving["model_uri"],
         model_version=serving and serving["version"],
+        model_sha256=serving and serving.get("sha256"),
     )
     keep(router)
     consumer_port = services.free_port()
@@ -192,6 +193,7 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
         "FIRESTORE_EMULATOR_HOST": firestore.url,
         "GOOGLE_CLOUD_PROJECT": PROJECT,
         "DEPLOYER": "local",
+        "SERVING_BUCKET": SERVING_BUCKET,  # the GCS emulator's bucket the watcher stages into: nothing else deploys
         "LOCAL_ROUTER_URL": router_admin,
         "LOCAL_PREDICT_URL": urls["predict"],
     }
@@ -392,7 +394,7 @@ def _saved_firestore() -> Path | None:
 
 
 def _serving_version(firestore_host: str) -> dict[str, str] | None:
-    """`serving` of the deployment document ({"version", "model_uri"}), or None (nothing deployed yet)."""
+    """`serving` of the deployment document ({"version", "model_uri", "sha256"}), or None (nothing deployed yet)."""
     url = f"http://{firestore_host}/v1/projects/{PROJECT}/databases/(default)/documents/deployments/{MODEL_NAME}"
     request = urllib.request.Request(url, headers={"Authorization": "Bearer owner"})
     try:
@@ -404,7 +406,11 @@ def _serving_version(firestore_host: str) -> dict[str, str] | None:
         raise
     fields = document.get("fields", {}).get("serving", {}).get("mapValue", {}).get("fields", {})
     values = {name: fields.get(name, {}).get("stringValue") for name in ("version", "model_uri")}
-    return values if all(values.values()) else None
+    if not all(values.values()):
+        return None
+    # The revision the router starts on checks the file as the redeploy's revisions do (MODEL_SHA256).
+    sha256 = fields.get("sha256", {}).get("stringValue")
+    return {**values, "sha256": sha256} if sha256 else values
 
 
 def _forget_canary(firestore_host: str) -> None:

@@ -14,7 +14,7 @@ import monitoring_report
 
 from sentiment_core import config, http
 from sentiment_core.contract import MODEL_NAME
-from sentiment_core.deployment_store import DeploymentStore, StateUnavailable
+from sentiment_core.deployment_store import DeploymentStore, StateUnavailable, deployments_database
 from sentiment_core.deployments import DeploymentState
 from sentiment_core.monitoring import MAX_WINDOW_HOURS, DriftSettings
 from sentiment_core.records import (
@@ -43,6 +43,7 @@ class Settings:
     # GET /predictions pages through every user's review text: served only where turned on (the operators'
     # IAM-only deployment, the local demo); the public deployment answers 404 listing_disabled.
     predictions_listing: bool = False
+    deployments_database: str = "(default)"  # DEPLOYMENTS_DATABASE: where that document is (read only)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -51,6 +52,7 @@ class Settings:
             model_name=config.optional("MODEL_NAME", MODEL_NAME, env),
             drift=DriftSettings.from_env(env),
             predictions_listing=on_or_off("PREDICTIONS_LISTING", config.optional("PREDICTIONS_LISTING", "off", env)),
+            deployments_database=deployments_database(env),
         )
 
 

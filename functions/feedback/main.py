@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import feedback_service
@@ -30,7 +31,11 @@ def _store():
 
 @functools.cache
 def _deployments() -> DeploymentStore:
-    return DeploymentStore(_db(), SETTINGS.model_name, SETTINGS.public.firestore_timeout_s)
+    """Read only (GET /statistics): in the cloud feedback may only view the deployments database (iam.tf)."""
+    public = SETTINGS.public
+    same = SETTINGS.deployments_database == public.database
+    db = _db() if same else web.firestore_client(dataclasses.replace(public, database=SETTINGS.deployments_database))
+    return DeploymentStore(db, SETTINGS.model_name, public.firestore_timeout_s)
 
 
 # Turned off (the default), the route still answers, as a JSON 404 that says why.

@@ -21,7 +21,7 @@ CORS = http.Cors.from_setting(SETTINGS.public.allowed_origins)
 @functools.cache
 def _loaded_model() -> predict_model.Model:
     """One onnxruntime session per instance, created on first use (a failure is retried on the next request)."""
-    model = predict_model.load(SETTINGS.model_uri)
+    model = predict_model.load(SETTINGS.model_uri, SETTINGS.model_sha256)
     logging.getLogger("sentiment").info("model loaded", extra={"model_version": model.manifest.model_version})
     return model
 

@@ -113,8 +113,13 @@ def explanations(tokens: np.ndarray, scores: np.ndarray, known: np.ndarray, bias
     return [Explanation(shared_bias, top_terms(contributions(rows[i], scores[i], known[i]))) for i in range(len(rows))]
 
 
-def load(model_uri: str) -> Model:
-    """MODEL_URI is a staged folder: a plain path, file://path or gs://bucket/prefix."""
+def load(model_uri: str, expected_sha256: str | None = None) -> Model:
+    """MODEL_URI is a staged folder: a plain path, file://path or gs://bucket/prefix.
+
+    With `expected_sha256` (MODEL_SHA256, which the redeploy sets on every revision it makes) the model file must
+    have exactly that sha256: the folder's own manifest only proves the folder is consistent, not that it holds
+    the version the watcher checked, so a folder rewritten or swapped after the check is refused, never served.
+    """
     if model_uri.startswith("gs://"):
         manifest, model_bytes = _read_gcs(model_uri)
     else:
@@ -123,6 +128,13 @@ def load(model_uri: str) -> Model:
             manifest, model_bytes = read_staged_folder(folder)
         except ManifestError as exc:
             raise ModelError(str(exc)) from exc
+    if expected_sha256 is not None:
+        actual = sha256_bytes(model_bytes)
+        if actual != expected_sha256:
+            raise ModelError(
+                f"{model_uri}/{MODEL_FILENAME} has sha256 {actual}, not the {expected_sha256} this revision was "
+                "deployed with (MODEL_SHA256): refusing to serve it"
+            )
     return Model(manifest, model_bytes)
 
 

@@ -27,6 +27,7 @@ IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DEFAULT_RETENTION_DAYS = 30
 RETENTION_DAYS = re.compile(r"[1-9][0-9]{0,3}")  # whole days, ASCII digits; the range is checked apart
 MAX_RETENTION_DAYS = 3650
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,16 +36,21 @@ class Settings:
     model_uri: str
     # Days each stored prediction (a review: personal data) is kept before Firestore's TTL policy deletes it.
     retention_days: int = DEFAULT_RETENTION_DAYS
+    model_sha256: str | None = None  # MODEL_SHA256: the model file's sha256; unset only when run by hand
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         config.required("GOOGLE_CLOUD_PROJECT", env)  # the REST writer names the database by project
+        sha256 = config.optional("MODEL_SHA256", "", env) or None
+        if sha256 is not None and not SHA256.fullmatch(sha256):
+            raise config.ConfigError(f"MODEL_SHA256 must be 64 lowercase hex digits, got {sha256!r}")
         return cls(
             public=PublicSettings.from_env(env),
             model_uri=config.required("MODEL_URI", env),
             retention_days=parse_retention_days(
                 config.optional("PREDICTION_RETENTION_DAYS", str(DEFAULT_RETENTION_DAYS), env)
             ),
+            model_sha256=sha256,
         )
 
 

@@ -21,7 +21,13 @@ from typing import Any, Protocol
 from sentiment_core.events import ProductionChanged
 
 MODEL_URI_ENV = "MODEL_URI"
+MODEL_SHA256_ENV = "MODEL_SHA256"  # predict serves the staged model only when its file has this sha256
 CANDIDATE_TAG = "candidate"
+HEALTH_PATH = "/healthz"
+# Startup probe of every revision the redeploy makes: /healthz loads the model (and checks MODEL_SHA256), so a
+# revision whose model cannot serve never becomes ready and Cloud Run never gives it traffic. Two minutes for a
+# cold start that downloads the model; each probe may take a while, as the first one does the loading.
+STARTUP_PROBE = {"period_seconds": 10, "timeout_seconds": 10, "failure_threshold": 12}
 
 
 class DeployError(RuntimeError):
@@ -102,9 +108,10 @@ def wait_until_serving(url: str, version: str, timeout_s: float, headers: dict[s
 class CloudRunDeployer:
     """Updates the Cloud Run service behind `predict` (Cloud Run Admin API v2) to a new revision.
 
-    The new revision gets MODEL_URI = the staged folder and a `model-version` label. `deploy` sets traffic to
-    100% on the latest revision explicitly, because a manual rollback leaves a fixed split that would otherwise
-    keep every request on the old revision. A rollout pins traffic by revision name instead, the candidate
+    The new revision gets MODEL_URI = the staged folder, MODEL_SHA256 = the sha256 the event announced (predict
+    refuses a model file that differs), a startup probe on /healthz, and a `model-version` label. `deploy` sets
+    traffic to 100% on the latest revision explicitly, because a manual rollback leaves a fixed split that would
+    otherwise keep every request on the old revision. A rollout pins traffic by revision name instead, the candidate
     tagged `candidate` so that it has a URL of its own. Cloud Run drains the old instances itself.
     """
 
@@ -197,14 +204,18 @@ class CloudRunDeployer:
         if not template.containers:
             raise DeployError(f"{self._service_name} has no container to configure")
         container = template.containers[0]
-        for variable in container.env:
-            if variable.name == MODEL_URI_ENV:
-                variable.value = event.model_uri
-                break
-        else:
-            container.env.append(self._run.EnvVar(name=MODEL_URI_ENV, value=event.model_uri))
+        self._set_env(container, MODEL_URI_ENV, event.model_uri)
+        self._set_env(container, MODEL_SHA256_ENV, event.sha256)
+        container.startup_probe = self._run.Probe(http_get=self._run.HTTPGetAction(path=HEALTH_PATH), **STARTUP_PROBE)
         template.labels["model-version"] = event.model_version
         template.revision = revision
+
+    def _set_env(self, container: Any, name: str, value: str) -> None:
+        for variable in container.env:
+            if variable.name == name:
+                variable.value = value
+                return
+        container.env.append(self._run.EnvVar(name=name, value=value))
 
     def _candidate_name(self, event: ProductionChanged) -> str:
         """Deterministic, so a redelivered event finds its revision; unique per promotion, because Cloud Run
@@ -282,14 +293,13 @@ class LocalDeployer:
         self._timeout = timeout_s
 
     def deploy(self, event: ProductionChanged) -> Deployed:
-        answer = self._call("POST", "/revisions", {"model_uri": event.model_uri, "model_version": event.model_version})
+        answer = self._call("POST", "/revisions", _revision(event))
         wait_until_serving(self._public, event.model_version, 30.0)
         return Deployed(revision=answer["revision"], url=self._public)
 
     def deploy_candidate(self, event: ProductionChanged, percent: int) -> Deployed:
         check_share(percent)
-        body = {"model_uri": event.model_uri, "model_version": event.model_version, "percent": percent}
-        answer = self._call("POST", "/revisions", body)
+        answer = self._call("POST", "/revisions", {**_revision(event), "percent": percent})
         wait_until_serving(answer["url"], event.model_version, 30.0)
         return Deployed(revision=answer["revision"], url=answer["url"], split=_split(answer))
 
@@ -324,6 +334,11 @@ class LocalDeployer:
             ) from exc
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise DeployError(f"the local router at {self._admin} failed: {exc}") from exc
+
+
+def _revision(event: ProductionChanged) -> dict[str, str]:
+    """What the router starts a predict process on: the folder, its version and the sha256 it must have."""
+    return {"model_uri": event.model_uri, "model_version": event.model_version, "sha256": event.sha256}
 
 
 def _split(described: dict[str, Any]) -> Split | None:

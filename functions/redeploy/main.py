@@ -34,10 +34,10 @@ def _redeployer():
     from redeploy import Redeployer
     from redeploy_decisions import Policy
 
-    from sentiment_core.deployment_store import DeploymentStore, firestore_client
+    from sentiment_core.deployment_store import DeploymentStore, deployments_client
 
-    store = DeploymentStore(firestore_client(SETTINGS.state), SETTINGS.state.model_name)
-    return Redeployer(store, SETTINGS.make_deployer(), Policy(SETTINGS.state.model_name))
+    store = DeploymentStore(deployments_client(SETTINGS.state), SETTINGS.state.model_name)
+    return Redeployer(store, SETTINGS.make_deployer(), Policy(SETTINGS.state.model_name, SETTINGS.serving_bucket))
 
 
 @functions_framework.cloud_event

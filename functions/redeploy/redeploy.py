@@ -1,8 +1,9 @@
 """The consumer of `model-production-changed`: redeploy `predict` on the staged version, once per change.
 
 Delivery is at least once. A duplicate of the event that already serves, an event superseded by a newer
-promotion, or one whose deploy another delivery is running, is acknowledged and changes nothing. An event that
-arrives while another event's deploy runs raises, so it is delivered again once that deploy is done. A failed deploy
+promotion, or one whose deploy another delivery is running, is acknowledged and changes nothing. An event whose
+model_uri is not its version's folder in the serving bucket is refused: acknowledged, logged and recorded. An
+event that arrives while another event's deploy runs raises, so it is delivered again once that deploy is done. A failed deploy
 raises, so Pub/Sub delivers again; after the subscription's maximum attempts the message goes to the dead-letter
 topic. An event that can never be processed (malformed) raises too, and ends there (redeploy_service).
 
@@ -54,8 +55,8 @@ class Redeployer:
     policy: Policy
 
     def handle(self, event: ProductionChanged) -> Action:
-        """What was done: deployed, rolled_back, traffic_moved, already_serving, superseded, in_progress or
-        other_model. Moves are applied until what serves is what the deployment document asks for."""
+        """What was done: deployed, rolled_back, traffic_moved, already_serving, superseded, in_progress,
+        other_model or refused. Moves are applied until what serves is what the deployment document asks for."""
         fields = {"model_version": event.model_version, "event_id": event.event_id}
         delivery = uuid.uuid4().hex  # owns the deploy lease this delivery may take
         live = None
@@ -65,6 +66,9 @@ class Redeployer:
         decision = self._decide(Delivered(event, delivery, live))
         if decision.action is Action.OTHER_MODEL:
             logger.warning("event %s for model %s ignored: %s", event.event_id, event.model_name, decision.detail)
+            return decision.action
+        if decision.action is Action.REFUSED:
+            self._log_refused(decision)
             return decision.action
         if decision.action is Action.BUSY:
             logger.info("event %s waits: %s", event.event_id, decision.detail, extra=fields)
@@ -76,11 +80,30 @@ class Redeployer:
         for _ in range(MAX_MOVES):
             done = self._apply(decision.plan, delivery).action
             decision = self._decide(Continued(delivery))
+            if decision.action is Action.REFUSED:
+                self._log_refused(decision)
             if decision.action is not Action.DEPLOY:
                 break
         else:
             self._decide(Failed(event, delivery, "the deployment document kept changing; the next delivery goes on"))
         return done
+
+    @staticmethod
+    def _log_refused(decision: Decision[Action]) -> None:
+        """ERROR, with the deploy gate's event code and a reason: an event naming another folder means someone
+        other than the watcher wrote it or the document (docs/promotion.md), which a person should look into."""
+        (entry,) = decision.history
+        logger.error(
+            "event %s refused: %s",
+            decision.event_id,
+            decision.detail,
+            extra={
+                "model_version": entry.version,
+                "event_id": decision.event_id,
+                "reason": entry.reason,
+                logs.EVENT_FIELD: logs.DEPLOY_REFUSED,
+            },
+        )
 
     def _apply(self, plan: Plan, delivery: str) -> Decision[Action]:
         """One move, then its outcome recorded (a failure recorded, and raised for Pub/Sub to deliver again)."""

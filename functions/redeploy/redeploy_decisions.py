@@ -6,6 +6,7 @@ decision as one compare-and-swap.
     Delivered -> DEPLOY (the deploy lease taken, a Plan) -> Succeeded -> DEPLOYED | ROLLED_BACK | TRAFFIC_MOVED
                                                          -> Failed -> FAILED (Pub/Sub delivers the event again)
               -> ALREADY_SERVING | SUPERSEDED | IN_PROGRESS | OTHER_MODEL (acknowledged, nothing deployed)
+              -> REFUSED (its model_uri is not its version's folder in the serving bucket: acknowledged, recorded)
               -> BUSY (another event's deploy runs: not acknowledged, so Pub/Sub delivers it again later)
     Continued (after a move, the same delivery looks again) -> DEPLOY (the next move) | ALREADY_SERVING | IN_PROGRESS
 
@@ -35,7 +36,7 @@ from sentiment_core.deployments import (
     traffic_settled,
     wanted_traffic,
 )
-from sentiment_core.events import ProductionChanged
+from sentiment_core.events import ProductionChanged, staged_in, staged_uri
 
 DEPLOY_LEASE_S = 900.0  # the function's timeout (540 s) plus margin: a crashed deploy blocks at most this long
 
@@ -52,12 +53,21 @@ class Action(StrEnum):
     IN_PROGRESS = "in_progress"  # another delivery of this event holds the deploy lease
     BUSY = "busy"  # another event's deploy holds the lease: two updates of one service must not overlap
     OTHER_MODEL = "other_model"
+    REFUSED = "refused"  # the event (or the version the document announces) is not staged where it must be
     DEPLOY = "deploy"  # step: deploy under the lease just taken
+
+
+# The history's reason code for a refused event: docs/promotion.md.
+URI_NOT_ALLOWED = "model_uri_not_allowed"
 
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
+    """model_name: the model this redeploy serves; serving_bucket: the only bucket a version is deployed from
+    (SERVING_BUCKET), each version from its own folder, `gs://<serving_bucket>/<model>/v<version>`."""
+
     model_name: str
+    serving_bucket: str
     lease_s: float = DEPLOY_LEASE_S
 
 
@@ -181,6 +191,10 @@ def _delivered(state: DeploymentState, delivered: Delivered, policy: Policy, now
     event = delivered.event
     if event.model_name != policy.model_name:
         return Decision(Action.OTHER_MODEL, state, detail=f"this redeploy serves {policy.model_name}")
+    if not staged_in(event, policy.serving_bucket):
+        # Before the lease and the document: an event anyone could have planted deploys nothing and holds up
+        # nobody. Acknowledged (retrying cannot make it acceptable) and recorded for the operator.
+        return _refused(state, event, policy, now)
     deploying = state.deploying
     if deploying is not None and deploying.active(now):
         # Before anything else: while a deploy runs, the document does not yet show what it is putting in
@@ -218,9 +232,30 @@ def _continued(state: DeploymentState, continued: Continued, policy: Policy, now
 def _take_lease(
     state: DeploymentState, event: ProductionChanged, deployer: str, policy: Policy, now: datetime
 ) -> Decision[Action]:
-    lease = Lease.take(event.event_id, deployer, now, policy.lease_s)
     plan = next_move(state, event, policy.model_name)
+    if plan.move in (Move.DEPLOY, Move.CANDIDATE) and not staged_in(plan.event, policy.serving_bucket):
+        # The version the document announces is what a new revision starts from, whichever event woke us: it
+        # is checked too, so a target written into the document by someone other than the watcher serves nothing.
+        return _refused(state, plan.event, policy, now)
+    lease = Lease.take(event.event_id, deployer, now, policy.lease_s)
     return Decision(Action.DEPLOY, dataclasses.replace(state, deploying=lease), detail=plan.move.value, plan=plan)
+
+
+def _refused(state: DeploymentState, event: ProductionChanged, policy: Policy, now: datetime) -> Decision[Action]:
+    expected = staged_uri(policy.serving_bucket, event.model_name, event.model_version)
+    detail = f"model_uri {event.model_uri!r} is not {expected!r}: version {event.model_version} deploys nothing"
+    entry = HistoryEntry(
+        HistoryKind.REFUSED,
+        event.model_version,
+        now,
+        trigger="redeploy",
+        event_id=event.event_id,
+        model_uri=event.model_uri,
+        sha256=event.sha256,
+        reason=URI_NOT_ALLOWED,
+        detail=detail,
+    )
+    return Decision(Action.REFUSED, state, (entry,), detail, event_id=event.event_id)
 
 
 def _succeeded(state: DeploymentState, succeeded: Succeeded, now: datetime) -> Decision[Action]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,10 +24,12 @@ DEPLOYERS = ("cloud_run", "local")
 class Settings:
     """Every variable Terraform (or the local stack) sets on the redeploy; all parsed at start-up.
 
-    Only what the redeploy uses: the deployment document and predict's service. No MLflow setting or secret.
+    Only what the redeploy uses: the deployment document, the serving bucket it deploys from and predict's
+    service. No MLflow setting or secret.
     """
 
     state: StateSettings
+    serving_bucket: str
     deployer: str
     predict_service: str | None
     cloud_run_endpoint: str | None
@@ -40,6 +43,7 @@ class Settings:
             raise config.ConfigError(f"DEPLOYER must be one of {', '.join(DEPLOYERS)}, got {deployer!r}")
         return cls(
             state=StateSettings.from_env(env),
+            serving_bucket=_bucket_name(config.required("SERVING_BUCKET", env)),
             deployer=deployer,
             predict_service=config.required("PREDICT_SERVICE", env) if deployer == "cloud_run" else None,
             cloud_run_endpoint=config.optional("CLOUD_RUN_ENDPOINT", "", env) or None,
@@ -63,6 +67,14 @@ class Settings:
                 client_options={"api_endpoint": self.cloud_run_endpoint},
             )
         return CloudRunDeployer(self.predict_service, client=client)
+
+
+def _bucket_name(setting: str) -> str:
+    """SERVING_BUCKET as `name` or `gs://name`, as the watcher reads it: the one bucket versions deploy from."""
+    name = setting.removeprefix("gs://").strip("/")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]", name):
+        raise config.ConfigError(f"SERVING_BUCKET must be a bucket name (or gs://name), got {setting!r}")
+    return name
 
 
 def handle(event: Any, redeployer: Callable[[], Redeployer]) -> None:

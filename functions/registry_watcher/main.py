@@ -15,7 +15,7 @@ import functions_framework
 import watcher_service
 
 from sentiment_core import http, logs, web
-from sentiment_core.deployment_store import DeploymentStore, firestore_client
+from sentiment_core.deployment_store import DeploymentStore, deployments_client, firestore_client
 
 if TYPE_CHECKING:
     from drift_watch import DriftWatch
@@ -34,7 +34,10 @@ def _db():
 
 @functools.cache
 def _store() -> DeploymentStore:
-    return DeploymentStore(_db(), SETTINGS.state.model_name)
+    """The deployment document, in its own database (DEPLOYMENTS_DATABASE): the same client when it is _db's."""
+    state = SETTINGS.state
+    same = state.deployments_database == state.database
+    return DeploymentStore(_db() if same else deployments_client(state), state.model_name)
 
 
 @functools.cache

@@ -12,6 +12,21 @@ resource "google_firestore_database" "main" {
   depends_on = [google_project_service.main]
 }
 
+# The deployment documents (desired, target, serving, rollout, outbox, claims and their history) live in a database
+# of their own: Firestore IAM is granted on the project, and a condition naming this database keeps them out of
+# the public functions' reach (iam.tf). Only the watcher and the redeploy write it; feedback may read it.
+resource "google_firestore_database" "deployments" {
+  project                           = var.project_id
+  name                              = "deployments"
+  location_id                       = var.firestore_location
+  type                              = "FIRESTORE_NATIVE"
+  point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
+  delete_protection_state           = var.deletion_protection ? "DELETE_PROTECTION_ENABLED" : "DELETE_PROTECTION_DISABLED"
+  deletion_policy                   = "DELETE" # as the main one: destroyed with the project, unless protected
+
+  depends_on = [google_project_service.main]
+}
+
 # Review texts are large and never queried: not indexed (saves write cost and the 1,500-byte index limit).
 resource "google_firestore_field" "prediction_text" {
   project    = var.project_id

@@ -72,8 +72,12 @@ resource "google_cloudfunctions2_function" "main" {
 
   lifecycle {
     # The redeploy (on_production_changed) moves predict's MODEL_URI to each promoted version through the
-    # Cloud Run Admin API; Terraform leaves that variable alone rather than rolling the model back.
-    ignore_changes = [service_config[0].environment_variables["MODEL_URI"]]
+    # Cloud Run Admin API, with the MODEL_SHA256 its file must have; Terraform leaves both alone rather than
+    # rolling the model back or dropping the check.
+    ignore_changes = [
+      service_config[0].environment_variables["MODEL_URI"],
+      service_config[0].environment_variables["MODEL_SHA256"],
+    ]
   }
 
   # A revision reads its secrets as its service account when it starts, and the build needs its roles: both

@@ -1,9 +1,25 @@
 # Roles on the specific resources each component uses; no project-wide basic role anywhere.
-# Firestore has no per-database IAM binding: datastore.user is granted with a condition naming the database.
+# Firestore has no per-database IAM binding: every datastore role is granted on the project with a condition on
+# resource.name naming one database (the database itself, or anything under it), never unconditioned.
 
 locals {
-  firestore_users = toset(["predict", "feedback", "feedback-operator", "registry-watcher", "registry-webhook", "redeployer"])
-  watchers        = toset(["registry-watcher", "registry-webhook"])
+  # The main database: predictions, counters, references, webhook deliveries. The redeploy needs none of it.
+  firestore_users = toset(["predict", "feedback", "feedback-operator", "registry-watcher", "registry-webhook"])
+  # The deployments database: what gets deployed. Written only by the watchers and the redeploy; the public
+  # functions cannot write it, and only feedback (both deployments) reads it: GET /statistics shows the
+  # serving version.
+  deployments_writers = toset(["registry-watcher", "registry-webhook", "redeployer"])
+  deployments_readers = toset(["feedback", "feedback-operator"])
+  watchers            = toset(["registry-watcher", "registry-webhook"])
+
+  database_path = {
+    main        = "projects/${var.project_id}/databases/${google_firestore_database.main.name}"
+    deployments = "projects/${var.project_id}/databases/${google_firestore_database.deployments.name}"
+  }
+  # Exact, or under it with a slash: "(default)" must not also match a database named "(default)-x".
+  database_condition = {
+    for name, path in local.database_path : name => "resource.name == \"${path}\" || resource.name.startsWith(\"${path}/\")"
+  }
 
   secret_readers = merge(
     { for sa in ["predict", "feedback", "feedback-operator"] : "${sa}/feedback-token" => { sa = sa, secret_name = "feedback-token" } },
@@ -26,8 +42,34 @@ resource "google_project_iam_member" "firestore_user" {
   member  = "serviceAccount:${google_service_account.main[each.value].email}"
 
   condition {
-    title      = "sentiment-firestore-only"
-    expression = "resource.name.startsWith(\"projects/${var.project_id}/databases/${google_firestore_database.main.name}\")"
+    title      = "sentiment-main-database-only"
+    expression = local.database_condition["main"]
+  }
+}
+
+resource "google_project_iam_member" "deployments_user" {
+  for_each = local.deployments_writers
+
+  project = var.project_id
+  role    = "roles/datastore.user"
+  member  = "serviceAccount:${google_service_account.main[each.value].email}"
+
+  condition {
+    title      = "sentiment-deployments-database-only"
+    expression = local.database_condition["deployments"]
+  }
+}
+
+resource "google_project_iam_member" "deployments_viewer" {
+  for_each = local.deployments_readers
+
+  project = var.project_id
+  role    = "roles/datastore.viewer"
+  member  = "serviceAccount:${google_service_account.main[each.value].email}"
+
+  condition {
+    title      = "sentiment-deployments-database-read-only"
+    expression = local.database_condition["deployments"]
   }
 }
 

@@ -120,10 +120,11 @@ locals {
     ALLOWED_ORIGINS      = local.cors_origins
   }
 
-  # Where the deployment document lives: read by the watcher and the redeploy alike.
+  # Where the deployment document lives (its own database, iam.tf): read by the watcher and the redeploy alike.
   state_env = {
     GOOGLE_CLOUD_PROJECT = var.project_id
     FIRESTORE_DATABASE   = google_firestore_database.main.name
+    DEPLOYMENTS_DATABASE = google_firestore_database.deployments.name
     MODEL_NAME           = var.model_name
   }
 
@@ -158,11 +159,17 @@ locals {
     MIN_BEHAVIOUR_PASS_RATE  = tostring(var.min_behaviour_pass_rate)
   })
 
-  feedback_env = merge(local.public_env, local.drift_env, { MODEL_NAME = var.model_name })
+  # feedback reads the deployment document (read only, iam.tf) for GET /statistics.
+  feedback_env = merge(local.public_env, local.drift_env, {
+    MODEL_NAME           = var.model_name
+    DEPLOYMENTS_DATABASE = google_firestore_database.deployments.name
+  })
 
+  # SERVING_BUCKET: the redeploy deploys a version only from its own folder there (docs/promotion.md).
   redeploy_env = merge(local.state_env, {
     DEPLOYER        = "cloud_run"
     PREDICT_SERVICE = local.predict_run_id
+    SERVING_BUCKET  = google_storage_bucket.staged_models.name
   })
 
   # allUsers may invoke the webhook receiver (MLflow sends no Google identity): it serves POST /webhook only.

@@ -16,11 +16,11 @@ locals {
   # jsonPayload.<label>), with their descriptions; a gen2 function's service name is a label of the resource.
   log_metrics = {
     sentiment_deploy_refused = {
-      description = "The deploy gate refused a promoted version (registry_watcher, event deploy_refused)."
-      filter      = "${local.watcher_logs} AND jsonPayload.event=\"deploy_refused\""
+      description = "The deploy gate refused a promoted version, or the redeploy an event naming another folder (event deploy_refused)."
+      filter      = "${local.run_logs} AND resource.labels.service_name=(\"registry-watcher\" OR \"registry-webhook\" OR \"on-production-changed\") AND jsonPayload.event=\"deploy_refused\""
       labels = {
         model_version = "The refused version."
-        reason        = "Why the gate refused it (gate.judge's reason code)."
+        reason        = "Why it was refused (gate.judge's reason code, or model_uri_not_allowed from the redeploy)."
       }
     }
     sentiment_rollout_rolled_back = {

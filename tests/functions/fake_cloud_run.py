@@ -4,6 +4,10 @@ It keeps one service and its revisions, answers the long-running operation on th
 service's own /healthz by reading the manifest that the MODEL_URI of the revision with the largest share names
 (through the GCS emulator), so a deploy only passes when the staged folder really holds the version announced.
 
+A revision whose container has a startup probe on /healthz starts the way predict does: only when the staged
+folder's manifest has the sha256 its MODEL_SHA256 names (predict refuses any other file, so its /healthz fails).
+A revision that fails its probe never becomes ready: the operation ends in an error and traffic stays as it was.
+
 Traffic behaves as the real API's does: a PATCH makes a new revision only when the template changes (a traffic
 change alone does not), named by `template.revision` when it is set (prefixed by the service's name, never
 reused for another template); the targets must add up to 100, name revisions that exist and use each tag once,
@@ -115,21 +119,45 @@ class FakeCloudRun:
             return f"tags must be unique, got {tags}"
         return None
 
+    def _probe_fails(self, template: dict[str, Any]) -> bool:
+        """Whether the template's startup probe on /healthz fails: predict's model check, read from the manifest."""
+        from google.cloud import storage
+
+        container = template["containers"][0]
+        if container.get("startupProbe", {}).get("httpGet", {}).get("path") != "/healthz":
+            return False
+        env = {v["name"]: v.get("value") for v in container.get("env", [])}
+        if not env.get("MODEL_SHA256"):
+            return False
+        bucket, _, prefix = env["MODEL_URI"].removeprefix("gs://").partition("/")
+        try:
+            blob = storage.Client().bucket(bucket).blob(f"{prefix.strip('/')}/manifest.json")
+            manifest = json.loads(blob.download_as_bytes())
+        except Exception:  # no such folder: predict cannot load a model either
+            return True
+        return manifest.get("sha256") != env["MODEL_SHA256"]
+
     def _patch(self, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             self._revision += 1
+            probe_failed = False
             if body["template"] != self.service["template"]:
                 created = body["template"].get("revision") or self._revision_name(self._revision).rsplit("/", 1)[-1]
                 self.revisions[created] = copy.deepcopy(body["template"])
                 created = f"{self.service_name.rsplit('/services/', 1)[0]}/revisions/{created}"
                 self.service["latestCreatedRevision"] = created
-                if not self.never_ready:
+                probe_failed = self._probe_fails(body["template"])
+                if not self.never_ready and not probe_failed:
                     self.service["latestReadyRevision"] = created
             self.service["template"] = copy.deepcopy(body["template"])
-            self.service["traffic"] = copy.deepcopy(body.get("traffic", []))
+            if not probe_failed:  # Cloud Run routes nothing to a revision that never became ready
+                self.service["traffic"] = copy.deepcopy(body.get("traffic", []))
             self.service["trafficStatuses"] = self._statuses()
             name = f"{self.service_name.rsplit('/services/', 1)[0]}/operations/op-{self._revision}"
-            if self.fail_next_operation:
+            if probe_failed:
+                message = "the revision's startup probe on /healthz failed: it is not ready and serves no traffic"
+                done = {"name": name, "done": True, "error": {"code": 9, "message": message}}
+            elif self.fail_next_operation:
                 self.fail_next_operation = False
                 done = {"name": name, "done": True, "error": {"code": 9, "message": "revision failed to start"}}
             else:

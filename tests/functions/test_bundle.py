@@ -35,6 +35,7 @@ UNIT_ENV = {
     },
     "redeploy": {
         "PREDICT_SERVICE": "projects/p/locations/l/services/predict",
+        "SERVING_BUCKET": "serving",
         "CLOUD_RUN_ENDPOINT": "http://127.0.0.1:9",  # the client is made, never called: the event is not ours
     },
 }

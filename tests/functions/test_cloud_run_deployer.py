@@ -3,6 +3,8 @@ every change idempotent, and the immediate deploy still moving all traffic to th
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ deployers = redeploy_module("deployers")
 
 SERVICE = f"projects/{PROJECT}/locations/europe-west1/services/predict"
 FIRST = "predict-00001-abc"  # the fake's first revision, pinned at 100% like after a manual rollback
+SHA256 = "0" * 64  # what the staged manifests say and tests.functions.conftest.production_changed announces
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,7 @@ def bucket(gcs_emulator) -> Iterator[str]:
         client = storage.Client(project=PROJECT, credentials=AnonymousCredentials())
         created = client.create_bucket(f"traffic-{os.getpid()}")
         for version in ("1", "2", "3"):
-            manifest = json.dumps({"model_version": version})
+            manifest = json.dumps({"model_version": version, "sha256": SHA256})
             created.blob(f"v{version}/manifest.json").upload_from_string(manifest)
         yield created.name
 
@@ -203,3 +206,47 @@ def test_split_naming_a_revision_that_does_not_exist_is_a_deploy_error(deployer,
 def test_split_out_of_range_or_on_one_revision_is_refused(stable, candidate, percent) -> None:
     with pytest.raises(ValueError, match=r"split|percent"):
         deployers.Split(stable, candidate, percent)
+
+
+def env_of(template: dict) -> dict[str, str]:
+    return {v["name"]: v["value"] for v in template["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize("how", ["deploy", "candidate"])
+def test_new_revision_carries_the_events_sha256_and_a_startup_probe_on_healthz(deployer, cloud_run, bucket, how):
+    announced = event(bucket, "2")
+
+    if how == "deploy":
+        deployer.deploy(announced)
+    else:
+        deployer.deploy_candidate(announced, 10)
+
+    (patch,) = cloud_run.patches
+    assert env_of(patch["template"]) == {"MODEL_URI": f"gs://{bucket}/v2", "MODEL_SHA256": SHA256}
+    probe = patch["template"]["containers"][0]["startupProbe"]
+    assert probe["httpGet"]["path"] == "/healthz"
+    assert int(probe["failureThreshold"]) * int(probe["periodSeconds"]) >= 60  # room for a cold start's model load
+
+
+def test_redeploying_replaces_model_sha256_rather_than_adding_a_second_one(deployer, cloud_run, bucket) -> None:
+    deployer.deploy(event(bucket, "2"))
+    deployer.deploy(event(bucket, "3"))
+
+    names = [v["name"] for v in cloud_run.patches[-1]["template"]["containers"][0]["env"]]
+    assert sorted(names) == ["MODEL_SHA256", "MODEL_URI"]
+
+
+@pytest.mark.parametrize("how", ["deploy", "candidate"])
+def test_revision_whose_model_differs_from_its_sha256_never_takes_traffic(deployer, cloud_run, bucket, how) -> None:
+    """predict refuses the file, its startup probe fails, Cloud Run never makes the revision ready: the deploy
+    fails and the serving revision keeps all the traffic."""
+    swapped = dataclasses.replace(event(bucket, "2"), sha256="f" * 64)
+
+    move = deployer.deploy if how == "deploy" else functools.partial(deployer.deploy_candidate, percent=10)
+
+    with pytest.raises(deployers.DeployError, match="startup probe"):
+        move(swapped)
+
+    assert cloud_run.shares() == {FIRST: 100}
+    assert cloud_run.tags() == {}
+    assert served_version(cloud_run.url) == "1"

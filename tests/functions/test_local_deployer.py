@@ -13,8 +13,9 @@ import pytest
 
 from localdev import services
 from sentiment_core import events
-from sentiment_core.manifest import read_staged_folder, write_staged_folder
+from sentiment_core.manifest import read_staged_folder, sha256_file, write_staged_folder
 from tests.functions.conftest import call, production_changed, redeploy_module
+from tests.support import PROJECT
 
 deployers = redeploy_module("deployers")
 
@@ -36,6 +37,48 @@ def staged(trained, tmp_path_factory) -> dict[str, Path]:
     return {version: root / f"v{version}" for version in ("1", "2")}
 
 
+@pytest.fixture(scope="module")
+def tiny_staged(tmp_path_factory) -> dict[str, Path]:
+    """An untrained model of the contract staged as versions 1 and 2: enough for what starts or not, in seconds
+    rather than the trained model's minutes."""
+    import torch
+
+    from training import export, preprocess
+    from training.model import FastTextClassifier
+
+    vocabulary = preprocess.Vocabulary.build(preprocess.tokenize(["good food", "bad food"]), min_count=1, max_size=10)
+    torch.manual_seed(0)
+    model = FastTextClassifier(len(vocabulary), 4).eval()
+    model_bytes = export.build_onnx(model, vocabulary, export.ModelMetadata("run-1", "stars>=3", 0.5, "0" * 64))
+    root = tmp_path_factory.mktemp("tiny-versions")
+    for version in ("1", "2"):
+        write_staged_folder(
+            root / f"v{version}",
+            model_bytes.SerializeToString(),
+            model_name="yelp-sentiment",
+            model_version=version,
+            mlflow_run_id="run-1",
+            threshold=0.5,
+        )
+    return {version: root / f"v{version}" for version in ("1", "2")}
+
+
+@pytest.fixture
+def tiny_router(firestore_emulator, tiny_staged, tmp_path) -> Iterator[tuple[services.Service, str]]:
+    """The router serving tiny version 1, started with its MODEL_SHA256 as the local stack starts it."""
+    env = {
+        "FIRESTORE_EMULATOR_HOST": firestore_emulator.url,
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "FEEDBACK_TOKEN_SECRET": "test-secret-0123456789abcdef",
+    }
+    first = event(tiny_staged, "1")
+    service, admin = services.start_router(
+        tmp_path, env, model_uri=first.model_uri, model_version="1", model_sha256=first.sha256
+    )
+    with service:
+        yield service, admin
+
+
 @pytest.fixture
 def router(function_env, staged, tmp_path) -> Iterator[tuple[services.Service, str]]:
     env = {k: v for k, v in function_env.items() if k != "MODEL_URI"}
@@ -45,7 +88,9 @@ def router(function_env, staged, tmp_path) -> Iterator[tuple[services.Service, s
 
 
 def event(staged: dict[str, Path], version: str, event_id: str | None = None) -> events.ProductionChanged:
-    return production_changed(version, f"file://{staged[version]}", event_id)
+    """The watcher's event for a staged version: its folder and its model file's real sha256 (MODEL_SHA256)."""
+    announced = production_changed(version, f"file://{staged[version]}", event_id)
+    return dataclasses.replace(announced, sha256=sha256_file(staged[version] / "model.onnx"))
 
 
 def test_deploy_under_load_switches_versions_with_no_failed_request(router, staged) -> None:
@@ -96,6 +141,35 @@ def test_revision_that_cannot_start_is_a_deploy_error_and_the_old_one_keeps_serv
 
     assert call(f"{service.url}/healthz").json["model_version"] == "1"
     assert call(service.url, {"text": "fine"}).status == 201
+
+
+def test_revision_given_another_sha256_never_takes_traffic_and_the_old_one_keeps_serving(
+    tiny_router, tiny_staged
+) -> None:
+    """The staged folder is consistent with its own manifest, but not the file the event announced: the new
+    predict process refuses it (503 on /healthz), so the router never switches to it."""
+    service, admin = tiny_router
+    swapped = dataclasses.replace(event(tiny_staged, "2"), sha256="f" * 64)
+    deployer = deployers.LocalDeployer(admin, service.url, timeout_s=90)
+
+    with pytest.raises(deployers.DeployError, match="refused the revision"):
+        deployer.deploy(swapped)
+    with pytest.raises(deployers.DeployError, match="refused the revision"):
+        deployer.deploy_candidate(swapped, 10)
+
+    assert list(live_pids(admin)) == ["predict-00001"]
+    assert call(f"{service.url}/healthz").json["model_version"] == "1"
+
+
+def test_revision_started_by_the_local_deployer_runs_with_the_events_sha256(tiny_router, tiny_staged) -> None:
+    service, admin = tiny_router
+    announced = event(tiny_staged, "2")
+
+    deployed = deployers.LocalDeployer(admin, service.url).deploy(announced)
+
+    pid = live_pids(admin)[deployed.revision]
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"MODEL_SHA256={announced.sha256}".encode() in environ
 
 
 def test_router_answers_with_one_server_and_one_date_header(router) -> None:

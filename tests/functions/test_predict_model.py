@@ -128,3 +128,64 @@ def test_a_model_with_known_fraction_reports_it_per_text(tmp_path: Path, model_b
     _, known = served.infer(["good food", "good zzz", "!!!"])
 
     np.testing.assert_allclose(known, [1.0, 0.5, 0.0])
+
+
+@pytest.mark.parametrize(
+    ("expected", "serves"),
+    [(None, True), ("matching", True), ("f" * 64, False), ("0" * 64, False)],
+    ids=["unset-serves", "matching-serves", "other-sha256-refused", "zero-sha256-refused"],
+)
+def test_load_with_an_expected_sha256_serves_only_that_model(tmp_path: Path, model_bytes: bytes, expected, serves):
+    from sentiment_core.manifest import sha256_bytes
+
+    folder = stage(tmp_path / "v7", model_bytes)  # consistent with its own manifest either way
+    expected = sha256_bytes(model_bytes) if expected == "matching" else expected
+
+    if serves:
+        assert predict_model.load(str(folder), expected).manifest.model_version == "7"
+    else:
+        with pytest.raises(predict_model.ModelError, match="MODEL_SHA256"):
+            predict_model.load(str(folder), expected)
+
+
+def predict_client(monkeypatch, folder: Path, sha256: str):
+    import functions_framework
+
+    monkeypatch.setenv("MODEL_URI", str(folder))
+    monkeypatch.setenv("MODEL_SHA256", sha256)
+    monkeypatch.setenv("FEEDBACK_TOKEN_SECRET", "test-secret-0123456789abcdef")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "demo-sha256")
+    return functions_framework.create_app("predict", str(FUNCTIONS_DIR / "predict" / "main.py")).test_client()
+
+
+def test_predict_whose_model_differs_from_model_sha256_is_unavailable_and_not_healthy(
+    monkeypatch, tmp_path: Path, model_bytes: bytes, caplog
+) -> None:
+    """A swapped staged folder (consistent with its own manifest) never serves: /healthz is not ok, so neither the
+    local router nor Cloud Run's startup probe gives the revision traffic."""
+    client = predict_client(monkeypatch, stage(tmp_path / "v7", model_bytes), "f" * 64)
+
+    with caplog.at_level("ERROR", logger="sentiment"):
+        answers = [client.get("/healthz"), client.post("/", json={"text": "great food"})]
+
+    for response in answers:
+        assert response.status_code == 503
+        assert response.get_json()["error"]["code"] == "model_unavailable"
+    assert any("MODEL_SHA256" in record.getMessage() for record in caplog.records)
+
+
+def test_predict_whose_model_matches_model_sha256_is_healthy(monkeypatch, tmp_path: Path, model_bytes: bytes) -> None:
+    from sentiment_core.manifest import sha256_bytes
+
+    client = predict_client(monkeypatch, stage(tmp_path / "v7", model_bytes), sha256_bytes(model_bytes))
+
+    response = client.get("/healthz")
+
+    assert (response.status_code, response.get_json()["model_version"]) == (200, "7")
+
+
+def test_predict_refuses_to_start_with_a_malformed_model_sha256(monkeypatch, tmp_path: Path) -> None:
+    from sentiment_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="MODEL_SHA256 must be 64 lowercase hex"):
+        predict_client(monkeypatch, tmp_path, "F" * 64)

@@ -30,7 +30,7 @@ Move, Plan, Live, Continued = decisions.Move, decisions.Plan, decisions.Live, de
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 EARLIER = NOW - timedelta(hours=1)
-POLICY = decisions.Policy(model_name="m", lease_s=900)
+POLICY = decisions.Policy(model_name="m", serving_bucket="b", lease_s=900)
 ME, OTHER = "delivery-me", "delivery-other"
 SHA, OTHER_SHA = "a" * 64, "b" * 64
 
@@ -450,6 +450,80 @@ TABLE = [
         id="unrecorded-candidate-drained-is-recorded",
     ),
 ]
+
+
+def refused(event: ProductionChanged, expected_uri: str) -> tuple[HistoryEntry, str]:
+    """The history entry and detail of an event refused because its model_uri is not `expected_uri`."""
+    detail = f"model_uri {event.model_uri!r} is not {expected_uri!r}: version {event.model_version} deploys nothing"
+    entry = HistoryEntry(
+        HistoryKind.REFUSED,
+        event.model_version,
+        NOW,
+        trigger="redeploy",
+        event_id=event.event_id,
+        model_uri=event.model_uri,
+        sha256=event.sha256,
+        reason="model_uri_not_allowed",
+        detail=detail,
+    )
+    return entry, detail
+
+
+# Events (or announced targets) naming a folder other than their own version's in the serving bucket `b`.
+PLANTED = {
+    "attacker-bucket": "gs://attacker-public-bucket/evil",
+    "other-bucket-same-path": "gs://evil/m/v2",
+    "bucket-name-prefix": "gs://b-evil/m/v2",
+    "other-version-folder": "gs://b/m/v1",
+    "other-model-folder": "gs://b/other/v2",
+    "subfolder": "gs://b/m/v2/evil",
+    "parent-escape": "gs://b/m/v2/../v1",
+    "no-v-prefix": "gs://b/m/2",
+    "local-path": "/tmp/m/v2",
+    "file-uri": "file:///tmp/m/v2",
+}
+URI_TABLE = [
+    *[pytest.param(uri, False, id=f"{name}-refused") for name, uri in PLANTED.items()],
+    pytest.param("gs://b/m/v2", True, id="own-folder-accepted"),
+    pytest.param("gs://b/m/v2/", True, id="own-folder-with-slash-accepted"),
+]
+
+
+@pytest.mark.parametrize(("uri", "accepted"), URI_TABLE)
+def test_redeploy_decide_event_uri_outside_its_staged_folder_is_refused_and_recorded(uri, accepted) -> None:
+    event = dataclasses.replace(EVENT_V2, model_uri=uri)
+    state = dataclasses.replace(V2_ANNOUNCED, target=Target("2", "run-2", SHA, uri, "event-2", EARLIER))
+
+    decision = decisions.decide(state, Delivered(event, ME), POLICY, NOW)
+
+    if accepted:
+        assert (decision.action, decision.plan.event.model_uri) == (Action.DEPLOY, uri)
+    else:
+        entry, detail = refused(event, "gs://b/m/v2")
+        assert decision == Decision(Action.REFUSED, state, (entry,), detail, event_id="event-2")
+
+
+def test_redeploy_decide_planted_target_is_refused_whichever_event_wakes_it() -> None:
+    """A target written into the document by hand (not by the watcher) starts no revision, even when a valid
+    event (an older one redelivered, or the watcher's) is what wakes the redeploy."""
+    planted = Target("3", "run-3", SHA, "gs://attacker-public-bucket/evil", "event-2", EARLIER)
+    state = dataclasses.replace(V2_ANNOUNCED, target=planted)
+
+    decision = decisions.decide(state, Delivered(EVENT_V2, ME), POLICY, NOW)
+
+    entry, detail = refused(planted.event("m", "1"), "gs://b/m/v3")
+    assert decision == Decision(Action.REFUSED, state, (entry,), detail, event_id="event-2")
+    assert decision.state.deploying is None  # no lease taken: the next valid event is not held up
+
+
+def test_redeploy_decide_planted_target_found_after_a_move_is_refused() -> None:
+    planted = dataclasses.replace(V3_ANNOUNCED.target, model_uri="gs://attacker-public-bucket/evil")
+    state = dataclasses.replace(V3_ANNOUNCED, target=planted)
+
+    decision = decisions.decide(state, Continued(ME), POLICY, NOW)
+
+    assert decision.action is Action.REFUSED
+    assert decision.history[0].reason == "model_uri_not_allowed"
 
 
 @pytest.mark.parametrize(("state", "evidence", "expected"), TABLE)

@@ -88,7 +88,7 @@ class Loop:
         self.redeployer = redeploy.Redeployer(
             self.state,
             deployers.CloudRunDeployer(SERVICE, client=_run_client(cloud_run.url), healthz_timeout_s=3),
-            redeploy_decisions.Policy(self.name),
+            redeploy_decisions.Policy(self.name, bucket),
         )
 
     def reconciler(self, registry: RegistryClient | None = None, publisher=None, **policy):
@@ -326,6 +326,26 @@ def test_superseded_event_deploys_nothing(loop: Loop) -> None:
     assert loop.deliver(old) == "superseded"
     assert loop.cloud_run.model_uri() == event["model_uri"]
     assert len(loop.cloud_run.patches) == 1
+
+
+def test_planted_event_outside_the_serving_bucket_is_refused_recorded_and_acknowledged(loop: Loop) -> None:
+    """issue #17: an outbox planted in the deployment document was published and deployed. Now an event whose
+    model_uri is not its version's staged folder deploys nothing, raises nothing (Pub/Sub does not retry it) and
+    leaves a `refused` entry; the version in service keeps serving."""
+    event = serve(loop, loop.versions.add(loop.name))
+    planted = {**event, "event_id": "planted", "model_version": "99", "model_uri": "gs://attacker-public-bucket/evil"}
+
+    assert loop.deliver(planted) == "refused"
+
+    assert len(loop.cloud_run.patches) == 1  # only the real deploy
+    assert loop.cloud_run.model_uri() == event["model_uri"]
+    (refusal,) = loop.history("refused")
+    assert (refusal["reason"], refusal["event_id"], refusal["model_uri"]) == (
+        "model_uri_not_allowed",
+        "planted",
+        "gs://attacker-public-bucket/evil",
+    )
+    assert loop.state.read().state.deploying is None
 
 
 def test_failed_deploy_is_recorded_and_the_redelivery_deploys(loop: Loop) -> None:

@@ -86,6 +86,7 @@ def stack(trained, firestore_emulator, pubsub_emulator, gcs_emulator, tmp_path_f
                 "DEPLOYER": "cloud_run",
                 "PREDICT_SERVICE": SERVICE,
                 "CLOUD_RUN_ENDPOINT": cloud_run.url,
+                "SERVING_BUCKET": bucket.name,
             }
             with (
                 services.start_function("registry_watcher", workdir, watcher_env, ready_path="/status") as watcher,

@@ -17,7 +17,11 @@ WATCHER = {
     "MLFLOW_WEBHOOK_SECRET": "webhook-secret-0123456789",
     "SERVING_BUCKET": "gs://serving",
 }
-REDEPLOY = {"GOOGLE_CLOUD_PROJECT": "p", "PREDICT_SERVICE": "projects/p/locations/l/services/predict"}
+REDEPLOY = {
+    "GOOGLE_CLOUD_PROJECT": "p",
+    "PREDICT_SERVICE": "projects/p/locations/l/services/predict",
+    "SERVING_BUCKET": "gs://serving",
+}
 PREDICT = {"GOOGLE_CLOUD_PROJECT": "p", "MODEL_URI": "gs://serving/m/v1/", "FEEDBACK_TOKEN_SECRET": "s" * 16}
 
 
@@ -38,6 +42,7 @@ def test_redeploy_settings_need_no_mlflow_setting_or_secret() -> None:
         "projects/p/locations/l/services/predict",
     )
     assert not any(field.startswith(("tracking", "webhook", "mlflow")) for field in vars(settings))
+    assert settings.serving_bucket == "serving"  # gs:// or not, as the watcher reads the same variable
 
 
 @pytest.mark.parametrize(
@@ -52,9 +57,15 @@ def test_redeploy_settings_need_no_mlflow_setting_or_secret() -> None:
         ("watcher", WATCHER | {"MIN_VALIDATION_ACCURACY": "high"}, "MIN_VALIDATION_ACCURACY must be a number"),
         ("watcher", WATCHER | {"WEBHOOK_RECEIVER_ONLY": "yes"}, "WEBHOOK_RECEIVER_ONLY must be true or false"),
         ("redeploy", {"PREDICT_SERVICE": "s"}, "GOOGLE_CLOUD_PROJECT must be set"),
-        ("redeploy", {"GOOGLE_CLOUD_PROJECT": "p"}, "PREDICT_SERVICE must be set"),
+        ("redeploy", {"GOOGLE_CLOUD_PROJECT": "p", "SERVING_BUCKET": "b-1"}, "PREDICT_SERVICE must be set"),
         ("redeploy", REDEPLOY | {"DEPLOYER": "kubernetes"}, "DEPLOYER must be one of cloud_run, local"),
-        ("redeploy", {"GOOGLE_CLOUD_PROJECT": "p", "DEPLOYER": "local"}, "LOCAL_ROUTER_URL must be set"),
+        (
+            "redeploy",
+            {"GOOGLE_CLOUD_PROJECT": "p", "SERVING_BUCKET": "b-1", "DEPLOYER": "local"},
+            "LOCAL_ROUTER_URL must be set",
+        ),
+        ("redeploy", {k: v for k, v in REDEPLOY.items() if k != "SERVING_BUCKET"}, "SERVING_BUCKET must be set"),
+        ("redeploy", REDEPLOY | {"SERVING_BUCKET": "gs://b/m/v2"}, "SERVING_BUCKET must be a bucket name"),
     ],
     ids=[
         "watcher-no-mlflow",
@@ -65,6 +76,8 @@ def test_redeploy_settings_need_no_mlflow_setting_or_secret() -> None:
         "redeploy-cloud-run-no-service",
         "redeploy-unknown-deployer",
         "redeploy-local-no-router",
+        "redeploy-no-serving-bucket",
+        "redeploy-serving-bucket-with-a-path",
     ],
 )
 def test_unit_settings_missing_or_malformed_variable_fails_naming_it(unit: str, env: dict, message: str) -> None:

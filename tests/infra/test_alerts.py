@@ -11,6 +11,7 @@ dashboard must read metrics that exist.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -46,7 +47,7 @@ NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
 
 # What each log-based metric must count, by the kind of line (the keys of `lines` below), and nothing else.
 EXPECTED = {
-    "sentiment_deploy_refused": {"deploy_refused"},
+    "sentiment_deploy_refused": {"deploy_refused", "event_refused"},
     "sentiment_rollout_rolled_back": {"rollout_rolled_back"},
     "sentiment_deploy_failed": {"deploy_failed"},
     "sentiment_event_unprocessable": {"event_unprocessable"},
@@ -252,14 +253,21 @@ def drift_lines() -> dict[str, dict[str, Any]]:
 def redeploy_lines() -> dict[str, dict[str, Any]]:
     """A redeploy whose revision never gets ready; a push whose CloudEvent carries no Pub/Sub message."""
     redeploy, service = redeploy_module("redeploy"), redeploy_module("redeploy_service")
-    policy = redeploy_module("redeploy_decisions").Policy(model_name="yelp-sentiment")
-    event = ProductionChanged("event-3", "yelp-sentiment", "3", "run-3", "gs://b/yelp-sentiment/3", SHA, None)
+    policy = redeploy_module("redeploy_decisions").Policy(model_name="yelp-sentiment", serving_bucket="b")
+    event = ProductionChanged("event-3", "yelp-sentiment", "3", "run-3", "gs://b/yelp-sentiment/v3", SHA, None)
     with captured() as failing, contextlib.suppress(RuntimeError):
         redeploy.Redeployer(MemoryStore(DeploymentState()), FailingDeployer(), policy).handle(event)
     empty = CloudEvent({"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "//pubsub"}, {})
     with captured() as unprocessable, contextlib.suppress(ValueError):
         service.handle(empty, redeployer=lambda: None)
-    return {"deploy_failed": only(failing, severity="ERROR"), "event_unprocessable": only(unprocessable)}
+    planted = dataclasses.replace(event, model_uri="gs://attacker-public-bucket/evil")
+    with captured() as refusing:
+        redeploy.Redeployer(MemoryStore(DeploymentState()), FailingDeployer(), policy).handle(planted)
+    return {
+        "deploy_failed": only(failing, severity="ERROR"),
+        "event_unprocessable": only(unprocessable),
+        "event_refused": only(refusing, severity="ERROR"),  # its model_uri is not its staged folder
+    }
 
 
 def predict_lines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, dict[str, Any]]:
@@ -613,7 +621,13 @@ def test_dashboard_log_panels_show_the_event_lines_they_are_about(lines) -> None
 
     assert {title.split(":")[0]: counted(query, lines) for title, query in panels.items()} == {
         "Drift state": {"drift_detected", "drift_resolved"},
-        "Deployment events": {"deploy_refused", "rollout_rolled_back", "deploy_failed", "event_unprocessable"},
+        "Deployment events": {
+            "deploy_refused",
+            "event_refused",
+            "rollout_rolled_back",
+            "deploy_failed",
+            "event_unprocessable",
+        },
     }
 
 

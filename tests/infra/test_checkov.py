@@ -20,7 +20,7 @@ POLICIES = REPO_ROOT / "infra" / "checkov"
 CHECKOV = "checkov==3.3.30"
 # YAML graph policies, and Python ones where the graph drops what they check (references under for_each).
 OWN_POLICIES = {f"CKV2_SENTIMENT_{n}" for n in (1, 2, 3, 4, 5, 6, 9, 11, 17)}
-OWN_POLICIES |= {f"CKV_SENTIMENT_{n}" for n in (7, 8, 10, 12, 18)}
+OWN_POLICIES |= {f"CKV_SENTIMENT_{n}" for n in (7, 8, 10, 12, 18, 20)}
 
 
 def checkov_binary() -> Path:

@@ -8,6 +8,7 @@ import re
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -37,6 +38,7 @@ LOCAL_ONLY = {
     "LOCAL_ROUTER_URL",
     "LOCAL_PREDICT_URL",
     "MLFLOW_TRACKING_TOKEN",  # an alternative to username/password; the cloud uses basic auth + IAM
+    "MODEL_SHA256",  # set on each revision by the redeploy (deployers.py) with MODEL_URI, never by Terraform
 }
 
 
@@ -56,7 +58,7 @@ SHARED = REPO_ROOT / "lib/sentiment_core/src/sentiment_core"
 # PublicSettings are predict's and feedback's).
 SETTINGS_MODULES = {
     "predict": {"config", "web", "firestore_rest"},
-    "feedback": {"config", "web", "monitoring"},  # monitoring: DriftSettings.from_env
+    "feedback": {"config", "web", "monitoring", "deployment_store"},  # DriftSettings, deployments_database
     "registry_watcher": {"config", "registry", "deployment_store", "rollout", "monitoring"},  # *Settings.from_env
     "redeploy": {"config", "deployment_store"},
 }
@@ -512,7 +514,7 @@ def test_schema_check_catches_a_misspelt_attribute(provider_schema) -> None:
 # What each component's code calls, and so the only roles its service account may hold.
 ROLES_USED = {
     "predict": {"roles/datastore.user", "roles/secretmanager.secretAccessor", "roles/storage.objectViewer"},
-    "feedback": {"roles/datastore.user", "roles/secretmanager.secretAccessor"},
+    "feedback": {"roles/datastore.user", "roles/datastore.viewer", "roles/secretmanager.secretAccessor"},
     "registry-watcher": {
         "roles/datastore.user",
         "roles/secretmanager.secretAccessor",
@@ -544,3 +546,82 @@ ROLES_USED["feedback-operator"] = ROLES_USED["feedback"]
 
 def test_each_service_account_holds_only_the_roles_its_component_uses() -> None:
     assert granted_roles() == ROLES_USED
+
+
+# issue #17: deployment state out of the public functions' reach. Firestore IAM is project-level, so each
+# datastore grant must carry a condition naming one database (local.database_condition in iam.tf).
+WRITE_ROLES = {"roles/datastore.user", "roles/datastore.owner"}
+
+
+def datastore_grants() -> list[tuple[str, str, str | None]]:
+    """(account, role, database the condition names or None) of every datastore role the configuration grants."""
+    accounts = set(locals_()["service_accounts"])
+    grants = []
+    for kind in ("google_project_iam_member", "google_project_iam_binding"):
+        for body in resources(kind).values():
+            role = unquote(str(body.get("role", "")))
+            if not role.startswith("roles/datastore."):
+                continue
+            text = str(body.get("member", "")) + str(body.get("members", "")) + str(body.get("for_each", ""))
+            text += " ".join(str(locals_()[name]) for name in re.findall(r"local\.(\w+)", text))
+            named = set(re.findall(r'"([\w-]+)"', text)) & accounts
+            conditions = body.get("condition") or [{}]
+            found = re.fullmatch(r'\$\{local\.database_condition\["(\w+)"\]\}', conditions[0].get("expression", ""))
+            grants += [(account, role, found.group(1) if found else None) for account in sorted(named)]
+    return grants
+
+
+def test_every_datastore_grant_is_conditioned_on_one_database() -> None:
+    grants = datastore_grants()
+
+    assert grants
+    assert [grant for grant in grants if grant[2] is None] == []
+
+
+def test_only_the_watchers_and_the_redeploy_can_write_the_deployments_database() -> None:
+    writers = {account for account, role, db in datastore_grants() if db == "deployments" and role in WRITE_ROLES}
+    public = {spec["service_account"] for spec in functions().values() if spec["public"] is True}
+
+    assert writers == {"registry-watcher", "registry-webhook", "redeployer"}
+    # The webhook receiver is the one public function among them: HMAC-checked, serving POST /webhook only.
+    assert writers & public == {"registry-webhook"}
+    assert {(a, r) for a, r, db in datastore_grants() if db == "deployments" and a in {"predict", "feedback"}} == {
+        ("feedback", "roles/datastore.viewer")  # GET /statistics reads the serving version
+    }
+
+
+@pytest.mark.parametrize(
+    ("resource_name", "database"),
+    [
+        ("projects/p/databases/(default)", "main"),
+        ("projects/p/databases/(default)/documents/predictions/x", "main"),
+        ("projects/p/databases/deployments", "deployments"),
+        ("projects/p/databases/deployments/documents/deployments/yelp-sentiment", "deployments"),
+        ("projects/p/databases/deployments-copy", None),
+        ("projects/p/databases/(default)x", None),
+        ("projects/other/databases/deployments", None),
+    ],
+)
+def test_database_conditions_admit_their_own_database_only(resource_name: str, database: str | None) -> None:
+    """Each condition's CEL, evaluated as written (its == and startsWith), for names inside and outside."""
+    comprehension = str(locals_()["database_condition"])
+    cel = re.search(r'=> "(.*)"\}\}$', comprehension).group(1).replace('\\"', '"')
+    names = {"main": "(default)", "deployments": "deployments"}
+
+    def admits(db: str) -> bool:
+        path = f"projects/p/databases/{names[db]}"
+        expression = cel.replace("${path}", path).replace("||", " or ").replace(".startsWith(", ".startswith(")
+        return eval(expression, {"__builtins__": {}}, {"resource": SimpleNamespace(name=resource_name)})
+
+    assert [db for db in names if admits(db)] == ([database] if database else [])
+
+
+def test_the_deployments_database_is_protected_like_the_main_one() -> None:
+    main, deployments = (resources("google_firestore_database")[name] for name in ("main", "deployments"))
+    keys = ("point_in_time_recovery_enablement", "delete_protection_state", "location_id", "type", "deletion_policy")
+
+    assert unquote(deployments["name"]) == "deployments"
+    assert {key: deployments[key] for key in keys} == {key: main[key] for key in keys}
+    env = locals_()
+    assert "google_firestore_database.deployments.name" in str(env["state_env"]["DEPLOYMENTS_DATABASE"])
+    assert "google_firestore_database.deployments.name" in str(env["feedback_env"]["DEPLOYMENTS_DATABASE"])

@@ -37,13 +37,25 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def deployments_database(env: Mapping[str, str] | None = None) -> str:
+    """DEPLOYMENTS_DATABASE: the Firestore database of the deployment documents (their history, claims and
+    outbox). In the cloud a database of its own, which only the watcher and the redeploy may write (IAM
+    conditions, infra/terraform/iam.tf): what gets deployed is never in reach of the public functions."""
+    return config.optional("DEPLOYMENTS_DATABASE", "(default)", env)
+
+
 @dataclasses.dataclass(frozen=True)
 class StateSettings:
-    """Where the deployment document lives; every unit that reads or writes it parses these variables."""
+    """Where the deployment document lives; every unit that reads or writes it parses these variables.
+
+    `database` (FIRESTORE_DATABASE) holds predictions, counters and references; `deployments_database`
+    (DEPLOYMENTS_DATABASE) the deployment documents. Both "(default)" unless set, as in the local stack.
+    """
 
     project: str
     database: str
     model_name: str
+    deployments_database: str = "(default)"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StateSettings:
@@ -51,14 +63,22 @@ class StateSettings:
             project=config.required("GOOGLE_CLOUD_PROJECT", env),
             database=config.optional("FIRESTORE_DATABASE", "(default)", env),
             model_name=config.optional("MODEL_NAME", MODEL_NAME, env),
+            deployments_database=deployments_database(env),
         )
 
 
 def firestore_client(settings: StateSettings) -> Any:
-    """A Firestore client (honours FIRESTORE_EMULATOR_HOST); imported here so that importing costs nothing."""
+    """A client of the main database (honours FIRESTORE_EMULATOR_HOST); imported here so importing costs nothing."""
     from google.cloud import firestore
 
     return firestore.Client(project=settings.project, database=settings.database)
+
+
+def deployments_client(settings: StateSettings) -> Any:
+    """A client of the deployments database: what a DeploymentStore is built on."""
+    from google.cloud import firestore
+
+    return firestore.Client(project=settings.project, database=settings.deployments_database)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,6 +63,19 @@ class ProductionChanged:
         return cls(**{name: data[name] for name in names})
 
 
+def staged_uri(bucket: str, model_name: str, version: str) -> str:
+    """The one folder a version may be served from: `gs://<bucket>/<model>/v<version>` (what the watcher stages)."""
+    return f"gs://{bucket}/{model_name}/v{version}"
+
+
+def staged_in(event: ProductionChanged, bucket: str) -> bool:
+    """Whether the event names exactly its own version's staged folder in the serving bucket (a trailing slash
+    names the same folder). Anything else (another bucket, another version's folder, a local path) is refused:
+    an event is only as trustworthy as whoever could write it, and only the watcher writes that bucket."""
+    expected = staged_uri(bucket, event.model_name, event.model_version)
+    return event.model_uri in (expected, f"{expected}/")
+
+
 def from_pubsub_message(message: Any) -> ProductionChanged:
     """The event inside a Pub/Sub message as a CloudEvent delivers it: {"data": base64, "attributes": {...}}."""
     if not isinstance(message, dict) or "data" not in message:
