@@ -3,9 +3,9 @@
 Delivery is at least once. A duplicate of the event that already serves, an event superseded by a newer
 promotion, or one whose deploy another delivery is running, is acknowledged and changes nothing. An event whose
 model_uri is not its version's folder in the serving bucket is refused: acknowledged, logged and recorded. An
-event that arrives while another event's deploy runs raises, so it is delivered again once that deploy is done. A failed deploy
-raises, so Pub/Sub delivers again; after the subscription's maximum attempts the message goes to the dead-letter
-topic. An event that can never be processed (malformed) raises too, and ends there (redeploy_service).
+event that arrives while another event's deploy runs raises, so it is delivered again once that deploy is done.
+A failed deploy raises, so Pub/Sub delivers again; after the subscription's maximum attempts the message goes to
+the dead-letter topic. An event that can never be processed (malformed) raises too, and ends there (redeploy_service).
 
 What to do is redeploy_decisions.decide; this is the one place its effects happen: the deploy itself, and each
 decision committed to the deployment document as a compare-and-swap.

@@ -8,7 +8,7 @@ locals {
   # Cloud Run puts a function's JSON lines in jsonPayload (severity and time become the entry's own fields). A
   # gen2 function's Cloud Run service has the function's name (locals.tf `functions`).
   run_logs      = "resource.type=\"cloud_run_revision\""
-  public_logs   = "${local.run_logs} AND resource.labels.service_name=(\"predict\" OR \"feedback\")"
+  public_logs   = "${local.run_logs} AND resource.labels.service_name=(\"predict\" OR \"feedback\" OR \"feedback-operator\")"
   watcher_logs  = "${local.run_logs} AND resource.labels.service_name=(\"registry-watcher\" OR \"registry-webhook\")"
   redeploy_logs = "${local.run_logs} AND resource.labels.service_name=\"on-production-changed\""
 

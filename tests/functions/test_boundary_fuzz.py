@@ -41,6 +41,7 @@ UNIT_ENV = {
     },
     "redeploy": {
         "DEPLOYER": "local",
+        "SERVING_BUCKET": "serving",
         "LOCAL_ROUTER_URL": f"http://{NOWHERE}",
         "LOCAL_PREDICT_URL": f"http://{NOWHERE}",
         # The first delivery creates the Firestore client: with unreadable credentials that fails at once.

@@ -580,13 +580,16 @@ def test_every_datastore_grant_is_conditioned_on_one_database() -> None:
 
 def test_only_the_watchers_and_the_redeploy_can_write_the_deployments_database() -> None:
     writers = {account for account, role, db in datastore_grants() if db == "deployments" and role in WRITE_ROLES}
-    public = {spec["service_account"] for spec in functions().values() if spec["public"] is True}
+    public_functions = unquote(locals_()["public_functions"])
+    public = {spec["service_account"] for name, spec in functions().items() if f'"{name}"' in public_functions}
 
     assert writers == {"registry-watcher", "registry-webhook", "redeployer"}
     # The webhook receiver is the one public function among them: HMAC-checked, serving POST /webhook only.
     assert writers & public == {"registry-webhook"}
-    assert {(a, r) for a, r, db in datastore_grants() if db == "deployments" and a in {"predict", "feedback"}} == {
-        ("feedback", "roles/datastore.viewer")  # GET /statistics reads the serving version
+    public_readers = {"predict", "feedback", "feedback-operator"}
+    assert {(a, r) for a, r, db in datastore_grants() if db == "deployments" and a in public_readers} == {
+        ("feedback", "roles/datastore.viewer"),  # GET /statistics reads the serving version
+        ("feedback-operator", "roles/datastore.viewer"),
     }
 
 
@@ -624,4 +627,4 @@ def test_the_deployments_database_is_protected_like_the_main_one() -> None:
     assert {key: deployments[key] for key in keys} == {key: main[key] for key in keys}
     env = locals_()
     assert "google_firestore_database.deployments.name" in str(env["state_env"]["DEPLOYMENTS_DATABASE"])
-    assert "google_firestore_database.deployments.name" in str(env["feedback_env"]["DEPLOYMENTS_DATABASE"])
+    assert "DEPLOYMENTS_DATABASE = google_firestore_database.deployments.name" in str(env["feedback_env"])
