@@ -2,6 +2,7 @@
 as JSON lines `{"text", "label"}` (docs/promotion.md, "The watcher's evaluation set").
 
     python -m training.eval_set --output eval.jsonl            # 2,000 examples of ../shared/data/yelp's test split
+    python -m training.eval_set --output "$(terraform -chdir=infra/terraform output -raw eval_set_uri)"
 
 The registry watcher scores every candidate on this file, which it reads from a place no training identity can
 write: a training run cannot choose the examples it is judged on. The test split is the one training's defaults
@@ -59,16 +60,39 @@ def build(sources: Sequence[str] | None = None, size: int = DEFAULT_SIZE) -> byt
     return to_jsonl(sample(dataset.texts, dataset.labels, split.test, size))
 
 
+def write(raw: bytes, output: str, replace: bool = False) -> None:
+    """To a local file, or to `gs://bucket/object` with the caller's credentials; an existing object is kept
+    unless `replace` (the watcher's bar changes with it: replacing it is a decision, not a side effect)."""
+    if not output.startswith("gs://"):
+        Path(output).write_bytes(raw)
+        return
+    from google.api_core import exceptions as gexc
+    from google.cloud import storage
+
+    bucket, _, name = output.removeprefix("gs://").partition("/")
+    blob = storage.Client().bucket(bucket).blob(name)
+    exists = SystemExit(f"{output} exists already: --replace to stage a new evaluation set")
+    if not replace and blob.exists(timeout=60):  # the GCS emulator ignores if_generation_match on uploads
+        raise exists
+    try:
+        blob.upload_from_string(
+            raw, content_type="application/x-ndjson", if_generation_match=None if replace else 0, timeout=120
+        )
+    except gexc.PreconditionFailed as exc:  # written meanwhile
+        raise exists from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.eval_set", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, required=True, help="the JSON-lines file to write")
+    parser.add_argument("--output", required=True, help="the JSON-lines file to write: a path or gs://bucket/object")
+    parser.add_argument("--replace", action="store_true", help="overwrite an existing gs:// object")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"examples at most (default {DEFAULT_SIZE})")
     parser.add_argument(
         "--data", nargs="*", default=None, help="data files, folders or gs:// prefixes (default ../shared/data/yelp)"
     )
     args = parser.parse_args(argv)
     raw = build(args.data, args.size)
-    args.output.write_bytes(raw)
+    write(raw, args.output, args.replace)
     rows = raw.count(b"\n")
     sys.stdout.write(f"{args.output}: {rows} examples, sha256 {hashlib.sha256(raw).hexdigest()}\n")
     return 0
