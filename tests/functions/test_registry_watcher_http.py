@@ -252,6 +252,7 @@ def lone_watcher(firestore_emulator, tmp_path_factory) -> Iterator[dict]:
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{services.free_port()}",
         "MLFLOW_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "SERVING_BUCKET": "never-used",
+        "EVAL_SET_URI": "gs://never-used/eval.jsonl",
     }
     workdir = tmp_path_factory.mktemp("lone-watcher")
     with services.start_function("registry_watcher", workdir, env, ready_path="/status") as watcher:
@@ -427,6 +428,7 @@ def test_webhook_receiver_deployment_serves_only_the_webhook(firestore_emulator,
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{services.free_port()}",
         "MLFLOW_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "SERVING_BUCKET": "never-used",
+        "EVAL_SET_URI": "gs://never-used/eval.jsonl",
         "WEBHOOK_RECEIVER_ONLY": "true",
     }
     workdir = tmp_path_factory.mktemp("webhook-only")
