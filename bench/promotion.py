@@ -70,6 +70,13 @@ def main() -> int:
             check=True,
             stdout=subprocess.DEVNULL,
         )
+        eval_set = workdir / "eval.jsonl"  # the deploy gate's own evaluation set (training/eval_set.py)
+        subprocess.run(
+            [sys.executable, "-m", "training.eval_set", "--output", str(eval_set)],
+            cwd=REPO_ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         client = MlflowClient(mlflow_server.url)
         base = client.get_model_version(
             "yelp-sentiment", max(int(v.version) for v in client.search_model_versions("name='yelp-sentiment'"))
@@ -96,6 +103,7 @@ def main() -> int:
             "SERVING_BUCKET": bucket.name,
             "PUBSUB_TOPIC": topic,
             "MIN_VALIDATION_ACCURACY": "0.5",
+            "EVAL_SET_URI": f"file://{eval_set}",
             "ROLLOUT_STEPS": "100",  # the immediate switch is what this bench times
         }
         with services.start_function("registry_watcher", workdir, env, ready_path="/status") as watcher:

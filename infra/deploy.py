@@ -54,6 +54,7 @@ BOOTSTRAP_ENV_FROM_OUTPUTS = {
 BOOTSTRAP_ENV_FROM_SECRETS = {
     "MLFLOW_ADMIN_PASSWORD": "sentiment-mlflow-admin-password",
     "MLFLOW_WATCHER_PASSWORD": "sentiment-mlflow-watcher-password",
+    "MLFLOW_TRAINER_PASSWORD": "sentiment-mlflow-trainer-password",
     "MLFLOW_WEBHOOK_SECRET": "sentiment-mlflow-webhook",
 }
 

@@ -14,9 +14,10 @@ Ports: LOCAL_PORT_MLFLOW (5000), LOCAL_PORT_PREDICT (8080), LOCAL_PORT_FEEDBACK 
 LOCAL_PORT_REGISTRY_WATCHER (8082), LOCAL_PORT_FRONTEND (8000); 0 picks a free port. LOCAL_TICK_INTERVAL_S
 (60) is the scheduler's interval, LOCAL_MIN_VALIDATION_ACCURACY (0.8) the deploy gate's minimum,
 PREDICTION_RETENTION_DAYS (30) predict's retention, which the page states. feedback lists predictions
-(PREDICTIONS_LISTING=on: one person's machine). ROLLOUT_*,
-DRIFT_*, MAX_CALIBRATION_ERROR and MIN_BEHAVIOUR_PASS_RATE are passed to the watcher as they are (DRIFT_* to
-feedback too); unset, the stack's own rollout defaults (LOCAL_ROLLOUT) make a promotion watchable in a minute:
+(PREDICTIONS_LISTING=on: one person's machine). ROLLOUT_*, DRIFT_*, MAX_CALIBRATION_ERROR,
+MIN_BEHAVIOUR_PASS_RATE, MIN_EVAL_ACCURACY and MAX_EVAL_REGRESSION are passed to the watcher as they are (DRIFT_*
+to feedback too); the watcher's evaluation set is staged at `up` in the GCS emulator's bucket `eval-sets` from the
+data's test split. Unset, the stack's own rollout defaults (LOCAL_ROLLOUT) make a promotion watchable in a minute:
 half the traffic, then all of it after 30 s unless the live evidence says the new version is worse.
 """
 
@@ -60,6 +61,10 @@ FIRESTORE_EXPORT = LOCAL_DIR / "firestore"
 PROJECT = "demo-local"
 ARTIFACTS_BUCKET = "mlflow-artifacts"
 SERVING_BUCKET = "serving-models"
+# The deploy gate's own evaluation set, in a bucket of its own as in the cloud (only the watcher reads it; no
+# training identity writes it): staged at `up` from the data's test split (training/eval_set.py).
+EVAL_BUCKET = "eval-sets"
+EVAL_OBJECT = f"{MODEL_NAME}/eval.jsonl"
 TOPIC = "model-production-changed"
 DEAD_LETTER_TOPIC = "model-production-changed-dead-letter"
 MAX_DELIVERY_ATTEMPTS = 5
@@ -151,6 +156,7 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
     }
     with _environment(emulators):
         _create_buckets()
+        _stage_eval_set()
     # Without a fixed key MLflow encrypts webhook secrets with a key of the process: after a restart it cannot
     # read the webhooks it stored, and listing them fails with a 500.
     mlflow_env = {**emulators, "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": secret["mlflow_webhook_encryption_key"]}
@@ -186,8 +192,16 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
         "SERVING_BUCKET": SERVING_BUCKET,
         "PUBSUB_TOPIC": TOPIC,
         "MIN_VALIDATION_ACCURACY": os.environ.get("LOCAL_MIN_VALIDATION_ACCURACY", "0.8"),
+        "EVAL_SET_URI": f"gs://{EVAL_BUCKET}/{EVAL_OBJECT}",
         **LOCAL_ROLLOUT,
-        **_passed_through("ROLLOUT_", "DRIFT_", "MAX_CALIBRATION_ERROR", "MIN_BEHAVIOUR_PASS_RATE"),
+        **_passed_through(
+            "ROLLOUT_",
+            "DRIFT_",
+            "MAX_CALIBRATION_ERROR",
+            "MIN_BEHAVIOUR_PASS_RATE",
+            "MIN_EVAL_ACCURACY",
+            "MAX_EVAL_REGRESSION",
+        ),
     }
     redeploy_env = {
         "FIRESTORE_EMULATOR_HOST": firestore.url,
@@ -281,9 +295,22 @@ def _create_buckets() -> None:
     from google.cloud import storage
 
     client = storage.Client(project=PROJECT, credentials=AnonymousCredentials())
-    for name in (ARTIFACTS_BUCKET, SERVING_BUCKET):
+    for name in (ARTIFACTS_BUCKET, SERVING_BUCKET, EVAL_BUCKET):
         with contextlib.suppress(gexc.Conflict):
             client.create_bucket(name)
+
+
+def _stage_eval_set() -> None:
+    """The watcher's evaluation set, written once: the GCS emulator's folder keeps it across `down`/`up`, and
+    the same data gives the same bytes (deterministic sample)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from training import eval_set
+
+    blob = storage.Client(project=PROJECT, credentials=AnonymousCredentials()).bucket(EVAL_BUCKET).blob(EVAL_OBJECT)
+    if not blob.exists():
+        blob.upload_from_string(eval_set.build(), content_type="application/x-ndjson")
 
 
 def _create_topics(consumer_url: str) -> None:

@@ -42,6 +42,7 @@ def _store() -> DeploymentStore:
 
 @functools.cache
 def _reconciler() -> Reconciler:
+    from evaluation import Evaluator
     from publisher import PubSubPublisher
     from reconcile import Reconciler
     from staging import GcsStager
@@ -54,12 +55,13 @@ def _reconciler() -> Reconciler:
         store=_store(),
         stager=GcsStager(SETTINGS.serving_bucket),
         publisher=PubSubPublisher(SETTINGS.topic),
-        policy=Policy(SETTINGS.state.model_name, rollout=SETTINGS.rollout),
+        policy=Policy(SETTINGS.state.model_name, rollout=SETTINGS.rollout, evaluation=SETTINGS.evaluation),
         min_val_accuracy=SETTINGS.min_val_accuracy,
         max_calibration_error=SETTINGS.max_calibration_error,
         min_behaviour_pass_rate=SETTINGS.min_behaviour_pass_rate,
         counts=functools.partial(window_evidence, _db()),
         save_reference=functools.partial(save_reference, _db()),
+        evaluator=Evaluator(SETTINGS.eval_set_uri),  # read at the first candidate, not at start-up
     )
 
 

@@ -22,6 +22,7 @@ from watcher_decisions import (
     Abandoned,
     Action,
     Confirmed,
+    Evaluation,
     Evidence,
     Looked,
     Measured,
@@ -30,12 +31,13 @@ from watcher_decisions import (
     Rejected,
     Staged,
     decide,
+    judge_evaluation,
 )
 
 from sentiment_core import logs
 from sentiment_core.contract import PRODUCTION_ALIAS
 from sentiment_core.deployment_store import DeploymentStore, StateUnavailable
-from sentiment_core.deployments import Decision, Desired, HistoryKind, Rollout, traffic_settled
+from sentiment_core.deployments import Decision, Desired, HistoryKind, Rollout, Serving, traffic_settled
 from sentiment_core.events import ProductionChanged
 from sentiment_core.monitoring import Reference
 from sentiment_core.registry import ModelVersion, RegistryClient
@@ -59,6 +61,12 @@ class Stager(Protocol):
         threshold: float,
         reference: Reference | None = None,
     ) -> str: ...
+
+
+class Evaluator(Protocol):
+    """The watcher's own evaluation of a candidate beside the serving version (evaluation.Evaluator)."""
+
+    def evaluate(self, model_bytes: bytes, serving: Serving | None) -> Evaluation: ...
 
 
 class Counts(Protocol):
@@ -118,6 +126,9 @@ class Reconciler:
     counts: Counts  # a version's window counters since a time (sentiment_core.store.window_evidence)
     # Keeps a version's monitoring reference where the functions read it (sentiment_core.store.save_reference).
     save_reference: Callable[[str, Reference], None]
+    # Scores the candidate on the watcher's evaluation set (evaluation.Evaluator): the one check whose figures
+    # the uploading run cannot choose.
+    evaluator: Evaluator
     max_calibration_error: float = gate.DEFAULT_MAX_CALIBRATION_ERROR
     min_behaviour_pass_rate: float = gate.DEFAULT_MIN_BEHAVIOUR_PASS_RATE
     fetch: Callable[[RegistryClient, ModelVersion], gate.Candidate] = gate.fetch_candidate
@@ -136,8 +147,7 @@ class Reconciler:
             measured = decision.state.rollout
             self._log_rollout(decision)
         if decision.action is Action.CLAIM:
-            serving = decision.state.serving.version if decision.state.serving else None
-            decision = self._decide(self._check(found, desired, claimant, trigger, serving))
+            decision = self._decide(self._check(found, desired, claimant, trigger, decision.state.serving))
         if decision.action is Action.REFUSED:
             kept = decision.state.in_service
             logger.warning(
@@ -224,10 +234,11 @@ class Reconciler:
         logger.info("registry updated: %s", detail, extra={"model_version": candidate})
 
     def _check(
-        self, found: ModelVersion, desired: Desired, claimant: str, trigger: str, serving: str | None
+        self, found: ModelVersion, desired: Desired, claimant: str, trigger: str, serving_now: Serving | None
     ) -> Staged | Rejected:
-        """The deploy gate, then staging, then (when a rollout will start) both versions' counts so far this hour:
-        what they found, as evidence for the next decision."""
+        """The deploy gate, the watcher's own evaluation beside the serving version, then staging, then (when a
+        rollout will start) both versions' counts so far this hour: what they found, as evidence for the next
+        decision."""
         version = found.version
         logger.info("checking version %s", version, extra={"model_version": version, "trigger": trigger})
         try:
@@ -237,6 +248,10 @@ class Reconciler:
             )
             if not verdict.accepted:
                 return Rejected(claimant, version, verdict.reason, verdict.detail, trigger)
+            evaluation = self.evaluator.evaluate(candidate.model_bytes, serving_now)
+            refusal = judge_evaluation(evaluation, self.policy.evaluation)
+            if refusal is not None:
+                return Rejected(claimant, version, *refusal, trigger, evaluation)
             try:
                 uri = self.stager.stage(
                     candidate.model_bytes,
@@ -256,11 +271,14 @@ class Reconciler:
             self._release(claimant)  # let the next tick try at once rather than after the claim expires
             raise
         baseline, baseline_at = None, None
+        serving = serving_now.version if serving_now else None
         if serving is not None and serving != version:
             baseline_at = datetime.now(UTC)
             baseline = self._counts_of(serving, version, baseline_at)
         event_id = uuid.uuid4().hex
-        return Staged(claimant, desired, candidate.logged_sha256, uri, event_id, trigger, baseline, baseline_at)
+        return Staged(
+            claimant, desired, candidate.logged_sha256, uri, event_id, trigger, baseline, baseline_at, evaluation
+        )
 
     def _save_reference(self, version: str, reference: Reference) -> None:
         from sentiment_core.store import StoreUnavailable

@@ -8,13 +8,22 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+import evaluation
 import flask
 import gate
 import webhook
 from drift_watch import DriftWatch
 from reconcile import PublishError, Reconciler
 from staging import StagingError
-from watcher_decisions import Action, Commanded, Policy, decide
+from watcher_decisions import (
+    DEFAULT_MAX_EVAL_REGRESSION,
+    DEFAULT_MIN_EVAL_ACCURACY,
+    Action,
+    Commanded,
+    EvalLimits,
+    Policy,
+    decide,
+)
 
 from sentiment_core import config, http, logs
 from sentiment_core.contract import PRODUCTION_ALIAS
@@ -35,8 +44,8 @@ DELIVERIES = "webhook_deliveries"
 class Settings:
     """Every variable Terraform (or the local stack) sets on the watcher; all parsed at start-up.
 
-    Only what the watcher uses: the deployment document, MLflow, the bucket and the topic. Nothing of Cloud Run:
-    the redeploy (functions/redeploy) moves predict.
+    Only what the watcher uses: the deployment document, MLflow, the bucket, the topic and its evaluation set.
+    Nothing of Cloud Run: the redeploy (functions/redeploy) moves predict.
     """
 
     state: StateSettings
@@ -50,6 +59,9 @@ class Settings:
     serving_bucket: str
     topic: str
     min_val_accuracy: float
+    # The watcher's own labelled set (JSON lines {"text", "label"}), where no training identity can write.
+    eval_set_uri: str
+    evaluation: EvalLimits = dataclasses.field(default_factory=EvalLimits)
     max_calibration_error: float = gate.DEFAULT_MAX_CALIBRATION_ERROR
     min_behaviour_pass_rate: float = gate.DEFAULT_MIN_BEHAVIOUR_PASS_RATE
     rollout: RolloutSettings = dataclasses.field(default_factory=RolloutSettings)
@@ -72,6 +84,11 @@ class Settings:
             serving_bucket=config.required("SERVING_BUCKET", env),
             topic=topic if topic.startswith("projects/") else f"projects/{state.project}/topics/{topic}",
             min_val_accuracy=config.number("MIN_VALIDATION_ACCURACY", 0.8, 0.0, 1.0, env),
+            eval_set_uri=_eval_set_uri(config.required("EVAL_SET_URI", env)),
+            evaluation=EvalLimits(
+                min_accuracy=config.number("MIN_EVAL_ACCURACY", DEFAULT_MIN_EVAL_ACCURACY, 0.0, 1.0, env),
+                max_regression=config.number("MAX_EVAL_REGRESSION", DEFAULT_MAX_EVAL_REGRESSION, 0.0, 1.0, env),
+            ),
             max_calibration_error=config.number(
                 "MAX_CALIBRATION_ERROR", gate.DEFAULT_MAX_CALIBRATION_ERROR, 0.0, 1.0, env
             ),
@@ -97,6 +114,13 @@ class Settings:
         )
 
 
+def _eval_set_uri(value: str) -> str:
+    try:
+        return evaluation.check_uri(value)
+    except ValueError as exc:
+        raise config.ConfigError(str(exc)) from exc
+
+
 def _true_or_false(name: str, value: str) -> bool:
     if value not in ("true", "false"):
         raise config.ConfigError(f"{name} must be true or false, got {value!r}")
@@ -120,6 +144,8 @@ def run_tick(reconciler: Reconciler, trigger: str, retry_refused: str | None = N
         raise _unavailable("publish_failed", exc) from exc
     except StagingError as exc:
         raise _unavailable("staging_failed", exc) from exc
+    except evaluation.EvaluationUnavailable as exc:
+        raise _unavailable("evaluation_unavailable", exc) from exc
     logger.info("tick (%s): %s", trigger, result.action, extra={"trigger": trigger, **result.to_api()})
     return result.to_api()
 

@@ -1,9 +1,16 @@
-"""Give the registry watcher its MLflow identity, idempotently, as the admin user over MLflow's REST API.
+"""Give the registry watcher and training their MLflow identities, idempotently, as the admin over MLflow's REST API.
 
-Creates the watcher's user if missing, the experiment training writes to (training/train.py `--experiment`) and
-the registered model if missing, then grants the watcher, through the 3.0 grant API that MLflow 3.17 serves:
-  EDIT on the registered model (it moves the alias `production` and tags versions in a rollout),
-  READ on the experiment (with default_permission NO_PERMISSIONS, runs/get and the artifact proxy need it).
+Creates the watcher's and the trainer's users if missing, the experiment training writes to (training/train.py
+`--experiment`) and the registered model if missing, then grants, through the 3.0 grant API that MLflow 3.17
+serves:
+  the watcher EDIT on the registered model (it moves the alias `production` and tags versions in a rollout),
+  the watcher READ on the experiment (with default_permission NO_PERMISSIONS, runs/get and the artifact proxy
+  need it),
+  the trainer EDIT on the experiment (create runs, log metrics, tags and artifacts through the proxy) and EDIT on
+  the registered model (register versions). Training never runs as the admin: the trainer cannot manage
+  permissions, users, webhooks or delete the model. MLflow needs the same EDIT to register a version and to set
+  an alias, so the trainer could also move `production`; the registry watcher's own evaluation set, which no
+  training identity can write, is what stops a bad model then (docs/promotion.md).
 With MLFLOW_WEBHOOK_URL, it also registers MLflow's webhook for alias moves to the watcher's receiver, signed
 with MLFLOW_WEBHOOK_SECRET (one webhook of that name; replaced when its URL or events differ: MLflow never shows
 a stored secret, so rotating the secret is `--replace-webhook`).
@@ -14,8 +21,10 @@ Variables (required unless a default is given):
   MLFLOW_TRACKING_URI       the server (through `gcloud run services proxy` from a laptop)
   MLFLOW_ADMIN_PASSWORD     the admin's password (Secret Manager: sentiment-mlflow-admin-password)
   MLFLOW_WATCHER_PASSWORD   the watcher's password (Secret Manager: sentiment-mlflow-watcher-password)
+  MLFLOW_TRAINER_PASSWORD   the trainer's password (Secret Manager: sentiment-mlflow-trainer-password)
   MLFLOW_ADMIN_USERNAME     default admin
   MLFLOW_WATCHER_USERNAME   default watcher
+  MLFLOW_TRAINER_USERNAME   default trainer
   MLFLOW_MODEL_NAME         default yelp-sentiment
   MLFLOW_EXPERIMENT_NAME    default yelp-sentiment
   MLFLOW_HOST_HEADER        (optional) the Host header to send, when it differs from the URI's host
@@ -52,6 +61,8 @@ class Settings:
     admin_password: str
     watcher_username: str
     watcher_password: str
+    trainer_password: str = ""  # required by from_env; a default only so that positional construction keeps working
+    trainer_username: str = "trainer"
     model_name: str = "yelp-sentiment"
     experiment_name: str = "yelp-sentiment"
     host_header: str | None = None
@@ -61,7 +72,12 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        required = ("MLFLOW_TRACKING_URI", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_WATCHER_PASSWORD")
+        required = (
+            "MLFLOW_TRACKING_URI",
+            "MLFLOW_ADMIN_PASSWORD",
+            "MLFLOW_WATCHER_PASSWORD",
+            "MLFLOW_TRAINER_PASSWORD",
+        )
         if env.get("MLFLOW_WEBHOOK_URL"):
             required += ("MLFLOW_WEBHOOK_SECRET",)
         missing = [name for name in required if not env.get(name)]
@@ -73,6 +89,8 @@ class Settings:
             admin_password=env["MLFLOW_ADMIN_PASSWORD"],
             watcher_username=env.get("MLFLOW_WATCHER_USERNAME", "watcher"),
             watcher_password=env["MLFLOW_WATCHER_PASSWORD"],
+            trainer_password=env["MLFLOW_TRAINER_PASSWORD"],
+            trainer_username=env.get("MLFLOW_TRAINER_USERNAME", "trainer"),
             model_name=env.get("MLFLOW_MODEL_NAME", "yelp-sentiment"),
             experiment_name=env.get("MLFLOW_EXPERIMENT_NAME", "yelp-sentiment"),
             host_header=env.get("MLFLOW_HOST_HEADER") or None,
@@ -218,6 +236,13 @@ def bootstrap(settings: Settings, apply: bool = True, replace_webhook: bool = Fa
     )
     changed["experiment_read"] = ensure_permission(
         admin, settings.watcher_username, "experiment", experiment_id, "READ", apply
+    )
+    changed["trainer"] = ensure_user(admin, settings.trainer_username, settings.trainer_password, apply)
+    changed["trainer_experiment_edit"] = ensure_permission(
+        admin, settings.trainer_username, "experiment", experiment_id, "EDIT", apply
+    )
+    changed["trainer_model_edit"] = ensure_permission(
+        admin, settings.trainer_username, "registered_model", model, "EDIT", apply
     )
     if settings.webhook_url:
         changed["webhook"] = ensure_webhook(

@@ -98,6 +98,15 @@ resource "google_storage_bucket_iam_member" "staged_writer" {
   member = "serviceAccount:${google_service_account.main[each.value].email}"
 }
 
+# The watchers read the evaluation set (evaluation.py); nothing is granted write on it.
+resource "google_storage_bucket_iam_member" "eval_set_reader" {
+  for_each = local.watchers
+
+  bucket = google_storage_bucket.eval_sets.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.main[each.value].email}"
+}
+
 resource "google_storage_bucket_iam_member" "mlflow_artifacts" {
   bucket = google_storage_bucket.mlflow_artifacts.name
   role   = "roles/storage.objectAdmin"

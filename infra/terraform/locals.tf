@@ -157,6 +157,9 @@ locals {
     MIN_VALIDATION_ACCURACY  = tostring(var.min_validation_accuracy)
     MAX_CALIBRATION_ERROR    = tostring(var.max_calibration_error)
     MIN_BEHAVIOUR_PASS_RATE  = tostring(var.min_behaviour_pass_rate)
+    EVAL_SET_URI             = "gs://${google_storage_bucket.eval_sets.name}/${var.model_name}/eval.jsonl"
+    MIN_EVAL_ACCURACY        = tostring(var.min_eval_accuracy)
+    MAX_EVAL_REGRESSION      = tostring(var.max_eval_regression)
   })
 
   # feedback reads the deployment document (read only, iam.tf) for GET /statistics.

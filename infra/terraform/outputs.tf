@@ -48,6 +48,11 @@ output "serving_bucket" {
   value       = google_storage_bucket.staged_models.name
 }
 
+output "eval_set_uri" {
+  description = "Where the operator stages the deploy gate's evaluation set (docs/promotion.md); only the watchers read it."
+  value       = "gs://${google_storage_bucket.eval_sets.name}/${var.model_name}/eval.jsonl"
+}
+
 output "topic" {
   description = "Pub/Sub topic of production changes."
   value       = google_pubsub_topic.production_changed.id

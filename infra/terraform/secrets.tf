@@ -2,6 +2,7 @@
 resource "random_password" "main" {
   for_each = toset([
     "feedback-token", "mlflow-webhook", "mlflow-watcher-password", "mlflow-admin-password", "mlflow-db-password",
+    "mlflow-trainer-password", # training's own MLflow user (infra/mlflow/bootstrap.py): never the admin
     "mlflow-flask-secret-key", # MLflow's CSRF key: basic-auth mode refuses to start without a static one
   ])
 

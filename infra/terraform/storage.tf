@@ -62,6 +62,25 @@ resource "google_storage_bucket" "staged_models" {
   }
 }
 
+# The deploy gate's own evaluation set, gs://BUCKET/<model>/eval.jsonl: read by the watchers only, written by
+# the operator who stages it (docs/promotion.md); no training identity or function may write it, so no training
+# run can choose the examples its model is judged on.
+resource "google_storage_bucket" "eval_sets" {
+  name                        = "${var.name_prefix}-eval-sets"
+  location                    = var.region
+  uniform_bucket_level_access = true
+
+  logging {
+    log_bucket = google_storage_bucket.access_logs.name
+  }
+  public_access_prevention = "enforced"
+  force_destroy            = !var.deletion_protection # stateful: emptied only once protection is off
+
+  versioning {
+    enabled = true # a replaced set can be told apart (the watcher records the sha256 it judged on) and restored
+  }
+}
+
 resource "google_storage_bucket" "function_sources" {
   #checkov:skip=CKV_GCP_78:objects are named by content hash and never overwritten: versions would add nothing
   name                        = "${var.name_prefix}-function-sources"

@@ -69,6 +69,28 @@ variable "min_validation_accuracy" {
   }
 }
 
+variable "min_eval_accuracy" {
+  type        = number
+  description = "Deploy gate: the lowest accuracy a version may score on the watcher's own evaluation set (MIN_EVAL_ACCURACY)."
+  default     = 0.85
+
+  validation {
+    condition     = var.min_eval_accuracy >= 0 && var.min_eval_accuracy <= 1
+    error_message = "min_eval_accuracy must be between 0 and 1."
+  }
+}
+
+variable "max_eval_regression" {
+  type        = number
+  description = "Deploy gate: how far below the serving version's accuracy on the evaluation set a version may score (MAX_EVAL_REGRESSION)."
+  default     = 0.02
+
+  validation {
+    condition     = var.max_eval_regression >= 0 && var.max_eval_regression <= 1
+    error_message = "max_eval_regression must be between 0 and 1."
+  }
+}
+
 variable "max_instances" {
   type        = map(number)
   description = "max_instance_count per function."

@@ -32,6 +32,7 @@ UNIT_ENV = {
         "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
         "MLFLOW_WEBHOOK_SECRET": "webhook-secret-0123456789",
         "SERVING_BUCKET": "serving",
+        "EVAL_SET_URI": "gs://eval/yelp-sentiment/eval.jsonl",
     },
     "redeploy": {
         "PREDICT_SERVICE": "projects/p/locations/l/services/predict",

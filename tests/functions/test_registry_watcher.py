@@ -26,11 +26,12 @@ from sentiment_core.rollout import Command, RolloutSettings
 from sentiment_core.store import save_reference, window_evidence
 from tests.functions.conftest import PROJECT, redeploy_module, watcher_module, wrong_shape_onnx
 from tests.functions.fake_cloud_run import LATEST, FakeCloudRun
-from tests.functions.watcher_support import Topics, Versions
+from tests.functions.watcher_support import Topics, Versions, constant_onnx, forged_records, write_eval_set
 
 deployers = redeploy_module("deployers")
 redeploy = redeploy_module("redeploy")
 redeploy_decisions = redeploy_module("redeploy_decisions")
+evaluation = watcher_module("evaluation")
 publishing = watcher_module("publisher")
 reconcile = watcher_module("reconcile")
 staging = watcher_module("staging")
@@ -69,6 +70,12 @@ def bucket(emulators) -> str:
 
 
 @pytest.fixture(scope="module")
+def evaluator(tmp_path_factory) -> object:
+    """One for the module, as one per instance in the cloud: the trained model is scored once."""
+    return evaluation.Evaluator(write_eval_set(tmp_path_factory.mktemp("eval")))
+
+
+@pytest.fixture(scope="module")
 def watcher_db(emulators) -> firestore.Client:
     return firestore.Client(project=PROJECT, credentials=AnonymousCredentials())
 
@@ -76,8 +83,11 @@ def watcher_db(emulators) -> firestore.Client:
 class Loop:
     """One model's promotion loop: registry, state, staging, topic, consumer and a fake Cloud Run service."""
 
-    def __init__(self, versions: Versions, topics: Topics, db: firestore.Client, bucket: str, cloud_run) -> None:
+    def __init__(
+        self, versions: Versions, topics: Topics, db: firestore.Client, bucket: str, cloud_run, evaluator
+    ) -> None:
         self.versions = versions
+        self.evaluator = evaluator
         self.topics = topics
         self.name = versions.new_model()
         self.topic = topics.topic()
@@ -103,6 +113,7 @@ class Loop:
             min_val_accuracy=MIN_ACCURACY,
             counts=functools.partial(window_evidence, self.db),
             save_reference=functools.partial(save_reference, self.db),
+            evaluator=self.evaluator,
         )
 
     def tick(self, trigger: str = "test", *, policy: dict | None = None, **kwargs):
@@ -133,9 +144,9 @@ def _run_client(endpoint: str):
 
 
 @pytest.fixture
-def loop(versions, topics, watcher_db, bucket) -> Iterator[Loop]:
+def loop(versions, topics, watcher_db, bucket, evaluator) -> Iterator[Loop]:
     with FakeCloudRun(SERVICE, "gs://nowhere/initial") as cloud_run:
-        yield Loop(versions, topics, watcher_db, bucket, cloud_run)
+        yield Loop(versions, topics, watcher_db, bucket, cloud_run, evaluator)
 
 
 def serve(loop: Loop, version: str) -> dict:
@@ -237,8 +248,13 @@ def test_ten_concurrent_ticks_on_one_change_publish_one_event(loop: Loop) -> Non
             "golden_outputs_not_reproduced",
         ),
         (lambda v: {"val_accuracy": MIN_ACCURACY - 0.01}, "validation_accuracy_below_minimum"),
+        # The attack: a graph that answers 0.99 whatever the text, its run's records forged to agree with it.
+        (
+            lambda v: {"model_bytes": constant_onnx(), **forged_records(constant_onnx(), v.golden, v.reference)},
+            "eval_accuracy_below_minimum",
+        ),
     ],
-    ids=["corrupt", "wrong-shape", "sha256-mismatch", "golden-not-reproduced", "low-accuracy"],
+    ids=["corrupt", "wrong-shape", "sha256-mismatch", "golden-not-reproduced", "low-accuracy", "constant-forged"],
 )
 def test_bad_candidate_is_refused_recorded_and_not_retried(loop: Loop, variant, reason: str) -> None:
     good = loop.versions.add(loop.name)
@@ -257,6 +273,61 @@ def test_bad_candidate_is_refused_recorded_and_not_retried(loop: Loop, variant, 
     assert loop.topics.events(loop.topic) == []
     assert len(loop.cloud_run.patches) == 1  # the good version's deploy only
     assert loop.cloud_run.model_uri().endswith(f"/v{good}")
+
+
+def test_constant_graph_with_forged_records_is_refused_on_the_watchers_evaluation(loop: Loop) -> None:
+    good = loop.versions.add(loop.name)
+    serve(loop, good)
+    model = constant_onnx(0.99)
+    bad = loop.versions.add_variant(
+        loop.name, model_bytes=model, **forged_records(model, loop.versions.golden, loop.versions.reference)
+    )
+    loop.versions.promote(loop.name, bad)
+
+    result = loop.tick()
+
+    assert (result.action, result.serving_version) == ("refused", good)
+    (refusal,) = loop.history("refused")
+    assert (refusal["version"], refusal["reason"]) == (bad, "eval_accuracy_below_minimum")
+    figures = refusal["evaluation"]
+    assert (figures["n"], figures["serving_version"]) == (2000, good)
+    assert figures["candidate_accuracy"] < 0.65 < 0.85 <= figures["serving_accuracy"]
+    assert f"n={figures['n']}" in refusal["detail"]
+    (staged,) = loop.history("staged")  # the good version's figures were recorded when it was staged
+    assert staged["evaluation"]["candidate_accuracy"] == figures["serving_accuracy"]
+    assert loop.topics.events(loop.topic) == []
+
+
+def test_candidate_far_below_the_serving_version_is_refused_as_a_regression(loop: Loop) -> None:
+    good = loop.versions.add(loop.name)
+    serve(loop, good)
+    model = constant_onnx(0.99)
+    worse = loop.versions.add_variant(
+        loop.name, model_bytes=model, **forged_records(model, loop.versions.golden, loop.versions.reference)
+    )
+    loop.versions.promote(loop.name, worse)
+
+    # No minimum: only the comparison with the version serving (scored from its staged file) refuses it.
+    result = loop.tick(policy={"evaluation": watcher_decisions.EvalLimits(min_accuracy=0.0)})
+
+    assert result.action == "refused"
+    (refusal,) = loop.history("refused")
+    assert refusal["reason"] == "eval_accuracy_regression"
+    assert refusal["evaluation"]["serving_version"] == good
+
+
+def test_evaluation_set_missing_fails_the_tick_and_releases_the_claim(loop: Loop, tmp_path) -> None:
+    version = loop.versions.add(loop.name)
+    loop.versions.promote(loop.name, version)
+    reconciler = loop.reconciler()
+    reconciler.evaluator = evaluation.Evaluator(f"file://{tmp_path}/missing.jsonl")
+
+    with pytest.raises(evaluation.EvaluationUnavailable, match="does not exist"):
+        reconciler.tick("test")
+
+    assert loop.state.read().state.claim is None  # the next tick tries again at once
+    assert loop.topics.events(loop.topic) == []
+    assert loop.tick().action == "published"  # the set is there again
 
 
 def test_refused_version_promoted_again_is_checked_again(loop: Loop) -> None:

@@ -22,7 +22,7 @@ from sentiment_core.deployments import DeploymentState, Desired, Rollout, Rollou
 from tests import support
 from tests.functions.conftest import PROJECT, call, watcher_module
 from tests.functions.fake_cloud_run import FakeCloudRun
-from tests.functions.watcher_support import Topics, Versions
+from tests.functions.watcher_support import Topics, Versions, eval_set_bytes
 
 webhook = watcher_module("webhook")
 
@@ -67,6 +67,11 @@ def stack(trained, firestore_emulator, pubsub_emulator, gcs_emulator, tmp_path_f
         bucket = storage.Client(project=PROJECT, credentials=AnonymousCredentials()).create_bucket(
             f"serving-http-{uuid.uuid4().hex[:8]}"
         )
+        # The watcher's evaluation set in a bucket of its own, read through the Storage client (gs://).
+        eval_bucket = storage.Client(project=PROJECT, credentials=AnonymousCredentials()).create_bucket(
+            f"eval-http-{uuid.uuid4().hex[:8]}"
+        )
+        eval_bucket.blob(f"{name}/eval.jsonl").upload_from_string(eval_set_bytes())
         with FakeCloudRun(SERVICE, "gs://nowhere/initial") as cloud_run:
             watcher_env = {
                 **emulator_env,
@@ -76,6 +81,7 @@ def stack(trained, firestore_emulator, pubsub_emulator, gcs_emulator, tmp_path_f
                 "SERVING_BUCKET": bucket.name,
                 "PUBSUB_TOPIC": topic,
                 "MIN_VALIDATION_ACCURACY": "0.9",
+                "EVAL_SET_URI": f"gs://{eval_bucket.name}/{name}/eval.jsonl",
                 "ROLLOUT_STEPS": "100",  # these tests are about one version serving; rollouts: test_registry_watcher
             }
             # The redeploy gets no MLflow setting and no webhook secret: it starts and works without them.
@@ -247,6 +253,7 @@ def lone_watcher(firestore_emulator, tmp_path_factory) -> Iterator[dict]:
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{services.free_port()}",
         "MLFLOW_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "SERVING_BUCKET": "never-used",
+        "EVAL_SET_URI": "gs://never-used/eval.jsonl",
     }
     workdir = tmp_path_factory.mktemp("lone-watcher")
     with services.start_function("registry_watcher", workdir, env, ready_path="/status") as watcher:
@@ -422,6 +429,7 @@ def test_webhook_receiver_deployment_serves_only_the_webhook(firestore_emulator,
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{services.free_port()}",
         "MLFLOW_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "SERVING_BUCKET": "never-used",
+        "EVAL_SET_URI": "gs://never-used/eval.jsonl",
         "WEBHOOK_RECEIVER_ONLY": "true",
     }
     workdir = tmp_path_factory.mktemp("webhook-only")

@@ -16,6 +16,7 @@ WATCHER = {
     "MLFLOW_TRACKING_URI": "http://mlflow:5000",
     "MLFLOW_WEBHOOK_SECRET": "webhook-secret-0123456789",
     "SERVING_BUCKET": "gs://serving",
+    "EVAL_SET_URI": "gs://eval/yelp-sentiment/eval.jsonl",
 }
 REDEPLOY = {
     "GOOGLE_CLOUD_PROJECT": "p",
@@ -31,6 +32,24 @@ def test_watcher_settings_need_no_cloud_run_setting() -> None:
     assert (settings.state.project, settings.state.model_name) == ("p", "yelp-sentiment")
     assert settings.topic == "projects/p/topics/model-production-changed"
     assert not hasattr(settings, "predict_service")
+
+
+def test_watcher_settings_evaluation_defaults_and_overrides() -> None:
+    default = watcher_service.Settings.from_env(WATCHER)
+    chosen = watcher_service.Settings.from_env(
+        WATCHER | {"MIN_EVAL_ACCURACY": "0.9", "MAX_EVAL_REGRESSION": "0", "EVAL_SET_URI": "file:///srv/eval.jsonl"}
+    )
+
+    assert (default.eval_set_uri, default.evaluation.min_accuracy, default.evaluation.max_regression) == (
+        "gs://eval/yelp-sentiment/eval.jsonl",
+        0.85,
+        0.02,
+    )
+    assert (chosen.eval_set_uri, chosen.evaluation.min_accuracy, chosen.evaluation.max_regression) == (
+        "file:///srv/eval.jsonl",
+        0.9,
+        0.0,
+    )
 
 
 def test_redeploy_settings_need_no_mlflow_setting_or_secret() -> None:
@@ -56,6 +75,11 @@ def test_redeploy_settings_need_no_mlflow_setting_or_secret() -> None:
         ("watcher", WATCHER | {"MLFLOW_WEBHOOK_SECRET": "short"}, "MLFLOW_WEBHOOK_SECRET must be at least 16"),
         ("watcher", WATCHER | {"MIN_VALIDATION_ACCURACY": "high"}, "MIN_VALIDATION_ACCURACY must be a number"),
         ("watcher", WATCHER | {"WEBHOOK_RECEIVER_ONLY": "yes"}, "WEBHOOK_RECEIVER_ONLY must be true or false"),
+        ("watcher", {k: v for k, v in WATCHER.items() if k != "EVAL_SET_URI"}, "EVAL_SET_URI must be set"),
+        ("watcher", WATCHER | {"EVAL_SET_URI": "gs://eval"}, "EVAL_SET_URI must be gs://BUCKET/OBJECT"),
+        ("watcher", WATCHER | {"EVAL_SET_URI": "eval.jsonl"}, "EVAL_SET_URI must be gs://BUCKET/OBJECT"),
+        ("watcher", WATCHER | {"MIN_EVAL_ACCURACY": "1.5"}, "MIN_EVAL_ACCURACY must be between 0 and 1"),
+        ("watcher", WATCHER | {"MAX_EVAL_REGRESSION": "x"}, "MAX_EVAL_REGRESSION must be a number"),
         ("redeploy", {"PREDICT_SERVICE": "s"}, "GOOGLE_CLOUD_PROJECT must be set"),
         ("redeploy", {"GOOGLE_CLOUD_PROJECT": "p", "SERVING_BUCKET": "b-1"}, "PREDICT_SERVICE must be set"),
         ("redeploy", REDEPLOY | {"DEPLOYER": "kubernetes"}, "DEPLOYER must be one of cloud_run, local"),
@@ -72,6 +96,11 @@ def test_redeploy_settings_need_no_mlflow_setting_or_secret() -> None:
         "watcher-short-secret",
         "watcher-bad-accuracy",
         "watcher-bad-receiver-flag",
+        "watcher-no-eval-set",
+        "watcher-eval-set-bucket-only",
+        "watcher-eval-set-relative-path",
+        "watcher-eval-accuracy-above-one",
+        "watcher-eval-regression-not-a-number",
         "redeploy-no-project",
         "redeploy-cloud-run-no-service",
         "redeploy-unknown-deployer",

@@ -879,3 +879,76 @@ def test_staged_baseline_of_another_hour_is_not_used() -> None:
     dropped = decisions.decide(V2_CLAIMED, hour_before, POLICY, later).state.rollout
 
     assert (kept.baseline, dropped.baseline) == (counts, None)
+
+
+# The watcher's own evaluation: the candidate's accuracy on its evaluation set, beside the serving version's.
+Evaluation, EvalLimits = decisions.Evaluation, decisions.EvalLimits
+LIMITS = EvalLimits(min_accuracy=0.85, max_regression=0.02)
+EVAL_SHA = "e" * 64
+
+
+def evaluation(candidate: float, serving: float | None = None, version: str | None = "1") -> object:
+    return Evaluation(EVAL_SHA, 2000, candidate, version if serving is not None else None, serving)
+
+
+@pytest.mark.parametrize(
+    ("figures", "reason"),
+    [
+        pytest.param(evaluation(0.90), None, id="first-version-above-the-minimum"),
+        pytest.param(evaluation(0.85), None, id="exactly-the-minimum"),
+        pytest.param(evaluation(0.8499), "eval_accuracy_below_minimum", id="just-below-the-minimum"),
+        pytest.param(evaluation(0.5965), "eval_accuracy_below_minimum", id="constant-answer-majority-share"),
+        pytest.param(evaluation(float("nan")), "eval_accuracy_below_minimum", id="nan-refuses"),
+        pytest.param(evaluation(0.90, 0.91), None, id="within-the-regression-allowed"),
+        pytest.param(evaluation(0.90, 0.92), None, id="exactly-the-regression-allowed"),
+        pytest.param(evaluation(0.90, 0.9201), "eval_accuracy_regression", id="just-more-than-the-regression"),
+        pytest.param(evaluation(0.86, 0.95), "eval_accuracy_regression", id="above-minimum-but-far-below-serving"),
+        pytest.param(evaluation(0.95, 0.90), None, id="better-than-serving"),
+        pytest.param(evaluation(0.80, 0.70), "eval_accuracy_below_minimum", id="minimum-holds-whatever-serves"),
+        pytest.param(
+            Evaluation(EVAL_SHA, 2000, 0.86, "1", None, "gs://b/m/v1/model.onnx does not exist"),
+            None,
+            id="serving-not-scored-only-the-minimum-holds",
+        ),
+    ],
+)
+def test_judge_evaluation_table(figures, reason: str | None) -> None:
+    refusal = decisions.judge_evaluation(figures, LIMITS)
+
+    assert (refusal[0] if refusal else None) == reason
+    if refusal:
+        assert "n=2000" in refusal[1]
+
+
+def test_judge_evaluation_regression_detail_names_both_figures() -> None:
+    reason, detail = decisions.judge_evaluation(evaluation(0.86, 0.95), LIMITS)
+
+    assert reason == "eval_accuracy_regression"
+    assert all(part in detail for part in ("0.8600", "0.9500", "version 1", "0.0900"))
+
+
+def test_refusal_on_the_evaluation_records_its_figures_in_the_history() -> None:
+    figures = evaluation(0.60, 0.91)
+    refused = Rejected(ME, "2", "eval_accuracy_below_minimum", "accuracy 0.6000 ...", "tick", figures)
+
+    decision = decisions.decide(V2_CLAIMED, refused, POLICY, NOW)
+
+    (history,) = decision.history
+    assert history.evaluation == {
+        "eval_set_sha256": EVAL_SHA,
+        "n": 2000,
+        "candidate_accuracy": 0.60,
+        "serving_version": "1",
+        "serving_accuracy": 0.91,
+    }
+    assert history.to_document()["evaluation"]["candidate_accuracy"] == 0.60
+    assert decision.state.refused.reason == "eval_accuracy_below_minimum"
+
+
+def test_staged_entry_records_the_evaluation_figures() -> None:
+    figures = evaluation(0.90, 0.91)
+
+    decision = decisions.decide(V2_CLAIMED, dataclasses.replace(staged(), evaluation=figures), POLICY, NOW)
+
+    assert decision.history[0].kind is HistoryKind.STAGED
+    assert decision.history[0].evaluation == figures.to_document()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import uuid
@@ -26,6 +27,61 @@ from sentiment_core.manifest import sha256_bytes
 from sentiment_core.registry import RegistryClient
 
 GATE_METRICS = (VALIDATION_ACCURACY_METRIC, CALIBRATION_ERROR_METRIC, BEHAVIOUR_PASS_RATE_METRIC)
+
+
+@functools.cache
+def eval_set_bytes() -> bytes:
+    """The watcher's evaluation set as the local stack stages it (2,000 examples of the data's test split)."""
+    from training import eval_set
+
+    return eval_set.build()
+
+
+def write_eval_set(folder: Path) -> str:
+    """The evaluation set written in `folder`; its file:// URI (EVAL_SET_URI)."""
+    path = folder / "eval.jsonl"
+    path.write_bytes(eval_set_bytes())
+    return f"file://{path}"
+
+
+def constant_onnx(probability: float = 0.99) -> bytes:
+    """The attack on a gate that trusts the uploader: a graph of the contract's signature that ignores its input
+    and answers `probability` for every text."""
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor("value", TensorProto.FLOAT, [1], [probability])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Shape", ["text"], ["n"]),
+            helper.make_node("ConstantOfShape", ["n"], ["probability"], value=value),
+        ],
+        "constant",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, [None])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [None])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return model.SerializeToString()
+
+
+def forged_records(model_bytes: bytes, golden: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """What a run uploading `model_bytes` would log so that every record-based check agrees with it: its sha256
+    (log_gate_run's default), golden outputs it reproduces, a reference naming it, a high validation accuracy."""
+    from sentiment_core.onnx_model import open_session, probabilities
+
+    texts = golden["texts"]
+    answers = probabilities(open_session(model_bytes), [str(t) for t in texts])
+    forged_reference = {
+        **reference,
+        "model_sha256": sha256_bytes(model_bytes),
+        "known_fraction_sum": 0,
+        "known_fraction_count": 0,
+    }
+    return {
+        "golden": {**golden, "probabilities": [float(p) for p in answers]},
+        "reference": forged_reference,
+        "val_accuracy": 0.99,
+    }
 
 
 def log_gate_run(

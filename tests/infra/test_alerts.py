@@ -187,6 +187,7 @@ def reconciler(production: str, state: DeploymentState) -> Any:
         min_val_accuracy=0.85,
         counts=lambda version, since: VersionCounts(version),
         save_reference=lambda version, reference: None,  # a refused version has no reference to keep
+        evaluator=None,  # a version refused by the gate is never evaluated
         fetch=lambda registry, version: gate.Candidate(version, None, None, None, None),  # model.onnx missing
     )
 

@@ -29,7 +29,7 @@ import json, os, pathlib, sys
 state = pathlib.Path(os.environ["FAKE_STATE"]) / "bootstrapped"
 with open(os.environ["FAKE_LOG"], "a") as log:
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_WEBHOOK_URL", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_WATCHER_PASSWORD",
-             "MLFLOW_WEBHOOK_SECRET", "MLFLOW_IAM_TOKEN", "GOOGLE_CLOUD_PROJECT", "REGION")
+             "MLFLOW_TRAINER_PASSWORD", "MLFLOW_WEBHOOK_SECRET", "MLFLOW_IAM_TOKEN", "GOOGLE_CLOUD_PROJECT", "REGION")
     env = {k: os.environ.get(k) for k in names}
     log.write(json.dumps({"tool": "bootstrap", "args": sys.argv[1:], "env": env}) + "\\n")
 if "--check" in sys.argv:
@@ -136,6 +136,7 @@ def test_deploy_bootstrap_gets_terraform_outputs_secrets_and_an_identity_token(c
             "MLFLOW_WEBHOOK_URL": "https://registry-webhook-abc.a.run.app/webhook",
             "MLFLOW_ADMIN_PASSWORD": "value-of-sentiment-mlflow-admin-password",
             "MLFLOW_WATCHER_PASSWORD": "value-of-sentiment-mlflow-watcher-password",
+            "MLFLOW_TRAINER_PASSWORD": "value-of-sentiment-mlflow-trainer-password",
             "MLFLOW_WEBHOOK_SECRET": "value-of-sentiment-mlflow-webhook",
             "MLFLOW_IAM_TOKEN": "fake-identity-token",
             "GOOGLE_CLOUD_PROJECT": "my-sentiment-project",

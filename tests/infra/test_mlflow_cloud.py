@@ -48,6 +48,7 @@ MLFLOW_TF = REPO_ROOT / "infra" / "terraform" / "mlflow.tf"
 RUN_APP_HOST = "mlflow-abc-ew.a.run.app"  # the form of a Cloud Run service's default URL
 ADMIN_PASSWORD = "admin-password-for-tests-0123"
 WATCHER_PASSWORD = "watcher-password-for-tests-0123"
+TRAINER_PASSWORD = "trainer-password-for-tests-0123"
 EXPERIMENT = "yelp-sentiment"  # training/train.py's default --experiment
 
 
@@ -123,6 +124,7 @@ def run_bootstrap(url: str, *args: str, webhook_url: str = WEBHOOK_URL, expect_c
         "MLFLOW_TRACKING_URI": url,
         "MLFLOW_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "MLFLOW_WATCHER_PASSWORD": WATCHER_PASSWORD,
+        "MLFLOW_TRAINER_PASSWORD": TRAINER_PASSWORD,
         "MLFLOW_HOST_HEADER": RUN_APP_HOST,
         "MLFLOW_IAM_TOKEN": "identity-token",
         "MLFLOW_WEBHOOK_URL": webhook_url,
@@ -137,12 +139,13 @@ def run_bootstrap(url: str, *args: str, webhook_url: str = WEBHOOK_URL, expect_c
 
 
 @contextlib.contextmanager
-def as_admin(url: str) -> Iterator[object]:
-    """An MlflowClient logged in as the admin (MLflow reads the credentials from the environment)."""
+def as_admin(url: str, username: str = "admin", password: str = ADMIN_PASSWORD) -> Iterator[object]:
+    """An MlflowClient logged in as the admin, or as `username` (MLflow reads the credentials from the
+    environment)."""
     from mlflow import MlflowClient
 
     saved = dict(os.environ)
-    os.environ.update({"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD})
+    os.environ.update({"MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password})
     try:
         yield MlflowClient(url)
     finally:
@@ -186,7 +189,18 @@ def test_gate_through_mlflow_started_the_cloud_way_accepts_the_trained_version(c
     verdict = fetch_and_judge(watcher(cloud_mlflow.url))
 
     assert registered["first_bootstrap"] == dict.fromkeys(
-        ("user", "experiment", "registered_model", "model_edit", "experiment_read", "webhook"), True
+        (
+            "user",
+            "experiment",
+            "registered_model",
+            "model_edit",
+            "experiment_read",
+            "trainer",
+            "trainer_experiment_edit",
+            "trainer_model_edit",
+            "webhook",
+        ),
+        True,
     )
     assert verdict.accepted, verdict
 
@@ -199,6 +213,61 @@ def test_watcher_may_tag_versions_and_move_the_alias(cloud_mlflow, registered) -
     registry.set_alias(MODEL_NAME, PRODUCTION_ALIAS, registered["version"])
 
     assert registry.production_version(MODEL_NAME).version == registered["version"]
+
+
+@pytest.mark.system
+def test_trainer_logs_a_run_and_registers_a_version_as_training_does(cloud_mlflow, registered, trained) -> None:
+    source = RegistryClient(trained["tracking_uri"], timeout=10)
+    base = source.version_by_alias(MODEL_NAME, PRODUCTION_ALIAS)
+    run = source.run(base.run_id)
+    model_bytes = source.download(source.model_artifact_uri(base), MODEL_FILENAME)
+    golden = json.loads(source.download(run.artifact_uri, GOLDEN_OUTPUTS_ARTIFACT))
+    reference = json.loads(source.download(run.artifact_uri, REFERENCE_ARTIFACT))
+
+    with as_admin(cloud_mlflow.url, "trainer", TRAINER_PASSWORD) as client:
+        experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+        run_id = client.create_run(experiment_id).info.run_id
+        metrics = {name: run.metrics[name] for name in GATE_METRICS}
+        log_gate_run(client, run_id, model_bytes, golden=golden, reference=reference, metrics=metrics)
+        artifact_uri = client.get_run(run_id).info.artifact_uri
+        version = client.create_model_version(MODEL_NAME, f"{artifact_uri}/model", run_id).version
+
+    assert int(version) > int(registered["version"])
+    assert watcher(cloud_mlflow.url).run(run_id).tags  # the watcher reads what the trainer logged
+
+
+@pytest.mark.system
+@pytest.mark.parametrize(
+    "forbidden",
+    [
+        lambda client: client.delete_registered_model(MODEL_NAME),
+        lambda client: client.delete_experiment(client.get_experiment_by_name(EXPERIMENT).experiment_id),
+    ],
+    ids=["delete-the-model", "delete-the-experiment"],
+)
+def test_trainer_cannot_manage_what_it_writes_to(cloud_mlflow, registered, forbidden) -> None:
+    from mlflow.exceptions import MlflowException
+
+    with as_admin(cloud_mlflow.url, "trainer", TRAINER_PASSWORD) as client, pytest.raises(MlflowException) as raised:
+        forbidden(client)
+
+    assert raised.value.get_http_status_code() in (401, 403), raised.value
+
+
+@pytest.mark.system
+def test_trainer_cannot_grant_itself_permissions(cloud_mlflow, registered) -> None:
+    trainer = bootstrap.Admin(bootstrap.Settings(cloud_mlflow.url, "trainer", TRAINER_PASSWORD, "watcher", "x"))
+    grant = {"username": "trainer", "resource_type": "registered_model", "resource_id": MODEL_NAME}
+
+    with pytest.raises(bootstrap.BootstrapError, match="HTTP 403"):
+        trainer.post("/api/3.0/mlflow/users/permissions/grant", {**grant, "permission": "MANAGE"})
+
+
+def test_bootstrap_without_the_trainer_password_exits_naming_it() -> None:
+    env = {"MLFLOW_TRACKING_URI": "http://x", "MLFLOW_ADMIN_PASSWORD": "a", "MLFLOW_WATCHER_PASSWORD": "w"}
+
+    with pytest.raises(bootstrap.BootstrapError, match="MLFLOW_TRAINER_PASSWORD"):
+        bootstrap.Settings.from_env(env)
 
 
 @pytest.mark.system

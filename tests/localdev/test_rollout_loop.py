@@ -39,6 +39,10 @@ SETTINGS = {
     # leaves its calibration error at about 0.27, above the production maximum of 0.05.
     "MAX_CALIBRATION_ERROR": "0.3",
     "MIN_BEHAVIOUR_PASS_RATE": "0.5",  # and it passes less of the behavioural suite than the production minimum
+    # and it scores below the watcher's evaluation minimum and far below the stable version there: the rollout,
+    # not the gate, is what this module tests.
+    "MIN_EVAL_ACCURACY": "0.5",
+    "MAX_EVAL_REGRESSION": "1",
 }
 TRAINED_ON = 20_000  # the largest --limit of the models trained here: examples after it are held out
 HELD_OUT_PER_CLASS = 2000

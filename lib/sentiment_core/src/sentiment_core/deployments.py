@@ -440,6 +440,7 @@ class HistoryEntry:
     stable_version: str | None = None  # with a rollout's entries and traffic moves: the version it replaces
     percent: int | None = None  # the candidate's share after the entry's decision
     checks: tuple[dict[str, Any], ...] | None = None  # a rollout decision's numbers (Check.to_document each)
+    evaluation: dict[str, Any] | None = None  # with staged and refused: the watcher's own evaluation figures
 
     def to_document(self) -> dict[str, Any]:
         """kind, version and at always; the other fields only where set."""
