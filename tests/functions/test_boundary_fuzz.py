@@ -38,6 +38,7 @@ UNIT_ENV = {
         "MLFLOW_TRACKING_URI": f"http://{NOWHERE}",
         "MLFLOW_WEBHOOK_SECRET": "webhook-secret-0123456789abcdef",
         "SERVING_BUCKET": "serving",
+        "EVAL_SET_URI": "gs://eval-sets/yelp-sentiment/eval.jsonl",  # read at the first candidate, never here
     },
     "redeploy": {
         "DEPLOYER": "local",

@@ -150,6 +150,7 @@ def test_problem_10_a_destroy_then_apply_finds_nothing_left_in_its_way() -> None
     assert {name: b["force_destroy"] for name, b in buckets.items() if b["force_destroy"] is not True} == {
         "mlflow_artifacts": "${!var.deletion_protection}",
         "staged_models": "${!var.deletion_protection}",
+        "eval_sets": "${!var.deletion_protection}",
     }
 
 
