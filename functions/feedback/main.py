@@ -33,7 +33,11 @@ def _deployments() -> DeploymentStore:
 
 
 ROUTES = {
-    "/": {"POST": lambda r: feedback_service.handle_feedback(r, _store, SETTINGS.public.feedback_token_secret)},
+    "/": {
+        "POST": lambda r: feedback_service.handle_feedback(
+            r, _store, SETTINGS.public.feedback_token_secret, SETTINGS.public.evidence
+        )
+    },
     "/statistics": {"GET": lambda r: feedback_service.handle_statistics(r, _store, _deployments)},
     "/predictions": {"GET": lambda r: feedback_service.handle_predictions(r, _store)},
     "/monitoring": {

@@ -45,7 +45,11 @@ def _store():
 
 
 ROUTES = {
-    "/": {"POST": lambda r: predict_service.handle_predict(r, _model(), _store, SETTINGS.public.feedback_token_secret)},
+    "/": {
+        "POST": lambda r: predict_service.handle_predict(
+            r, _model(), _store, SETTINGS.public.feedback_token_secret, SETTINGS.public.evidence
+        )
+    },
     "/healthz": {"GET": lambda r: predict_service.handle_healthz(_model())},
 }
 
