@@ -16,6 +16,10 @@ LOCAL_PORT_REGISTRY_WATCHER (8082), LOCAL_PORT_FRONTEND (8000); 0 picks a free p
 DRIFT_*, MAX_CALIBRATION_ERROR and MIN_BEHAVIOUR_PASS_RATE are passed to the watcher as they are (DRIFT_* to
 feedback too); unset, the stack's own rollout defaults (LOCAL_ROLLOUT) make a promotion watchable in a minute:
 half the traffic, then all of it after 30 s unless the live evidence says the new version is worse.
+EVIDENCE_MAX_PER_CLIENT is passed to predict and feedback as it is (both record answers). A client is its
+address, as in the cloud: predict's router appends it to X-Forwarded-For the way the load balancer does
+(CLIENT_ADDRESS_HOPS 2, the default), feedback is reached directly and takes the peer (CLIENT_ADDRESS_HOPS 0);
+many clients are many loopback addresses (127.0.0.2, 127.0.0.3, ... on Linux), see docs/promotion.md.
 """
 
 from __future__ import annotations
@@ -150,6 +154,7 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
         **emulators,
         "FEEDBACK_TOKEN_SECRET": secret["feedback_token"],
         "ALLOWED_ORIGINS": f"{urls['frontend']},http://localhost:{port['frontend']}",
+        **_passed_through("EVIDENCE_MAX_PER_CLIENT"),
     }
     # The restored deployment state says which version serves: the watcher will not redeploy what it already
     # deployed, so the router starts on it (the staged files outlive the restart in the GCS emulator's folder).
@@ -184,7 +189,13 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         futures = [
             pool.submit(
-                services.start_function, "feedback", LOGS, public_env, port=port["feedback"], ready_path="/statistics"
+                services.start_function,
+                "feedback",
+                LOGS,
+                # Reached directly here, with no proxy in front: its X-Forwarded-For would be the client's own.
+                public_env | {"CLIENT_ADDRESS_HOPS": "0"},
+                port=port["feedback"],
+                ready_path="/statistics",
             ),
             pool.submit(
                 services.start_function,

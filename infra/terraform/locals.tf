@@ -105,6 +105,13 @@ locals {
     ALLOWED_ORIGINS      = local.cors_origins
   }
 
+  # Whose answers count as rollout evidence, and how many per client (predict and feedback both record answers;
+  # sentiment_core.evidence.EvidenceSettings, docs/promotion.md "Evidence one client cannot forge").
+  evidence_env = {
+    EVIDENCE_MAX_PER_CLIENT = tostring(var.evidence_max_per_client)
+    CLIENT_ADDRESS_HOPS     = tostring(var.evidence_client_address_hops)
+  }
+
   # Where the deployment document lives: read by the watcher and the redeploy alike.
   state_env = {
     GOOGLE_CLOUD_PROJECT = var.project_id
@@ -150,8 +157,8 @@ locals {
 
   # allUsers may invoke the webhook receiver (MLflow sends no Google identity): it serves POST /webhook only.
   function_env = {
-    predict               = merge(local.public_env, { MODEL_URI = var.initial_model_uri, ORT_THREADS = "1" })
-    feedback              = merge(local.public_env, local.drift_env, { MODEL_NAME = var.model_name }) # /statistics, /monitoring
+    predict               = merge(local.public_env, local.evidence_env, { MODEL_URI = var.initial_model_uri, ORT_THREADS = "1" })
+    feedback              = merge(local.public_env, local.evidence_env, local.drift_env, { MODEL_NAME = var.model_name }) # /statistics, /monitoring
     registry-watcher      = merge(local.watcher_env, { WEBHOOK_RECEIVER_ONLY = "false" })
     registry-webhook      = merge(local.watcher_env, { WEBHOOK_RECEIVER_ONLY = "true" })
     on-production-changed = local.redeploy_env

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -19,11 +20,13 @@ from sentiment_core import http
 from sentiment_core.contract import MODEL_NAME
 from sentiment_core.deployment_store import DeploymentStore
 from sentiment_core.deployments import DeploymentState, Rollout, Serving
-from sentiment_core.records import StoreUnavailable
-from sentiment_core.rollout import RolloutStatus
-from sentiment_core.store import Store
+from sentiment_core.evidence import EVIDENCE_CLIENTS
+from sentiment_core.records import Prediction, StoreUnavailable
+from sentiment_core.rollout import RolloutStatus, VersionCounts
+from sentiment_core.store import Store, window_evidence
+from sentiment_core.tokens import feedback_token
 from tests.functions.conftest import SECRET, STORE_TIMEOUT_S, call, feedback_module
-from tests.support import baking_rollout
+from tests.support import PROJECT, baking_rollout
 
 service = feedback_module("feedback_service")
 
@@ -190,3 +193,73 @@ def test_statistics_when_firestore_hangs_before_the_deployment_read_are_served_w
     }
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "sentiment"]
     assert [r.getMessage().split(":")[0] for r in warnings] == ["statistics served without the deployment"]
+
+
+# Evidence one client cannot forge: feedback under functions-framework with the default settings
+# (CLIENT_ADDRESS_HOPS=2, EVIDENCE_MAX_PER_CLIENT=20), requests carrying the load balancer's X-Forwarded-For.
+LOAD_BALANCER = "34.120.0.1"
+
+
+def unanswered_predictions(firestore_host: str, count: int, version: str = "7") -> list:
+    from sentiment_core.firestore_rest import RestPredictionWriter
+
+    now = datetime.now(UTC)
+    made = [
+        Prediction(uuid.uuid4().hex, "food", 0.9, True, None, MODEL_NAME, version, "run", 0.001, now)
+        for _ in range(count)
+    ]
+    writer = RestPredictionWriter(PROJECT, "(default)", 5.0, endpoint=f"http://{firestore_host}", token=lambda: "owner")
+    try:
+        writer.save_predictions(made)
+    finally:
+        writer.close()
+    return made
+
+
+def answer(feedback_url: str, prediction, agree: bool, forwarded_for: str | None) -> int:
+    body = {
+        "prediction_id": prediction.id,
+        "is_positive_user_answered": agree,
+        "feedback_token": feedback_token(SECRET.encode(), prediction.id),
+    }
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for is not None else None
+    return call(feedback_url, body, headers=headers).status
+
+
+def test_feedback_of_one_client_with_forged_prefixes_counts_as_evidence_up_to_the_cap(
+    feedback_url, clean_db, firestore_emulator
+) -> None:
+    """25 wrong answers from one address, each behind a different forged X-Forwarded-For prefix: 20 count."""
+    predictions = unanswered_predictions(firestore_emulator.url, 25)
+
+    statuses = [
+        answer(feedback_url, p, False, f"198.51.100.{i},203.0.113.7,{LOAD_BALANCER}") for i, p in enumerate(predictions)
+    ]
+
+    stored = [Prediction.from_snapshot(clean_db.collection("predictions").document(p.id).get()) for p in predictions]
+    since = predictions[0].created_at
+    assert statuses == [200] * 25
+    assert window_evidence(clean_db, "7", since) == VersionCounts("7", predictions=25, positive=25, feedback=20)
+    assert [s.counted_as_evidence for s in stored] == [True] * 20 + [False] * 5
+    assert len({s.client_fingerprint for s in stored}) == 1
+    assert "203.0.113.7" not in str([clean_db.collection(c).get() for c in ("predictions", EVIDENCE_CLIENTS)])
+    assert call(f"{feedback_url}/statistics").json["statistics"]["feedback"] == 25
+
+
+def test_feedback_of_many_clients_all_counts_as_evidence(feedback_url, clean_db, firestore_emulator) -> None:
+    predictions = unanswered_predictions(firestore_emulator.url, 25)
+
+    for i, p in enumerate(predictions):
+        assert answer(feedback_url, p, False, f"203.0.113.{i},{LOAD_BALANCER}") == 200
+
+    assert window_evidence(clean_db, "7", predictions[0].created_at).feedback == 25
+
+
+def test_feedback_without_a_load_balancer_header_is_the_peers(feedback_url, clean_db, firestore_emulator) -> None:
+    """Fewer entries than CLIENT_ADDRESS_HOPS: the header is the client's own, and all of it is one client."""
+    predictions = unanswered_predictions(firestore_emulator.url, 22)
+
+    for i, p in enumerate(predictions):
+        assert answer(feedback_url, p, False, f"203.0.113.{i}" if i % 2 else None) == 200
+
+    assert window_evidence(clean_db, "7", predictions[0].created_at).feedback == 20

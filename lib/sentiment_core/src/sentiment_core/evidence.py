@@ -49,19 +49,15 @@ class EvidenceSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EvidenceSettings:
         """ConfigError names the variable to fix."""
-        cap = _whole("EVIDENCE_MAX_PER_CLIENT", DEFAULT_MAX_PER_CLIENT, 1, 100_000, env)
-        hops = _whole("CLIENT_ADDRESS_HOPS", DEFAULT_CLIENT_ADDRESS_HOPS, 0, MAX_CLIENT_ADDRESS_HOPS, env)
-        return cls(max_per_client=cap, client_address_hops=hops)
+        cap = config.number("EVIDENCE_MAX_PER_CLIENT", DEFAULT_MAX_PER_CLIENT, 1, 100_000, env)
+        hops = config.number("CLIENT_ADDRESS_HOPS", DEFAULT_CLIENT_ADDRESS_HOPS, 0, MAX_CLIENT_ADDRESS_HOPS, env)
+        for name, value in (("EVIDENCE_MAX_PER_CLIENT", cap), ("CLIENT_ADDRESS_HOPS", hops)):
+            if not value.is_integer():
+                raise config.ConfigError(f"{name} must be a whole number, got {value:g}")
+        return cls(max_per_client=int(cap), client_address_hops=int(hops))
 
 
 DEFAULT_EVIDENCE = EvidenceSettings()
-
-
-def _whole(name: str, default: int, low: int, high: int, env: Mapping[str, str] | None) -> int:
-    value = config.number(name, default, low, high, env)
-    if not value.is_integer():
-        raise config.ConfigError(f"{name} must be a whole number, got {value:g}")
-    return int(value)
 
 
 def client_address(forwarded_for: str | None, remote_addr: str | None, hops: int) -> str:
