@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import threading
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -195,9 +196,26 @@ def test_statistics_when_firestore_hangs_before_the_deployment_read_are_served_w
     assert [r.getMessage().split(":")[0] for r in warnings] == ["statistics served without the deployment"]
 
 
-# Evidence one client cannot forge: feedback under functions-framework with the default settings
-# (CLIENT_ADDRESS_HOPS=2, EVIDENCE_MAX_PER_CLIENT=20), requests carrying the load balancer's X-Forwarded-For.
+# Evidence one client cannot forge: feedback under functions-framework as Terraform configures it behind the
+# load balancer (CLIENT_ADDRESS_HOPS=2, the default), requests carrying the load balancer's X-Forwarded-For.
 LOAD_BALANCER = "34.120.0.1"
+CAP = 4
+
+
+@pytest.fixture(scope="module")
+def capped_feedback_url(firestore_emulator, tmp_path_factory) -> Iterator[str]:
+    """feedback alone (no model to train: it serves none) with EVIDENCE_MAX_PER_CLIENT=4."""
+    env = {
+        "FIRESTORE_EMULATOR_HOST": firestore_emulator.url,
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "FEEDBACK_TOKEN_SECRET": SECRET,
+        "FIRESTORE_TIMEOUT_S": str(STORE_TIMEOUT_S),
+        "EVIDENCE_MAX_PER_CLIENT": str(CAP),
+    }
+    with services.start_function(
+        "feedback", tmp_path_factory.mktemp("capped-feedback"), env, ready_path="/statistics"
+    ) as service:
+        yield service.url
 
 
 def unanswered_predictions(firestore_host: str, count: int, version: str = "7") -> list:
@@ -227,39 +245,42 @@ def answer(feedback_url: str, prediction, agree: bool, forwarded_for: str | None
 
 
 def test_feedback_of_one_client_with_forged_prefixes_counts_as_evidence_up_to_the_cap(
-    feedback_url, clean_db, firestore_emulator
+    capped_feedback_url, clean_db, firestore_emulator
 ) -> None:
-    """25 wrong answers from one address, each behind a different forged X-Forwarded-For prefix: 20 count."""
-    predictions = unanswered_predictions(firestore_emulator.url, 25)
+    """Seven wrong answers from one address, each behind another forged X-Forwarded-For prefix: four count."""
+    predictions = unanswered_predictions(firestore_emulator.url, 7)
 
     statuses = [
-        answer(feedback_url, p, False, f"198.51.100.{i},203.0.113.7,{LOAD_BALANCER}") for i, p in enumerate(predictions)
+        answer(capped_feedback_url, p, False, f"198.51.100.{i},203.0.113.7,{LOAD_BALANCER}")
+        for i, p in enumerate(predictions)
     ]
 
     stored = [Prediction.from_snapshot(clean_db.collection("predictions").document(p.id).get()) for p in predictions]
-    since = predictions[0].created_at
-    assert statuses == [200] * 25
-    assert window_evidence(clean_db, "7", since) == VersionCounts("7", predictions=25, positive=25, feedback=20)
-    assert [s.counted_as_evidence for s in stored] == [True] * 20 + [False] * 5
+    assert statuses == [200] * 7
+    assert window_evidence(clean_db, "7", predictions[0].created_at) == VersionCounts("7", 7, 7, feedback=CAP)
+    assert [s.counted_as_evidence for s in stored] == [True] * CAP + [False] * 3
     assert len({s.client_fingerprint for s in stored}) == 1
-    assert "203.0.113.7" not in str([clean_db.collection(c).get() for c in ("predictions", EVIDENCE_CLIENTS)])
-    assert call(f"{feedback_url}/statistics").json["statistics"]["feedback"] == 25
+    documents = [d.to_dict() for c in ("predictions", EVIDENCE_CLIENTS) for d in clean_db.collection(c).stream()]
+    assert "203.0.113.7" not in str(documents)
+    assert call(f"{capped_feedback_url}/statistics").json["statistics"]["feedback"] == 7
 
 
-def test_feedback_of_many_clients_all_counts_as_evidence(feedback_url, clean_db, firestore_emulator) -> None:
-    predictions = unanswered_predictions(firestore_emulator.url, 25)
+def test_feedback_of_many_clients_all_counts_as_evidence(capped_feedback_url, clean_db, firestore_emulator) -> None:
+    predictions = unanswered_predictions(firestore_emulator.url, 7)
 
     for i, p in enumerate(predictions):
-        assert answer(feedback_url, p, False, f"203.0.113.{i},{LOAD_BALANCER}") == 200
+        assert answer(capped_feedback_url, p, False, f"203.0.113.{i},{LOAD_BALANCER}") == 200
 
-    assert window_evidence(clean_db, "7", predictions[0].created_at).feedback == 25
+    assert window_evidence(clean_db, "7", predictions[0].created_at).feedback == 7
 
 
-def test_feedback_without_a_load_balancer_header_is_the_peers(feedback_url, clean_db, firestore_emulator) -> None:
+def test_feedback_without_a_load_balancer_header_is_the_peers(
+    capped_feedback_url, clean_db, firestore_emulator
+) -> None:
     """Fewer entries than CLIENT_ADDRESS_HOPS: the header is the client's own, and all of it is one client."""
-    predictions = unanswered_predictions(firestore_emulator.url, 22)
+    predictions = unanswered_predictions(firestore_emulator.url, 7)
 
     for i, p in enumerate(predictions):
-        assert answer(feedback_url, p, False, f"203.0.113.{i}" if i % 2 else None) == 200
+        assert answer(capped_feedback_url, p, False, f"203.0.113.{i}" if i % 2 else None) == 200
 
-    assert window_evidence(clean_db, "7", predictions[0].created_at).feedback == 20
+    assert window_evidence(clean_db, "7", predictions[0].created_at).feedback == CAP
