@@ -61,19 +61,33 @@ def local_stack(tmp_path_factory) -> Iterator[dict]:
         yield stack
 
 
+class Models(dict):
+    """Registered models, each trained when a test first asks for it (a run of some tests trains only theirs)."""
+
+    def __init__(self, urls: dict, env: dict) -> None:
+        super().__init__()
+        self.urls, self.env = urls, env
+
+    def __missing__(self, name: str) -> str:
+        self[name] = train(self.urls, self.env, **MODEL_RECIPES[name])
+        return self[name]
+
+
+# stable: the quick model; weak: one epoch on a small slice (it still passes the deploy gate); equal: trained exactly
+# as stable (a new version as good as it). Registered, nothing promoted.
+MODEL_RECIPES = {
+    "stable": {"seed": 1},
+    # 500 examples: with the default ensemble and training copies, 2,000 and 1,000 gave models only twice as
+    # often wrong as the stable one (17 % and 21 % against 9 % and 10 % of live answers), which the rollout
+    # could not yet tell apart at its 1-in-1,000 false-rollback budget.
+    "weak": {"seed": 3, "limit": 500, "epochs": 1},
+    "equal": {"seed": 1},
+}
+
+
 @pytest.fixture(scope="module")
-def models(local_stack: dict) -> dict[str, str]:
-    """stable: the quick model; weak: one epoch on a small slice (it still passes the deploy gate); equal:
-    trained exactly as stable (a new version as good as it). Registered, nothing promoted."""
-    urls, env = local_stack["urls"], local_stack["env"]
-    return {
-        "stable": train(urls, env, seed=1),
-        # 500 examples: with the default ensemble and training copies, 2,000 and 1,000 gave models only twice as
-        # often wrong as the stable one (17 % and 21 % against 9 % and 10 % of live answers), which the rollout
-        # could not yet tell apart at its 1-in-1,000 false-rollback budget.
-        "weak": train(urls, env, seed=3, limit=500, epochs=1),
-        "equal": train(urls, env, seed=1),
-    }
+def models(local_stack: dict) -> Models:
+    return Models(local_stack["urls"], local_stack["env"])
 
 
 @pytest.fixture(scope="module")
