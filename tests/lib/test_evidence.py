@@ -148,3 +148,16 @@ def test_window_counts_of_a_record_count_evidence_only_when_it_counted(
     user_answer: bool | None, counted: bool | None, expected: WindowCounts
 ) -> None:
     assert WindowCounts.of(answered(user_answer, counted)) == expected
+
+
+@pytest.mark.parametrize(
+    ("supplied", "peer"),
+    [([], "127.0.0.2"), (["10.0.0.9"], "127.0.0.3"), (["10.0.0.9, 10.0.0.8", "203.0.113.1"], "127.4.5.6")],
+)
+def test_local_router_header_names_its_peer_at_the_load_balancers_place(supplied: list[str], peer: str) -> None:
+    """The local router appends as Google's load balancer does: predict's default finds the peer, never a forgery."""
+    from localdev.router import forwarded_for
+
+    header = forwarded_for(supplied, peer, "127.0.0.1")
+
+    assert client_address(header, "127.0.0.1", DEFAULT_CLIENT_ADDRESS_HOPS) == peer
