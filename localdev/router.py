@@ -12,6 +12,9 @@
   `PUT /traffic {"revision"}` gives that revision all traffic (complete, or roll back) and drains and stops the
   other one. Each is idempotent; a change that names revisions that are not live is a 409.
 - SIGTERM stops every revision it started.
+- Like Google's load balancer it appends `<client-ip>,<its-own-ip>` to X-Forwarded-For (forwarded_for): predict
+  finds the client's address where it finds it in the cloud. A test acts as many clients by connecting from
+  many loopback addresses (127.0.0.2, 127.0.0.3, ...), not by writing the header.
 
 The environment of the router (Firestore emulator, secrets, ...) is the environment of every revision.
 """
@@ -270,6 +273,13 @@ def _send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any, heade
     handler.wfile.write(data)
 
 
+def forwarded_for(supplied: list[str], peer: str, own_address: str) -> str:
+    """X-Forwarded-For as Google's external Application Load Balancer passes it on: whatever the client sent,
+    then `<client-ip>,<load-balancer-ip>`. predict then finds the client where it does in the cloud
+    (CLIENT_ADDRESS_HOPS=2), and a client that writes the header itself cannot choose which client it is."""
+    return ",".join([*supplied, peer, own_address])
+
+
 class JsonErrors(BaseHTTPRequestHandler):
     """The standard handler answers what it cannot parse (request line, headers, method) with an HTML page: here
     JSON of the functions' shape, as Cloud Run's front end would pass on the function's own answer."""
@@ -314,9 +324,13 @@ def proxy_handler(router: Router) -> type[BaseHTTPRequestHandler]:
                 unavailable = {"code": "no_revision", "message": "no model version is deployed yet"}
                 return _send_json(self, 503, {"error": unavailable}, {"Retry-After": "5"})
             try:
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP | {"host"}}
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP | {"host", "x-forwarded-for"}
+                }
                 headers["Content-Length"] = str(len(body))
-                headers["X-Forwarded-For"] = self.client_address[0]
+                headers["X-Forwarded-For"] = forwarded_for(
+                    self.headers.get_all("X-Forwarded-For") or [], self.client_address[0], self.server.server_address[0]
+                )
                 host, port = revision.service.url.removeprefix("http://").split(":")
                 upstream = http.client.HTTPConnection(host, int(port), timeout=60)
                 try:

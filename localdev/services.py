@@ -323,6 +323,7 @@ def start_router(
         if model_sha256:
             argv += ["--model-sha256", model_sha256]
     admin_url = f"http://127.0.0.1:{admin_port}"
+    repo = Path(__file__).resolve().parents[1]
     service = start(
         "router",
         argv,
@@ -330,7 +331,8 @@ def start_router(
         ready_path="",
         ready_url=f"{admin_url}/healthz",
         log_path=workdir / "router.log",
-        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        # This checkout's shared package before any installed copy: the revisions it starts import it too.
+        env={**env, "PYTHONPATH": os.pathsep.join(str(repo / part) for part in ("", "lib/sentiment_core/src"))},
         timeout_s=90,
     )
     return service, admin_url

@@ -19,6 +19,10 @@ MIN_BEHAVIOUR_PASS_RATE, MIN_EVAL_ACCURACY and MAX_EVAL_REGRESSION are passed to
 to feedback too); the watcher's evaluation set is staged at `up` in the GCS emulator's bucket `eval-sets` from the
 data's test split. Unset, the stack's own rollout defaults (LOCAL_ROLLOUT) make a promotion watchable in a minute:
 half the traffic, then all of it after 30 s unless the live evidence says the new version is worse.
+EVIDENCE_MAX_PER_CLIENT is passed to predict and feedback as it is (both record answers). A client is its
+address, as in the cloud: predict's router appends it to X-Forwarded-For the way the load balancer does
+(CLIENT_ADDRESS_HOPS 2, the default), feedback is reached directly and takes the peer (CLIENT_ADDRESS_HOPS 0);
+many clients are many loopback addresses (127.0.0.2, 127.0.0.3, ... on Linux), see docs/promotion.md.
 """
 
 from __future__ import annotations
@@ -169,6 +173,7 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
         **emulators,
         "FEEDBACK_TOKEN_SECRET": secret["feedback_token"],
         "ALLOWED_ORIGINS": f"{urls['frontend']},http://localhost:{port['frontend']}",
+        **_passed_through("EVIDENCE_MAX_PER_CLIENT"),
     }
     # The restored deployment state says which version serves: the watcher will not redeploy what it already
     # deployed, so the router starts on it (the staged files outlive the restart in the GCS emulator's folder).
@@ -218,8 +223,9 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
                 "feedback",
                 LOGS,
                 # The demo lists everyone's predictions (the stack is one person's machine): an explicit opt-in,
-                # off in the cloud's public deployment (docs/architecture.md).
-                {**public_env, "PREDICTIONS_LISTING": "on"},
+                # off in the cloud's public deployment (docs/architecture.md). Reached directly here, with no
+                # proxy in front: its X-Forwarded-For would be the client's own, so the peer is the client.
+                {**public_env, "PREDICTIONS_LISTING": "on", "CLIENT_ADDRESS_HOPS": "0"},
                 port=port["feedback"],
                 ready_path="/statistics",
             ),

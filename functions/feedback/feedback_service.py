@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -16,6 +17,7 @@ from sentiment_core import config, http
 from sentiment_core.contract import MODEL_NAME
 from sentiment_core.deployment_store import DeploymentStore, StateUnavailable, deployments_database
 from sentiment_core.deployments import DeploymentState
+from sentiment_core.evidence import DEFAULT_EVIDENCE, EvidenceSettings, client_fingerprint
 from sentiment_core.monitoring import MAX_WINDOW_HOURS, DriftSettings
 from sentiment_core.records import (
     PREDICTION_ID,
@@ -27,7 +29,7 @@ from sentiment_core.records import (
 from sentiment_core.rollout import RolloutStatus
 from sentiment_core.store import Store
 from sentiment_core.tokens import verify_feedback_token
-from sentiment_core.web import PublicSettings
+from sentiment_core.web import PublicSettings, request_client
 
 logger = logging.getLogger("sentiment")
 
@@ -105,15 +107,27 @@ def unavailable() -> http.ApiError:
     return http.ApiError(503, "store_unavailable", "the store cannot be reached; retry later", {"Retry-After": "5"})
 
 
-def handle_feedback(request: flask.Request, store: Callable[[], Store], secret: bytes) -> flask.Response:
-    """POST /: 200 with the stored prediction; same answer again is 200 and counted once; another answer 409."""
+def handle_feedback(
+    request: flask.Request,
+    store: Callable[[], Store],
+    secret: bytes,
+    evidence: EvidenceSettings = DEFAULT_EVIDENCE,
+) -> flask.Response:
+    """POST /: 200 with the stored prediction; same answer again is 200 and counted once; another answer 409.
+
+    The answer is stored with the client's fingerprint (never its address) and counts as rollout evidence only
+    within the client's cap (`evidence`, sentiment_core.evidence).
+    """
     body = http.read_json_object(request)
     http.check_fields(body, {"prediction_id": str, "is_positive_user_answered": bool, "feedback_token": str})
     prediction_id = http.check_pattern(body["prediction_id"], PREDICTION_ID, "prediction_id")
     if not verify_feedback_token(secret, prediction_id, body["feedback_token"]):
         raise http.ApiError(403, "invalid_feedback_token", "feedback_token does not match prediction_id")
     try:
-        prediction, _ = store().record_feedback(prediction_id, body["is_positive_user_answered"])
+        fingerprint = functools.partial(client_fingerprint, secret, request_client(request, evidence))
+        prediction, _ = store().record_feedback(
+            prediction_id, body["is_positive_user_answered"], fingerprint, evidence.max_per_client
+        )
     except NotFound as exc:
         raise http.ApiError(404, "prediction_not_found", "no prediction with that id") from exc
     except FeedbackConflict as exc:

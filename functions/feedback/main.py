@@ -46,7 +46,11 @@ LIST_PREDICTIONS = (
 )
 
 ROUTES = {
-    "/": {"POST": lambda r: feedback_service.handle_feedback(r, _store, SETTINGS.public.feedback_token_secret)},
+    "/": {
+        "POST": lambda r: feedback_service.handle_feedback(
+            r, _store, SETTINGS.public.feedback_token_secret, SETTINGS.public.evidence
+        )
+    },
     "/statistics": {"GET": lambda r: feedback_service.handle_statistics(r, _store, _deployments)},
     "/predictions": {"GET": LIST_PREDICTIONS},
     "/monitoring": {

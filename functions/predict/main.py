@@ -48,7 +48,12 @@ def _store():
 ROUTES = {
     "/": {
         "POST": lambda r: predict_service.handle_predict(
-            r, _model(), _store, SETTINGS.public.feedback_token_secret, SETTINGS.retention_days
+            r,
+            _model(),
+            _store,
+            SETTINGS.public.feedback_token_secret,
+            retention_days=SETTINGS.retention_days,
+            evidence=SETTINGS.public.evidence,
         )
     },
     "/healthz": {"GET": lambda r: predict_service.handle_healthz(_model())},

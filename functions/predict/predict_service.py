@@ -15,9 +15,10 @@ from typing import Any
 import flask
 
 from sentiment_core import config, http
+from sentiment_core.evidence import DEFAULT_EVIDENCE, EvidenceSettings, client_fingerprint
 from sentiment_core.records import Prediction, PredictionsExist, StoreUnavailable, expiry
 from sentiment_core.tokens import feedback_token
-from sentiment_core.web import PublicSettings
+from sentiment_core.web import PublicSettings, request_client
 
 MAX_BATCH = 100
 RETRY_AFTER_S = "5"
@@ -126,7 +127,9 @@ def resolve_existing(
             422, "idempotency_key_reused", "this Idempotency-Key was used with another body; use a new key"
         )
     predictions = [item[0] for item in stored if item is not None]
-    return predictions, predictions != ours
+    # Whether an answer counted as evidence is decided on storing: not part of what this request computed.
+    undecided = [dataclasses.replace(p, counted_as_evidence=None) for p in predictions]
+    return predictions, undecided != [dataclasses.replace(p, counted_as_evidence=None) for p in ours]
 
 
 def to_api(prediction: Prediction, secret: bytes) -> dict[str, Any]:
@@ -141,12 +144,15 @@ def handle_predict(
     store: Callable[[], Any],
     secret: bytes,
     retention_days: int = DEFAULT_RETENTION_DAYS,
+    evidence: EvidenceSettings = DEFAULT_EVIDENCE,
 ) -> flask.Response:
     """POST /: infer, store every prediction (or none), answer 201; 503 if the store cannot be written in time.
 
     With an Idempotency-Key, a retry of the same body answers what the first attempt stored, whatever that
     attempt's own answer was (201, 503 or none), and stores nothing new. With "explain": true each answer also
     says why (answered, never stored), when the model can explain and made the answers (docs/architecture.md).
+    An answer given here is feedback: stored with the client's fingerprint and counted as evidence within the
+    client's cap (`evidence`), as feedback's are.
     """
     key = idempotency_key(request)
     body = http.read_json_object(request)
@@ -155,6 +161,12 @@ def handle_predict(
     version = model.manifest.model_version or "unregistered"
     try:
         predictions, explanations = _infer(model, parsed, prediction_ids(key, len(parsed.texts)), retention_days)
+        if parsed.user_answer is not None:
+            address = request_client(request, evidence)
+            predictions = [
+                dataclasses.replace(p, client_fingerprint=client_fingerprint(secret, address, p.created_at))
+                for p in predictions
+            ]
         objects = [to_api(p, secret) for p in predictions]  # non-finite output fails here, before anything is stored
     except Exception:
         # The model failed on a valid request (an exception, a non-finite output): this version's server error,
@@ -164,7 +176,7 @@ def handle_predict(
         raise
     replayed = False
     try:
-        store().save_predictions(predictions, request_sha256=fingerprint)
+        store().save_predictions(predictions, request_sha256=fingerprint, max_per_client=evidence.max_per_client)
     except PredictionsExist as exists:
         if fingerprint is None:  # a random id taken: not this request's doing, and nothing was stored
             raise _unavailable(key) from None

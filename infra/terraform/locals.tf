@@ -120,6 +120,13 @@ locals {
     ALLOWED_ORIGINS      = local.cors_origins
   }
 
+  # Whose answers count as rollout evidence, and how many per client (predict and feedback both record answers;
+  # sentiment_core.evidence.EvidenceSettings, docs/promotion.md "Evidence one client cannot forge").
+  evidence_env = {
+    EVIDENCE_MAX_PER_CLIENT = tostring(var.evidence_max_per_client)
+    CLIENT_ADDRESS_HOPS     = tostring(var.evidence_client_address_hops)
+  }
+
   # Where the deployment document lives (its own database, iam.tf): read by the watcher and the redeploy alike.
   state_env = {
     GOOGLE_CLOUD_PROJECT = var.project_id
@@ -177,14 +184,14 @@ locals {
 
   # allUsers may invoke the webhook receiver (MLflow sends no Google identity): it serves POST /webhook only.
   function_env = {
-    predict = merge(local.public_env, {
+    predict = merge(local.public_env, local.evidence_env, {
       MODEL_URI                 = var.initial_model_uri
       ORT_THREADS               = "1"
       PREDICTION_RETENTION_DAYS = tostring(var.prediction_retention_days) # expire_at, deleted by the TTL policy
     })
     # /statistics, /monitoring; GET /predictions (everyone's review text) only on the operators' deployment.
-    feedback              = merge(local.feedback_env, { PREDICTIONS_LISTING = "off" })
-    feedback-operator     = merge(local.feedback_env, { PREDICTIONS_LISTING = "on" })
+    feedback              = merge(local.feedback_env, local.evidence_env, { PREDICTIONS_LISTING = "off" })
+    feedback-operator     = merge(local.feedback_env, local.evidence_env, { PREDICTIONS_LISTING = "on" })
     registry-watcher      = merge(local.watcher_env, { WEBHOOK_RECEIVER_ONLY = "false" })
     registry-webhook      = merge(local.watcher_env, { WEBHOOK_RECEIVER_ONLY = "true" })
     on-production-changed = local.redeploy_env

@@ -143,6 +143,32 @@ variable "scheduler_cron" {
   default     = "* * * * *"
 }
 
+# Evidence one client cannot forge (predict's and feedback's EVIDENCE_MAX_PER_CLIENT and CLIENT_ADDRESS_HOPS, read
+# by sentiment_core.evidence.EvidenceSettings.from_env with the same defaults and checks; docs/promotion.md).
+variable "evidence_max_per_client" {
+  type        = number
+  description = "EVIDENCE_MAX_PER_CLIENT: feedback answers of one client counted as rollout evidence (and exported for training) per model version and UTC hour; the rest are stored and counted in the statistics only."
+  default     = 20
+  nullable    = false
+
+  validation {
+    condition     = var.evidence_max_per_client == floor(var.evidence_max_per_client) && var.evidence_max_per_client >= 1 && var.evidence_max_per_client <= 100000
+    error_message = "evidence_max_per_client must be a whole number between 1 and 100000, got ${var.evidence_max_per_client}."
+  }
+}
+
+variable "evidence_client_address_hops" {
+  type        = number
+  description = "CLIENT_ADDRESS_HOPS: which X-Forwarded-For entry, counted from the right, is the client's address; 2 behind Google's external Application Load Balancer (<client-ip>,<load-balancer-ip>), 0 to trust no header."
+  default     = 2
+  nullable    = false
+
+  validation {
+    condition     = var.evidence_client_address_hops == floor(var.evidence_client_address_hops) && var.evidence_client_address_hops >= 0 && var.evidence_client_address_hops <= 10
+    error_message = "evidence_client_address_hops must be a whole number between 0 and 10, got ${var.evidence_client_address_hops}."
+  }
+}
+
 # The registry watcher's progressive rollout (ROLLOUT_*, read by sentiment_core.rollout.RolloutSettings.from_env):
 # the same defaults and the same checks as the code, so that a bad value fails the plan instead of every start of
 # the watcher. docs/promotion.md ("Progressive rollout") says what each one costs.

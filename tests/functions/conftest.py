@@ -71,14 +71,21 @@ def call(
     raw: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 30,
+    source: str | None = None,
 ) -> Answer:
-    """One HTTP request with http.client, which adds no header of its own but Host and Content-Length."""
+    """One HTTP request with http.client, which adds no header of its own but Host and Content-Length.
+
+    source: the local address to connect from (a loopback address such as 127.0.0.2 acts as another client).
+    """
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     all_headers = {"Content-Type": "application/json"} if body is not None else {}
     all_headers.update(headers or {})
     parsed = urllib.parse.urlsplit(url)
     target = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
-    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout)
+    source_address = (source, 0) if source is not None else None
+    connection = http.client.HTTPConnection(
+        parsed.hostname, parsed.port, timeout=timeout, source_address=source_address
+    )
     try:
         connection.request(method or ("POST" if data is not None else "GET"), target, body=data, headers=all_headers)
         response = connection.getresponse()

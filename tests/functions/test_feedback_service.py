@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -20,11 +22,13 @@ from sentiment_core.config import ConfigError
 from sentiment_core.contract import MODEL_NAME
 from sentiment_core.deployment_store import DeploymentStore
 from sentiment_core.deployments import DeploymentState, Rollout, Serving
-from sentiment_core.records import StoreUnavailable
-from sentiment_core.rollout import RolloutStatus
-from sentiment_core.store import Store
+from sentiment_core.evidence import EVIDENCE_CLIENTS
+from sentiment_core.records import Prediction, StoreUnavailable
+from sentiment_core.rollout import RolloutStatus, VersionCounts
+from sentiment_core.store import Store, window_evidence
+from sentiment_core.tokens import feedback_token
 from tests.functions.conftest import SECRET, STORE_TIMEOUT_S, call, feedback_module
-from tests.support import baking_rollout, monitored_prediction, save_predictions
+from tests.support import PROJECT, baking_rollout, monitored_prediction, save_predictions
 
 service = feedback_module("feedback_service")
 
@@ -241,3 +245,93 @@ def test_predictions_listing_on_pages_through_the_stored_texts(feedback_url, fir
 
     assert answer.status == 200
     assert [p["text"] for p in answer.json["predictions"]] == ["Fine food."]
+
+
+# Evidence one client cannot forge: feedback under functions-framework as Terraform configures it behind the
+# load balancer (CLIENT_ADDRESS_HOPS=2, the default), requests carrying the load balancer's X-Forwarded-For.
+LOAD_BALANCER = "34.120.0.1"
+CAP = 4
+
+
+@pytest.fixture(scope="module")
+def capped_feedback_url(firestore_emulator, tmp_path_factory) -> Iterator[str]:
+    """feedback alone (no model to train: it serves none) with EVIDENCE_MAX_PER_CLIENT=4."""
+    env = {
+        "FIRESTORE_EMULATOR_HOST": firestore_emulator.url,
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "FEEDBACK_TOKEN_SECRET": SECRET,
+        "FIRESTORE_TIMEOUT_S": str(STORE_TIMEOUT_S),
+        "EVIDENCE_MAX_PER_CLIENT": str(CAP),
+    }
+    with services.start_function(
+        "feedback", tmp_path_factory.mktemp("capped-feedback"), env, ready_path="/statistics"
+    ) as service:
+        yield service.url
+
+
+def unanswered_predictions(firestore_host: str, count: int, version: str = "7") -> list:
+    from sentiment_core.firestore_rest import RestPredictionWriter
+
+    now = datetime.now(UTC)
+    made = [
+        Prediction(uuid.uuid4().hex, "food", 0.9, True, None, MODEL_NAME, version, "run", 0.001, now)
+        for _ in range(count)
+    ]
+    writer = RestPredictionWriter(PROJECT, "(default)", 5.0, endpoint=f"http://{firestore_host}", token=lambda: "owner")
+    try:
+        writer.save_predictions(made)
+    finally:
+        writer.close()
+    return made
+
+
+def answer(feedback_url: str, prediction, agree: bool, forwarded_for: str | None) -> int:
+    body = {
+        "prediction_id": prediction.id,
+        "is_positive_user_answered": agree,
+        "feedback_token": feedback_token(SECRET.encode(), prediction.id),
+    }
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for is not None else None
+    return call(feedback_url, body, headers=headers).status
+
+
+def test_feedback_of_one_client_with_forged_prefixes_counts_as_evidence_up_to_the_cap(
+    capped_feedback_url, clean_db, firestore_emulator
+) -> None:
+    """Seven wrong answers from one address, each behind another forged X-Forwarded-For prefix: four count."""
+    predictions = unanswered_predictions(firestore_emulator.url, 7)
+
+    statuses = [
+        answer(capped_feedback_url, p, False, f"198.51.100.{i},203.0.113.7,{LOAD_BALANCER}")
+        for i, p in enumerate(predictions)
+    ]
+
+    stored = [Prediction.from_snapshot(clean_db.collection("predictions").document(p.id).get()) for p in predictions]
+    assert statuses == [200] * 7
+    assert window_evidence(clean_db, "7", predictions[0].created_at) == VersionCounts("7", 7, 7, feedback=CAP)
+    assert [s.counted_as_evidence for s in stored] == [True] * CAP + [False] * 3
+    assert len({s.client_fingerprint for s in stored}) == 1
+    documents = [d.to_dict() for c in ("predictions", EVIDENCE_CLIENTS) for d in clean_db.collection(c).stream()]
+    assert "203.0.113.7" not in str(documents)
+    assert call(f"{capped_feedback_url}/statistics").json["statistics"]["feedback"] == 7
+
+
+def test_feedback_of_many_clients_all_counts_as_evidence(capped_feedback_url, clean_db, firestore_emulator) -> None:
+    predictions = unanswered_predictions(firestore_emulator.url, 7)
+
+    for i, p in enumerate(predictions):
+        assert answer(capped_feedback_url, p, False, f"203.0.113.{i},{LOAD_BALANCER}") == 200
+
+    assert window_evidence(clean_db, "7", predictions[0].created_at).feedback == 7
+
+
+def test_feedback_without_a_load_balancer_header_is_the_peers(
+    capped_feedback_url, clean_db, firestore_emulator
+) -> None:
+    """Fewer entries than CLIENT_ADDRESS_HOPS: the header is the client's own, and all of it is one client."""
+    predictions = unanswered_predictions(firestore_emulator.url, 7)
+
+    for i, p in enumerate(predictions):
+        assert answer(capped_feedback_url, p, False, f"203.0.113.{i}" if i % 2 else None) == 200
+
+    assert window_evidence(clean_db, "7", predictions[0].created_at).feedback == CAP

@@ -142,3 +142,51 @@ def test_stored_predictions_expire_the_retention_days_after_they_were_made(write
     stored = [snapshot.to_dict() for snapshot in clean_db.collection("predictions").stream()]
     assert len(stored) == 2
     assert [s["expire_at"] - s["created_at"] for s in stored] == [timedelta(days=days)] * 2
+
+
+class ConstantModel(FailingModel):
+    """A loaded model that answers `answer` for every text (positive at 0.9)."""
+
+
+def post_answered(writer, forwarded_for: str, key: str | None = None, cap: int = 3) -> flask.Response:
+    """POST / with the user's answer (disagreeing with the model), through the load balancer's header."""
+    from sentiment_core.evidence import EvidenceSettings
+
+    app = flask.Flask(__name__)
+    headers = {"X-Forwarded-For": forwarded_for} | ({"Idempotency-Key": key} if key else {})
+    body = {"text": "Good food.", "is_positive_user_answered": False}
+    peer = {"REMOTE_ADDR": "10.1.1.1"}
+    with app.test_request_context("/", method="POST", json=body, headers=headers, environ_base=peer):
+        return service.handle_predict(
+            flask.request,
+            ConstantModel(0.9),
+            lambda: writer,
+            SECRET.encode(),
+            evidence=EvidenceSettings(max_per_client=cap),
+        )
+
+
+def test_answers_given_with_predictions_count_as_evidence_up_to_the_clients_cap(writer, clean_db) -> None:
+    started = datetime.now(UTC)
+
+    answers = [post_answered(writer, f"10.0.0.{i},203.0.113.7,34.120.0.1") for i in range(5)]  # forged prefixes
+    answers += [post_answered(writer, "203.0.113.8,34.120.0.1")]  # another client
+
+    records = [r.to_dict() for r in clean_db.collection("predictions").stream()]
+    assert [a.status_code for a in answers] == [201] * 6
+    assert window_evidence(clean_db, "5", started) == VersionCounts("5", 6, 6, feedback=4, correct=0)
+    assert sorted(r["counted_as_evidence"] for r in records) == [False, False, True, True, True, True]
+    assert len({r["client_fingerprint"] for r in records}) == 2
+    assert all("203.0.113" not in str(r) for r in records)
+
+
+def test_replay_of_an_answered_request_is_a_replay_and_counts_once(writer, clean_db) -> None:
+    started = datetime.now(UTC)
+
+    first = post_answered(writer, "203.0.113.7,34.120.0.1", key="answered-once")
+    again = post_answered(writer, "203.0.113.7,34.120.0.1", key="answered-once")
+
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert window_evidence(clean_db, "5", started).feedback == 1

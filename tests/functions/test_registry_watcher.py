@@ -511,10 +511,12 @@ def counters(emulators) -> firestore.Client:
 
 
 def count(db: firestore.Client, version: str, **fields: int) -> None:
-    """Window counters as predict and feedback write them (one shard, this hour)."""
+    """Window counters as predict and feedback write them (one shard, this hour); every answer counted as evidence
+    (each from a client under its cap)."""
     now = datetime.now(UTC)
     document = db.collection(COUNTER_WINDOWS).document(window_document_id(version, now, 0))
-    document.set({"model_version": version, "hour": window_hour(now), **fields})
+    evidence = {f"evidence_{name}": fields[name] for name in ("feedback", "correct") if name in fields}
+    document.set({"model_version": version, "hour": window_hour(now), **fields, **evidence})
 
 
 def rolling_loop(loop: Loop, counters: firestore.Client) -> tuple[str, str]:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from sentiment_core.config import ConfigError
+from sentiment_core.evidence import EvidenceSettings
 from sentiment_core.monitoring import DriftSettings
 from sentiment_core.rollout import RolloutSettings
 from tests.infra.terraform_config import (
@@ -57,8 +58,9 @@ SHARED = REPO_ROOT / "lib/sentiment_core/src/sentiment_core"
 # The shared modules whose settings each unit parses (the watcher imports `web` for serve(), but web's
 # PublicSettings are predict's and feedback's).
 SETTINGS_MODULES = {
-    "predict": {"config", "web", "firestore_rest"},
-    "feedback": {"config", "web", "monitoring", "deployment_store"},  # DriftSettings, deployments_database
+    "predict": {"config", "web", "firestore_rest", "evidence"},  # evidence: EvidenceSettings.from_env
+    # monitoring: DriftSettings.from_env; deployment_store: deployments_database
+    "feedback": {"config", "web", "monitoring", "deployment_store", "evidence"},
     "registry_watcher": {"config", "registry", "deployment_store", "rollout", "monitoring"},  # *Settings.from_env
     "redeploy": {"config", "deployment_store"},
 }
@@ -182,6 +184,7 @@ def terraform_env(directory: Path, prefix: str = "rollout") -> dict[str, str]:
     [
         (RolloutSettings, "rollout", ("registry-watcher", "registry-webhook")),
         (DriftSettings, "drift", ("registry-watcher", "registry-webhook", "feedback")),  # the page agrees with alerts
+        (EvidenceSettings, "evidence", ("predict", "feedback")),  # both record answers
     ],
 )
 def test_functions_environment_carries_every_settings_variable_with_the_code_defaults(
@@ -191,7 +194,7 @@ def test_functions_environment_carries_every_settings_variable_with_the_code_def
     settings.from_env(reading)
     env = terraform_env(settings_module(tmp_path, {}, prefix), prefix)
 
-    assert len(reading.read) >= 5  # the recording sees what from_env reads
+    assert len(reading.read) >= 2  # the recording sees what from_env reads
     assert set(env) == reading.read
     assert settings.from_env(env) == settings()
     for name in readers:
@@ -200,7 +203,13 @@ def test_functions_environment_carries_every_settings_variable_with_the_code_def
 
 def as_env(variables: Mapping[str, Any]) -> dict[str, str]:
     """The ROLLOUT_* that tfvars stand for, written by hand: what the watcher would read if Terraform passed them."""
-    return {name.upper(): ",".join(map(str, v)) if isinstance(v, list) else str(v) for name, v in variables.items()}
+    return {
+        ENV_NAMES.get(name, name.upper()): ",".join(map(str, v)) if isinstance(v, list) else str(v)
+        for name, v in variables.items()
+    }
+
+
+ENV_NAMES = {"evidence_client_address_hops": "CLIENT_ADDRESS_HOPS"}  # variables not named as their setting
 
 
 # tfvars, and the variable whose check rejects them (None: valid); the edges of every range.
@@ -266,9 +275,24 @@ DRIFT_VARIABLES = [
 ]
 
 
-SETTINGS_VARIABLES = [(RolloutSettings, "rollout", *case) for case in ROLLOUT_VARIABLES] + [
-    (DriftSettings, "drift", *case) for case in DRIFT_VARIABLES
+EVIDENCE_VARIABLES = [
+    ({}, None),
+    ({"evidence_max_per_client": 1, "evidence_client_address_hops": 0}, None),
+    ({"evidence_max_per_client": 100000, "evidence_client_address_hops": 10}, None),
+    ({"evidence_max_per_client": 0}, "evidence_max_per_client"),
+    ({"evidence_max_per_client": 100001}, "evidence_max_per_client"),
+    ({"evidence_max_per_client": 2.5}, "evidence_max_per_client"),
+    ({"evidence_client_address_hops": -1}, "evidence_client_address_hops"),
+    ({"evidence_client_address_hops": 11}, "evidence_client_address_hops"),
+    ({"evidence_client_address_hops": 1.5}, "evidence_client_address_hops"),
 ]
+
+
+SETTINGS_VARIABLES = (
+    [(RolloutSettings, "rollout", *case) for case in ROLLOUT_VARIABLES]
+    + [(DriftSettings, "drift", *case) for case in DRIFT_VARIABLES]
+    + [(EvidenceSettings, "evidence", *case) for case in EVIDENCE_VARIABLES]
+)
 
 
 @pytest.mark.parametrize(("settings", "prefix", "variables", "rejected_by"), SETTINGS_VARIABLES, ids=str)
@@ -288,13 +312,13 @@ def test_settings_variables_fail_the_plan_exactly_when_the_watcher_would_fail_to
     if rejected_by is None:
         assert settings.from_env(terraform_env(module, prefix)) == code
     else:
-        assert code_error.startswith(rejected_by.upper())  # the code names the same variable
+        assert code_error.startswith(ENV_NAMES.get(rejected_by, rejected_by.upper()))  # the code names the same one
         assert f"{rejected_by} must" in plan.stderr  # the message of its own validation block
 
 
 @pytest.mark.parametrize(
     ("prefix", "count"),
-    [("rollout_", 5), ("drift_", 6), ("max_calibration_error", 1), ("min_behaviour_pass_rate", 1)],
+    [("rollout_", 5), ("drift_", 6), ("max_calibration_error", 1), ("min_behaviour_pass_rate", 1), ("evidence_", 2)],
 )
 def test_tfvars_example_shows_the_settings_variables_with_their_defaults(prefix: str, count: int) -> None:
     import hcl2

@@ -5,6 +5,12 @@ Reviewers (clients) send reviews the models never trained on (the last of each c
 models here train on its first 20,000 examples at most), half positive, through predict's stable URL, and answer
 every prediction truthfully from the review's label, as users on the page would. Short settings make each
 rollout take seconds.
+
+A client is its address, as in the cloud (docs/promotion.md, "Evidence one client cannot forge"): each review
+comes from another loopback address (127.x.y.z, all of them the loopback on Linux), predict's router appends it
+to X-Forwarded-For as Google's load balancer does, feedback sees it as the peer. A script answering wrong from
+one address, whatever X-Forwarded-For it writes, counts at most EVIDENCE_MAX_PER_CLIENT times per hour; the same
+script from many addresses is as many users.
 """
 
 from __future__ import annotations
@@ -43,7 +49,11 @@ SETTINGS = {
     # not the gate, is what this module tests.
     "MIN_EVAL_ACCURACY": "0.5",
     "MAX_EVAL_REGRESSION": "1",
+    # Five answers of one client per version and hour count: a single script's share stays far below the noise of
+    # 300 honest answers, so the equal version completes whatever the script sends.
+    "EVIDENCE_MAX_PER_CLIENT": "5",
 }
+SCRIPT_WRONG_ANSWERS = 500  # what the script answers wrong on the candidate
 TRAINED_ON = 20_000  # the largest --limit of the models trained here: examples after it are held out
 HELD_OUT_PER_CLASS = 2000
 ROLLOUT_WITHIN_S = 240.0  # deadlines for "it happens", not figures
@@ -55,19 +65,33 @@ def local_stack(tmp_path_factory) -> Iterator[dict]:
         yield stack
 
 
+class Models(dict):
+    """Registered models, each trained when a test first asks for it (a run of some tests trains only theirs)."""
+
+    def __init__(self, urls: dict, env: dict) -> None:
+        super().__init__()
+        self.urls, self.env = urls, env
+
+    def __missing__(self, name: str) -> str:
+        self[name] = train(self.urls, self.env, **MODEL_RECIPES[name])
+        return self[name]
+
+
+# stable: the quick model; weak: one epoch on a small slice (it still passes the deploy gate); equal: trained exactly
+# as stable (a new version as good as it). Registered, nothing promoted.
+MODEL_RECIPES = {
+    "stable": {"seed": 1},
+    # 500 examples: with the default ensemble and training copies, 2,000 and 1,000 gave models only twice as
+    # often wrong as the stable one (17 % and 21 % against 9 % and 10 % of live answers), which the rollout
+    # could not yet tell apart at its 1-in-1,000 false-rollback budget.
+    "weak": {"seed": 3, "limit": 500, "epochs": 1},
+    "equal": {"seed": 1},
+}
+
+
 @pytest.fixture(scope="module")
-def models(local_stack: dict) -> dict[str, str]:
-    """stable: the quick model; weak: one epoch on a small slice (it still passes the deploy gate); equal:
-    trained exactly as stable (a new version as good as it). Registered, nothing promoted."""
-    urls, env = local_stack["urls"], local_stack["env"]
-    return {
-        "stable": train(urls, env, seed=1),
-        # 500 examples: with the default ensemble and training copies, 2,000 and 1,000 gave models only twice as
-        # often wrong as the stable one (17 % and 21 % against 9 % and 10 % of live answers), which the rollout
-        # could not yet tell apart at its 1-in-1,000 false-rollback budget.
-        "weak": train(urls, env, seed=3, limit=500, epochs=1),
-        "equal": train(urls, env, seed=1),
-    }
+def models(local_stack: dict) -> Models:
+    return Models(local_stack["urls"], local_stack["env"])
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +121,11 @@ class Reviewers:
     def _run(self, seed: int) -> None:
         order = list(self.reviews)
         random.Random(seed).shuffle(order)
-        for text, positive in itertools.cycle(order):
+        for n, (text, positive) in enumerate(itertools.cycle(order)):
             if self._stop.is_set():
                 return
-            answer = call(self.urls["predict"], {"text": text}, timeout=30)
+            user = f"127.{seed + 1}.{n // 250 % 250}.{n % 250 + 1}"  # each review from another user
+            answer = call(self.urls["predict"], {"text": text}, timeout=30, source=user)
             body = answer.json or {}
             self.predictions[answer.status, body.get("details", {}).get("model_version")] += 1
             if answer.status != 201:
@@ -110,7 +135,7 @@ class Reviewers:
                 "is_positive_user_answered": positive,
                 "feedback_token": body["feedback_token"],
             }
-            self.feedback[call(self.urls["feedback"], feedback, timeout=30).status] += 1
+            self.feedback[call(self.urls["feedback"], feedback, timeout=30, source=user).status] += 1
 
     def __enter__(self) -> Reviewers:
         for thread in self._threads:
@@ -278,3 +303,112 @@ def test_version_as_good_as_the_stable_one_completes_and_the_old_one_is_drained(
     assert tagged(urls, candidate, "serving")["deployment_reason"] == "evidence_holds"
     assert deployment_tags(urls, stable)["deployment_status"] == "retired"
     assert {call(f"{urls['predict']}/healthz").json["model_version"] for _ in range(10)} == {candidate}
+
+
+class Script:
+    """A script that wants the candidate gone: it sends reviews and answers every prediction so that the candidate
+    looks wrong and the stable version right, until it has answered `wrong` of the candidate's predictions.
+
+    addresses: where it connects from, one request pair each in turn (one address: one client, however many
+    threads and whatever X-Forwarded-For it forges; many: as many clients).
+    """
+
+    def __init__(self, urls: dict, reviews: list, candidate: str, addresses: list[str], wrong: int) -> None:
+        self.urls, self.reviews, self.candidate, self.addresses = urls, reviews, candidate, addresses
+        self.wanted = wrong
+        self.wrong = 0
+        self.statuses: Counter = Counter()
+        self._lock = threading.Lock()
+        self._n = itertools.count()
+
+    def _next(self) -> int | None:
+        with self._lock:
+            return None if self.wrong >= self.wanted else next(self._n)
+
+    def _run(self, seed: int) -> None:
+        rng = random.Random(seed)
+        while (n := self._next()) is not None:
+            text, _ = self.reviews[n % len(self.reviews)]
+            address = self.addresses[n % len(self.addresses)]
+            forged = {"X-Forwarded-For": f"10.{rng.randrange(256)}.{rng.randrange(256)}.1"}  # no use: never trusted
+            answer = call(self.urls["predict"], {"text": text}, headers=forged, source=address)
+            self.statuses["predict", answer.status] += 1
+            if answer.status != 201:
+                continue
+            body = answer.json
+            on_candidate = body["details"]["model_version"] == self.candidate
+            model_says = body["is_positive"]["model_answered"]
+            feedback = {
+                "prediction_id": body["id"],
+                "is_positive_user_answered": (not model_says) if on_candidate else model_says,
+                "feedback_token": body["feedback_token"],
+            }
+            status = call(self.urls["feedback"], feedback, headers=forged, source=address).status
+            self.statuses["feedback", status] += 1
+            if status == 200 and on_candidate:
+                with self._lock:
+                    self.wrong += 1
+
+    def run(self, threads: int = 4) -> None:
+        workers = [threading.Thread(target=self._run, args=(seed,)) for seed in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(ROLLOUT_WITHIN_S)
+
+
+def at_first_step(urls: dict, candidate: str) -> dict:
+    """/status once the candidate serves its first share and the rollout waits for feedback."""
+    return until(lambda status: (status["canary"] or {}).get("version") == candidate, urls)
+
+
+def test_one_client_answering_wrong_500_times_cannot_roll_back_an_equal_version(
+    local_stack: dict, models: dict[str, str], stable: str, reviews
+) -> None:
+    urls, candidate = local_stack["urls"], models["equal"]
+    promote_as_the_ui_does(urls, candidate)
+    at_first_step(urls, candidate)
+
+    script = Script(urls, reviews, candidate, ["127.200.0.1"], SCRIPT_WRONG_ANSWERS)
+    script.run()
+    time.sleep(5)  # a few ticks decide on what the script sent
+    after_script = watcher_status(urls)["rollout"]
+
+    with Reviewers(urls, reviews) as load:
+        ended = until(lambda status: status["rollout"]["state"] != "in_progress", urls)
+        until(serving_alone(candidate), urls, timeout_s=60)
+
+    feedback_check = ended["rollout"]["evidence"]["checks"]["feedback_worse"]
+    print(f"\nafter the script: {after_script['evidence']}; at the end: {feedback_check}")
+    assert script.wrong >= SCRIPT_WRONG_ANSWERS
+    assert set(script.statuses) == {("predict", 201), ("feedback", 200)}
+    assert after_script["state"] == "in_progress", after_script
+    assert ended["rollout"]["state"] == "completed", ended["rollout"]
+    # Its 500 wrong answers counted 5 times (10 if its run crossed an hour), beside the honest users' few.
+    assert feedback_check["candidate_events"] < SCRIPT_WRONG_ANSWERS // 5
+    assert load.failed() == {}
+    assert production_alias(urls) == candidate
+
+
+def test_many_clients_answering_wrong_roll_back_an_equal_version(
+    local_stack: dict, models: dict[str, str], stable: str, reviews
+) -> None:
+    urls, candidate = local_stack["urls"], models["equal"]
+    promote_as_the_ui_does(urls, candidate)
+    at_first_step(urls, candidate)
+
+    addresses = [f"127.201.{i // 250}.{i % 250 + 1}" for i in range(2 * SCRIPT_WRONG_ANSWERS)]
+    script = Script(urls, reviews, candidate, addresses, SCRIPT_WRONG_ANSWERS)
+    runner = threading.Thread(target=script.run)
+    runner.start()
+    try:
+        ended = until(lambda status: status["rollout"]["state"] != "in_progress", urls)
+    finally:
+        script.wanted = 0  # stop once decided
+        runner.join(ROLLOUT_WITHIN_S)
+    until(serving_alone(stable), urls)
+
+    assert ended["rollout"]["state"] == "rolled_back", ended["rollout"]
+    assert ended["rollout"]["evidence"]["reason"] == "feedback_worse"
+    assert production_alias(urls) == stable
+    assert tagged(urls, candidate, "rolled_back")["deployment_reason"] == "feedback_worse"

@@ -8,6 +8,7 @@ which reads and queries, keeps the client library. Same documents, same counters
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
@@ -21,6 +22,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from sentiment_core.evidence import DEFAULT_MAX_PER_CLIENT, EVIDENCE_CLIENTS, counts_as_evidence, evidence_client_id
 from sentiment_core.monitoring import MonitorCounts
 from sentiment_core.records import (
     COUNTER_FIELDS,
@@ -128,14 +130,39 @@ class RestPredictionWriter:
         # whole prediction.
         self._local = threading.local()
 
-    def save_predictions(self, predictions: Sequence[Prediction], request_sha256: str | None = None) -> None:
+    def save_predictions(
+        self,
+        predictions: Sequence[Prediction],
+        request_sha256: str | None = None,
+        max_per_client: int = DEFAULT_MAX_PER_CLIENT,
+    ) -> list[Prediction]:
         """Atomic: every record and its counter increments, or nothing; a replayed commit creates nothing twice.
 
         Records are created only where no document has their id. With request_sha256 (an idempotent request,
         ids derived from its key) a record that already exists raises PredictionsExist: the caller reads
         what is stored and decides whether it is this request's. Without it (random ids) an existing record
         can only be this call's own earlier attempt whose answer was lost.
+
+        A prediction answered at once by a known client (`client_fingerprint`) counts as evidence only while
+        that client has fewer than max_per_client counted answers for the version's predictions of that hour
+        (sentiment_core.evidence): its cap counter is read first and its increment guarded by what was read.
+        Returns the records as stored, `counted_as_evidence` decided.
         """
+        deadline = time.monotonic() + self._timeout
+        maybe_committed = False  # an earlier attempt may have committed though its answer was lost
+        while True:
+            try:
+                stored, counted = self._decide_evidence(predictions, max_per_client, deadline)
+                writes = self._record_writes(stored, request_sha256)
+                writes += [self._count_client(name, update_time, n) for name, (update_time, n) in counted.items()]
+                self._commit({"writes": writes}, request_sha256 is None, deadline, maybe_committed)
+            except _Contended as contended:
+                maybe_committed = maybe_committed or contended.attempts > 1
+                continue  # the same client answered at the same time: decide again on what is counted now
+            return stored
+
+    def _record_writes(self, predictions: Sequence[Prediction], request_sha256: str | None) -> list[dict[str, Any]]:
+        """The records' creations and their counters' increments."""
         writes = [self._create(p, request_sha256) for p in predictions]
         by_version: dict[str, Counts] = {}
         by_window: dict[tuple[str, datetime], WindowCounts] = {}
@@ -153,7 +180,83 @@ class RestPredictionWriter:
             self._window_increment(version, hour, counts, monitored[version, hour])
             for (version, hour), counts in by_window.items()
         ]
-        self._commit({"writes": writes}, existing_is_ours=request_sha256 is None)
+        return writes
+
+    def _decide_evidence(
+        self, predictions: Sequence[Prediction], max_per_client: int, deadline: float
+    ) -> tuple[list[Prediction], dict[str, tuple[str, int]]]:
+        """The predictions with `counted_as_evidence` decided for those a known client answered, and the cap
+        counters to increment: document name -> (the update time read, answers now counted).
+
+        A cap counter that does not exist yet is created first (counted 0, in a commit of its own), so that the
+        records' commit can always be guarded by an update time: a race then fails as FAILED_PRECONDITION, never
+        as ALREADY_EXISTS, which would be taken for a stored record.
+        """
+        answered = [p for p in predictions if p.user_answer is not None and p.client_fingerprint is not None]
+        if not answered:
+            return list(predictions), {}
+        names = {p.id: self._document(EVIDENCE_CLIENTS, _client_counter_id(p)) for p in answered}
+        counters = self._read_counters(sorted(set(names.values())), deadline)
+        missing = {name: p for p in answered if (name := names[p.id]) not in counters}
+        if missing:
+            self._create_counters(missing, deadline)
+            counters = self._read_counters(sorted(set(names.values())), deadline)
+        increments: dict[str, int] = {}
+        decided: dict[str, bool] = {}
+        for p in answered:
+            name = names[p.id]
+            if name not in counters:  # created and gone again (deleted by hand): decide on the next attempt
+                raise _Contended(1)
+            counted_before = counters[name][0] + increments.get(name, 0)
+            decided[p.id] = counts_as_evidence(counted_before, max_per_client)
+            increments[name] = increments.get(name, 0) + int(decided[p.id])
+        stored = [
+            dataclasses.replace(p, counted_as_evidence=decided[p.id]) if p.id in decided else p for p in predictions
+        ]
+        return stored, {name: (counters[name][1], n) for name, n in increments.items() if n}
+
+    def _read_counters(self, names: list[str], deadline: float) -> dict[str, tuple[int, str]]:
+        """The cap counters that exist: document name -> (answers counted, update time)."""
+        status, payload, _ = self._call(self._batch_get_path, json.dumps({"documents": names}).encode(), deadline)
+        if status != 200:
+            raise StoreUnavailable(
+                f"Firestore refused the read: HTTP {status} {payload[:300].decode(errors='replace')}"
+            )
+        found = {}
+        for item in json.loads(payload):
+            document = item.get("found")
+            if document:
+                counted = decode_value(document.get("fields", {}).get("counted", {"integerValue": "0"}))
+                found[document["name"]] = (int(counted or 0), document["updateTime"])
+        return found
+
+    def _create_counters(self, missing: dict[str, Prediction], deadline: float) -> None:
+        """Each missing cap counter at zero; one created meanwhile by another answer is as good (409)."""
+        for name, p in missing.items():
+            fields = {
+                "model_version": p.model_version,
+                "hour": window_hour(p.created_at),
+                "client_fingerprint": p.client_fingerprint,
+                "counted": 0,
+            }
+            write = {
+                "update": {"name": name, "fields": {k: encode_value(v) for k, v in fields.items()}},
+                "currentDocument": {"exists": False},
+            }
+            status, payload, _ = self._call(self._commit_path, json.dumps({"writes": [write]}).encode(), deadline)
+            if status not in (200, 409):
+                raise StoreUnavailable(
+                    f"Firestore refused the commit: HTTP {status} {payload[:300].decode(errors='replace')}"
+                )
+
+    def _count_client(self, name: str, update_time: str, answers: int) -> dict[str, Any]:
+        """The cap counter's increment, only if nobody changed it since it was read."""
+        return {
+            "update": {"name": name, "fields": {}},
+            "updateMask": {"fieldPaths": []},
+            "updateTransforms": [{"fieldPath": "counted", "increment": {"integerValue": str(answers)}}],
+            "currentDocument": {"updateTime": update_time},
+        }
 
     def count_server_error(self, version: str, at: datetime) -> None:
         """One server error of `version` in its window counter; best effort, never raises.
@@ -270,17 +373,37 @@ class RestPredictionWriter:
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.5)
 
-    def _commit(self, body: dict[str, Any], existing_is_ours: bool) -> None:
-        """documents:commit, retrying transient failures until the deadline."""
-        deadline = time.monotonic() + self._timeout
+    def _commit(
+        self, body: dict[str, Any], existing_is_ours: bool, deadline: float | None = None, retried: bool = False
+    ) -> None:
+        """documents:commit, retrying transient failures until the deadline.
+
+        retried: an earlier commit of the same records may have gone through though its answer was lost.
+        """
+        if deadline is None:
+            deadline = time.monotonic() + self._timeout
         status, payload, attempts = self._call(self._commit_path, json.dumps(body).encode(), deadline)
         if status == 200:
             return
         if status == 409:  # ALREADY_EXISTS: a record with one of these ids is stored
-            if existing_is_ours and attempts > 1:
+            if existing_is_ours and (attempts > 1 or retried):
                 return  # our earlier attempt committed and its answer was lost: the records exist once
             raise PredictionsExist("a prediction with one of these ids is stored already", deadline)
+        if status == 400 and _error_status(payload) == "FAILED_PRECONDITION":
+            raise _Contended(attempts)  # a cap counter changed since it was read
         raise StoreUnavailable(f"Firestore refused the commit: HTTP {status} {payload[:300].decode(errors='replace')}")
+
+
+class _Contended(Exception):
+    """A guarded write found its document changed since it was read: decide again (attempts: commits sent)."""
+
+    def __init__(self, attempts: int) -> None:
+        super().__init__("changed since read")
+        self.attempts = attempts
+
+
+def _client_counter_id(prediction: Prediction) -> str:
+    return evidence_client_id(prediction.model_version, prediction.created_at, str(prediction.client_fingerprint))
 
 
 def _increments(name: str, fields: dict[str, Any], counts: Any, counted: Sequence[str]) -> dict[str, Any]:

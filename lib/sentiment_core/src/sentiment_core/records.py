@@ -12,7 +12,11 @@
 - `counter_windows/{version}--{YYYYMMDDHH}--{n}`: the same counts per model version and UTC hour (plus
   `positive`, the model's positive answers, and `server_errors`), for the rollout's evidence over a window. A
   record counts in the hour it was created, its feedback too whenever that arrives, so the counters of an
-  hour equal its records and a window is the predictions made in it. Read by `store.window_evidence`.
+  hour equal its records and a window is the predictions made in it. `evidence_feedback` and `evidence_correct`
+  count only the answers the rollout may believe: at most EVIDENCE_MAX_PER_CLIENT of one client per version and
+  hour (sentiment_core.evidence), those whose record says `counted_as_evidence`. Read by `store.window_evidence`.
+- `evidence_clients/{version}--{YYYYMMDDHH}--{fingerprint}`: how many answers of one client count as evidence
+  for that version's predictions of that hour (`counted`), read and written with the answer it decides on.
 """
 
 from __future__ import annotations
@@ -31,7 +35,15 @@ NUM_SHARDS = 16
 PREDICTION_ID = re.compile(r"[0-9a-f]{32}")
 COUNTER_FIELDS = ("predictions", "feedback", "correct")
 COUNTER_WINDOWS = "counter_windows"
-WINDOW_FIELDS = ("predictions", "positive", "feedback", "correct", "server_errors")
+WINDOW_FIELDS = (
+    "predictions",
+    "positive",
+    "feedback",
+    "correct",
+    "server_errors",
+    "evidence_feedback",
+    "evidence_correct",
+)
 
 
 class StoreUnavailable(RuntimeError):
@@ -77,6 +89,10 @@ class Prediction:
     # When Firestore's TTL policy may delete the record (predict's PREDICTION_RETENTION_DAYS after created_at);
     # None on records stored before retention existed, which the policy never deletes.
     expire_at: datetime | None = None
+    # Who answered (sentiment_core.evidence: a keyed fingerprint, never the address) and whether the answer was
+    # within that client's cap, so counted in the rollout's evidence; the feedback export applies the same cap.
+    client_fingerprint: str | None = None
+    counted_as_evidence: bool | None = None
 
     @property
     def correct(self) -> bool | None:
@@ -113,13 +129,14 @@ class Prediction:
     @classmethod
     def from_document(cls, prediction_id: str, data: dict[str, Any]) -> Prediction:
         """The record from a document's fields (extra fields, such as request_sha256, are not part of it; records
-        stored before known_fraction or expire_at existed have none)."""
-        names = {f.name for f in dataclasses.fields(cls)} - {"id", "known_fraction", "expire_at"}
+        stored before known_fraction, expire_at or the evidence fields existed have none)."""
+        optional = {"known_fraction", "client_fingerprint", "counted_as_evidence"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"id", "expire_at"} - optional
         created, expire_at = data["created_at"], data.get("expire_at")
         return cls(
             id=prediction_id,
             **{name: data[name] for name in names} | {"created_at": _as_utc(created)},
-            known_fraction=data.get("known_fraction"),
+            **{name: data.get(name) for name in optional},
             expire_at=None if expire_at is None else _as_utc(expire_at),
         )
 
@@ -171,12 +188,20 @@ class WindowCounts:
     feedback: int = 0
     correct: int = 0
     server_errors: int = 0
+    evidence_feedback: int = 0  # answers within their client's cap (Prediction.counted_as_evidence)
+    evidence_correct: int = 0
 
     @classmethod
     def of(cls, prediction: Prediction) -> WindowCounts:
         return cls(
             1, int(prediction.model_answer), int(prediction.user_answer is not None), int(bool(prediction.correct))
-        )
+        ) + cls.evidence_of(prediction)
+
+    @classmethod
+    def evidence_of(cls, prediction: Prediction) -> WindowCounts:
+        """The evidence fields of an answered prediction: its answer, if it counted, and whether it agreed."""
+        counted = prediction.user_answer is not None and bool(prediction.counted_as_evidence)
+        return cls(evidence_feedback=int(counted), evidence_correct=int(counted and bool(prediction.correct)))
 
     def __add__(self, other: WindowCounts) -> WindowCounts:
         return WindowCounts(*(getattr(self, f) + getattr(other, f) for f in WINDOW_FIELDS))

@@ -13,6 +13,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_transient_error
 from google.cloud import firestore
 
+from sentiment_core.evidence import DEFAULT_MAX_PER_CLIENT, EVIDENCE_CLIENTS, counts_as_evidence, evidence_client_id
 from sentiment_core.monitoring import InvalidReference, Reference, Window
 from sentiment_core.records import (
     COUNTER_FIELDS,
@@ -48,12 +49,25 @@ class Store:
         # Retry transient errors, but never past the bound: a request must not hang past the function timeout.
         self._retry = Retry(predicate=if_transient_error, initial=0.05, maximum=0.5, timeout=timeout_s)
 
-    def record_feedback(self, prediction_id: str, answer: bool, attempts: int = 5) -> tuple[Prediction, bool]:
+    def record_feedback(
+        self,
+        prediction_id: str,
+        answer: bool,
+        fingerprint: Callable[[datetime], str] | None = None,
+        max_per_client: int = DEFAULT_MAX_PER_CLIENT,
+        attempts: int = 5,
+    ) -> tuple[Prediction, bool]:
         """Store a user's answer once; returns the prediction and whether anything changed.
 
-        Optimistic, not a transaction: read, then commit the answer and its counter increments in one batch
-        guarded by the record's update time. A concurrent answer makes the precondition fail and we read again.
-        Transactions would lock the counter shards they increment, and under load they queue and time out.
+        fingerprint: the answering client's fingerprint for a prediction made at a given time
+        (sentiment_core.evidence); the answer counts as evidence only while that client has fewer than
+        max_per_client counted answers for the version's predictions of that hour. None: an answer of no known
+        client, stored and counted in the statistics but never as evidence.
+
+        Optimistic, not a transaction: read the record and the client's cap counter, then commit the answer, its
+        counter increments and the cap counter in one batch guarded by the record's and the cap counter's update
+        times. A concurrent answer makes a precondition fail and we read again. Transactions would lock the
+        counter shards they increment, and under load they queue and time out.
         """
         reference = self._client.collection(PREDICTIONS).document(prediction_id)
         for _ in range(attempts):
@@ -68,8 +82,15 @@ class Store:
                 if prediction.user_answer != answer:
                     raise FeedbackConflict(prediction_id)
                 return prediction, False
-            updated = dataclasses.replace(prediction, user_answer=answer)
+            version = prediction.model_version
+            client = None if fingerprint is None else fingerprint(prediction.created_at)
             batch = self._client.batch()
+            counted = False
+            if client is not None:
+                counted = self._count_client(batch, version, prediction.created_at, client, max_per_client)
+            updated = dataclasses.replace(
+                prediction, user_answer=answer, client_fingerprint=client, counted_as_evidence=counted
+            )
             batch.update(
                 reference,
                 {
@@ -77,11 +98,12 @@ class Store:
                     "has_feedback": True,
                     "correct": updated.correct,
                     "feedback_at": datetime.now(UTC),
+                    "client_fingerprint": client,
+                    "counted_as_evidence": counted,
                 },
                 option=self._client.write_option(last_update_time=snapshot.update_time),
             )
             counts = Counts(0, 1, int(bool(updated.correct)))
-            version = prediction.model_version
             batch.set(self._shard(version), _increments({"model_version": version}, counts, COUNTER_FIELDS), merge=True)
             # The window of the hour the prediction was made in, whenever the answer comes: a window's feedback
             # is about the predictions made in it, so both versions' feedback covers the same traffic.
@@ -91,18 +113,41 @@ class Store:
             )
             increments = _increments(
                 {"model_version": version, "hour": hour},
-                WindowCounts(feedback=1, correct=counts.correct),
+                WindowCounts(feedback=1, correct=counts.correct) + WindowCounts.evidence_of(updated),
                 WINDOW_FIELDS,
             )
             batch.set(window, increments, merge=True)
             try:
                 batch.commit(retry=self._retry, timeout=self._timeout)
-            except gexc.FailedPrecondition:
-                continue  # someone answered between our read and our write: decide again on fresh data
+            except (gexc.FailedPrecondition, gexc.AlreadyExists):
+                continue  # someone answered (or the same client did) between our read and our write: read again
             except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
                 raise StoreUnavailable(str(exc)) from exc
             return updated, True
         raise StoreUnavailable(f"prediction {prediction_id} kept changing during {attempts} attempts")
+
+    def _count_client(self, batch: Any, version: str, created_at: datetime, client: str, cap: int) -> bool:
+        """Whether the client's answer counts as evidence; if so, its cap counter's increment joins `batch`.
+
+        The increment is guarded by what was read (the counter's update time, or its absence), so two answers of
+        one client at once cannot both take the last place under the cap. Over the cap nothing is written: a
+        script that keeps answering does not contend with anyone.
+        """
+        reference = self._client.collection(EVIDENCE_CLIENTS).document(evidence_client_id(version, created_at, client))
+        try:
+            snapshot = reference.get(retry=self._retry, timeout=self._timeout)
+        except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        counted = int(snapshot.get("counted") or 0) if snapshot.exists else 0
+        if not counts_as_evidence(counted, cap):
+            return False
+        if snapshot.exists:
+            option = self._client.write_option(last_update_time=snapshot.update_time)
+            batch.update(reference, {"counted": firestore.Increment(1)}, option=option)
+        else:
+            identity = {"model_version": version, "hour": window_hour(created_at), "client_fingerprint": client}
+            batch.create(reference, identity | {"counted": 1})
+        return True
 
     def statistics(self) -> tuple[Counts, dict[str, Counts]]:
         """Totals and per-version counts, summed over the counter shards."""
@@ -151,13 +196,21 @@ def _increments(fields: dict[str, Any], counts: Any, counted: tuple[str, ...]) -
 def window_evidence(client: firestore.Client, version: str, since: datetime, timeout_s: float = 10.0) -> VersionCounts:
     """What `version` did from the UTC hour of `since` on, summed over its window counters.
 
-    Two versions read with the same `since` cover the same hours, so the same window.
+    Two versions read with the same `since` cover the same hours, so the same window. Its feedback is the answers
+    counted as evidence (at most EVIDENCE_MAX_PER_CLIENT per client and hour), not every answer stored.
     """
     totals = dict.fromkeys(WINDOW_FIELDS, 0)
     for data in _window_counters(client, version, since, timeout_s):
         for field in WINDOW_FIELDS:
             totals[field] += int(data.get(field, 0))
-    return VersionCounts(version=version, **totals)
+    return VersionCounts(
+        version=version,
+        predictions=totals["predictions"],
+        positive=totals["positive"],
+        feedback=totals["evidence_feedback"],
+        correct=totals["evidence_correct"],
+        server_errors=totals["server_errors"],
+    )
 
 
 def hourly_windows(

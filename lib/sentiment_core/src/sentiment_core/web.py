@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import flask
 
 from sentiment_core import config, http, logs
+from sentiment_core.evidence import DEFAULT_EVIDENCE, EvidenceSettings, client_address
 
 logger = logging.getLogger("sentiment")
 
@@ -23,6 +24,8 @@ class PublicSettings:
     firestore_timeout_s: float
     project: str | None
     database: str
+    # Whose answers count as rollout evidence, and how many of them (EVIDENCE_MAX_PER_CLIENT, CLIENT_ADDRESS_HOPS).
+    evidence: EvidenceSettings = DEFAULT_EVIDENCE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PublicSettings:
@@ -32,7 +35,17 @@ class PublicSettings:
             firestore_timeout_s=config.number("FIRESTORE_TIMEOUT_S", 3.0, 0.1, 30.0, env),
             project=config.optional("GOOGLE_CLOUD_PROJECT", "", env) or None,
             database=config.optional("FIRESTORE_DATABASE", "(default)", env),
+            evidence=EvidenceSettings.from_env(env),
         )
+
+
+def request_client(request: flask.Request, settings: EvidenceSettings) -> str:
+    """The address of the client that sent `request`, as far as the trusted proxies say (sentiment_core.evidence).
+
+    Werkzeug joins repeated X-Forwarded-For headers with commas, as a proxy reading them would.
+    """
+    forwarded = ",".join(request.headers.getlist("X-Forwarded-For")) or None
+    return client_address(forwarded, request.remote_addr, settings.client_address_hops)
 
 
 def firestore_client(settings: PublicSettings):
