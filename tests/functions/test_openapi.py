@@ -42,7 +42,7 @@ CHECKS = [
 
 @pytest.fixture(scope="module")
 def app(function_env: dict, db):
-    """Both functions mounted under their names, as cloudfunctions.net serves them; the version that serves has a
+    """Both functions mounted under /api/NAME, as the load balancer serves them; the version that serves has a
     monitoring reference and a recorded drift state, so GET /monitoring answers every field it has."""
     import functions_framework
 
@@ -66,10 +66,11 @@ def app(function_env: dict, db):
     db.collection("drift_states").document(version).set(
         {"drift": False, "reasons": [], "since": datetime.now(UTC), "model_version": version}
     )
-    mounts = {"/predict": predict, "/feedback": feedback}
+    mounts = {"/api/predict": predict, "/api/feedback": feedback}
 
-    def cloudfunctions_net(environ, start_response):
-        # https://REGION-PROJECT.cloudfunctions.net/NAME/rest reaches function NAME with path /rest ("/" for none).
+    def load_balancer(environ, start_response):
+        # The load balancer's URL map (infra/terraform/edge.tf): {origin}/api/NAME/rest reaches function NAME with
+        # path /rest ("/" for none).
         path = environ.get("PATH_INFO", "")
         for prefix, function_app in mounts.items():
             if path == prefix or path.startswith(prefix + "/"):
@@ -77,7 +78,7 @@ def app(function_env: dict, db):
                 return function_app(environ, start_response)
         return Response("not found", 404)(environ, start_response)
 
-    yield cloudfunctions_net
+    yield load_balancer
     predict_main._store().close()  # its keep-alive connection to the emulator
 
 

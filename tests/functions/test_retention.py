@@ -10,8 +10,7 @@ from datetime import UTC, datetime, timedelta
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from sentiment_core.records import expiry, first_retained_hour, window_hour
-from sentiment_core.store import window_evidence
-from tests.functions.conftest import counted_from_records, counters
+from tests.functions.conftest import counted_from_records, counters, window_counters
 from tests.support import monitored_prediction, save_predictions
 
 RETENTION_DAYS = 30
@@ -44,15 +43,13 @@ def test_counters_agree_with_the_records_over_the_retained_window_after_expired_
 
     assert delete_expired(clean_db, now) == 3
     since = first_retained_hour(now, RETENTION_DAYS)
-    windowed = window_evidence(clean_db, "1", since)
+    windowed = {name: 0 for name in ("predictions", "feedback", "correct")}
+    for (version, hour), window in window_counters(clean_db).items():
+        if version == "1" and hour >= since:
+            windowed = {name: windowed[name] + window[name] for name in windowed}
 
     # Counters keep their totals: the lifetime check no longer agrees once records expire...
     assert counters(clean_db)["1"] == {"predictions": 6, "feedback": 4, "correct": 2}
     assert counted_from_records(clean_db, "1") == {"predictions": 3, "feedback": 2, "correct": 1}
     # ...the check over the retained window does: window counters from that hour against the records made since.
-    assert counted_from_records(clean_db, "1", since) == {
-        "predictions": windowed.predictions,
-        "feedback": windowed.feedback,
-        "correct": windowed.correct,
-    }
-    assert (windowed.predictions, windowed.feedback, windowed.correct) == (3, 2, 1)
+    assert counted_from_records(clean_db, "1", since) == windowed == {"predictions": 3, "feedback": 2, "correct": 1}
