@@ -1,7 +1,7 @@
 """The deploy gate's own evaluation set: a bounded, deterministic, class-stratified sample of the data's test split,
 as JSON lines `{"text", "label"}` (docs/promotion.md, "The watcher's evaluation set").
 
-    python -m training.eval_set --output eval.jsonl            # 2,000 examples of ../shared/data/yelp's test split
+    python -m training.eval_set --output eval.jsonl            # 2,000 examples of the default data's test split
     python -m training.eval_set --output "$(terraform -chdir=infra/terraform output -raw eval_set_uri)"
 
 The registry watcher scores every candidate on this file, which it reads from a place no training identity can
@@ -48,7 +48,7 @@ def to_jsonl(rows: Sequence[dict]) -> bytes:
 
 
 def build(sources: Sequence[str] | None = None, size: int = DEFAULT_SIZE) -> bytes:
-    """The evaluation set of the data (default ../shared/data/yelp) as JSON-lines bytes."""
+    """The evaluation set of the data (default: training.data's) as JSON-lines bytes."""
     dataset = data.load_dataset(sources)
     split = data.stratified_split(
         dataset.labels,
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replace", action="store_true", help="overwrite an existing gs:// object")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"examples at most (default {DEFAULT_SIZE})")
     parser.add_argument(
-        "--data", nargs="*", default=None, help="data files, folders or gs:// prefixes (default ../shared/data/yelp)"
+        "--data", nargs="*", default=None, help="data files, folders or gs:// prefixes (default: training.data's)"
     )
     args = parser.parse_args(argv)
     raw = build(args.data, args.size)

@@ -113,6 +113,11 @@ class CloudRunDeployer:
     traffic to 100% on the latest revision explicitly, because a manual rollback leaves a fixed split that would
     otherwise keep every request on the old revision. A rollout pins traffic by revision name instead, the candidate
     tagged `candidate` so that it has a URL of its own. Cloud Run drains the old instances itself.
+
+    A revision is Ready only once its startup probe answered: predict's /healthz, which fails unless the model
+    loaded from MODEL_URI (the version's own folder) with MODEL_SHA256. The deployer does not call /healthz itself:
+    predict's ingress admits internal and load-balancer traffic only, and a function without VPC egress is
+    neither, so its own request would be refused.
     """
 
     def __init__(
@@ -121,7 +126,6 @@ class CloudRunDeployer:
         *,
         client: Any = None,
         ready_timeout_s: float = 480.0,
-        healthz_timeout_s: float = 60.0,
     ) -> None:
         from google.cloud import run_v2
 
@@ -129,7 +133,6 @@ class CloudRunDeployer:
         self._service_name = service_name
         self._client = client or run_v2.ServicesClient()
         self._ready_timeout = ready_timeout_s
-        self._healthz_timeout = healthz_timeout_s
 
     def deploy(self, event: ProductionChanged) -> Deployed:
         run_v2 = self._run
@@ -139,7 +142,6 @@ class CloudRunDeployer:
         service.traffic[:] = [run_v2.TrafficTarget(type_=latest, percent=100)]
         updated = self._update(service)
         ready = self._ready_revision(updated)
-        wait_until_serving(updated.uri, event.model_version, self._healthz_timeout)
         return Deployed(revision=ready, url=updated.uri)
 
     def deploy_candidate(self, event: ProductionChanged, percent: int) -> Deployed:
@@ -161,9 +163,7 @@ class CloudRunDeployer:
         ready = self._ready_revision(updated)
         if ready != name:
             raise DeployError(f"the candidate revision {name} is not the latest ready one ({ready})")
-        url = self._tag_uri(updated)
-        wait_until_serving(url, event.model_version, self._healthz_timeout)
-        return Deployed(revision=name, url=url, split=split)
+        return Deployed(revision=name, url=self._tag_uri(updated), split=split)
 
     def set_split(self, split: Split) -> None:
         self._route(self._targets(split))

@@ -190,8 +190,9 @@ locals {
       PREDICTION_RETENTION_DAYS = tostring(var.prediction_retention_days) # expire_at, deleted by the TTL policy
     })
     # /statistics, /monitoring; GET /predictions (everyone's review text) only on the operators' deployment.
-    feedback              = merge(local.feedback_env, local.evidence_env, { PREDICTIONS_LISTING = "off" })
-    feedback-operator     = merge(local.feedback_env, local.evidence_env, { PREDICTIONS_LISTING = "on" })
+    feedback = merge(local.feedback_env, local.evidence_env, { PREDICTIONS_LISTING = "off" })
+    # Reached on its own run.app URL (ingress all), where Google's front end appends the client last: 1 hop.
+    feedback-operator     = merge(local.feedback_env, local.evidence_env, { PREDICTIONS_LISTING = "on", CLIENT_ADDRESS_HOPS = "1" })
     registry-watcher      = merge(local.watcher_env, { WEBHOOK_RECEIVER_ONLY = "false" })
     registry-webhook      = merge(local.watcher_env, { WEBHOOK_RECEIVER_ONLY = "true" })
     on-production-changed = local.redeploy_env

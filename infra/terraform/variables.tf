@@ -432,7 +432,7 @@ variable "rate_limits" {
   description = "Cloud Armor per client address and function: over `requests` in `interval_s` seconds, answers 429 and a ban of `ban_s` seconds (429 too). Keys: predict, feedback."
   default = {
     predict  = { requests = 60, interval_s = 60, ban_s = 600 }
-    feedback = { requests = 120, interval_s = 60, ban_s = 600 } # the page reads statistics and pages of predictions
+    feedback = { requests = 120, interval_s = 60, ban_s = 600 } # the page reads statistics after each answer
   }
   nullable = false
 

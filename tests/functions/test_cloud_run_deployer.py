@@ -51,7 +51,7 @@ def deployer(cloud_run):
     client = run_v2.ServicesClient(
         credentials=AnonymousCredentials(), transport="rest", client_options={"api_endpoint": cloud_run.url}
     )
-    return deployers.CloudRunDeployer(SERVICE, client=client, healthz_timeout_s=3)
+    return deployers.CloudRunDeployer(SERVICE, client=client)
 
 
 def event(bucket: str, version: str, event_id: str | None = None) -> events.ProductionChanged:

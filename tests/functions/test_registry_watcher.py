@@ -97,7 +97,7 @@ class Loop:
         self.cloud_run = cloud_run
         self.redeployer = redeploy.Redeployer(
             self.state,
-            deployers.CloudRunDeployer(SERVICE, client=_run_client(cloud_run.url), healthz_timeout_s=3),
+            deployers.CloudRunDeployer(SERVICE, client=_run_client(cloud_run.url)),
             redeploy_decisions.Policy(self.name, bucket),
         )
 
