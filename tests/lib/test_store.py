@@ -200,7 +200,8 @@ def test_answers_at_prediction_and_later_share_one_cap(writer, clean_db, unanswe
 
 @pytest.mark.parametrize("route", ["predict", "feedback"])
 def test_concurrent_answers_of_one_client_never_exceed_the_cap(writer, clean_db, unanswered, route: str) -> None:
-    """Twelve answers at once, one client, cap 4: the guarded increments let exactly four through."""
+    """Twelve answers at once, one client, cap 4: the guarded increments never let more than four through (an
+    answer that loses the race MAX_CONTENDED times is stored without counting: fewer is safe, more is not)."""
     store = Store(clean_db, 5.0)
     at_once = [made("1", at(10, 40 + i), True, user_answer=False, client="script") for i in range(12)]
 
@@ -216,9 +217,11 @@ def test_concurrent_answers_of_one_client_never_exceed_the_cap(writer, clean_db,
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         list(pool.map(answer, range(12)))
 
-    assert window_evidence(clean_db, "1", at(10)).feedback == 4
-    counted = [r for r in stored(clean_db, at_once if route == "predict" else unanswered[:10]) if r.counted_as_evidence]
-    assert len(counted) == 4
+    answered = stored(clean_db, at_once if route == "predict" else unanswered[:10])
+    counted = [r for r in answered if r.counted_as_evidence]
+    assert 1 <= len(counted) <= 4
+    assert window_evidence(clean_db, "1", at(10)).feedback == len(counted)  # counters equal the records
+    assert all(r.user_answer is False for r in answered)  # every answer is stored
 
 
 def test_window_evidence_equals_the_records_counted_as_evidence(writer, clean_db, unanswered) -> None:

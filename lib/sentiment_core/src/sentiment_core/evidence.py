@@ -100,6 +100,12 @@ def evidence_client_id(version: str, moment: datetime, fingerprint: str) -> str:
     return f"{window_key(version, moment)}--{fingerprint}"
 
 
+# How many times an answer may lose the race for its client's cap counter before it is stored without counting as
+# evidence: one client's burst of answers must not turn into 503s, and the cap is an upper bound, so counting one
+# answer fewer is safe where counting one more is not.
+MAX_CONTENDED = 3
+
+
 def counts_as_evidence(counted_before: int, max_per_client: int) -> bool:
     """Whether one more answer of a client counts as evidence, given how many of its answers already count."""
     return counted_before < max_per_client

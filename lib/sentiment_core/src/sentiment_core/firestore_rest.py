@@ -22,7 +22,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sentiment_core.evidence import DEFAULT_MAX_PER_CLIENT, EVIDENCE_CLIENTS, counts_as_evidence, evidence_client_id
+from sentiment_core.evidence import (
+    DEFAULT_MAX_PER_CLIENT,
+    EVIDENCE_CLIENTS,
+    MAX_CONTENDED,
+    counts_as_evidence,
+    evidence_client_id,
+)
 from sentiment_core.monitoring import MonitorCounts
 from sentiment_core.records import (
     COUNTER_FIELDS,
@@ -146,18 +152,22 @@ class RestPredictionWriter:
         A prediction answered at once by a known client (`client_fingerprint`) counts as evidence only while
         that client has fewer than max_per_client counted answers for the version's predictions of that hour
         (sentiment_core.evidence): its cap counter is read first and its increment guarded by what was read.
+        After MAX_CONTENDED lost races for that counter the answer is stored without counting as evidence.
         Returns the records as stored, `counted_as_evidence` decided.
         """
         deadline = time.monotonic() + self._timeout
         maybe_committed = False  # an earlier attempt may have committed though its answer was lost
+        contended = 0
         while True:
+            cap = max_per_client if contended < MAX_CONTENDED else 0
             try:
-                stored, counted = self._decide_evidence(predictions, max_per_client, deadline)
+                stored, counted = self._decide_evidence(predictions, cap, deadline)
                 writes = self._record_writes(stored, request_sha256)
                 writes += [self._count_client(name, update_time, n) for name, (update_time, n) in counted.items()]
                 self._commit({"writes": writes}, request_sha256 is None, deadline, maybe_committed)
-            except _Contended as contended:
-                maybe_committed = maybe_committed or contended.attempts > 1
+            except _Contended as race:
+                maybe_committed = maybe_committed or race.attempts > 1
+                contended += 1
                 continue  # the same client answered at the same time: decide again on what is counted now
             return stored
 

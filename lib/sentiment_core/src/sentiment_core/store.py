@@ -13,7 +13,13 @@ from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_transient_error
 from google.cloud import firestore
 
-from sentiment_core.evidence import DEFAULT_MAX_PER_CLIENT, EVIDENCE_CLIENTS, counts_as_evidence, evidence_client_id
+from sentiment_core.evidence import (
+    DEFAULT_MAX_PER_CLIENT,
+    EVIDENCE_CLIENTS,
+    MAX_CONTENDED,
+    counts_as_evidence,
+    evidence_client_id,
+)
 from sentiment_core.monitoring import InvalidReference, Reference, Window
 from sentiment_core.records import (
     COUNTER_FIELDS,
@@ -55,7 +61,7 @@ class Store:
         answer: bool,
         fingerprint: Callable[[datetime], str] | None = None,
         max_per_client: int = DEFAULT_MAX_PER_CLIENT,
-        attempts: int = 5,
+        attempts: int = MAX_CONTENDED + 2,
     ) -> tuple[Prediction, bool]:
         """Store a user's answer once; returns the prediction and whether anything changed.
 
@@ -66,11 +72,12 @@ class Store:
 
         Optimistic, not a transaction: read the record and the client's cap counter, then commit the answer, its
         counter increments and the cap counter in one batch guarded by the record's and the cap counter's update
-        times. A concurrent answer makes a precondition fail and we read again. Transactions would lock the
+        times. A concurrent answer makes a precondition fail and we read again; after MAX_CONTENDED such races the
+        answer is stored without counting as evidence (no cap counter in the batch). Transactions would lock the
         counter shards they increment, and under load they queue and time out.
         """
         reference = self._client.collection(PREDICTIONS).document(prediction_id)
-        for _ in range(attempts):
+        for attempt in range(attempts):
             try:
                 snapshot = reference.get(retry=self._retry, timeout=self._timeout)
             except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
@@ -87,7 +94,8 @@ class Store:
             batch = self._client.batch()
             counted = False
             if client is not None:
-                counted = self._count_client(batch, version, prediction.created_at, client, max_per_client)
+                cap = max_per_client if attempt < MAX_CONTENDED else 0
+                counted = self._count_client(batch, version, prediction.created_at, client, cap)
             updated = dataclasses.replace(
                 prediction, user_answer=answer, client_fingerprint=client, counted_as_evidence=counted
             )
