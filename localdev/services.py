@@ -48,11 +48,22 @@ class Service:
             self.process.wait(timeout=5)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on loopback that is free now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on loopback that is free now and not handed out before by this process.
+
+    A port is chosen before its server binds it: the stack chooses its public ports first, then starts the
+    emulators on ports of their own, and the kernel may offer a chosen port again until its server has bound it.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def start(
