@@ -1,9 +1,10 @@
-"""`python -m localdev.scheduler --url URL [--interval 60]`: Cloud Scheduler's job, locally.
+"""`python -m localdev.scheduler --url URL [--interval 60] [--retrain-url URL]`: Cloud Scheduler's jobs, locally.
 
 POSTs `{}` to the registry watcher at once and then every interval, and logs each answer on one line in words
 (what it did, the production and serving versions). A failed tick is logged and the next one comes on time, as
 with Cloud Scheduler. With --export-to, it also exports the Firestore emulator's data there after every tick, so
-a crash of the emulator loses at most one interval.
+a crash of the emulator loses at most one interval. With --retrain-url, it ticks the retrain check as well, every
+--retrain-interval (the cloud's second scheduler job).
 """
 
 from __future__ import annotations
@@ -16,19 +17,21 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from localdev import services
 
 
-def tick(url: str, timeout_s: float) -> str:
-    """One tick; its answer as a log line."""
+def tick(url: str, timeout_s: float, describe_answer: Callable[[int, str], str] | None = None) -> str:
+    """One tick; its answer as a log line (by default in the registry watcher's words)."""
+    describe_answer = describe_answer or describe
     request = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"}, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return describe(response.status, response.read().decode(errors="replace"))
+            return describe_answer(response.status, response.read().decode(errors="replace"))
     except urllib.error.HTTPError as exc:
-        return describe(exc.code, exc.read().decode(errors="replace"))
+        return describe_answer(exc.code, exc.read().decode(errors="replace"))
     except (urllib.error.URLError, OSError) as exc:
         return f"error {exc}"
 
@@ -54,6 +57,20 @@ def describe(status: int, body: str) -> str:
     return line + (f" ({answer['detail']})" if answer.get("detail") else "")
 
 
+def describe_retrain(status: int, body: str) -> str:
+    """The retrain check's answer in words: "200 started: execution 20261202T101500-ab12cd (data changed)"."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        return f"{status} {body.strip()}"
+    if isinstance(answer.get("error"), dict):
+        return f"{status} {answer['error'].get('code')}: {answer['error'].get('message')}"
+    line = f"{status} {answer.get('action')}"
+    return line + (f": {answer['detail']}" if answer.get("detail") else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="the registry watcher's tick URL")
@@ -61,20 +78,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--firestore", help="the Firestore emulator's host:port, to export after each tick")
     parser.add_argument("--project", default="demo-local", help="the emulator's project")
     parser.add_argument("--export-to", type=Path, help="folder of the Firestore export (replaced on success)")
+    parser.add_argument("--retrain-url", help="the retrain check's tick URL, ticked on its own interval")
+    parser.add_argument(
+        "--retrain-interval",
+        type=float,
+        default=60.0,
+        help="seconds between retrain ticks, the first one interval after start; 0: never (default: 60)",
+    )
     args = parser.parse_args(argv)
     if (args.firestore is None) != (args.export_to is None):
         parser.error("--firestore and --export-to go together")
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    now = time.monotonic()
+    due = {"watcher": now}
+    if args.retrain_url and args.retrain_interval > 0:
+        # Not at once: Cloud Scheduler's first run comes a period after the job exists too, and a fresh stack's
+        # first model is the demo's (or a person's) to train.
+        due["retrain"] = now + args.retrain_interval
     while not stopped.is_set():
         started = time.monotonic()
-        print(time.strftime("%H:%M:%S"), "tick:", tick(args.url, timeout_s=max(5.0, args.interval)), flush=True)
-        if args.export_to is not None:
-            try:
-                services.export_firestore(args.firestore, args.project, args.export_to)
-            except services.ServiceError as exc:  # the last good export stays; the next tick tries again
-                print(time.strftime("%H:%M:%S"), "export:", exc, flush=True)
-        stopped.wait(max(0.0, args.interval - (time.monotonic() - started)))
+        if started >= due["watcher"]:
+            due["watcher"] = started + args.interval
+            print(time.strftime("%H:%M:%S"), "tick:", tick(args.url, timeout_s=max(5.0, args.interval)), flush=True)
+            if args.export_to is not None:
+                try:
+                    services.export_firestore(args.firestore, args.project, args.export_to)
+                except services.ServiceError as exc:  # the last good export stays; the next tick tries again
+                    print(time.strftime("%H:%M:%S"), "export:", exc, flush=True)
+        if "retrain" in due and time.monotonic() >= due["retrain"]:
+            due["retrain"] = time.monotonic() + args.retrain_interval
+            line = tick(args.retrain_url, timeout_s=60.0, describe_answer=describe_retrain)
+            print(time.strftime("%H:%M:%S"), "retrain:", line, flush=True)
+        stopped.wait(max(0.0, min(due.values()) - time.monotonic()))
     return 0
 
 

@@ -139,7 +139,7 @@ class Reconciler:
         self._tell_registry()  # an ended rollout the registry does not show yet (a crash after it ended)
         found = self.registry.production_version(self.policy.model_name)  # RegistryError: nothing was decided
         claimant = uuid.uuid4().hex
-        desired = Desired(found.version, found.run_id, found.chosen_by) if found else None
+        desired = Desired(found.version, found.run_id, found.chosen_by, found.promotion) if found else None
         decision = self._decide(Looked(desired, trigger, claimant, retry_refused, republished))
         measured = None
         if decision.action is Action.MEASURE:

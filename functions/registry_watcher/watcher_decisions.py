@@ -376,6 +376,7 @@ def _staged(state: DeploymentState, staged: Staged, policy: Policy, now: datetim
         sha256=staged.sha256,
         event_id=staged.event_id,
         evaluation=staged.evaluation.to_document() if staged.evaluation else None,
+        promotion=desired.promotion or "manual",
     )
     announced = dataclasses.replace(state, target=target, outbox=event, claim=None)
     started = _start_rollout(announced, policy.rollout, now, _baseline(staged, now))

@@ -45,6 +45,7 @@ SHA = "a" * 64
 V1 = Desired("1", "run-1", "alias")
 V2 = Desired("2", "run-2", "alias")
 V3 = Desired("3", "run-3", "alias")
+V2_AUTOMATIC = Desired("2", "run-2", "alias", promotion="automatic")  # AUTO_PROMOTE=canary moved the alias
 TARGET_V1 = Target("1", "run-1", SHA, "gs://b/m/v1", "event-1", EARLIER)
 SERVING_V1 = Serving("1", "run-1", SHA, "gs://b/m/v1", "event-1", EARLIER, "predict-00001", "https://predict")
 REFUSED_V2 = Refusal("2", "model_invalid", "not an onnx file", EARLIER)
@@ -78,7 +79,9 @@ def entry(kind: HistoryKind, version: str | None, **fields) -> HistoryEntry:
 
 
 TARGET_V2_NOW = Target("2", "run-2", SHA, "gs://b/m/v2", "event-2", NOW)
-STAGED_V2 = entry(HistoryKind.STAGED, "2", trigger="tick", model_uri="gs://b/m/v2", sha256=SHA, event_id="event-2")
+STAGED_V2 = entry(
+    HistoryKind.STAGED, "2", trigger="tick", model_uri="gs://b/m/v2", sha256=SHA, event_id="event-2", promotion="manual"
+)
 V2_CLAIM_LOST = dataclasses.replace(V2_CLAIMED, claim=THEIR_CLAIM)
 REFUSAL_DETAIL = "sha256_mismatch: file has x, the run logged y"
 
@@ -312,6 +315,21 @@ TABLE = [
             event_id="event-2",
         ),
         id="first-version-staged-has-no-previous-version",
+    ),
+    pytest.param(
+        DeploymentState(desired=V2_AUTOMATIC, claim=MY_CLAIM),
+        Staged(ME, V2_AUTOMATIC, SHA, "gs://b/m/v2", "event-2", "tick"),
+        Decision(
+            Action.PUBLISH,
+            DeploymentState(
+                desired=V2_AUTOMATIC,
+                target=TARGET_V2_NOW,
+                outbox=dataclasses.replace(EVENT_V2, previous_version=None),
+            ),
+            (dataclasses.replace(STAGED_V2, promotion="automatic"),),
+            event_id="event-2",
+        ),
+        id="a-version-training-promoted-on-its-own-is-staged-with-its-promotion-recorded-as-automatic",
     ),
     pytest.param(
         V2_CLAIM_LOST,

@@ -49,6 +49,20 @@ def test_production_version_follows_the_alias(mlflow_server, registry) -> None:
     assert found.run_id == client.get_model_version(name, "2").run_id
 
 
+def test_production_version_says_a_promotion_was_automatic_only_when_the_version_is_tagged_so(
+    mlflow_server, registry
+) -> None:
+    client, name = registry
+    client.set_registered_model_alias(name, "production", "2")
+    registry_client = RegistryClient(mlflow_server.url)
+    by_a_person = registry_client.production_version(name)
+
+    client.set_model_version_tag(name, "2", "promotion", "automatic")
+    by_training = registry_client.production_version(name)
+
+    assert (by_a_person.promotion, by_training.promotion) == (None, "automatic")
+
+
 def test_production_version_falls_back_to_the_legacy_stage(mlflow_server, registry) -> None:
     client, name = registry
     to_production_stage(client, name, "1")

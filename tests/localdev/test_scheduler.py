@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from localdev.scheduler import describe, tick
+from localdev.scheduler import describe, describe_retrain, tick
+from training.data import REPO_ROOT
 
 NOTHING = {
     "action": "no_production_version",
@@ -84,3 +89,95 @@ def test_scheduler_tick_with_nothing_promoted_logs_no_production_version_not_non
 
     assert line.startswith("200 no_production_version: no production version, nothing serving")
     assert "None" not in line
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "line"),
+    [
+        (200, {"action": "up_to_date", "detail": ""}, "200 up_to_date"),
+        (
+            200,
+            {"action": "started", "detail": "execution r-1 on new data"},
+            "200 started: execution r-1 on new data",
+        ),
+        (503, {"error": {"code": "mlflow_unavailable", "message": "no answer"}}, "503 mlflow_unavailable: no answer"),
+        (502, "<html>Bad Gateway</html>", "502 <html>Bad Gateway</html>"),
+    ],
+    ids=["up-to-date", "started", "error", "not-json"],
+)
+def test_scheduler_describe_retrain_says_what_the_check_did(status: int, answer, line: str) -> None:
+    body = answer if isinstance(answer, str) else json.dumps(answer)
+
+    assert describe_retrain(status, body) == line
+
+
+@pytest.fixture
+def recording_server() -> Iterator[tuple[str, list[tuple[float, str]]]]:
+    """Answers every POST like a watcher with nothing promoted and records (monotonic time, path) of each."""
+    calls: list[tuple[float, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            calls.append((time.monotonic(), self.path))
+            body = json.dumps(NOTHING).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", calls
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _run_scheduler(argv: list[str], seconds: float) -> str:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "localdev.scheduler", *argv],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    time.sleep(seconds)
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=20)
+    return out
+
+
+def test_scheduler_ticks_the_retrain_check_on_its_own_interval_and_not_at_start(recording_server) -> None:
+    url, calls = recording_server
+    started = time.monotonic()
+
+    out = _run_scheduler(
+        ["--url", f"{url}/watcher", "--interval", "0.5", "--retrain-url", f"{url}/retrain", "--retrain-interval", "2"],
+        seconds=5.0,
+    )
+
+    retrain = [at - started for at, path in calls if path == "/retrain"]
+    watcher = [at for at, path in calls if path == "/watcher"]
+    assert len(watcher) >= 5, out
+    assert 2 <= len(retrain) <= 3, out
+    assert retrain[0] >= 1.5, f"the first retrain tick came {retrain[0]:.2f} s after start"
+    assert "retrain: 200 no_production_version" in out
+
+
+def test_scheduler_with_retrain_interval_zero_never_ticks_the_check(recording_server) -> None:
+    url, calls = recording_server
+
+    _run_scheduler(
+        ["--url", f"{url}/watcher", "--interval", "0.5", "--retrain-url", f"{url}/retrain", "--retrain-interval", "0"],
+        seconds=2.0,
+    )
+
+    assert [path for _, path in calls if path == "/retrain"] == []
+    assert any(path == "/watcher" for _, path in calls)

@@ -5,6 +5,11 @@ from __future__ import annotations
 MODEL_NAME = "yelp-sentiment"
 PRODUCTION_ALIAS = "production"
 LEGACY_PRODUCTION_STAGE = "Production"
+# Continuous training (docs/retraining.md): a triggered run's version says which version it challenged and
+# whether it beat it; one that training promoted on its own (AUTO_PROMOTE=canary) also carries promotion=automatic.
+CHALLENGER_OF_TAG = "challenger_of"
+BEATS_CHAMPION_TAG = "beats_champion"
+PROMOTION_TAG = "promotion"
 
 INPUT_NAME = "text"
 OUTPUT_NAME = "probability"

@@ -71,6 +71,7 @@ class Desired:
     version: str
     run_id: str
     chosen_by: str  # "alias" or "stage"
+    promotion: str | None = None  # "automatic": training's AUTO_PROMOTE moved the alias; None: a person did
 
 
 RELEASE_FIELDS = ("version", "run_id", "sha256", "model_uri", "event_id")
@@ -401,7 +402,7 @@ _PARTS = {
 
 # Fields added after documents were first stored: left out while unset, so those documents keep their shape.
 # An update leaves a part it does not name untouched, so one that the read state had is written as None to clear it.
-_ADDED_LATER = frozenset({"announced_at", "rollout", "canary"})
+_ADDED_LATER = frozenset({"announced_at", "rollout", "canary", "promotion"})
 
 
 def _part_document(part: Any) -> dict[str, Any]:
@@ -441,6 +442,7 @@ class HistoryEntry:
     percent: int | None = None  # the candidate's share after the entry's decision
     checks: tuple[dict[str, Any], ...] | None = None  # a rollout decision's numbers (Check.to_document each)
     evaluation: dict[str, Any] | None = None  # with staged and refused: the watcher's own evaluation figures
+    promotion: str | None = None  # with staged: "automatic" (training's AUTO_PROMOTE) or "manual" (a person)
 
     def to_document(self) -> dict[str, Any]:
         """kind, version and at always; the other fields only where set."""

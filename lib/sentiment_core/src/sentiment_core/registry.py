@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from sentiment_core.contract import LEGACY_PRODUCTION_STAGE, PRODUCTION_ALIAS
+from sentiment_core.contract import LEGACY_PRODUCTION_STAGE, PRODUCTION_ALIAS, PROMOTION_TAG
 
 
 class RegistryError(RuntimeError):
@@ -67,15 +67,20 @@ class ModelVersion:
     run_id: str
     source: str
     chosen_by: str  # "alias" or "stage": how the production version was found
+    # "automatic" when the version carries the tag promotion=automatic (training's AUTO_PROMOTE=canary set the
+    # alias), else None: a person's choice. The deployment history records which.
+    promotion: str | None = None
 
     @classmethod
     def from_api(cls, data: dict[str, Any], chosen_by: str) -> ModelVersion:
+        tags = {tag.get("key"): tag.get("value") for tag in data.get("tags") or [] if isinstance(tag, dict)}
         return cls(
             name=data["name"],
             version=str(data["version"]),
             run_id=data.get("run_id", ""),
             source=data.get("source", ""),
             chosen_by=chosen_by,
+            promotion="automatic" if tags.get(PROMOTION_TAG) == "automatic" else None,
         )
 
 
