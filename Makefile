@@ -1,11 +1,11 @@
-# make install | test | test-fast | demo | up | down | reset | lint | fmt | bench | lock | deploy | destroy
+# make install | test | test-fast | demo | up | down | reset | retrain | lint | fmt | bench | lock | deploy | destroy
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: help install test test-fast demo up down reset lint fmt bench lock clean bundles deploy destroy
+.PHONY: help install test test-fast demo up down reset retrain lint fmt bench lock clean bundles deploy destroy
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ up: install ## start the local stack (emulators, MLflow, functions, router, sche
 
 down: ## stop the local stack; its data (Firestore, registry, buckets) stays in .local/ for the next `make up`
 	@if test -x $(PY); then $(PY) -m localdev.stack down; fi
+
+retrain: install ## one retrain check now: trains a challenger when the data bucket or the training settings changed (docs/retraining.md)
+	$(PY) -m localdev.stack retrain
 
 reset: ## stop the local stack and delete .local/: predictions, feedback, deployments, registry, buckets
 	@if test -x $(PY); then $(PY) -m localdev.stack reset; else rm -rf $${LOCAL_STACK_DIR:-.local}; fi

@@ -31,6 +31,7 @@ import argparse
 import base64
 import concurrent.futures
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -69,6 +70,15 @@ SERVING_BUCKET = "serving-models"
 # training identity writes it): staged at `up` from the data's test split (training/eval_set.py).
 EVAL_BUCKET = "eval-sets"
 EVAL_OBJECT = f"{MODEL_NAME}/eval.jsonl"
+# The training data, as in the cloud's data bucket (docs/retraining.md): the default data, the out-of-domain sets
+# and the evaluation set's text hashes, staged at `up` when absent; the retrain check exports feedback beside them.
+DATA_BUCKET = "training-data"
+DATA_PREFIX = f"{MODEL_NAME}/"
+DATA_URI = f"gs://{DATA_BUCKET}/{DATA_PREFIX}"
+HOLDOUT_OBJECT = f"{DATA_PREFIX}holdout/eval-set.sha256"
+# Continuous training on one machine: a change of the data is trained on a minute after the last start, and a
+# few answers are enough to export (a person trying it out gives tens, not hundreds). Each can be overridden.
+LOCAL_RETRAIN = {"RETRAIN_MIN_INTERVAL_S": "60", "RETRAIN_MIN_FEEDBACK": "10", "FEEDBACK_EXPORT_INTERVAL_S": "300"}
 TOPIC = "model-production-changed"
 DEAD_LETTER_TOPIC = "model-production-changed-dead-letter"
 MAX_DELIVERY_ATTEMPTS = 5
@@ -102,6 +112,19 @@ def ports() -> dict[str, int]:
     return chosen
 
 
+def retrain_interval() -> str:
+    """LOCAL_RETRAIN_INTERVAL_S: seconds between two ticks of the retrain check (60); 0 leaves it to `make
+    retrain` (the tests of other loops, whose own trainings must not start more)."""
+    raw = os.environ.get("LOCAL_RETRAIN_INTERVAL_S", "60")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise StackError(f"LOCAL_RETRAIN_INTERVAL_S must be a number of seconds from 0 to 86400, got {raw!r}")
+    return raw
+
+
 def retention_days() -> int:
     """PREDICTION_RETENTION_DAYS for predict and the page (how long a review is kept), predict's default 30."""
     raw = os.environ.get("PREDICTION_RETENTION_DAYS", "30")
@@ -118,7 +141,8 @@ def up() -> dict[str, str]:
     if pids:
         down()  # half a stack (a crash, a reboot): start clean
     port = ports()
-    retention_days()  # a malformed setting fails here, before anything starts
+    retention_days()  # malformed settings fail here, before anything starts
+    retrain_interval()
     started: dict[str, int] = {}
 
     def keep(service: services.Service) -> None:
@@ -161,6 +185,7 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
     with _environment(emulators):
         _create_buckets()
         _stage_eval_set()
+        _stage_training_data()
     # Without a fixed key MLflow encrypts webhook secrets with a key of the process: after a restart it cannot
     # read the webhooks it stored, and listing them fails with a 500.
     mlflow_env = {**emulators, "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": secret["mlflow_webhook_encryption_key"]}
@@ -216,8 +241,29 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
         "LOCAL_ROUTER_URL": router_admin,
         "LOCAL_PREDICT_URL": urls["predict"],
     }
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    retrain_port = services.free_port()
+    retrain_env = {
+        **emulators,
+        "MLFLOW_TRACKING_URI": mlflow.url,
+        "DATA_URI": DATA_URI,
+        # Training runs here as a child of the check, from the work tree: the same entry point as the cloud's job.
+        "RETRAIN_RUNNER": "local",
+        "LOCAL_TRAINING_DIR": str(LOGS / "training"),
+        "LOCAL_TRAINING_CWD": str(REPO_ROOT),
+        **LOCAL_RETRAIN,
+        **_passed_through("RETRAIN_", "FEEDBACK_EXPORT_", "AUTO_PROMOTE", "TRAINING_IMAGE", "EVIDENCE_MAX_PER_CLIENT"),
+    }
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
         futures = [
+            pool.submit(
+                services.start_function,
+                "retrain",
+                LOGS,
+                retrain_env,
+                port=retrain_port,
+                target="retrain_check",
+                ready_path="/status",
+            ),
             pool.submit(
                 services.start_function,
                 "feedback",
@@ -259,6 +305,11 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
     with _environment(emulators):
         _create_topics(consumer_url)
     _register_webhook(mlflow.url, f"{urls['registry_watcher']}/webhook", secret["webhook"])
+    urls |= {
+        "retrain": f"http://127.0.0.1:{retrain_port}",
+        "data_bucket": DATA_URI,
+        "storage_emulator": gcs.url,
+    }
     interval = os.environ.get("LOCAL_TICK_INTERVAL_S", "60")
     keep(
         services.launch(
@@ -274,6 +325,7 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
                     interval,
                 ],
                 *["--firestore", firestore.url, "--project", PROJECT, "--export-to", str(FIRESTORE_EXPORT)],
+                *["--retrain-url", urls["retrain"], "--retrain-interval", retrain_interval()],
             ],
             url="",
             log_path=LOGS / "scheduler.log",
@@ -301,7 +353,7 @@ def _create_buckets() -> None:
     from google.cloud import storage
 
     client = storage.Client(project=PROJECT, credentials=AnonymousCredentials())
-    for name in (ARTIFACTS_BUCKET, SERVING_BUCKET, EVAL_BUCKET):
+    for name in (ARTIFACTS_BUCKET, SERVING_BUCKET, EVAL_BUCKET, DATA_BUCKET):
         with contextlib.suppress(gexc.Conflict):
             client.create_bucket(name)
 
@@ -317,6 +369,38 @@ def _stage_eval_set() -> None:
     blob = storage.Client(project=PROJECT, credentials=AnonymousCredentials()).bucket(EVAL_BUCKET).blob(EVAL_OBJECT)
     if not blob.exists():
         blob.upload_from_string(eval_set.build(), content_type="application/x-ndjson")
+
+
+def _stage_training_data() -> None:
+    """The data bucket as the cloud's starts: the default training data under `yelp/`, the out-of-domain sets
+    under `ood/`, and the hashes of the evaluation set's texts under `holdout/` (training drops those texts, so
+    a model is never judged on what it learnt). Each object is written only when absent: what a person uploaded
+    or replaced since stays, and the GCS emulator's folder keeps all of it across `down`/`up`."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from training import data
+
+    bucket = storage.Client(project=PROJECT, credentials=AnonymousCredentials()).bucket(DATA_BUCKET)
+    files = {
+        f"yelp/{p.name}": p for p in sorted(data.DEFAULT_DATA_DIR.glob("*")) if p.name.endswith(data.DATA_SUFFIXES)
+    }
+    if data.DEFAULT_OOD_DIR.is_dir():
+        files |= {f"ood/{p.name}": p for p in sorted(data.DEFAULT_OOD_DIR.glob("*.tsv"))}
+    for name, path in files.items():
+        blob = bucket.blob(DATA_PREFIX + name)
+        if not blob.exists():
+            blob.upload_from_filename(str(path))
+    holdout = bucket.blob(HOLDOUT_OBJECT)
+    if not holdout.exists():
+        staged = storage.Client(project=PROJECT, credentials=AnonymousCredentials()).bucket(EVAL_BUCKET)
+        holdout.upload_from_string(text_hashes(staged.blob(EVAL_OBJECT).download_as_bytes()), content_type="text/plain")
+
+
+def text_hashes(eval_set: bytes) -> bytes:
+    """The holdout file of an evaluation set (JSON lines with "text"): the sha256 of each text, one a line."""
+    rows = (json.loads(line) for line in eval_set.splitlines() if line.strip())
+    return "".join(hashlib.sha256(row["text"].encode()).hexdigest() + "\n" for row in rows).encode()
 
 
 def _create_topics(consumer_url: str) -> None:
@@ -520,9 +604,23 @@ def _write(path: Path, value: dict) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
+def retrain_now() -> int:
+    """One tick of the retrain check now (`make retrain`), its answer in words; 0 unless the check failed."""
+    from localdev.scheduler import describe_retrain, tick
+
+    url = _read(STACK_FILE).get("retrain")
+    if not url:
+        print("error: the stack is not running (or predates the retrain check); run `make up`", file=sys.stderr)
+        return 1
+    line = tick(url, timeout_s=120.0, describe_answer=describe_retrain)
+    print(f"retrain check: {line}")
+    print(f"training logs: {LOGS / 'training'}; its state: {url}/status")
+    return 0 if line.startswith("200") else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localdev.stack", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down", "reset", "status", "url"], help="what to do")
+    parser.add_argument("command", choices=["up", "down", "reset", "status", "url", "retrain"], help="what to do")
     parser.add_argument("name", nargs="?", help=f"with url: which service ({', '.join(PUBLIC)})")
     parser.add_argument(
         "--force", action="store_true", help="with down: stop even if Firestore's data cannot be exported"
@@ -560,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
             print("the stack is not running (`make up` starts it)")
         for name, pid in sorted(pids.items()):
             print(f"{name:<17} {'up' if services.alive(int(pid)) else 'DOWN'}")
+    elif args.command == "retrain":
+        return retrain_now()
     else:
         url = _read(STACK_FILE).get(args.name or "")
         if not url:

@@ -30,6 +30,9 @@ def running_stack(state: Path, settings: dict[str, str] | None = None) -> Iterat
         "LOCAL_MIN_VALIDATION_ACCURACY": "0.6",
         # The loop's tests train quick models (20,000 examples, 2 epochs: about 84% of the behavioural suite).
         "MIN_BEHAVIOUR_PASS_RATE": "0.7",
+        # The loops' own trainings are not from the data bucket: the retrain check would train again on its
+        # tick. Only test_retrain_loop ticks it.
+        "LOCAL_RETRAIN_INTERVAL_S": "0",
         **{f"LOCAL_PORT_{name}": "0" for name in ("MLFLOW", "PREDICT", "FEEDBACK", "REGISTRY_WATCHER", "FRONTEND")},
         **(settings or {}),
     }
