@@ -8,6 +8,7 @@ import re
 import shlex
 import sys
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from retrain_decisions import Policy
 from runners import RunnerError
 
 from sentiment_core import config, http
-from sentiment_core.deployment_store import StateDocument, StateSettings, StateUnavailable
+from sentiment_core.deployment_store import StateDocument, StateSettings, StateUnavailable, utc_now
 from sentiment_core.registry import RegistryError, RegistrySettings
 from sentiment_core.training_data import DataLocation, DataLocationError, TrainingSettings
 
@@ -124,10 +125,11 @@ def _command(value: str) -> tuple[str, ...]:
     return (sys.executable, *words[1:]) if words[0] == "python" else tuple(words)
 
 
-def state_document(client: Any, model_name: str) -> StateDocument:
+def state_document(client: Any, model_name: str, clock: Callable[[], datetime] = utc_now) -> StateDocument:
+    """`retraining/{model}`: the check's state, its claims and its history."""
     from retrain_decisions import RetrainState
 
-    return StateDocument(client, RETRAINING, model_name, RetrainState)
+    return StateDocument(client, RETRAINING, model_name, RetrainState, clock=clock)
 
 
 def _unavailable(code: str, exc: Exception) -> http.ApiError:

@@ -44,7 +44,8 @@ class FakeCloudRunJobs:
 
     @property
     def runs(self) -> list[Any]:
-        return [body for method, path, body in self.requests if method == "POST" and path.endswith(":run")]
+        posts = [(urllib.parse.urlsplit(path).path, body) for method, path, body in self.requests if method == "POST"]
+        return [body for path, body in posts if path.endswith(":run")]
 
     def env(self, execution: str) -> dict[str, str]:
         """The variables the run's container override set on `execution`."""
