@@ -235,14 +235,16 @@ class RegistryClient:
     def finished_run_with_tag(self, experiment: str, key: str, value: str) -> str | None:
         """The id of a FINISHED run of `experiment` (by name) with tag `key` = `value`; None when there is none
         (or no such experiment yet)."""
+        if "'" in value or "\\" in value or "`" in key:
+            # MLflow's filter grammar has no escape for these: refused rather than searched for something else.
+            raise ValueError(f"cannot search for tag {key!r} = {value!r}: quotes and backslashes are not searchable")
         query = urllib.parse.urlencode({"experiment_name": experiment})
         found = self._call("GET", f"/api/2.0/mlflow/experiments/get-by-name?{query}")
         if found is None:
             return None
-        quoted = value.replace("\\", "\\\\").replace("'", "\\'")
         body = {
             "experiment_ids": [found["experiment"]["experiment_id"]],
-            "filter": f"tags.`{key}` = '{quoted}' and attributes.status = 'FINISHED'",
+            "filter": f"tags.`{key}` = '{value}' and attributes.status = 'FINISHED'",
             "max_results": 1,
         }
         runs = (self._call("POST", "/api/2.0/mlflow/runs/search", body) or {}).get("runs", [])
