@@ -132,25 +132,24 @@ def state_document(client: Any, model_name: str, clock: Callable[[], datetime] =
     return StateDocument(client, RETRAINING, model_name, RetrainState, clock=clock)
 
 
-def _unavailable(code: str, exc: Exception) -> http.ApiError:
-    logger.error("%s: %s", code, exc)
-    return http.ApiError(503, code, str(exc), {"Retry-After": "60"})
-
-
 def handle_tick(request: flask.Request, retrainer: Callable[[], Retrainer]) -> flask.Response:
-    """POST /: Cloud Scheduler, `make retrain` or a person. One check; its answer says what it did and why."""
+    """POST /: Cloud Scheduler, `make retrain` or a person. One check; its answer says what it did and why.
+
+    A dependency's failure is a 503 with its code; nothing was started (a job that was started is recorded).
+    """
     from google.api_core import exceptions as gexc
 
+    failures = (
+        (RegistryError, "registry_unavailable"),
+        (StateUnavailable, "state_unavailable"),
+        (RunnerError, "runner_unavailable"),
+        (gexc.GoogleAPIError, "data_unavailable"),  # the data bucket's listing
+    )
     try:
         result = retrainer().tick()
-    except RegistryError as exc:
-        raise _unavailable("registry_unavailable", exc) from exc
-    except StateUnavailable as exc:
-        raise _unavailable("state_unavailable", exc) from exc
-    except RunnerError as exc:
-        raise _unavailable("runner_unavailable", exc) from exc
-    except gexc.GoogleAPIError as exc:  # the data bucket's listing
-        raise _unavailable("data_unavailable", exc) from exc
+    except tuple(kind for kind, _ in failures) as exc:
+        code = next(code for kind, code in failures if isinstance(exc, kind))
+        raise http.unavailable(code, exc, logger) from exc
     return http.json_response(result.to_api())
 
 
@@ -160,7 +159,7 @@ def handle_status(store: StateDocument, limit: int = 20) -> flask.Response:
         snapshot = store.read()
         history = store.history(limit)
     except StateUnavailable as exc:
-        raise _unavailable("state_unavailable", exc) from exc
+        raise http.unavailable("state_unavailable", exc, logger) from exc
     return http.json_response({"state": _jsonable(snapshot.state.to_document()), "history": _jsonable(history)})
 
 

@@ -7,6 +7,7 @@ after a restart of the function still learns how an execution ended.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -172,7 +173,13 @@ class LocalRunner:
         status = self._path(name, "status")
         if status.exists():
             code = json.loads(status.read_text())["returncode"]
+            if child is not None:  # its last act was writing the file: reap it, and forget it
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=5)
+                self._children.pop(name, None)
             return Status.SUCCEEDED if code == 0 else Status.FAILED
+        if not alive:
+            self._children.pop(name, None)
         return Status.RUNNING if alive else Status.FAILED
 
     def _path(self, execution_id: str, suffix: str) -> Path:

@@ -13,11 +13,12 @@ cannot be pulled does.
 from __future__ import annotations
 
 import copy
-import json
 import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
+
+from tests.functions.fake_cloud_run import json_api_handler, not_found
 
 EXECUTION_TYPE = "type.googleapis.com/google.cloud.run.v2.Execution"
 
@@ -30,7 +31,7 @@ class FakeCloudRunJobs:
         self.overrides: dict[str, dict[str, Any]] = {}
         self.refuse_next_run = False
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), json_api_handler(self._route, self.requests))
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -84,39 +85,10 @@ class FakeCloudRunJobs:
             }
             return 200, operation
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _send(self, status: int, payload: Any) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _route(self, method: str) -> None:
-                parsed = urllib.parse.urlsplit(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                fake.requests.append((method, self.path, body))
-                path = urllib.parse.unquote(parsed.path)
-                if method == "POST" and path == f"/v2/{fake.job_name}:run":
-                    return self._send(*fake._run(body))
-                if method == "GET" and path.removeprefix("/v2/") in fake.executions:
-                    with fake._lock:
-                        return self._send(200, fake.executions[path.removeprefix("/v2/")])
-                missing = {"code": 404, "message": f"no {method} {path}", "status": "NOT_FOUND"}
-                return self._send(404, {"error": missing})
-
-            def do_GET(self) -> None:
-                self._route("GET")
-
-            def do_POST(self) -> None:
-                self._route("POST")
-
-        return Handler
+    def _route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        if method == "POST" and path == f"/v2/{self.job_name}:run":
+            return self._run(body)
+        if method == "GET" and path.removeprefix("/v2/") in self.executions:
+            with self._lock:
+                return 200, copy.deepcopy(self.executions[path.removeprefix("/v2/")])
+        return not_found(method, path)
