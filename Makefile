@@ -39,7 +39,7 @@ reset: ## stop the local stack and delete .local/: predictions, feedback, deploy
 	@if test -x $(PY); then $(PY) -m localdev.stack reset; else rm -rf $${LOCAL_STACK_DIR:-.local}; fi
 
 bundles: install ## each function's self-contained deploy bundle in build/functions/<name> (Terraform zips them)
-	for f in predict feedback registry_watcher redeploy; do $(PY) -m localdev.bundle $$f build/functions/$$f; done
+	for f in predict feedback registry_watcher redeploy retrain; do $(PY) -m localdev.bundle $$f build/functions/$$f; done
 
 deploy: install ## the whole Google Cloud deployment, step by step, each skipped when done: PROJECT=... REGION=... [OPERATOR=user:me@example.com] [ALERT_EMAIL=ml-ops@example.com] [DRY_RUN=1]
 	$(PY) -m infra.deploy deploy --project "$(PROJECT)" --region "$(REGION)" $(if $(filter-out 0,$(DRY_RUN)),--dry-run) \
@@ -75,7 +75,7 @@ lock: ## re-pin requirements/dev.txt from requirements/dev.in, then each deploy 
 	  /tmp/lock-venv/bin/pip freeze | sed 's/+cpu//' ) > requirements/dev.txt
 	/tmp/lock-venv/bin/pip install --quiet pip-tools
 	@# One lock per deploy unit (each function, the MLflow image), every package with its hashes, at dev.txt's versions.
-	for d in functions/predict functions/feedback functions/registry_watcher functions/redeploy infra/mlflow; do \
+	for d in functions/predict functions/feedback functions/registry_watcher functions/redeploy functions/retrain infra/mlflow; do \
 	  CUSTOM_COMPILE_COMMAND="make lock" /tmp/lock-venv/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
 	    --strip-extras --no-emit-index-url --no-emit-find-links -c requirements/dev.txt \
 	    -o $$d/requirements.txt $$d/requirements.in || exit 1; \

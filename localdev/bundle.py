@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_PACKAGE = REPO_ROOT / "lib" / "sentiment_core" / "src" / "sentiment_core"
-FUNCTIONS = ("predict", "feedback", "registry_watcher", "redeploy")
+FUNCTIONS = ("predict", "feedback", "registry_watcher", "redeploy", "retrain")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "tests", "README.md", "requirements.in")
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
 

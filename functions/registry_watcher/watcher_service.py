@@ -128,8 +128,7 @@ def _true_or_false(name: str, value: str) -> bool:
 
 
 def _unavailable(code: str, exc: Exception) -> http.ApiError:
-    logger.error("%s: %s", code, exc)
-    return http.ApiError(503, code, str(exc), {"Retry-After": "60"})
+    return http.unavailable(code, exc, logger)
 
 
 def run_tick(reconciler: Reconciler, trigger: str, retry_refused: str | None = None) -> dict[str, Any]:

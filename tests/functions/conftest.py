@@ -214,6 +214,11 @@ def redeploy_module(name: str):
     return _unit_module("redeploy", name)
 
 
+def retrain_module(name: str):
+    """A module of the retrain check, imported the same way (its module names are its own)."""
+    return _unit_module("retrain", name)
+
+
 def feedback_module(name: str):
     """A module of feedback, imported the same way (feedback_service imports monitoring_report by its name)."""
     return _unit_module("feedback", name)

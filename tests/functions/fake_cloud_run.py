@@ -23,6 +23,7 @@ import json
 import re
 import threading
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -45,7 +46,7 @@ class FakeCloudRun:
             "containers": [{"image": "gcr.io/p/predict", "env": [{"name": "MODEL_URI", "value": model_uri}]}],
         }
         self.revisions: dict[str, dict[str, Any]] = {first.rsplit("/", 1)[-1]: template}
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), json_api_handler(self._route, self.requests))
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self.service: dict[str, Any] = {
             "name": service_name,
@@ -181,51 +182,58 @@ class FakeCloudRun:
         manifest = json.loads(storage.Client().bucket(bucket).blob(f"{prefix}/manifest.json").download_as_bytes())
         return {"status": "ok", "model_version": manifest["model_version"]}
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
+    def _route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        if path == "/healthz" and method == "GET":
+            return 200, self._healthz()
+        tagged = re.fullmatch(r"/tags/([a-z0-9-]+)/healthz", path)
+        if tagged and method == "GET" and tagged.group(1) in self.tags():
+            return 200, self._healthz(tagged.group(1))
+        if path == f"/v2/{self.service_name}":
+            if method == "GET":
+                return 200, self.service
+            if method == "PATCH":
+                invalid = self._invalid(body)
+                if invalid:
+                    return 400, {"error": {"code": 400, "message": invalid, "status": "INVALID_ARGUMENT"}}
+                return 200, self._patch(body)
+        if method == "GET" and path.removeprefix("/v2/") in self._operations:
+            return 200, self._operations[path.removeprefix("/v2/")]
+        return not_found(method, path)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
 
-            def _send(self, status: int, payload: Any) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+def not_found(method: str, path: str) -> tuple[int, Any]:
+    return 404, {"error": {"code": 404, "message": f"no {method} {path}", "status": "NOT_FOUND"}}
 
-            def _route(self, method: str) -> None:
-                parsed = urllib.parse.urlsplit(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                fake.requests.append((method, self.path, body))
-                path = urllib.parse.unquote(parsed.path)
-                if path == "/healthz" and method == "GET":
-                    return self._send(200, fake._healthz())
-                tagged = re.fullmatch(r"/tags/([a-z0-9-]+)/healthz", path)
-                if tagged and method == "GET" and tagged.group(1) in fake.tags():
-                    return self._send(200, fake._healthz(tagged.group(1)))
-                if path == f"/v2/{fake.service_name}":
-                    if method == "GET":
-                        return self._send(200, fake.service)
-                    if method == "PATCH":
-                        invalid = fake._invalid(body)
-                        if invalid:
-                            return self._send(
-                                400, {"error": {"code": 400, "message": invalid, "status": "INVALID_ARGUMENT"}}
-                            )
-                        return self._send(200, fake._patch(body))
-                if method == "GET" and path.removeprefix("/v2/") in fake._operations:
-                    return self._send(200, fake._operations[path.removeprefix("/v2/")])
-                missing = {"code": 404, "message": f"no {method} {path}", "status": "NOT_FOUND"}
-                return self._send(404, {"error": missing})
 
-            def do_GET(self) -> None:
-                self._route("GET")
+def json_api_handler(
+    route: Callable[[str, str, Any], tuple[int, Any]], requests: list[tuple[str, str, Any]]
+) -> type[BaseHTTPRequestHandler]:
+    """A handler that records each request (method, raw path, JSON body) and answers route(method, unquoted path,
+    body) as JSON: the REST shape of Google's APIs that the client libraries' REST transport speaks."""
 
-            def do_PATCH(self) -> None:
-                self._route("PATCH")
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
 
-        return Handler
+        def _answer(self, method: str) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            requests.append((method, self.path, body))
+            status, payload = route(method, urllib.parse.unquote(urllib.parse.urlsplit(self.path).path), body)
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._answer("GET")
+
+        def do_POST(self) -> None:
+            self._answer("POST")
+
+        def do_PATCH(self) -> None:
+            self._answer("PATCH")
+
+    return Handler

@@ -1,4 +1,4 @@
-"""Each deploy bundle is self-contained and minimal: predict never imports torch or mlflow."""
+"""Each deploy bundle is self-contained and minimal: no function imports torch or mlflow."""
 
 from __future__ import annotations
 
@@ -39,6 +39,11 @@ UNIT_ENV = {
         "SERVING_BUCKET": "serving",
         "CLOUD_RUN_ENDPOINT": "http://127.0.0.1:9",  # the client is made, never called: the event is not ours
     },
+    "retrain": {
+        "DATA_URI": "gs://training-data/yelp-sentiment/",
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+        "TRAINING_JOB": "projects/p/locations/l/jobs/train",
+    },
 }
 REVIEW = 'client.post("/", json={"text": "great food"})'
 # A Pub/Sub push of an event for another model: the redeploy reads its document and acknowledges it.
@@ -61,6 +66,13 @@ OTHER_MODELS_EVENT = """client.post("/", headers={"Content-Type": "application/c
             "on_production_changed",
             OTHER_MODELS_EVENT,
             ("onnxruntime", "numpy", "google.cloud.pubsub", "google.cloud.storage"),
+        ),
+        # GET /status reads Firestore only: the Cloud Run and Storage clients wait for the first tick.
+        (
+            "retrain",
+            "retrain_check",
+            'client.get("/status")',
+            ("onnxruntime", "google.cloud.run_v2", "google.cloud.storage"),
         ),
     ],
 )
@@ -106,7 +118,7 @@ def test_bundle_lock_installs_exactly_its_packages_with_hashes_and_without_torch
     assert resolved == set(locked(name))
     assert "functions-framework" in resolved
     assert ("onnxruntime" in resolved) == (name in ("predict", "registry_watcher"))  # the gate runs the model
-    assert ("google-cloud-run" in resolved) == (name == "redeploy")  # only the redeploy calls Cloud Run
+    assert ("google-cloud-run" in resolved) == (name in ("redeploy", "retrain"))  # the redeploy and the training job
     assert not resolved & {"torch", "mlflow", "mlflow-skinny", "scikit-learn", "pandas"}
 
 

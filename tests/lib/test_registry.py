@@ -292,3 +292,31 @@ def test_identity_token_unavailable_is_a_registry_error() -> None:
             IdTokenSource("https://mlflow.example", url=f"{metadata.url}/identity")()
     finally:
         metadata.close()
+
+
+def test_finished_run_with_tag_finds_only_a_finished_run_of_that_experiment(mlflow_server) -> None:
+    client = MlflowClient(mlflow_server.url)
+    experiment = f"retrain-{uuid.uuid4().hex[:8]}"
+    other = client.create_experiment(f"{experiment}-other")
+    experiment_id = client.create_experiment(experiment)
+    running = client.create_run(experiment_id, tags={"training_fingerprint": "aaa"})
+    failed = client.create_run(experiment_id, tags={"training_fingerprint": "bbb"})
+    client.set_terminated(failed.info.run_id, "FAILED")
+    finished = client.create_run(experiment_id, tags={"training_fingerprint": "ccc"})
+    client.set_terminated(finished.info.run_id)
+    elsewhere = client.create_run(other, tags={"training_fingerprint": "ddd"})
+    client.set_terminated(elsewhere.info.run_id)
+    registry = RegistryClient(mlflow_server.url)
+
+    found = {fp: registry.finished_run_with_tag(experiment, "training_fingerprint", fp * 3) for fp in "abcd"}
+
+    assert found == {"a": None, "b": None, "c": finished.info.run_id, "d": None}
+    with pytest.raises(ValueError, match="not searchable"):  # MLflow's filter cannot quote it
+        registry.finished_run_with_tag(experiment, "training_fingerprint", "x'y")
+    assert running.info.status == "RUNNING"
+
+
+def test_finished_run_with_tag_of_a_missing_experiment_is_none(mlflow_server) -> None:
+    registry = RegistryClient(mlflow_server.url)
+
+    assert registry.finished_run_with_tag(f"never-{uuid.uuid4().hex}", "training_fingerprint", "abc") is None

@@ -1,4 +1,5 @@
-"""The deployment document in Firestore: reads, and decisions committed as compare-and-swap.
+"""State documents in Firestore (the deployment document, the retrain check's): reads, and decisions committed
+as compare-and-swap.
 
 Every change reads the document, lets a pure decision function choose from what it read, then commits the new
 state and its history entries in one batch guarded by the update time that was read. Two runs at once cannot
@@ -15,11 +16,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sentiment_core import config
 from sentiment_core.contract import MODEL_NAME
-from sentiment_core.deployments import Decision, DeploymentState, HistoryEntry
+from sentiment_core.deployments import DeploymentState
 
 DEPLOYMENTS = "deployments"
 HISTORY = "history"
@@ -81,25 +82,67 @@ def deployments_client(settings: StateSettings) -> Any:
     return firestore.Client(project=settings.project, database=settings.deployments_database)
 
 
+class Stored(Protocol):
+    """A document's state as a typed value: what a StateDocument reads and writes."""
+
+    @classmethod
+    def from_document(cls, data: dict[str, Any] | None) -> Any: ...
+
+    def to_document(self, before: Any = None) -> dict[str, Any]: ...
+
+
+class Entry(Protocol):
+    """A history entry: when it happened and its fields."""
+
+    at: datetime
+
+    def to_document(self) -> dict[str, Any]: ...
+
+
+class Decided(Protocol):
+    """A decision over a document: the state to leave behind and the entries that record it."""
+
+    state: Any
+    history: tuple[Any, ...]
+
+    def writes(self, before: Any) -> bool: ...
+
+
+S = TypeVar("S", bound=Stored)
+D = TypeVar("D", bound=Decided)
+
+
 @dataclasses.dataclass(frozen=True)
-class Snapshot:
-    state: DeploymentState
+class Snapshot(Generic[S]):
+    state: S
     update_time: Any  # None when the document does not exist yet
 
 
-D = TypeVar("D", bound=Decision)
+class StateDocument(Generic[S]):
+    """Reads and conditional writes of one state document and its `history` subcollection.
 
-
-class DeploymentStore:
-    """Reads and conditional writes of one model's deployment document."""
+    The state type turns the stored fields into a typed value and back (`from_document(None)` is the state of a
+    document that does not exist yet; `to_document(before=...)` the fields of an update).
+    """
 
     def __init__(
-        self, client: Any, model_name: str, timeout_s: float = 5.0, clock: Callable[[], datetime] = utc_now
+        self,
+        client: Any,
+        collection: str,
+        document_id: str,
+        state_type: type[S],
+        timeout_s: float = 5.0,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._client = client
-        self._document = client.collection(DEPLOYMENTS).document(model_name)
+        self._document = client.collection(collection).document(document_id)
+        self._state_type = state_type
         self._timeout = timeout_s
         self._clock = clock
+
+    @property
+    def path(self) -> str:
+        return self._document.path
 
     def _retry(self) -> Any:
         """Transient errors retried, never past the bound: the client's default retry waits out a hung Firestore
@@ -108,7 +151,7 @@ class DeploymentStore:
 
         return Retry(predicate=if_transient_error, initial=0.05, maximum=0.5, timeout=self._timeout)
 
-    def read(self) -> Snapshot:
+    def read(self) -> Snapshot[S]:
         from google.api_core import exceptions as gexc
 
         try:
@@ -116,10 +159,10 @@ class DeploymentStore:
         except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
             raise StateUnavailable(f"cannot read {self._document.path}: {exc}") from exc
         if not snapshot.exists:
-            return Snapshot(DeploymentState(), None)
-        return Snapshot(DeploymentState.from_document(snapshot.to_dict()), snapshot.update_time)
+            return Snapshot(self._state_type.from_document(None), None)
+        return Snapshot(self._state_type.from_document(snapshot.to_dict()), snapshot.update_time)
 
-    def commit(self, read: Snapshot, new: DeploymentState, history: Iterable[HistoryEntry] = ()) -> bool:
+    def commit(self, read: Snapshot[S], new: S, history: Iterable[Entry] = ()) -> bool:
         """Write new state and history entries atomically if nobody wrote since `read`; False if someone did."""
         from google.api_core import exceptions as gexc
 
@@ -144,7 +187,7 @@ class DeploymentStore:
             raise StateUnavailable(f"cannot write {self._document.path}: {exc}") from exc
         return True
 
-    def apply(self, decide: Callable[[DeploymentState, datetime], D], attempts: int = 25) -> D:
+    def apply(self, decide: Callable[[S, datetime], D], attempts: int = 25) -> D:
         """decide(current state, now) until its decision is committed (or writes nothing); that decision."""
         for attempt in range(attempts):
             snapshot = self.read()
@@ -164,3 +207,12 @@ class DeploymentStore:
             return [doc.to_dict() for doc in query.stream(retry=self._retry(), timeout=self._timeout)]
         except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
             raise StateUnavailable(f"cannot read the history: {exc}") from exc
+
+
+class DeploymentStore(StateDocument[DeploymentState]):
+    """Reads and conditional writes of one model's deployment document `deployments/{model}`."""
+
+    def __init__(
+        self, client: Any, model_name: str, timeout_s: float = 5.0, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        super().__init__(client, DEPLOYMENTS, model_name, DeploymentState, timeout_s, clock)

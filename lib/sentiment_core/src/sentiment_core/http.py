@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 import unicodedata
@@ -35,6 +36,13 @@ class ApiError(Exception):
 
 def bad_request(code: str, message: str) -> ApiError:
     return ApiError(400, code, message)
+
+
+def unavailable(code: str, exc: Exception, log: logging.Logger) -> ApiError:
+    """A dependency that failed (MLflow, Firestore, a Google API): 503 with a stable code, logged as an error; the
+    caller may retry after a minute, as the scheduler does anyway."""
+    log.error("%s: %s", code, exc)
+    return ApiError(503, code, str(exc), {"Retry-After": "60"})
 
 
 def read_json_object(request: flask.Request, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:

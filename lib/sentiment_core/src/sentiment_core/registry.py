@@ -1,4 +1,5 @@
-"""MLflow Model Registry look-ups, and the two writes a rollout makes, over its REST API.
+"""MLflow Model Registry look-ups, the two writes a rollout makes and the retrain check's run search, over its
+REST API.
 
 The watcher needs "which version is in production?" and, when a rollout ends, to move the alias back and tag
 versions, so it talks REST with the standard library instead of importing mlflow (1.7 s and 140 MB that a Cloud
@@ -15,7 +16,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sentiment_core.contract import LEGACY_PRODUCTION_STAGE, PRODUCTION_ALIAS, PROMOTION_TAG
@@ -92,6 +93,45 @@ class RunInfo:
     artifact_uri: str
     metrics: dict[str, float]
     tags: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistrySettings:
+    """How a unit reaches MLflow: MLFLOW_TRACKING_URI, its credentials as MLflow reads them, MLFLOW_IAM_AUDIENCE
+    (an identity token for MLflow on Cloud Run behind IAM) and MLFLOW_TIMEOUT_S."""
+
+    tracking_uri: str
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    iam_audience: str | None = None
+    timeout_s: float = 2.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RegistrySettings:
+        from sentiment_core import config
+
+        uri = config.required("MLFLOW_TRACKING_URI", env)
+        if not uri.startswith(("http://", "https://")):
+            raise config.ConfigError(f"MLFLOW_TRACKING_URI must be http(s), got {uri!r}")
+        return cls(
+            tracking_uri=uri,
+            username=config.optional("MLFLOW_TRACKING_USERNAME", "", env) or None,
+            password=config.optional("MLFLOW_TRACKING_PASSWORD", "", env) or None,
+            token=config.optional("MLFLOW_TRACKING_TOKEN", "", env) or None,
+            iam_audience=config.optional("MLFLOW_IAM_AUDIENCE", "", env) or None,
+            timeout_s=config.number("MLFLOW_TIMEOUT_S", 2.0, 0.1, 60.0, env),
+        )
+
+    def client(self) -> RegistryClient:
+        return RegistryClient(
+            self.tracking_uri,
+            username=self.username,
+            password=self.password,
+            token=self.token,
+            timeout=self.timeout_s,
+            id_token=IdTokenSource(self.iam_audience) if self.iam_audience else None,
+        )
 
 
 class RegistryClient:
@@ -196,6 +236,24 @@ class RegistryClient:
         if len(data) > max_bytes:
             raise RegistryError(f"{path} is larger than {max_bytes} bytes")
         return data
+
+    def finished_run_with_tag(self, experiment: str, key: str, value: str) -> str | None:
+        """The id of a FINISHED run of `experiment` (by name) with tag `key` = `value`; None when there is none
+        (or no such experiment yet)."""
+        if "'" in value or "\\" in value or "`" in key:
+            # MLflow's filter grammar has no escape for these: refused rather than searched for something else.
+            raise ValueError(f"cannot search for tag {key!r} = {value!r}: quotes and backslashes are not searchable")
+        query = urllib.parse.urlencode({"experiment_name": experiment})
+        found = self._call("GET", f"/api/2.0/mlflow/experiments/get-by-name?{query}")
+        if found is None:
+            return None
+        body = {
+            "experiment_ids": [found["experiment"]["experiment_id"]],
+            "filter": f"tags.`{key}` = '{value}' and attributes.status = 'FINISHED'",
+            "max_results": 1,
+        }
+        runs = (self._call("POST", "/api/2.0/mlflow/runs/search", body) or {}).get("runs", [])
+        return runs[0]["info"]["run_id"] if runs else None
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         """Point `alias` of model `name` at `version` (MLflow permission EDIT on the model)."""
