@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from feedback_export import ExportResult, ExportUnavailable, FeedbackExporter
@@ -78,8 +78,15 @@ class Retrainer:
         runner = None
         if last is not None and last.status is Status.RUNNING and last.name:
             runner = (last.name, self.runner.status(last.name))
-        trained = None if runner else self.registry.finished_run_with_tag(self.experiment, FINGERPRINT_TAG, fp)
-        observed = Observed(fp, len(objects), trained, runner)
+        trained = running = None
+        if runner is None:
+            trained = self.registry.run_with_tag(self.experiment, FINGERPRINT_TAG, fp)
+        if runner is None and trained is None:
+            # A run of this data someone else started (the demo, a person): not a second one beside it. One that
+            # crashed stays RUNNING in MLflow for ever, so only one younger than the timeout counts.
+            since = self.clock() - timedelta(seconds=self.policy.timeout_s)
+            running = self.registry.run_with_tag(self.experiment, FINGERPRINT_TAG, fp, "RUNNING", since)
+        observed = Observed(fp, len(objects), trained, runner, running)
         execution_id = new_execution_id(self.model_name, self.clock())
         decision = self.store.apply(lambda state, now: decide(state, observed, self.policy, now, execution_id))
         if decision.action is Action.START:

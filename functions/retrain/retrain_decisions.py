@@ -2,7 +2,8 @@
 
 No I/O and no clock here (retrain.py applies the effects, through sentiment_core.deployment_store.StateDocument).
 
-When does a run start? When no FINISHED MLflow run carries the current fingerprint, nothing is running, the last
+When does a run start? When no FINISHED MLflow run carries the current fingerprint, nothing is running (neither an execution of the
+check nor a recent RUNNING run with the fingerprint that someone else started), the last
 start is at least `min_interval_s` old (debounce: data arriving file by file starts one run, not one per file),
 and the fingerprint is not backing off. A failed run of fingerprint F is retried after
 `backoff_s * 2 ** (failures - 1)` (capped at MAX_BACKOFF_S), `failures` counting the consecutive failures of F.
@@ -162,6 +163,9 @@ class Observed:
     data_objects: int
     trained_run: str | None  # a FINISHED MLflow run tagged with this fingerprint
     runner: tuple[str, Status] | None = None
+    # A RUNNING MLflow run tagged with this fingerprint that started within the timeout: training on this data
+    # the check did not start (`make demo`, a person's `gcloud run jobs execute train`).
+    running_run: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +189,9 @@ def decide(state: RetrainState, observed: Observed, policy: Policy, now: datetim
     fp = observed.fingerprint
     if observed.trained_run is not None:
         return Decision(Action.UP_TO_DATE, state, detail=f"run {observed.trained_run} was trained on fingerprint {fp}")
+    if observed.running_run is not None:
+        detail = f"run {observed.running_run} is training on fingerprint {fp} already (not started by this check)"
+        return Decision(Action.RUNNING, state, detail=detail)
     if last is not None and last.fingerprint == fp and last.status is Status.SUCCEEDED:
         detail = f"execution {last.id} of fingerprint {fp} succeeded, yet MLflow shows no finished run tagged with it"
         return Decision(Action.UP_TO_DATE, state, detail=detail + ": not started again")

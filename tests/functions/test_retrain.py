@@ -14,7 +14,13 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from sentiment_core.registry import RegistryClient
-from sentiment_core.training_data import FINGERPRINT_TAG, DataLocation, TrainingSettings, list_training_data
+from sentiment_core.training_data import (
+    FINGERPRINT_TAG,
+    DataLocation,
+    TrainingSettings,
+    fingerprint,
+    list_training_data,
+)
 from tests.functions.conftest import retrain_module
 from tests.support import PROJECT, monitored_prediction
 
@@ -152,6 +158,31 @@ def test_finished_run_with_the_fingerprint_is_up_to_date_and_starts_nothing(
     assert (recorded.action, again.action) == (Action.SUCCEEDED, Action.UP_TO_DATE)
     assert run.info.run_id in again.detail
     assert len(runner.started) == 1
+
+
+def test_a_recent_running_run_of_the_fingerprint_started_elsewhere_is_waited_for_not_doubled(
+    store, location, mlflow_server, bucket, clock
+) -> None:
+    from mlflow import MlflowClient
+
+    clock.now = datetime.now(UTC)  # the run's start time is the server's real clock
+    runner = CountingRunner()
+    experiment = f"exp-{uuid.uuid4().hex[:8]}"
+    check = retrainer(store, location, mlflow_server, runner, clock, experiment)
+    client = MlflowClient(mlflow_server.url)
+    fp = fingerprint(
+        list_training_data(storage.Client(project=PROJECT, credentials=AnonymousCredentials()), location),
+        TrainingSettings(("--epochs", "1")),
+    )
+    demo = client.create_run(client.create_experiment(experiment), tags={FINGERPRINT_TAG: fp})
+
+    waiting = check.tick()
+    client.set_terminated(demo.info.run_id)
+    after = check.tick()
+
+    assert (waiting.action, after.action) == (Action.RUNNING, Action.UP_TO_DATE)
+    assert demo.info.run_id in waiting.detail
+    assert runner.started == []
 
 
 def test_new_data_after_a_run_is_debounced_then_starts_one_more(store, location, mlflow_server, bucket, clock) -> None:

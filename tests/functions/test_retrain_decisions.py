@@ -30,8 +30,10 @@ def state(last=None, failures: int = 0, retry_in: float | None = None) -> object
     return d.RetrainState(last=last, failures=failures, next_attempt_at=retry_at)
 
 
-def observed(trained: str | None = None, runner: tuple | None = None, objects: int = 3, fp: str = FP) -> object:
-    return d.Observed(fp, objects, trained, runner)
+def observed(
+    trained: str | None = None, runner: tuple | None = None, objects: int = 3, fp: str = FP, running: str | None = None
+) -> object:
+    return d.Observed(fp, objects, trained, runner, running)
 
 
 CASES = {
@@ -44,6 +46,11 @@ CASES = {
         d.Action.DEBOUNCED,
     ),
     "changed, last start 2 h ago: start": (state(execution("succeeded", OLD)), observed(), d.Action.START),
+    "a run the check did not start trains on this fingerprint: wait": (
+        state(execution("succeeded", OLD)),
+        observed(running="demo-run"),
+        d.Action.RUNNING,
+    ),
     "running, runner says running: wait": (
         state(execution("running", started=60)),
         observed(runner=("train-1", d.Status.RUNNING)),

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import mlflow
 import pytest
@@ -294,7 +295,7 @@ def test_identity_token_unavailable_is_a_registry_error() -> None:
         metadata.close()
 
 
-def test_finished_run_with_tag_finds_only_a_finished_run_of_that_experiment(mlflow_server) -> None:
+def test_run_with_tag_finds_only_a_finished_run_of_that_experiment_by_default(mlflow_server) -> None:
     client = MlflowClient(mlflow_server.url)
     experiment = f"retrain-{uuid.uuid4().hex[:8]}"
     other = client.create_experiment(f"{experiment}-other")
@@ -308,15 +309,28 @@ def test_finished_run_with_tag_finds_only_a_finished_run_of_that_experiment(mlfl
     client.set_terminated(elsewhere.info.run_id)
     registry = RegistryClient(mlflow_server.url)
 
-    found = {fp: registry.finished_run_with_tag(experiment, "training_fingerprint", fp * 3) for fp in "abcd"}
+    found = {fp: registry.run_with_tag(experiment, "training_fingerprint", fp * 3) for fp in "abcd"}
 
     assert found == {"a": None, "b": None, "c": finished.info.run_id, "d": None}
     with pytest.raises(ValueError, match="not searchable"):  # MLflow's filter cannot quote it
-        registry.finished_run_with_tag(experiment, "training_fingerprint", "x'y")
+        registry.run_with_tag(experiment, "training_fingerprint", "x'y")
     assert running.info.status == "RUNNING"
 
 
-def test_finished_run_with_tag_of_a_missing_experiment_is_none(mlflow_server) -> None:
+def test_run_with_tag_of_a_missing_experiment_is_none(mlflow_server) -> None:
     registry = RegistryClient(mlflow_server.url)
 
-    assert registry.finished_run_with_tag(f"never-{uuid.uuid4().hex}", "training_fingerprint", "abc") is None
+    assert registry.run_with_tag(f"never-{uuid.uuid4().hex}", "training_fingerprint", "abc") is None
+
+
+def test_run_with_tag_finds_a_running_run_only_when_it_started_after_the_given_time(mlflow_server) -> None:
+    client = MlflowClient(mlflow_server.url)
+    experiment = f"retrain-{uuid.uuid4().hex[:8]}"
+    running = client.create_run(client.create_experiment(experiment), tags={"training_fingerprint": "abc"})
+    registry = RegistryClient(mlflow_server.url)
+    started = datetime.fromtimestamp(running.info.start_time / 1000, UTC)
+
+    recent = registry.run_with_tag(experiment, "training_fingerprint", "abc", "RUNNING", started - timedelta(hours=1))
+    stale = registry.run_with_tag(experiment, "training_fingerprint", "abc", "RUNNING", started + timedelta(seconds=1))
+
+    assert (recent, stale) == (running.info.run_id, None)

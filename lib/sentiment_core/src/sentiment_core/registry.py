@@ -17,6 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 from sentiment_core.contract import LEGACY_PRODUCTION_STAGE, PRODUCTION_ALIAS, PROMOTION_TAG
@@ -237,21 +238,24 @@ class RegistryClient:
             raise RegistryError(f"{path} is larger than {max_bytes} bytes")
         return data
 
-    def finished_run_with_tag(self, experiment: str, key: str, value: str) -> str | None:
-        """The id of a FINISHED run of `experiment` (by name) with tag `key` = `value`; None when there is none
-        (or no such experiment yet)."""
+    def run_with_tag(
+        self, experiment: str, key: str, value: str, status: str = "FINISHED", started_after: datetime | None = None
+    ) -> str | None:
+        """The id of a run of `experiment` (by name) in `status` with tag `key` = `value`, started after
+        `started_after` if given; None when there is none (or no such experiment yet)."""
         if "'" in value or "\\" in value or "`" in key:
             # MLflow's filter grammar has no escape for these: refused rather than searched for something else.
             raise ValueError(f"cannot search for tag {key!r} = {value!r}: quotes and backslashes are not searchable")
+        if status not in ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"):
+            raise ValueError(f"no run status {status!r}")
         query = urllib.parse.urlencode({"experiment_name": experiment})
         found = self._call("GET", f"/api/2.0/mlflow/experiments/get-by-name?{query}")
         if found is None:
             return None
-        body = {
-            "experiment_ids": [found["experiment"]["experiment_id"]],
-            "filter": f"tags.`{key}` = '{value}' and attributes.status = 'FINISHED'",
-            "max_results": 1,
-        }
+        where = f"tags.`{key}` = '{value}' and attributes.status = '{status}'"
+        if started_after is not None:
+            where += f" and attributes.start_time > {int(started_after.timestamp() * 1000)}"
+        body = {"experiment_ids": [found["experiment"]["experiment_id"]], "filter": where, "max_results": 1}
         runs = (self._call("POST", "/api/2.0/mlflow/runs/search", body) or {}).get("runs", [])
         return runs[0]["info"]["run_id"] if runs else None
 
