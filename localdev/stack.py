@@ -482,6 +482,13 @@ def down(force: bool = False, keep_data: bool = True) -> None:
         list(pool.map(services.stop, stopping))  # each may take its grace period: together, not one after another
     for pid in _read(LOGS / "predict" / "revisions.json").values():
         services.stop(int(pid))  # left only if the router itself could not stop them
+    for pid_file in (LOGS / "training").glob("*.pid"):
+        # A training run the retrain check started lives in a process group of its own (it outlives a restart of
+        # the check, as a Cloud Run job execution does); the stack stops it with the rest. The check then finds it
+        # gone without an exit status and records it failed, to be retried after its backoff.
+        pid = int(pid_file.read_text() or 0)
+        if not pid_file.with_suffix(".status").exists() and pid_file.stem in _command_line(pid):
+            services.stop(pid)  # its wrapper names the execution: a pid reused since is someone else's
     for path in (PIDS_FILE, STACK_FILE, INTERNAL_FILE):
         path.unlink(missing_ok=True)
 
@@ -579,6 +586,13 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 def _passed_through(*prefixes: str) -> dict[str, str]:
     """The stack's own environment variables with those prefixes, for the functions that read them."""
     return {name: value for name, value in os.environ.items() if name.startswith(prefixes)}
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ") if pid > 1 else ""
+    except OSError:
+        return ""
 
 
 def _port_free(port: int) -> bool:
