@@ -200,6 +200,7 @@ PROTECTED = (
     "google_firestore_database.main",
     "google_storage_bucket.mlflow_artifacts",
     "google_storage_bucket.staged_models",
+    "google_storage_bucket.training_data",
 )
 
 
