@@ -77,3 +77,8 @@ output "retrain_url" {
   description = "URL of the retrain check (internal ingress; the Scheduler's account only)."
   value       = google_cloudfunctions2_function.main["retrain"].service_config[0].uri
 }
+
+output "training_image" {
+  description = "The training image the job runs, by digest (a destroy passes it back unchanged)."
+  value       = var.training_image
+}

@@ -610,11 +610,21 @@ variable "training_cpu" {
 
 variable "training_memory" {
   type        = string
-  description = "Memory of the training job's task (Cloud Run jobs: up to 32Gi; at least 4Gi from 4 vCPUs, 16Gi from 6 vCPUs)."
+  description = "Memory of the training job's task, whole GiB: Cloud Run jobs allow up to 4 GiB per vCPU (32Gi at 8 vCPUs), and at least 2Gi from 4 vCPUs, 4Gi from 6."
   default     = "4Gi"
 
   validation {
     condition     = can(regex("^([1-9]|[12][0-9]|3[0-2])Gi$", var.training_memory))
     error_message = "training_memory must be whole GiB between 1Gi and 32Gi, e.g. 4Gi."
+  }
+
+  validation {
+    condition = (
+      !can(regex("^[0-9]+Gi$", var.training_memory)) || (
+        tonumber(trimsuffix(var.training_memory, "Gi")) <= 4 * tonumber(var.training_cpu) &&
+        tonumber(trimsuffix(var.training_memory, "Gi")) >= lookup({ "4" = 2, "6" = 4, "8" = 4 }, var.training_cpu, 1)
+      )
+    )
+    error_message = "training_memory must fit training_cpu as Cloud Run jobs allow: at most 4Gi per vCPU; at least 2Gi with 4 vCPUs, 4Gi with 6 or 8."
   }
 }
