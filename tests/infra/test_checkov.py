@@ -200,7 +200,7 @@ resource "google_cloud_run_v2_job" "dedicated" {
       service_account = google_service_account.train.email
       max_retries     = 0
       containers {
-        image = "europe-west1-docker.pkg.dev/p/r/training@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+        image = "europe-west1-docker.pkg.dev/p/r/training@sha256:0123"
       }
     }
   }
