@@ -36,7 +36,7 @@ reset: ## stop the local stack and delete .local/: predictions, feedback, deploy
 	@if test -x $(PY); then $(PY) -m localdev.stack reset; else rm -rf $${LOCAL_STACK_DIR:-.local}; fi
 
 bundles: install ## each function's self-contained deploy bundle in build/functions/<name> (Terraform zips them)
-	for f in predict feedback registry_watcher redeploy; do $(PY) -m localdev.bundle $$f build/functions/$$f; done
+	for f in predict feedback registry_watcher redeploy retrain; do $(PY) -m localdev.bundle $$f build/functions/$$f; done
 
 deploy: install ## the whole Google Cloud deployment, step by step, each skipped when done: PROJECT=... REGION=... [OPERATOR=user:me@example.com] [ALERT_EMAIL=ml-ops@example.com] [DRY_RUN=1]
 	$(PY) -m infra.deploy deploy --project "$(PROJECT)" --region "$(REGION)" $(if $(filter-out 0,$(DRY_RUN)),--dry-run) \
