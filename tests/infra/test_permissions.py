@@ -20,6 +20,7 @@ CLIENTS = {
     r"\bstorage\.Client\(": "Cloud Storage",
     r"\bPublisherClient\(": "Pub/Sub",
     r"\brun_v2\.ServicesClient\(": "Cloud Run Admin",
+    r"\brun_v2\.(?:Jobs|Executions)Client\(": "Cloud Run Admin",  # the retrain check runs the job train
     r"service-accounts/default/identity": "Cloud Run invoke",
 }
 KNOWN_MODULES = {"firestore", "storage", "pubsub_v1", "run_v2"}  # google.cloud modules CLIENTS covers
