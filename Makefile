@@ -68,14 +68,14 @@ bench: install ## benchmarks: accuracy vs a baseline, cold start, latency, promo
 	$(PY) bench/rollout.py
 	$(PY) bench/drift.py
 
-lock: ## re-pin requirements/dev.txt from requirements/dev.in, then each deploy unit's hashed lock (functions/*, infra/mlflow)
+lock: ## re-pin requirements/dev.txt from requirements/dev.in, then each deploy unit's hashed lock (functions/*, infra/mlflow, training)
 	rm -rf /tmp/lock-venv && $(PYTHON) -m venv /tmp/lock-venv
 	/tmp/lock-venv/bin/pip install --quiet -r requirements/dev.in
 	( echo '# Training, tests and tooling (the whole lock, pinned; regenerate with `make lock`). torch is the CPU wheel.'; \
 	  /tmp/lock-venv/bin/pip freeze | sed 's/+cpu//' ) > requirements/dev.txt
 	/tmp/lock-venv/bin/pip install --quiet pip-tools
-	@# One lock per deploy unit (each function, the MLflow image), every package with its hashes, at dev.txt's versions.
-	for d in functions/predict functions/feedback functions/registry_watcher functions/redeploy functions/retrain infra/mlflow; do \
+	@# One lock per deploy unit (each function, the MLflow image, the training image), every package with its hashes, at dev.txt's versions.
+	for d in functions/predict functions/feedback functions/registry_watcher functions/redeploy functions/retrain infra/mlflow training; do \
 	  CUSTOM_COMPILE_COMMAND="make lock" /tmp/lock-venv/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
 	    --strip-extras --no-emit-index-url --no-emit-find-links -c requirements/dev.txt \
 	    -o $$d/requirements.txt $$d/requirements.in || exit 1; \

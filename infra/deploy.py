@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import hashlib
 import json
 import os
 import re
@@ -27,7 +28,7 @@ from typing import Protocol
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TERRAFORM_DIR = "infra/terraform"
 MLFLOW_DIR = "infra/mlflow"
-REPOSITORY = "sentiment"  # Artifact Registry repository of the MLflow image (terraform.tfvars.example's mlflow_image)
+REPOSITORY = "sentiment"  # Artifact Registry repository of the MLflow and training images (terraform.tfvars.example)
 STATE_PREFIX = "sentiment"  # backend.tf.example's prefix
 
 # What must be on before Terraform can enable the rest (locals.tf `services`): Terraform's own API calls
@@ -58,6 +59,20 @@ BOOTSTRAP_ENV_FROM_SECRETS = {
     "MLFLOW_WEBHOOK_SECRET": "sentiment-mlflow-webhook",
 }
 
+# The training image (training/Dockerfile, built by Cloud Build from the repository root with
+# training/cloudbuild.yaml). Its tag is the hash of what the build reads, so an unchanged tree reuses the image and
+# a changed one builds a new image; Terraform deploys it by digest (TF_VAR_training_image, read just before apply).
+TRAINING_BUILD_CONFIG = "training/cloudbuild.yaml"
+TRAINING_IMAGE_INPUTS = (
+    "training/Dockerfile",
+    "training/cloudbuild.yaml",
+    "training/requirements.txt",
+    "training/*.py",
+    "lib/sentiment_core/src/sentiment_core/*.py",
+)
+DATA_PREFIX = "yelp-sentiment"  # the data bucket's folder: var.model_name (training.tf local.data_uri)
+HOLDOUT_OBJECT = "holdout/eval-set.sha256"  # the deploy gate's evaluation texts, hashed: never trained on
+
 # Terraform's outputs printed at the end of a deployment, in this order (load_balancer_ip: the A record of a domain).
 URL_OUTPUTS = (
     "site_url",
@@ -67,6 +82,8 @@ URL_OUTPUTS = (
     "load_balancer_ip",
     "mlflow_url",
     "registry_watcher_url",
+    "data_bucket",
+    "training_job",
 )
 
 # Set for the teardown's last apply so that destroy may delete the stateful resources (variables.tf).
@@ -99,6 +116,9 @@ class Settings:
     operator: str = ""
     # Where alert incidents are emailed (variables.tf alert_email); empty: no notification channel.
     alert_email: str = ""
+    # The data the first training runs read, copied into the data bucket (default: training.data's folders).
+    data_dir: str = ""
+    ood_dir: str = ""
 
     def __post_init__(self) -> None:
         if not self.project or not self.region:
@@ -122,6 +142,14 @@ class Settings:
 
     def model_uri(self) -> str:
         return self.initial_model_uri or f"gs://{self.project}-staged-models/yelp-sentiment/v1"
+
+    def training_image(self, tag: str) -> str:
+        return f"{self.region}-docker.pkg.dev/{self.project}/{REPOSITORY}/training:{tag}"
+
+    @property
+    def data_uri(self) -> str:
+        """DATA_URI: name_prefix (= the project) + "-training-data" (storage.tf), folder var.model_name."""
+        return f"gs://{self.project}-training-data/{DATA_PREFIX}/"
 
 
 class Status(enum.Enum):
@@ -200,6 +228,7 @@ PROTECTED = (
     "google_firestore_database.main",
     "google_storage_bucket.mlflow_artifacts",
     "google_storage_bucket.staged_models",
+    "google_storage_bucket.training_data",
 )
 
 
@@ -324,10 +353,84 @@ def common_steps(settings: Settings) -> list[Step]:
     ]
 
 
-def deploy_plan(settings: Settings, mlflow_version: str) -> list[Step]:
+def training_image_tag(root: Path) -> str:
+    """The hash of every file the training image is built from (TRAINING_IMAGE_INPUTS), as an image tag."""
+    digest = hashlib.sha256()
+    for path in sorted(p for pattern in TRAINING_IMAGE_INPUTS for p in root.glob(pattern)):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return "src-" + digest.hexdigest()[:20]
+
+
+def git_commit(root: Path) -> str:
+    """The commit the image is built from (its GIT_COMMIT), with -dirty when the tree has changes; "unknown"
+    outside a git work tree."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def default_data_dirs() -> tuple[str, str]:
+    """training.data's default training data and out-of-domain folders: what a default run trains and scores on."""
+    from training import data
+
+    return str(data.DEFAULT_DATA_DIR), str(data.DEFAULT_OOD_DIR)
+
+
+def data_steps(settings: Settings) -> list[Step]:
+    """After the apply: the default data, its out-of-domain sets and the evaluation set's hashes in the data bucket,
+    each copied once (a later change of the data is an upload by hand, which the retrain check notices)."""
+    data_dir, ood_dir = settings.data_dir, settings.ood_dir
+    if not data_dir or not ood_dir:
+        data_dir, ood_dir = default_data_dirs()
+    holdout = settings.data_uri + HOLDOUT_OBJECT
+    steps = []
+    for name, source, folder in (("training-data", data_dir, "yelp"), ("ood-sets", ood_dir, "ood")):
+        target = f"{settings.data_uri}{folder}/"
+        steps.append(
+            Step(
+                name=name,
+                manual=f"gcloud storage rsync --recursive {source} {target}",
+                argv=gcloud(settings, "storage", "rsync", "--recursive", source, target),
+                check=CommandCheck(gcloud(settings, "storage", "ls", target), exits_zero),
+            )
+        )
+    eval_args = ("-m", "training.eval_set", "--output", "build/eval-set.jsonl", "--data", data_dir)
+    steps.append(
+        Step(
+            # The evaluation set is a deterministic sample of the default data's test split: the same texts as the
+            # one staged at eval_set_uri (README "Deploying"), whose hashes training must drop.
+            name="holdout-hashes",
+            manual=f"python {' '.join(eval_args)} --hashes-output {holdout}",
+            argv=(settings.python, *eval_args, "--hashes-output", holdout),
+            check=CommandCheck(gcloud(settings, "storage", "ls", holdout), exits_zero),
+            env={"GOOGLE_CLOUD_PROJECT": settings.project},
+        )
+    )
+    return steps
+
+
+def deploy_plan(settings: Settings, mlflow_version: str, training_tag: str = "", commit: str = "unknown") -> list[Step]:
     """Every step of a first deployment, in order; on a deployed project every check says done."""
     image = settings.mlflow_image(mlflow_version)
+    training_image = settings.training_image(training_tag or "latest-build")
     tf_vars = var_args(terraform_vars(settings, mlflow_version))
+    # The digest of the image just built: Terraform deploys the job by digest, never by a tag that can move.
+    image_digest = {
+        "TF_VAR_training_image": gcloud(
+            settings,
+            "artifacts",
+            "docker",
+            "images",
+            "describe",
+            training_image,
+            "--format=value(image_summary.fully_qualified_digest)",
+        )
+    }
     bootstrap_env = {"GOOGLE_CLOUD_PROJECT": settings.project, "REGION": settings.region}
     return [
         *common_steps(settings),
@@ -357,13 +460,37 @@ def deploy_plan(settings: Settings, mlflow_version: str) -> list[Step]:
             argv=gcloud(settings, "builds", "submit", MLFLOW_DIR, f"--tag={image}"),
             check=CommandCheck(gcloud(settings, "artifacts", "docker", "images", "describe", image), exits_zero),
         ),
+        Step(
+            name="training-image",
+            manual=(
+                f"gcloud builds submit --config={TRAINING_BUILD_CONFIG} "
+                f"--substitutions=_IMAGE={training_image},_GIT_COMMIT=$(git rev-parse HEAD) ."
+            ),
+            argv=gcloud(
+                settings,
+                "builds",
+                "submit",
+                f"--config={TRAINING_BUILD_CONFIG}",
+                f"--substitutions=_IMAGE={training_image},_GIT_COMMIT={commit}",
+                ".",
+            ),
+            check=CommandCheck(
+                gcloud(settings, "artifacts", "docker", "images", "describe", training_image), exits_zero
+            ),
+        ),
         Step(name="bundles", manual="make bundles", argv=("make", "bundles")),
         Step(
             name="terraform-apply",
-            manual=f"cd {TERRAFORM_DIR} && terraform apply {' '.join(tf_vars)}",
+            manual=(
+                f'cd {TERRAFORM_DIR} && TF_VAR_training_image="$(gcloud artifacts docker images describe '
+                f"{training_image} --format='value(image_summary.fully_qualified_digest)')\" "
+                f"terraform apply {' '.join(tf_vars)}"
+            ),
             argv=terraform("apply", "-input=false", "-auto-approve", *tf_vars),
             check=CommandCheck(terraform("plan", "-input=false", "-detailed-exitcode", *tf_vars), plan_has_no_changes),
+            env_from_commands=image_digest,
         ),
+        *data_steps(settings),
         Step(
             name="mlflow-bootstrap",
             manual=" ".join(
@@ -397,6 +524,8 @@ def destroy_plan(settings: Settings, mlflow_version: str) -> list[Step]:
     tf_vars = var_args(terraform_vars(settings, mlflow_version))
     unprotect = var_args(UNPROTECT_VARS)
     state_empty = CommandCheck(terraform("state", "list"), state_is_empty)
+    # The image the deployment runs, as the state has it: a destroy must not deploy another one first.
+    deployed_image = {"TF_VAR_training_image": "training_image"}
     steps = [
         *(s for s in common_steps(settings) if s.name not in ("apis", "state-bucket")),
         # Terraform reads the functions' bundles (functions.tf archive_file) to plan a destroy too.
@@ -406,6 +535,7 @@ def destroy_plan(settings: Settings, mlflow_version: str) -> list[Step]:
             manual=f"cd {TERRAFORM_DIR} && terraform apply {' '.join(tf_vars + unprotect)}",
             argv=terraform("apply", "-input=false", "-auto-approve", *tf_vars, *unprotect),
             check=CommandCheck(terraform("state", "list"), no_protected_resource_left),
+            env_from_outputs=deployed_image,
         ),
         Step(
             # Cloud SQL's private-services peering outlives the abandoned connection and blocks deleting the
@@ -425,6 +555,7 @@ def destroy_plan(settings: Settings, mlflow_version: str) -> list[Step]:
             manual=f"cd {TERRAFORM_DIR} && terraform destroy {' '.join(tf_vars + unprotect)}",
             argv=terraform("destroy", "-input=false", "-auto-approve", *tf_vars, *unprotect),
             check=state_empty,
+            env_from_outputs=deployed_image,
         ),
         Step(
             # A database Terraform abandons makes the next apply fail with 409.
@@ -587,6 +718,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="you, as an IAM member (user:me@example.com): may invoke MLflow (the bootstrap) and the watcher",
     )
     parser.add_argument(
+        "--data-dir", default="", help="the training data copied into the data bucket (default: training.data's)"
+    )
+    parser.add_argument(
+        "--ood-dir", default="", help="the out-of-domain sets copied beside it (default: training.data's)"
+    )
+    parser.add_argument(
         "--alert-email",
         default="",
         help="email address alert incidents are sent to (terraform variable alert_email; default: none)",
@@ -611,12 +748,17 @@ def main(
             delete_state_bucket=args.delete_state_bucket,
             operator=args.operator,
             alert_email=args.alert_email,
+            data_dir=args.data_dir,
+            ood_dir=args.ood_dir,
         )
         version = mlflow_version(root)
     except UsageError as exc:
         say(f"usage error: {exc}")
         return 2
-    steps = (deploy_plan if args.action == "deploy" else destroy_plan)(settings, version)
+    if args.action == "deploy":
+        steps = deploy_plan(settings, version, training_image_tag(root), git_commit(root))
+    else:
+        steps = destroy_plan(settings, version)
     if args.dry_run:
         say(describe(steps))
         if args.action == "deploy":

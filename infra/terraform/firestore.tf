@@ -75,3 +75,24 @@ resource "google_firestore_index" "predictions_by_version" {
     order      = "DESCENDING"
   }
 }
+
+# The retrain check's feedback export: answered predictions that count as evidence, oldest answer first
+# (where has_feedback == true and counted_as_evidence == true, order by feedback_at).
+resource "google_firestore_index" "predictions_with_feedback" {
+  project    = var.project_id
+  database   = google_firestore_database.main.name
+  collection = "predictions"
+
+  fields {
+    field_path = "has_feedback"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "counted_as_evidence"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "feedback_at"
+    order      = "ASCENDING"
+  }
+}

@@ -101,6 +101,10 @@ locals {
         function = "registry-watcher"
         member   = "serviceAccount:${google_service_account.main["scheduler"].email}"
       }
+      "retrain/scheduler" = {
+        function = "retrain"
+        member   = "serviceAccount:${google_service_account.main["scheduler"].email}"
+      }
       "on-production-changed/pubsub-push" = {
         function = "on-production-changed"
         member   = "serviceAccount:${google_service_account.main["pubsub-push"].email}"

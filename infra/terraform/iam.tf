@@ -8,7 +8,8 @@ locals {
   # The deployments database: what gets deployed. Written only by the watchers and the redeploy; the public
   # functions cannot write it, and only feedback (both deployments) reads it: GET /statistics shows the
   # serving version.
-  deployments_writers = toset(["registry-watcher", "registry-webhook", "redeployer"])
+  # The retrain check keeps its state document (retraining/{model}) there too.
+  deployments_writers = toset(["registry-watcher", "registry-webhook", "redeployer", "retrain"])
   deployments_readers = toset(["feedback", "feedback-operator"])
   watchers            = toset(["registry-watcher", "registry-webhook"])
 
@@ -27,6 +28,9 @@ locals {
       for pair in setproduct(["registry-watcher", "registry-webhook"], ["mlflow-webhook", "mlflow-watcher-password"]) :
       "${pair[0]}/${pair[1]}" => { sa = pair[0], secret_name = pair[1] }
     },
+    # The retrain check reads runs as MLflow's watcher (READ on the experiment); the job writes them as trainer.
+    { "retrain/mlflow-watcher-password" = { sa = "retrain", secret_name = "mlflow-watcher-password" } },
+    { "train/mlflow-trainer-password" = { sa = "train", secret_name = "mlflow-trainer-password" } },
     {
       for secret in ["mlflow-db-password", "mlflow-webhook-encryption-key", "mlflow-auth-config", "mlflow-flask-secret-key"] :
       "mlflow/${secret}" => { sa = "mlflow", secret_name = secret }
@@ -57,6 +61,20 @@ resource "google_project_iam_member" "deployments_user" {
   condition {
     title      = "sentiment-deployments-database-only"
     expression = local.database_condition["deployments"]
+  }
+}
+
+# The retrain check reads answered predictions (the feedback export) and writes nothing in the main database.
+resource "google_project_iam_member" "firestore_viewer" {
+  for_each = toset(["retrain"])
+
+  project = var.project_id
+  role    = "roles/datastore.viewer"
+  member  = "serviceAccount:${google_service_account.main[each.value].email}"
+
+  condition {
+    title      = "sentiment-main-database-read-only"
+    expression = local.database_condition["main"]
   }
 }
 
@@ -189,4 +207,41 @@ resource "google_project_iam_member" "build_log_writer" {
   project = var.project_id
   role    = "roles/logging.logWriter"
   member  = "serviceAccount:${google_service_account.main["build"].email}"
+}
+
+# Continuous training (training.tf). Both read the training data: the job to train on it, the check to fingerprint
+# it. Only the check writes, and only new objects under feedback/ (no overwrite, no delete: old generations stay).
+resource "google_storage_bucket_iam_member" "training_data_reader" {
+  for_each = toset(["train", "retrain"])
+
+  bucket = google_storage_bucket.training_data.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.main[each.value].email}"
+}
+
+resource "google_storage_bucket_iam_member" "feedback_writer" {
+  bucket = google_storage_bucket.training_data.name
+  role   = "roles/storage.objectCreator"
+  member = "serviceAccount:${google_service_account.main["retrain"].email}"
+
+  condition {
+    title      = "sentiment-feedback-folder-only"
+    expression = "resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.training_data.name}/objects/${var.model_name}/feedback/\")"
+  }
+}
+
+# The check starts the job with per-run overrides (RETRAIN_EXECUTION, AUTO_PROMOTE) and reads its executions:
+# Cloud Run documents run.developer on the job for overrides; granted on this job only.
+resource "google_cloud_run_v2_job_iam_member" "retrain_runs_train" {
+  location = google_cloud_run_v2_job.train.location
+  name     = google_cloud_run_v2_job.train.name
+  role     = "roles/run.developer"
+  member   = "serviceAccount:${google_service_account.main["retrain"].email}"
+}
+
+# An execution with overrides runs as train: as the redeploy with predict's account, the check needs actAs on it.
+resource "google_service_account_iam_member" "retrain_acts_as_train" {
+  service_account_id = google_service_account.main["train"].name
+  role               = "roles/iam.serviceAccountUser"
+  member             = "serviceAccount:${google_service_account.main["retrain"].email}"
 }

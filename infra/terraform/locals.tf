@@ -27,10 +27,12 @@ locals {
     registry-watcher  = "registry_watcher function (scheduler ticks)"
     registry-webhook  = "registry_watcher deployed as MLflow's webhook receiver"
     redeployer        = "on_production_changed function (the redeploy of predict)"
-    scheduler         = "Cloud Scheduler's identity when it ticks the watcher"
+    scheduler         = "Cloud Scheduler's identity when it ticks the watcher and the retrain check"
     pubsub-push       = "Pub/Sub's identity when it pushes events to the redeploy"
     mlflow            = "MLflow tracking server on Cloud Run"
     build             = "Cloud Build's identity when it builds the functions' images"
+    retrain           = "retrain check function: exports feedback, starts the training job"
+    train             = "training job (Cloud Run job train): reads the data bucket, writes MLflow"
   }
 
   # Who allUsers may invoke (functions.tf): predict and feedback, which accept load-balancer traffic only (edge.tf),
@@ -94,6 +96,16 @@ locals {
       memory          = "512Mi"
       timeout         = 540
     }
+    # The retrain check: ticked by the Scheduler only (internal ingress admits it: same project); it starts the
+    # Cloud Run job `train` (training.tf) and returns, the run outlives the tick.
+    retrain = {
+      source          = "retrain"
+      entry_point     = "retrain_check"
+      service_account = "retrain"
+      ingress         = "ALLOW_INTERNAL_ONLY"
+      memory          = "1Gi"
+      timeout         = 300
+    }
   }
 
   max_instances = {
@@ -103,6 +115,7 @@ locals {
     registry-watcher      = var.max_instances["registry_watcher"]
     registry-webhook      = var.max_instances["registry_webhook"]
     on-production-changed = var.max_instances["on_production_changed"]
+    retrain               = var.max_instances["retrain"]
   }
 
   # The page and the API share the load balancer's origin (edge.tf): the bucket's storage.googleapis.com URL,
@@ -182,6 +195,28 @@ locals {
     SERVING_BUCKET  = google_storage_bucket.staged_models.name
   })
 
+  # The retrain check (functions/retrain; README.md "Retraining"): the runner is the Cloud Run job, whose image and
+  # arguments it passes as they are on the job (training.tf), so that its fingerprint and the run's agree.
+  retrain_env = merge(local.state_env, {
+    DATA_URI                   = local.data_uri
+    RETRAIN_RUNNER             = "cloud_run"
+    TRAINING_JOB               = local.training_job
+    RETRAIN_ARGS               = var.retrain_args
+    TRAINING_IMAGE             = var.training_image
+    AUTO_PROMOTE               = var.auto_promote
+    RETRAIN_MIN_INTERVAL_S     = tostring(var.retrain_min_interval_s)
+    RETRAIN_MIN_FEEDBACK       = tostring(var.retrain_min_feedback)
+    FEEDBACK_EXPORT_INTERVAL_S = tostring(var.feedback_export_interval_s)
+    RETRAIN_BACKOFF_S          = tostring(var.retrain_backoff_s)
+    # A run not seen to finish by then counts as failed: the job's own timeout plus its start-up.
+    RETRAIN_TIMEOUT_S        = tostring(var.training_timeout_s + 600)
+    MLFLOW_TRACKING_URI      = google_cloud_run_v2_service.mlflow.uri
+    MLFLOW_TRACKING_USERNAME = "watcher"
+    MLFLOW_IAM_AUDIENCE      = google_cloud_run_v2_service.mlflow.uri
+    MLFLOW_TIMEOUT_S         = "5"
+    MLFLOW_EXPERIMENT        = "yelp-sentiment" # training.train --experiment, infra/mlflow/bootstrap.py
+  })
+
   # allUsers may invoke the webhook receiver (MLflow sends no Google identity): it serves POST /webhook only.
   function_env = {
     predict = merge(local.public_env, local.evidence_env, {
@@ -196,6 +231,7 @@ locals {
     registry-watcher      = merge(local.watcher_env, { WEBHOOK_RECEIVER_ONLY = "false" })
     registry-webhook      = merge(local.watcher_env, { WEBHOOK_RECEIVER_ONLY = "true" })
     on-production-changed = local.redeploy_env
+    retrain               = local.retrain_env
   }
 
   function_secrets = {
@@ -205,6 +241,8 @@ locals {
     registry-watcher      = local.watcher_secrets
     registry-webhook      = local.watcher_secrets
     on-production-changed = {}
+    # The check reads runs (the last fingerprint) as MLflow's watcher, whose READ on the experiment it needs.
+    retrain = { MLFLOW_TRACKING_PASSWORD = google_secret_manager_secret.main["mlflow-watcher-password"].secret_id }
   }
 
   watcher_secrets = {

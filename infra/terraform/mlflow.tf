@@ -280,10 +280,13 @@ resource "google_cloud_run_v2_service" "mlflow" {
   ]
 }
 
+# The retrain check reads the last run's fingerprint; the training job logs runs and registers versions.
 resource "google_cloud_run_v2_service_iam_member" "mlflow_invoker" {
   for_each = toset(concat(var.mlflow_invokers, [
     "serviceAccount:${google_service_account.main["registry-watcher"].email}",
     "serviceAccount:${google_service_account.main["registry-webhook"].email}",
+    "serviceAccount:${google_service_account.main["retrain"].email}",
+    "serviceAccount:${google_service_account.main["train"].email}",
   ]))
 
   location = var.region

@@ -62,3 +62,23 @@ output "dashboard_url" {
   description = "The serving dashboard in the Cloud console (docs/alerts.md)."
   value       = "https://console.cloud.google.com/monitoring/dashboards/builder/${element(split("/", google_monitoring_dashboard.serving.id), 3)}?project=${var.project_id}"
 }
+
+output "data_bucket" {
+  description = "DATA_URI of training: gs://BUCKET/<model>/ (yelp/, ood/, holdout/, feedback/); a new file there starts a retraining run."
+  value       = local.data_uri
+}
+
+output "training_job" {
+  description = "The Cloud Run job that trains (gcloud run jobs execute train --region REGION)."
+  value       = google_cloud_run_v2_job.train.name
+}
+
+output "retrain_url" {
+  description = "URL of the retrain check (internal ingress; the Scheduler's account only)."
+  value       = google_cloudfunctions2_function.main["retrain"].service_config[0].uri
+}
+
+output "training_image" {
+  description = "The training image the job runs, by digest (a destroy passes it back unchanged)."
+  value       = var.training_image
+}

@@ -168,3 +168,23 @@ resource "google_storage_bucket_object" "site_config" {
     prediction_retention_days = var.prediction_retention_days
   })
 }
+
+# Training data, gs://BUCKET/<model>/ (DATA_URI): the default data under yelp/, ood/ development sets, holdout/
+# hashes of the deploy gate's evaluation set, and feedback/ exported by the retrain check. Versioned: an object
+# replaced or deleted keeps its old generation, and every training run records the generations it read (its
+# fingerprint), so the data of any run can be restored.
+resource "google_storage_bucket" "training_data" {
+  name                        = "${var.name_prefix}-training-data"
+  location                    = var.region
+  uniform_bucket_level_access = true
+
+  logging {
+    log_bucket = google_storage_bucket.access_logs.name
+  }
+  public_access_prevention = "enforced"               # review texts users typed (feedback/) live here
+  force_destroy            = !var.deletion_protection # stateful: emptied only once protection is off
+
+  versioning {
+    enabled = true
+  }
+}

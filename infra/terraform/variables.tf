@@ -101,6 +101,7 @@ variable "max_instances" {
     registry_watcher      = 2
     registry_webhook      = 2
     on_production_changed = 1
+    retrain               = 1
   }
 
   validation {
@@ -499,5 +500,131 @@ variable "budget_thresholds" {
   validation {
     condition     = length(var.budget_thresholds) >= 1 && alltrue([for v in var.budget_thresholds : v > 0 && v <= 10])
     error_message = "budget_thresholds must hold at least one share between 0 (exclusive) and 10, got ${jsonencode(var.budget_thresholds)}."
+  }
+}
+
+# Continuous training (training.tf, functions/retrain; README.md "Retraining").
+variable "training_image" {
+  type        = string
+  description = "The training image (training/Dockerfile) by digest: REGION-docker.pkg.dev/PROJECT/REPOSITORY/training@sha256:... (make deploy builds it and passes its digest)."
+
+  validation {
+    condition     = can(regex("^[a-z0-9-]+-docker\\.pkg\\.dev/[a-z0-9-]+/[a-z0-9_-]+/[a-z0-9._/-]+@sha256:[0-9a-f]{64}$", var.training_image))
+    error_message = "training_image must be an Artifact Registry image pinned by digest (...@sha256:<64 hex>), never a tag."
+  }
+}
+
+variable "retrain_args" {
+  type        = string
+  description = "Extra arguments of python -m training.train for every triggered run (shell words, e.g. \"--epochs 4\"); part of the training fingerprint, so a change starts a run."
+  default     = ""
+
+  validation {
+    condition     = !can(regex("[;&|`$<>]", var.retrain_args))
+    error_message = "retrain_args must be plain shell words (no ; & | ` $ < >)."
+  }
+}
+
+variable "auto_promote" {
+  type        = string
+  description = "never: a challenger is only registered; canary: one that beats the champion significantly and is worse on no set gets the alias production, and the progressive rollout guards it."
+  default     = "never"
+
+  validation {
+    condition     = contains(["never", "canary"], var.auto_promote)
+    error_message = "auto_promote must be never or canary."
+  }
+}
+
+variable "retrain_cron" {
+  type        = string
+  description = "How often Cloud Scheduler ticks the retrain check."
+  default     = "*/10 * * * *"
+}
+
+variable "retrain_min_interval_s" {
+  type        = number
+  description = "RETRAIN_MIN_INTERVAL_S: at least this long between two training runs the check starts (debounce), in seconds."
+  default     = 3600
+
+  validation {
+    condition     = var.retrain_min_interval_s == floor(var.retrain_min_interval_s) && var.retrain_min_interval_s >= 0 && var.retrain_min_interval_s <= 604800
+    error_message = "retrain_min_interval_s must be a whole number of seconds between 0 and 604800 (7 days)."
+  }
+}
+
+variable "retrain_min_feedback" {
+  type        = number
+  description = "RETRAIN_MIN_FEEDBACK: new user answers needed before the check exports feedback into the data bucket."
+  default     = 100
+
+  validation {
+    condition     = var.retrain_min_feedback == floor(var.retrain_min_feedback) && var.retrain_min_feedback >= 1 && var.retrain_min_feedback <= 1000000
+    error_message = "retrain_min_feedback must be a whole number between 1 and 1000000."
+  }
+}
+
+variable "feedback_export_interval_s" {
+  type        = number
+  description = "FEEDBACK_EXPORT_INTERVAL_S: at most one feedback export per window, in seconds."
+  default     = 86400
+
+  validation {
+    condition     = var.feedback_export_interval_s == floor(var.feedback_export_interval_s) && var.feedback_export_interval_s >= 0 && var.feedback_export_interval_s <= 2592000
+    error_message = "feedback_export_interval_s must be a whole number of seconds between 0 and 2592000 (30 days)."
+  }
+}
+
+variable "retrain_backoff_s" {
+  type        = number
+  description = "RETRAIN_BACKOFF_S: first delay before the check retries a failed run, doubling each time (capped at a day)."
+  default     = 600
+
+  validation {
+    condition     = var.retrain_backoff_s == floor(var.retrain_backoff_s) && var.retrain_backoff_s >= 60 && var.retrain_backoff_s <= 86400
+    error_message = "retrain_backoff_s must be a whole number of seconds between 60 and 86400."
+  }
+}
+
+variable "training_timeout_s" {
+  type        = number
+  description = "Task timeout of the training job, in seconds (Cloud Run jobs allow up to 604800, 7 days); the check counts a run as failed 600 s after it."
+  default     = 3600
+
+  validation {
+    condition     = var.training_timeout_s == floor(var.training_timeout_s) && var.training_timeout_s >= 600 && var.training_timeout_s <= 604800
+    error_message = "training_timeout_s must be a whole number of seconds between 600 and 604800 (7 days)."
+  }
+}
+
+variable "training_cpu" {
+  type        = string
+  description = "vCPUs of the training job's task (Cloud Run jobs: 1, 2, 4, 6 or 8)."
+  default     = "2"
+
+  validation {
+    condition     = contains(["1", "2", "4", "6", "8"], var.training_cpu)
+    error_message = "training_cpu must be 1, 2, 4, 6 or 8."
+  }
+}
+
+variable "training_memory" {
+  type        = string
+  description = "Memory of the training job's task, whole GiB: Cloud Run jobs allow up to 4 GiB per vCPU (32Gi at 8 vCPUs), and at least 2Gi from 4 vCPUs, 4Gi from 6."
+  default     = "4Gi"
+
+  validation {
+    condition     = can(regex("^([1-9]|[12][0-9]|3[0-2])Gi$", var.training_memory))
+    error_message = "training_memory must be whole GiB between 1Gi and 32Gi, e.g. 4Gi."
+  }
+
+  validation {
+    condition = (
+      !can(regex("^[0-9]+Gi$", var.training_memory)) || (
+        tonumber(trimsuffix(var.training_memory, "Gi")) <= 4 * tonumber(var.training_cpu) &&
+        tonumber(trimsuffix(var.training_memory, "Gi")) >= lookup({ "4" = 2, "6" = 4, "8" = 4 }, var.training_cpu, 1)
+      )
+    )
+    error_message = "training_memory must fit training_cpu as Cloud Run jobs allow: at most 4Gi per vCPU; at least 2Gi with 4 vCPUs, 4Gi with 6 or 8."
   }
 }

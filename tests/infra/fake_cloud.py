@@ -21,6 +21,9 @@ OUTPUTS = {
     "mlflow_url": "https://mlflow-abc.a.run.app",
     "registry_watcher_url": "https://registry-watcher-abc.a.run.app",
     "registry_webhook_url": "https://registry-webhook-abc.a.run.app/webhook",
+    "data_bucket": "gs://my-sentiment-project-training-data/yelp-sentiment/",
+    "training_job": "train",
+    "training_image": "europe-west1-docker.pkg.dev/my-sentiment-project/sentiment/training@sha256:" + "ab" * 32,
 }
 
 
@@ -69,10 +72,23 @@ def answer(tool: str, args: list[str]) -> int:
                 drop(words[0], name)
                 return 0
             case ["artifacts", "docker", "images", "describe", image]:
-                return 0 if has("image", image) else 1
-            case ["builds", "submit", _]:
-                put("image", next(a.split("=", 1)[1] for a in args if a.startswith("--tag=")))
+                if not has("image", image):
+                    return 1
+                if "--format=value(image_summary.fully_qualified_digest)" in args:
+                    print(image.rsplit(":", 1)[0] + "@sha256:" + "ab" * 32)
                 return 0
+            case ["builds", "submit", _]:
+                tag = [a.split("=", 1)[1] for a in args if a.startswith("--tag=")]
+                # --config builds name their image in the substitution _IMAGE (training/cloudbuild.yaml).
+                substitutions = [a.split("=", 1)[1] for a in args if a.startswith("--substitutions=")]
+                image = tag[0] if tag else dict(s.split("=", 1) for s in substitutions[0].split(","))["_IMAGE"]
+                put("image", image)
+                return 0
+            case ["storage", "rsync", _, target]:
+                put("object", target)
+                return 0
+            case ["storage", "ls", target]:
+                return 0 if has("object", target) else 1
             case ["compute", "networks", "peerings", "list"]:
                 print("servicenetworking-googleapis-com" if has("peering", "sentiment") else "")
                 return 0
@@ -119,7 +135,8 @@ def main() -> int:
     tool = Path(sys.argv[0]).name
     args = sys.argv[1:]
     with open(os.environ["FAKE_LOG"], "a") as log:
-        log.write(json.dumps({"tool": tool, "args": args, "env": {"MLFLOW_URL": os.environ.get("MLFLOW_URL")}}) + "\n")
+        env = {name: os.environ.get(name) for name in ("MLFLOW_URL", "TF_VAR_training_image")}
+        log.write(json.dumps({"tool": tool, "args": args, "env": env}) + "\n")
     if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in " ".join([tool, *args]):
         print(f"fake {tool}: failing on purpose", file=sys.stderr)
         return 1

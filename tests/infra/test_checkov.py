@@ -20,7 +20,7 @@ POLICIES = REPO_ROOT / "infra" / "checkov"
 CHECKOV = "checkov==3.3.30"
 # YAML graph policies, and Python ones where the graph drops what they check (references under for_each).
 OWN_POLICIES = {f"CKV2_SENTIMENT_{n}" for n in (1, 2, 3, 4, 5, 6, 9, 11, 17)}
-OWN_POLICIES |= {f"CKV_SENTIMENT_{n}" for n in (7, 8, 10, 12, 18, 20)}
+OWN_POLICIES |= {f"CKV_SENTIMENT_{n}" for n in (7, 8, 10, 12, 18, 20, 21)}
 
 
 def checkov_binary() -> Path:
@@ -184,3 +184,83 @@ def test_public_behind_lb_policies_fail_each_function_reachable_around_the_load_
     }
     assert verdicts[("CKV2_SENTIMENT_17", 'public["behind"]')] == "passed"
     assert verdicts[("CKV2_SENTIMENT_17", "operator")] == "passed"  # ingress all, but IAM decides
+
+
+# Cloud Run jobs: one as the configuration runs `train`, and the ways a job could drift from it.
+JOBS = """
+resource "google_service_account" "train" {
+  account_id = "train"
+}
+
+resource "google_cloud_run_v2_job" "dedicated" {
+  name     = "dedicated"
+  location = "europe-west1"
+  template {
+    template {
+      service_account = google_service_account.train.email
+      max_retries     = 0
+      containers {
+        image = "europe-west1-docker.pkg.dev/p/r/training@sha256:0123"
+      }
+    }
+  }
+}
+
+resource "google_cloud_run_v2_job" "default_account" {
+  name     = "default-account"
+  location = "europe-west1"
+  template {
+    template {
+      max_retries = 0
+      containers {
+        image = "europe-west1-docker.pkg.dev/p/r/training:latest"
+      }
+    }
+  }
+}
+
+resource "google_cloud_run_v2_job" "retrying" {
+  name     = "retrying"
+  location = "europe-west1"
+  template {
+    template {
+      service_account = google_service_account.train.email
+      containers {
+        image = "europe-west1-docker.pkg.dev/p/r/training:latest"
+      }
+    }
+  }
+}
+"""
+
+
+@pytest.mark.system  # checkov runs from its own virtualenv
+def test_job_policy_fails_a_job_on_the_default_account_or_with_retries_of_its_own(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text(JOBS)
+    result = subprocess.run(
+        [
+            str(checkov_binary()),
+            "-d",
+            str(tmp_path),
+            "--framework",
+            "terraform",
+            "--external-checks-dir",
+            str(POLICIES),
+            "--check",
+            "CKV_SENTIMENT_21",
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    results = json.loads(result.stdout)["results"]
+    verdicts = {
+        c["resource"].removeprefix("google_cloud_run_v2_job."): outcome
+        for outcome in ("passed", "failed")
+        for c in results[f"{outcome}_checks"]
+    }
+
+    assert verdicts == {"dedicated": "passed", "default_account": "failed", "retrying": "failed"}

@@ -38,6 +38,20 @@ state.touch()
 """
 
 
+# training.eval_set as the holdout-hashes step runs it (`python -m training.eval_set` in the repository): it
+# "writes" the hashes object where the fake gcloud's `storage ls` finds it.
+FAKE_EVAL_SET = """\
+import json, os, pathlib, sys
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(json.dumps({"tool": "eval_set", "args": sys.argv[1:], "env": {}}) + "\\n")
+target = sys.argv[sys.argv.index("--hashes-output") + 1]
+(pathlib.Path(os.environ["FAKE_STATE"]) / "object").mkdir(exist_ok=True)
+(pathlib.Path(os.environ["FAKE_STATE"]) / "object" / target.replace("/", "_")).touch()
+"""
+
+DIGEST = "europe-west1-docker.pkg.dev/my-sentiment-project/sentiment/training@sha256:" + "ab" * 32
+
+
 class Cloud:
     """The stand-ins' log and state, and the repository copy the deployment runs in."""
 
@@ -52,6 +66,10 @@ class Cloud:
         shutil.copy(REPO_ROOT / "infra/mlflow/requirements.txt", self.root / "infra/mlflow/requirements.txt")
         shutil.copy(REPO_ROOT / "infra/terraform/backend.tf.example", self.root / "infra/terraform/")
         (self.root / deploy.BOOTSTRAP_SCRIPT).write_text(FAKE_BOOTSTRAP)
+        (self.root / "training").mkdir()
+        for name in ("Dockerfile", "cloudbuild.yaml", "requirements.txt"):
+            shutil.copy(REPO_ROOT / "training" / name, self.root / "training" / name)
+        (self.root / "training" / "eval_set.py").write_text(FAKE_EVAL_SET)
 
     def calls(self) -> list[dict]:
         if not self.log.exists():
@@ -62,11 +80,13 @@ class Cloud:
         return [" ".join([c["tool"], *c["args"]]) for c in self.calls()]
 
     def mutating(self) -> list[str]:
-        verbs = {"create", "enable", "submit", "delete", "rm", "apply", "destroy"}
+        verbs = {"create", "enable", "submit", "delete", "rm", "rsync", "apply", "destroy"}
         return [
             " ".join([c["tool"], *c["args"]])
             for c in self.calls()
-            if verbs.intersection(c["args"]) or (c["tool"] == "bootstrap" and "--check" not in c["args"])
+            if verbs.intersection(c["args"])
+            or (c["tool"] == "bootstrap" and "--check" not in c["args"])
+            or c["tool"] == "eval_set"
         ]
 
     def reset_log(self) -> None:
@@ -97,6 +117,9 @@ def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cloud:
 
 
 def test_deploy_fresh_project_runs_every_step_in_order(cloud: Cloud) -> None:
+    training_image = f"europe-west1-docker.pkg.dev/my-sentiment-project/sentiment/training:{tag(cloud)}"
+    data_dir, ood_dir = deploy.default_data_dirs()
+
     code, said = cloud.main("deploy", *ARGS)
 
     assert code == 0, said
@@ -109,10 +132,18 @@ def test_deploy_fresh_project_runs_every_step_in_order(cloud: Cloud) -> None:
         "gcloud builds submit infra/mlflow"
         " --tag=europe-west1-docker.pkg.dev/my-sentiment-project/sentiment/mlflow:3.17.2"
         " --project=my-sentiment-project",
+        "gcloud builds submit --config=training/cloudbuild.yaml"
+        f" --substitutions=_IMAGE={training_image},_GIT_COMMIT=unknown . --project=my-sentiment-project",
         "terraform -chdir=infra/terraform apply -input=false -auto-approve -var=project_id=my-sentiment-project"
         " -var=region=europe-west1 -var=name_prefix=my-sentiment-project"
         " -var=mlflow_image=europe-west1-docker.pkg.dev/my-sentiment-project/sentiment/mlflow:3.17.2"
         " -var=initial_model_uri=gs://my-sentiment-project-staged-models/yelp-sentiment/v1",
+        f"gcloud storage rsync --recursive {data_dir} gs://my-sentiment-project-training-data/yelp-sentiment/yelp/"
+        " --project=my-sentiment-project",
+        f"gcloud storage rsync --recursive {ood_dir} gs://my-sentiment-project-training-data/yelp-sentiment/ood/"
+        " --project=my-sentiment-project",
+        f"eval_set --output build/eval-set.jsonl --data {data_dir} --hashes-output"
+        " gs://my-sentiment-project-training-data/yelp-sentiment/holdout/eval-set.sha256",
         "bootstrap",
     ]
     commands = cloud.commands()
@@ -166,14 +197,16 @@ def test_deploy_second_run_changes_nothing(cloud: Cloud) -> None:
     assert code == 0, said
     assert cloud.commands(), "the second run checked nothing"
     assert cloud.mutating() == []
-    assert said.count("already done") == 9  # all but init and bundles, which are local and always run
+    assert said.count("already done") == 13  # all but init and bundles, which are local and always run
 
 
 @pytest.mark.parametrize(
     ("failing", "step", "ran_after"),
     [
         ("buckets create", "state-bucket", "artifacts repositories create"),
-        ("builds submit", "mlflow-image", " apply "),
+        ("builds submit infra/mlflow", "mlflow-image", " apply "),
+        ("builds submit --config=training", "training-image", " apply "),
+        ("rsync", "training-data", "bootstrap"),
         ("apply", "terraform-apply", "bootstrap"),
     ],
 )
@@ -192,7 +225,7 @@ def test_deploy_failing_step_stops_with_its_name_and_resume(
 
 
 def test_deploy_after_failure_resumes_at_the_failed_step(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_FAIL", "builds submit")
+    monkeypatch.setenv("FAKE_FAIL", "builds submit infra/mlflow")
     cloud.main("deploy", *ARGS)
     monkeypatch.delenv("FAKE_FAIL")
     cloud.reset_log()
@@ -376,3 +409,54 @@ def test_make_passes_alert_email_to_both_commands() -> None:
     makefile = (REPO_ROOT / "Makefile").read_text()
 
     assert makefile.count('$(if $(ALERT_EMAIL),--alert-email "$(ALERT_EMAIL)")') == 2
+
+
+def tag(cloud: Cloud) -> str:
+    return deploy.training_image_tag(cloud.root)
+
+
+def test_deploy_applies_the_training_image_by_the_digest_of_the_build(cloud: Cloud) -> None:
+    cloud.main("deploy", *ARGS)
+
+    applies = [c for c in cloud.calls() if c["tool"] == "terraform" and c["args"][1] in ("plan", "apply")]
+    assert applies
+    assert {c["env"]["TF_VAR_training_image"] for c in applies} == {DIGEST}
+    built = next(i for i, c in enumerate(cloud.commands()) if "--config=training/cloudbuild.yaml" in c)
+    assert built < next(i for i, c in enumerate(cloud.commands()) if " apply " in c)
+
+
+def test_training_image_tag_follows_the_code_it_is_built_from(cloud: Cloud) -> None:
+    before = tag(cloud)
+    (cloud.root / "training" / "job.py").write_text("# changed\n")
+    after = tag(cloud)
+
+    assert before != after
+    assert after == tag(cloud)
+    assert re.fullmatch(r"src-[0-9a-f]{20}", after)
+
+
+def test_deploy_builds_a_new_training_image_only_when_its_inputs_change(cloud: Cloud) -> None:
+    cloud.main("deploy", *ARGS)
+    (cloud.root / "training" / "job.py").write_text("# a change of the training code\n")
+    cloud.reset_log()
+
+    code, said = cloud.main("deploy", *ARGS)
+
+    assert code == 0, said
+    # The fake's plan then says "no changes"; the real one sees the new digest and applies it.
+    assert [c.split()[:4] for c in cloud.mutating()] == [
+        ["gcloud", "builds", "submit", "--config=training/cloudbuild.yaml"]
+    ]
+    assert f"training:{tag(cloud)}," in cloud.mutating()[0]
+
+
+def test_destroy_passes_the_deployed_training_image_back(cloud: Cloud) -> None:
+    cloud.main("deploy", *ARGS)
+    cloud.reset_log()
+
+    code, said = cloud.main("destroy", *ARGS, "--yes")
+
+    assert code == 0, said
+    tf = [c for c in cloud.calls() if c["tool"] == "terraform" and c["args"][1] in ("apply", "destroy")]
+    assert tf
+    assert {c["env"]["TF_VAR_training_image"] for c in tf} == {DIGEST}

@@ -151,6 +151,7 @@ def test_problem_10_a_destroy_then_apply_finds_nothing_left_in_its_way() -> None
         "mlflow_artifacts": "${!var.deletion_protection}",
         "staged_models": "${!var.deletion_protection}",
         "eval_sets": "${!var.deletion_protection}",
+        "training_data": "${!var.deletion_protection}",
     }
 
 
