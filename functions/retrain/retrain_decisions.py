@@ -2,10 +2,10 @@
 
 No I/O and no clock here (retrain.py applies the effects, through sentiment_core.deployment_store.StateDocument).
 
-When does a run start? When no FINISHED MLflow run carries the current fingerprint, nothing is running (neither an execution of the
-check nor a recent RUNNING run with the fingerprint that someone else started), the last
-start is at least `min_interval_s` old (debounce: data arriving file by file starts one run, not one per file),
-and the fingerprint is not backing off. A failed run of fingerprint F is retried after
+When does a run start? When no FINISHED MLflow run carries the current fingerprint, nothing is running
+(neither an execution of the check nor a recent RUNNING run with the fingerprint that someone else started),
+the last start is at least `min_interval_s` old (debounce: data arriving file by file starts one run, not one
+per file), and the fingerprint is not backing off. A failed run of fingerprint F is retried after
 `backoff_s * 2 ** (failures - 1)` (capped at MAX_BACKOFF_S), `failures` counting the consecutive failures of F.
 A new fingerprint is not held back by an old fingerprint's backoff (new data or settings may be the fix), only by
 the debounce, so starts stay bounded to one per `min_interval_s` whatever happens: never a loop of starts.

@@ -53,7 +53,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        runner = _one_of("RETRAIN_RUNNER", "cloud_run", RUNNERS, env)
+        runner = config.choice("RETRAIN_RUNNER", "cloud_run", RUNNERS, env)
         local = runner == "local"
         job = config.required("TRAINING_JOB", env) if runner == "cloud_run" else None
         if job is not None and not TRAINING_JOB.fullmatch(job):
@@ -77,7 +77,7 @@ class Settings:
                 min_feedback=int(config.number("RETRAIN_MIN_FEEDBACK", 100, 1, 1_000_000, env)),
                 interval_s=config.number("FEEDBACK_EXPORT_INTERVAL_S", 86400, 0, 30 * 86400, env),
             ),
-            auto_promote=_one_of("AUTO_PROMOTE", "never", AUTO_PROMOTE, env),
+            auto_promote=config.choice("AUTO_PROMOTE", "never", AUTO_PROMOTE, env),
             runner=runner,
             training_job=job,
             cloud_run_endpoint=config.optional("CLOUD_RUN_ENDPOINT", "", env) or None,
@@ -105,13 +105,6 @@ class Settings:
                 "executions_client": run_v2.ExecutionsClient(**options),
             }
         return CloudRunJobRunner(self.training_job, **clients)
-
-
-def _one_of(name: str, default: str, allowed: tuple[str, ...], env: Mapping[str, str] | None) -> str:
-    value = config.optional(name, default, env)
-    if value not in allowed:
-        raise config.ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-    return value
 
 
 def _command(value: str) -> tuple[str, ...]:

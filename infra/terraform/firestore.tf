@@ -76,17 +76,14 @@ resource "google_firestore_index" "predictions_by_version" {
   }
 }
 
-# The retrain check's feedback export: answered predictions that count as evidence, oldest answer first
-# (where has_feedback == true and counted_as_evidence == true, order by feedback_at).
+# The retrain check's feedback export (functions/retrain/feedback_export.py): answers that count as evidence,
+# oldest first (where counted_as_evidence == true and feedback_at > watermark, order by feedback_at). The index
+# has exactly the query's fields: Firestore serves a query only from an index of its own fields.
 resource "google_firestore_index" "predictions_with_feedback" {
   project    = var.project_id
   database   = google_firestore_database.main.name
   collection = "predictions"
 
-  fields {
-    field_path = "has_feedback"
-    order      = "ASCENDING"
-  }
   fields {
     field_path = "counted_as_evidence"
     order      = "ASCENDING"

@@ -31,6 +31,8 @@ NOT_CALLED = {
     ("feedback", "sentiment_core/firestore_rest.py"): "web.rest_writer",  # predict's writer
     ("registry_watcher", "sentiment_core/firestore_rest.py"): "web.rest_writer",
     ("registry_watcher", "sentiment_core/web.py"): "web.firestore_",  # the watcher imports web for serve() only
+    ("retrain", "sentiment_core/firestore_rest.py"): "web.rest_writer",
+    ("retrain", "sentiment_core/web.py"): "web.firestore_",  # the retrain check imports web for serve() only
 }
 
 

@@ -40,6 +40,10 @@ LOCAL_ONLY = {
     "LOCAL_PREDICT_URL",
     "MLFLOW_TRACKING_TOKEN",  # an alternative to username/password; the cloud uses basic auth + IAM
     "MODEL_SHA256",  # set on each revision by the redeploy (deployers.py) with MODEL_URI, never by Terraform
+    # The retrain check's local runner (RETRAIN_RUNNER=local): a child process of the work tree, never in the cloud.
+    "LOCAL_TRAINING_DIR",
+    "LOCAL_TRAINING_CWD",
+    "LOCAL_TRAINING_COMMAND",
 }
 
 
@@ -71,7 +75,7 @@ SETTINGS_MODULES = {
 def code_reads(source: str) -> set[str]:
     """Every variable a function's bundle reads: its folder and its shared settings modules, by their read calls."""
     pattern = re.compile(
-        r"""(?:config\.(?:required|optional|number|secret)\(|os\.environ\.get\(|os\.environ\[)\s*["']([A-Z][A-Z0-9_]+)"""
+        r"""(?:config\.(?:required|optional|number|secret|choice)\(|os\.environ\.get\(|os\.environ\[)\s*["']([A-Z][A-Z0-9_]+)"""
     )
     files = [*(REPO_ROOT / "functions" / source).glob("*.py")]
     files += [SHARED / f"{m}.py" for m in SETTINGS_MODULES[source]]

@@ -21,6 +21,14 @@ def optional(name: str, default: str, env: Mapping[str, str] | None = None) -> s
     return (env if env is not None else os.environ).get(name, default).strip()
 
 
+def choice(name: str, default: str, allowed: tuple[str, ...], env: Mapping[str, str] | None = None) -> str:
+    """One of `allowed` (default when unset); anything else fails with the choices named."""
+    value = optional(name, default, env)
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 def number(name: str, default: float, low: float, high: float, env: Mapping[str, str] | None = None) -> float:
     raw = optional(name, str(default), env)
     try:
