@@ -104,11 +104,11 @@ def mcnemar_exact(champion_only: int, challenger_only: int) -> float:
 
 def compare(name: str, labels: Sequence[int], champion: Sequence[int], challenger: Sequence[int]) -> SetResult:
     """The paired comparison of two models' predicted labels on one labelled set."""
+    if not len(labels) or not (len(labels) == len(champion) == len(challenger)):
+        raise ValueError(f"set {name}: {len(labels)} labels, {len(champion)} and {len(challenger)} predictions")
     truth = np.asarray(labels)
     champion_right = np.asarray(champion) == truth
     challenger_right = np.asarray(challenger) == truth
-    if not len(truth) or not (len(truth) == len(champion_right) == len(challenger_right)):
-        raise ValueError(f"set {name}: {len(truth)} labels, {len(champion)} and {len(challenger)} predictions")
     b = int(np.sum(champion_right & ~challenger_right))
     c = int(np.sum(challenger_right & ~champion_right))
     return SetResult(

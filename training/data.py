@@ -583,12 +583,13 @@ def _download(uri: str) -> tuple[bytes, str]:
         blob = gcs_client().bucket(bucket).get_blob(name, generation=int(pinned) if pinned else None)
         if blob is None:
             raise DataError(f"cannot read {uri}: no such object")
+        # Taken before the download, which rewrites the blob's fields from the response's headers.
+        generation = str(blob.generation or "")
         raw = blob.download_as_bytes()  # of blob.generation: a write meanwhile does not change what is read
     except DataError:
         raise
     except Exception as exc:  # the storage client raises many types; all mean "cannot read"
         raise DataError(f"cannot read {uri}: {exc}") from exc
-    generation = str(blob.generation or "")
     if pinned and generation != pinned:
         raise DataError(f"cannot read {uri}: the store serves generation {generation} instead")
     return raw, generation

@@ -82,9 +82,7 @@ def write(raw: bytes, output: str, replace: bool = False, content_type: str = "a
     if not replace and blob.exists(timeout=60):  # the GCS emulator ignores if_generation_match on uploads
         raise exists
     try:
-        blob.upload_from_string(
-            raw, content_type=content_type, if_generation_match=None if replace else 0, timeout=120
-        )
+        blob.upload_from_string(raw, content_type=content_type, if_generation_match=None if replace else 0, timeout=120)
     except gexc.PreconditionFailed as exc:  # written meanwhile
         raise exists from exc
 
