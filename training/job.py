@@ -161,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import os
 
     extra = list(sys.argv[1:] if argv is None else argv)
+    if extra[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     if extra[:1] == ["--"]:
         extra = extra[1:]
     try:

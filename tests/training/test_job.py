@@ -294,3 +294,27 @@ def test_job_empty_location_fails_with_a_clear_message(gcs_emulator) -> None:
 
     assert result.returncode == 2
     assert f"gs://{name}/yelp-sentiment/ holds no training data" in result.stderr
+
+
+def test_job_help_describes_the_environment(capsys) -> None:
+    from training import job
+
+    assert job.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("DATA_URI", "RETRAIN_ARGS", "AUTO_PROMOTE", "training_fingerprint"))
+
+
+def test_job_without_a_production_version_registers_without_challenger_tags(bucket, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    result, summary = run_job(bucket, store)
+
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    version = client.get_model_version(MODEL_NAME, summary["model_version"])
+    assert "challenger_of" not in version.tags
+    assert "beats_champion" not in version.tags
+    assert summary["beats_champion"] is None
+    assert not client.list_artifacts(summary["run_id"], "challenger")
+    assert "no production version to compare with" in result.stderr
