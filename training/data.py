@@ -66,7 +66,7 @@ class SourceReport:
     # Texts of --exclude-texts (the deploy gate's evaluation set): dropped so the gate judges unseen text.
     held_out: int = 0
     feedback: bool = False  # from the feedback/ folder: users' answers, weighted by --feedback-weight
-    # A gs:// source: the object's generation and base64 MD5 as read (sentiment_core.training_data.fingerprint).
+    # A gs:// source: the generation read and its base64 MD5, checked against the bytes (training_data.fingerprint).
     generation: str = ""
     md5: str = ""
     examples_of_rejects: list[str] = dataclasses.field(default_factory=list)
@@ -555,14 +555,16 @@ def take(values: Sequence, indices: Iterable[int]) -> list:
 
 
 def _read_source(uri: str) -> tuple[bytes, str, str]:
-    """(bytes, generation, base64 MD5 of the bytes) of a source; generation "" for a local file.
+    """(bytes, generation, MD5) of a source; generation and MD5 "" for a local file.
 
-    The MD5 is computed from the bytes read, so the fingerprint describes what training saw, whatever the
-    listing said."""
+    The MD5 is the store's (what a listing shows, so the fingerprint matches the retrain check's), checked against
+    the bytes read: the fingerprint then describes what training saw. A composite object has none ("")."""
     if not uri.startswith("gs://"):
         return _read_bytes(uri), "", ""
-    raw, generation = _download(uri)
-    return raw, generation, base64.b64encode(hashlib.md5(raw).digest()).decode()
+    raw, generation, md5 = _download(uri)
+    if md5 and md5 != base64.b64encode(hashlib.md5(raw).digest()).decode():
+        raise DataError(f"cannot read {uri}: the bytes read do not match the object's MD5")
+    return raw, generation, md5
 
 
 def _read_bytes(uri: str) -> bytes:
@@ -574,9 +576,9 @@ def _read_bytes(uri: str) -> bytes:
         raise DataError(f"cannot read {uri}: {exc}") from exc
 
 
-def _download(uri: str) -> tuple[bytes, str]:
-    """(bytes, generation) of `gs://bucket/name[#generation]`; a pinned generation that is not the one served is an
-    error (the object was replaced and the store does not keep old versions)."""
+def _download(uri: str) -> tuple[bytes, str, str]:
+    """(bytes, generation, base64 MD5 as the store reports it) of `gs://bucket/name[#generation]`; a pinned
+    generation that is not the one served is an error (the object was replaced and the store keeps no versions)."""
     bucket, name = _split_gcs(uri)
     name, _, pinned = name.partition("#")
     try:
@@ -584,7 +586,7 @@ def _download(uri: str) -> tuple[bytes, str]:
         if blob is None:
             raise DataError(f"cannot read {uri}: no such object")
         # Taken before the download, which rewrites the blob's fields from the response's headers.
-        generation = str(blob.generation or "")
+        generation, md5 = str(blob.generation or ""), blob.md5_hash or ""
         raw = blob.download_as_bytes()  # of blob.generation: a write meanwhile does not change what is read
     except DataError:
         raise
@@ -592,7 +594,7 @@ def _download(uri: str) -> tuple[bytes, str]:
         raise DataError(f"cannot read {uri}: {exc}") from exc
     if pinned and generation != pinned:
         raise DataError(f"cannot read {uri}: the store serves generation {generation} instead")
-    return raw, generation
+    return raw, generation, md5
 
 
 def _expand_gcs(uri: str) -> list[str]:

@@ -269,11 +269,11 @@ def parse_tags(pairs: Sequence[str]) -> dict[str, str]:
 def run_tags(args: argparse.Namespace, dataset: data.Dataset, env: dict[str, str] | None = None) -> dict[str, str]:
     """The run's tags: --tag's, training_fingerprint checked against the data read, the image and the commit.
 
-    When every source is a bucket object, training_fingerprint is the fingerprint of the objects as read
-    (generation, and the MD5 of the bytes) and of TrainingSettings (RETRAIN_ARGS, TRAINING_IMAGE): the retrain
-    check then sees what the run learned from, not what a listing promised. A --tag training_fingerprint (the
-    job's, of its listing) must equal it. A run of local files, or one by hand without the tag, gets none: its
-    arguments are not RETRAIN_ARGS, so it must not tell the check the data are trained on.
+    When every source is a bucket object, training_fingerprint is the fingerprint of the objects as read (the
+    generation served, the MD5 checked against the bytes) and of TrainingSettings (RETRAIN_ARGS,
+    TRAINING_IMAGE): the retrain check then sees what the run learned from, not what a listing promised. A --tag
+    training_fingerprint (the job's, of its listing) must equal it. A run of local files, or one by hand without
+    the tag, gets none: its arguments are not RETRAIN_ARGS, so it must not tell the check the data are trained on.
     """
     env = dict(os.environ if env is None else env)
     tags = dict(getattr(args, "tags", {}) or {})
