@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import dataclasses
+import functools
 import gzip
 import hashlib
 import io
 import json
 import math
+import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+
+from sentiment_core import training_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "yelp"
 # Out-of-domain development sets (`label<TAB>text`, 1 = positive, a header row): for choosing and tuning, never
 # for training.
 DEFAULT_OOD_DIR = REPO_ROOT.parent / "shared" / "data" / "ood"
-DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".jsonl.gz", ".json.gz", ".csv.gz")
+DATA_SUFFIXES = training_data.DATA_SUFFIXES
+HASH_SUFFIX = ".sha256"  # --exclude-texts files: one lowercase hex sha256 of a UTF-8 text per line
+FORMATS = ("yelp_json", "polarity_csv", "labelled_json")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # Yelp Review Polarity: 1 = negative, 2 = positive.
 _POLARITY_LABELS = {"1": 0, "2": 1}
@@ -54,6 +63,12 @@ class SourceReport:
     empty_text: int = 0
     unknown_label: int = 0
     duplicate: int = 0
+    # Texts of --exclude-texts (the deploy gate's evaluation set): dropped so the gate judges unseen text.
+    held_out: int = 0
+    feedback: bool = False  # from the feedback/ folder: users' answers, weighted by --feedback-weight
+    # A gs:// source: the generation read and its base64 MD5, checked against the bytes (training_data.fingerprint).
+    generation: str = ""
+    md5: str = ""
     examples_of_rejects: list[str] = dataclasses.field(default_factory=list)
 
     def reject(self, reason: str, line_no: int) -> None:
@@ -63,7 +78,13 @@ class SourceReport:
 
     @property
     def rejected(self) -> int:
-        return self.malformed + self.empty_text + self.unknown_label + self.duplicate
+        return self.malformed + self.empty_text + self.unknown_label + self.duplicate + self.held_out
+
+    def data_object(self) -> training_data.DataObject | None:
+        """The bucket object this source was read from (None for a local file): what the fingerprint hashes."""
+        if not self.uri.startswith("gs://"):
+            return None
+        return training_data.DataObject(_split_gcs(self.uri)[1].partition("#")[0], self.generation, self.md5)
 
 
 @dataclasses.dataclass
@@ -84,13 +105,29 @@ class Dataset:
         return digest.hexdigest()
 
     def summary(self) -> dict[str, int]:
-        totals = {"lines": 0, "used": 0, "malformed": 0, "empty_text": 0, "unknown_label": 0, "duplicate": 0}
+        totals = {
+            "lines": 0,
+            "used": 0,
+            "malformed": 0,
+            "empty_text": 0,
+            "unknown_label": 0,
+            "duplicate": 0,
+            "held_out": 0,
+        }
         for report in self.reports:
             for key in totals:
                 totals[key] += getattr(report, key)
         totals["positive"] = sum(self.labels)
         totals["negative"] = len(self.labels) - totals["positive"]
+        totals["feedback"] = sum(r.used for r in self.reports if r.feedback)
         return totals
+
+    def data_objects(self) -> list[training_data.DataObject] | None:
+        """The bucket objects read, when every source is one (else None): the input of the fingerprint."""
+        objects = [report.data_object() for report in self.reports]
+        if not objects or None in objects:
+            return None
+        return objects
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +144,10 @@ class Split:
 
 
 def resolve_sources(uris: Sequence[str] | None) -> list[str]:
-    """Expand folders (local or gs:// prefixes ending in '/') into data files; default to ../shared/data/yelp."""
+    """Expand folders (local or gs:// prefixes ending in '/') into data files; default to ../shared/data/yelp.
+
+    A gs:// prefix is expanded at any depth, by sentiment_core.training_data's rules: its ood/ and holdout/
+    folders are never training data. `gs://bucket/name#generation` is that version of the object."""
     if not uris:
         if not DEFAULT_DATA_DIR.is_dir():
             raise DataError(f"no --data given and the default folder {DEFAULT_DATA_DIR} does not exist")
@@ -131,28 +171,101 @@ def resolve_sources(uris: Sequence[str] | None) -> list[str]:
 
 
 def detect_format(uri: str, head: bytes) -> str:
-    """'yelp_json' or 'polarity_csv', from the name, else from the first byte."""
-    name = uri.removesuffix(".gz")
-    if name.endswith((".jsonl", ".json")):
-        return "yelp_json"
+    """'yelp_json', 'labelled_json' or 'polarity_csv', from the name and the first record (head: the first line).
+
+    JSON lines whose record has a "label" and no "stars" are labelled_json (the feedback export's rows); so is
+    every JSON source of a feedback/ folder."""
+    name = uri.partition("#")[0].removesuffix(".gz")
     if name.endswith(".csv"):
         return "polarity_csv"
-    return "yelp_json" if head.lstrip()[:1] == b"{" else "polarity_csv"
+    if not name.endswith((".jsonl", ".json")) and head.lstrip()[:1] != b"{":
+        return "polarity_csv"
+    if is_feedback(uri):
+        return "labelled_json"
+    try:
+        record = json.loads(head)
+    except ValueError:
+        return "yelp_json"  # the parser counts the line as malformed
+    if isinstance(record, dict) and "label" in record and "stars" not in record:
+        return "labelled_json"
+    return "yelp_json"
 
 
-def load_dataset(uris: Sequence[str] | None, label_rule: LabelRule = LabelRule()) -> Dataset:
-    """Read every source; duplicate texts keep their first occurrence and are counted, not silently dropped."""
+def is_feedback(uri: str) -> bool:
+    """A source in a feedback/ folder (the exported answers of users, sentiment_core.training_data)."""
+    return f"/{training_data.FEEDBACK_FOLDER}" in "/" + uri.partition("#")[0].removeprefix("gs://")
+
+
+def text_sha256(text: str) -> str:
+    """The hash --exclude-texts lists: sha256 of the stripped text's UTF-8 bytes."""
+    return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()
+
+
+def load_excluded_hashes(uris: Sequence[str]) -> frozenset[str]:
+    """The sha256 values of every `.sha256` file the URIs name (a file, a folder or a gs:// prefix)."""
+    hashes: set[str] = set()
+    for uri in uris:
+        for source in _hash_files(uri):
+            raw = _read_bytes(source)
+            for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+                value = line.strip().lower()
+                if not value:
+                    continue
+                if not _SHA256.fullmatch(value):
+                    raise DataError(f"{source}:{number}: expected a hex sha256, got {line!r:.80}")
+                hashes.add(value)
+    return frozenset(hashes)
+
+
+def _hash_files(uri: str) -> list[str]:
+    if uri.startswith("gs://"):
+        bucket, name = _split_gcs(uri)
+        if name and not name.endswith("/"):
+            return [uri]
+        try:
+            return sorted(
+                f"gs://{bucket}/{b.name}"
+                for b in gcs_client().list_blobs(bucket, prefix=name or None)
+                if b.name.endswith(HASH_SUFFIX)
+            )
+        except Exception as exc:  # see _read_bytes
+            raise DataError(f"cannot list {uri}: {exc}") from exc
+    path = Path(uri).expanduser()
+    if path.is_dir():
+        return [str(p) for p in sorted(path.glob(f"*{HASH_SUFFIX}"))]
+    if path.is_file():
+        return [str(path)]
+    raise DataError(f"{uri} does not exist")
+
+
+def load_dataset(
+    uris: Sequence[str] | None, label_rule: LabelRule = LabelRule(), exclude: frozenset[str] = frozenset()
+) -> Dataset:
+    """Read every source; duplicate texts keep their first occurrence and are counted, not silently dropped.
+
+    A text whose text_sha256 is in `exclude` is dropped and counted as held_out."""
     texts: list[str] = []
     labels: list[int] = []
     seen: set[str] = set()
     reports = []
+    parsers = {"yelp_json": _parse_yelp_json, "polarity_csv": _parse_polarity_csv, "labelled_json": _parse_labelled}
     for uri in resolve_sources(uris):
-        raw = _read_bytes(uri)
-        if uri.endswith(".gz"):
+        raw, generation, md5 = _read_source(uri)
+        if uri.partition("#")[0].endswith(".gz"):
             raw = gzip.decompress(raw)
-        report = SourceReport(uri=uri, format=detect_format(uri, raw[:64]), sha256=hashlib.sha256(raw).hexdigest())
-        parse = _parse_yelp_json if report.format == "yelp_json" else _parse_polarity_csv
-        for line_no, text, label in parse(raw, report, label_rule):
+        head = raw.lstrip()[:65536].split(b"\n", 1)[0]
+        report = SourceReport(
+            uri=uri,
+            format=detect_format(uri, head),
+            sha256=hashlib.sha256(raw).hexdigest(),
+            feedback=is_feedback(uri),
+            generation=generation,
+            md5=md5,
+        )
+        for line_no, text, label in parsers[report.format](raw, report, label_rule):
+            if exclude and text_sha256(text) in exclude:
+                report.reject("held_out", line_no)
+                continue
             if text in seen:
                 report.reject("duplicate", line_no)
                 continue
@@ -185,6 +298,29 @@ def _parse_yelp_json(raw: bytes, report: SourceReport, rule: LabelRule) -> Itera
             report.reject("empty_text", line_no)
             continue
         yield line_no, text, rule.label(stars)
+
+
+def _parse_labelled(raw: bytes, report: SourceReport, rule: LabelRule) -> Iterator[tuple[int, str, int]]:
+    """JSON lines {"text": str, "label": 0|1, ...}: the feedback export's rows (docs/retraining.md)."""
+    del rule  # already binary
+    for line_no, line in _lines(raw, report):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            report.reject("malformed", line_no)
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            report.reject("malformed", line_no)
+            continue
+        label = record.get("label")
+        if isinstance(label, bool) or label not in (0, 1):
+            report.reject("unknown_label", line_no)
+            continue
+        text = record["text"].strip()
+        if not text:
+            report.reject("empty_text", line_no)
+            continue
+        yield line_no, text, int(label)
 
 
 def _parse_polarity_csv(raw: bytes, report: SourceReport, rule: LabelRule) -> Iterator[tuple[int, str, int]]:
@@ -252,6 +388,14 @@ def review_flags(dataset: Dataset) -> list[bool]:
     for report in dataset.reports:
         flags.extend([report.format == "yelp_json"] * report.used)
     return flags[: len(dataset.texts)]  # a --limit run keeps only the first texts
+
+
+def feedback_flags(dataset: Dataset) -> list[bool]:
+    """Per example, in dataset order: True for an example of a feedback source (for --feedback-weight)."""
+    flags: list[bool] = []
+    for report in dataset.reports:
+        flags.extend([report.feedback] * report.used)
+    return flags[: len(dataset.texts)]
 
 
 # The polarity sentences come tokenised Penn-Treebank style ("did n't", "it 's"); users write "didn't", "it's".
@@ -364,8 +508,14 @@ class LabelledTexts:
     labels: list[int]
 
 
-def load_ood_sets(folder: Path) -> dict[str, LabelledTexts]:
-    """Every `*.tsv` dev set of folder by file stem, in name order (the MLflow metric ood_<stem>_accuracy)."""
+def load_ood_sets(folder: Path | str) -> dict[str, LabelledTexts]:
+    """Every `*.tsv` dev set of folder (local, or a gs:// prefix) by file stem, in name order (the MLflow metric
+    ood_<stem>_accuracy)."""
+    if str(folder).startswith("gs://"):
+        with tempfile.TemporaryDirectory(prefix="ood-") as tmp:
+            _download_tsv(str(folder), Path(tmp))
+            return load_ood_sets(Path(tmp))
+    folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"out-of-domain folder {folder} does not exist")
     sets = {}
@@ -387,31 +537,74 @@ def load_ood_sets(folder: Path) -> dict[str, LabelledTexts]:
     return sets
 
 
+def _download_tsv(uri: str, folder: Path) -> None:
+    """The .tsv objects directly under a gs:// prefix, into folder (a missing prefix leaves it empty)."""
+    bucket, prefix = _split_gcs(uri if uri.endswith("/") else uri + "/")
+    try:
+        for blob in gcs_client().list_blobs(bucket, prefix=prefix or None):
+            relative = blob.name[len(prefix) :]
+            if relative.endswith(".tsv") and "/" not in relative:
+                (folder / relative).write_bytes(blob.download_as_bytes())
+    except Exception as exc:  # see _read_bytes
+        raise DataError(f"cannot read {uri}: {exc}") from exc
+
+
 def take(values: Sequence, indices: Iterable[int]) -> list:
     """values[i] for every index, as a list."""
     return [values[i] for i in indices]
 
 
+def _read_source(uri: str) -> tuple[bytes, str, str]:
+    """(bytes, generation, MD5) of a source; generation and MD5 "" for a local file.
+
+    The MD5 is the store's (what a listing shows, so the fingerprint matches the retrain check's), checked against
+    the bytes read: the fingerprint then describes what training saw. A composite object has none ("")."""
+    if not uri.startswith("gs://"):
+        return _read_bytes(uri), "", ""
+    raw, generation, md5 = _download(uri)
+    if md5 and md5 != base64.b64encode(hashlib.md5(raw).digest()).decode():
+        raise DataError(f"cannot read {uri}: the bytes read do not match the object's MD5")
+    return raw, generation, md5
+
+
 def _read_bytes(uri: str) -> bytes:
     if uri.startswith("gs://"):
-        bucket, name = _split_gcs(uri)
-        try:
-            return _gcs_client().bucket(bucket).blob(name).download_as_bytes()
-        except Exception as exc:  # the storage client raises many types; all mean "cannot read"
-            raise DataError(f"cannot read {uri}: {exc}") from exc
+        return _download(uri)[0]
     try:
         return Path(uri).read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read {uri}: {exc}") from exc
 
 
+def _download(uri: str) -> tuple[bytes, str, str]:
+    """(bytes, generation, base64 MD5 as the store reports it) of `gs://bucket/name[#generation]`; a pinned
+    generation that is not the one served is an error (the object was replaced and the store keeps no versions)."""
+    bucket, name = _split_gcs(uri)
+    name, _, pinned = name.partition("#")
+    try:
+        blob = gcs_client().bucket(bucket).get_blob(name, generation=int(pinned) if pinned else None)
+        if blob is None:
+            raise DataError(f"cannot read {uri}: no such object")
+        # Taken before the download, which rewrites the blob's fields from the response's headers.
+        generation, md5 = str(blob.generation or ""), blob.md5_hash or ""
+        raw = blob.download_as_bytes()  # of blob.generation: a write meanwhile does not change what is read
+    except DataError:
+        raise
+    except Exception as exc:  # the storage client raises many types; all mean "cannot read"
+        raise DataError(f"cannot read {uri}: {exc}") from exc
+    if pinned and generation != pinned:
+        raise DataError(f"cannot read {uri}: the store serves generation {generation} instead")
+    return raw, generation, md5
+
+
 def _expand_gcs(uri: str) -> list[str]:
     bucket, name = _split_gcs(uri)
     if name and not name.endswith("/"):
         return [uri]
+    location = training_data.DataLocation(bucket, name)
     try:
-        blobs = _gcs_client().list_blobs(bucket, prefix=name or None)
-        found = sorted(f"gs://{bucket}/{b.name}" for b in blobs if b.name.endswith(DATA_SUFFIXES))
+        blobs = gcs_client().list_blobs(bucket, prefix=name or None)
+        found = sorted(f"gs://{bucket}/{b.name}" for b in blobs if location.is_training_data(b.name))
     except Exception as exc:  # see _read_bytes
         raise DataError(f"cannot list {uri}: {exc}") from exc
     if not found:
@@ -426,8 +619,19 @@ def _split_gcs(uri: str) -> tuple[str, str]:
     return bucket, name
 
 
-def _gcs_client():
+def gcs_client():
+    """The storage client: anonymous against the GCS emulator (STORAGE_EMULATOR_HOST), else the environment's
+    credentials. One per emulator host, created on first use."""
+    return _gcs_client(os.environ.get("STORAGE_EMULATOR_HOST", ""), os.environ.get("GOOGLE_CLOUD_PROJECT", ""))
+
+
+@functools.cache
+def _gcs_client(emulator_host: str, project: str):
     # Imported here: local training should not pay for (or need credentials for) the GCS client.
     from google.cloud import storage
 
-    return storage.Client()
+    if emulator_host:
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project=project or "local", credentials=AnonymousCredentials())
+    return storage.Client(project=project or None)

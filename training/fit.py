@@ -37,6 +37,7 @@ class HyperParams:
     feature_dropout: float = 0.006204802804333313
     review_weight: float = 1.4330830766048026
     tense_copy_weight: float = 0.5485069190413843  # loss weight of a tense copy (--tense-copies) against its original
+    feedback_weight: float = 1.0  # loss weight of an example of a feedback source (users' answers)
     idf_weighting: bool = False
     balance_classes: bool = True
     split_apostrophes: bool = True  # a preprocessing choice: training.preprocess.SPLIT_APOSTROPHES_PATTERN
@@ -58,6 +59,8 @@ class HyperParams:
             raise ValueError("review_weight must be > 0")
         if self.tense_copy_weight <= 0.0:
             raise ValueError("tense_copy_weight must be > 0")
+        if self.feedback_weight <= 0.0:
+            raise ValueError("feedback_weight must be > 0")
         if self.ensemble < 1:
             raise ValueError("ensemble must be >= 1")
 
@@ -112,15 +115,17 @@ def example_weights(
     is_review: Sequence[bool] | None,
     params: HyperParams,
     is_tense_copy: Sequence[bool] | None = None,
+    is_feedback: Sequence[bool] | None = None,
 ) -> torch.Tensor | None:
     """Loss weight of each training example, or None when all weigh 1 (the unweighted loss).
 
-    review_weight multiplies full reviews against sentences and tense_copy_weight the tense copies against the
-    rest; balance_classes then scales each class so both carry the same total weight (the training data is 60 %
-    positive; the out-of-domain sets are balanced).
+    review_weight multiplies full reviews against sentences, tense_copy_weight the tense copies against the
+    rest and feedback_weight the examples of feedback sources; balance_classes then scales each class so both
+    carry the same total weight (the training data is 60 % positive; the out-of-domain sets are balanced).
     """
     copy_weighted = params.tense_copy_weight != 1.0 and is_tense_copy is not None and any(is_tense_copy)
-    if params.review_weight == 1.0 and not params.balance_classes and not copy_weighted:
+    feedback_weighted = params.feedback_weight != 1.0 and is_feedback is not None and any(is_feedback)
+    if params.review_weight == 1.0 and not params.balance_classes and not copy_weighted and not feedback_weighted:
         return None
     weights = torch.ones_like(labels)
     if params.review_weight != 1.0:
@@ -130,6 +135,9 @@ def example_weights(
     if copy_weighted:
         copies = torch.tensor(list(is_tense_copy), dtype=torch.bool)
         weights = torch.where(copies, weights * params.tense_copy_weight, weights)
+    if feedback_weighted:
+        feedback = torch.tensor(list(is_feedback), dtype=torch.bool)
+        weights = torch.where(feedback, weights * params.feedback_weight, weights)
     if params.balance_classes:
         positive = labels >= 0.5
         total = weights.sum()
@@ -149,6 +157,7 @@ def fit(
     params: HyperParams,
     train_is_review: Sequence[bool] | None = None,
     train_is_tense_copy: Sequence[bool] | None = None,
+    train_is_feedback: Sequence[bool] | None = None,
     threshold: float = 0.5,
     watch: Mapping[str, tuple[Sequence[Sequence[int]], Sequence[int]]] | None = None,
     on_epoch: EpochCallback | None = None,
@@ -159,7 +168,8 @@ def fit(
     Returns the weights of the epoch with the best validation ROC AUC (later epochs overfit on this data) and
     every epoch's metrics, the chosen one marked with best_epoch. `train_is_review` marks full reviews (the
     rest are sentences) for params.review_weight, `train_is_tense_copy` the tense copies for
-    params.tense_copy_weight (see example_weights). train_loss and train_accuracy are
+    params.tense_copy_weight, `train_is_feedback` the examples of feedback sources for params.feedback_weight
+    (see example_weights). train_loss and train_accuracy are
     measured against the smoothed targets and weights the loop optimises. Each `watch` set (name -> ids,
     labels) adds its accuracy per epoch as `<name>_accuracy`; it never chooses the epoch.
     """
@@ -168,7 +178,7 @@ def fit(
     members = [_Member.create(i, vocab_size, params, feature_weights) for i in range(params.ensemble)]
     labels = torch.tensor(train_labels, dtype=torch.float32)
     targets = smooth_targets(labels, params.label_smoothing) if params.label_smoothing else labels
-    weights = example_weights(labels, train_is_review, params, train_is_tense_copy)
+    weights = example_weights(labels, train_is_review, params, train_is_tense_copy, train_is_feedback)
     val_y = np.asarray(val_labels)
     history = []
     model = average(member.model for member in members)

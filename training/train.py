@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +17,9 @@ import numpy as np
 from sentiment_core.contract import BEHAVIOUR_PASS_RATE_METRIC, MODEL_NAME, REFERENCE_ARTIFACT
 from sentiment_core.manifest import sha256_bytes, write_staged_folder
 from sentiment_core.monitoring import Reference
-from training import behaviour, calibration, data, evaluate, export, preprocess
+from sentiment_core.training_data import FINGERPRINT_TAG, TrainingSettings, fingerprint
+from training import behaviour, calibration, challenger, data, evaluate, export, preprocess
+from training.challenger import AutoPromote
 from training.fit import HyperParams, fit
 from training.golden import GOLDEN_TEXTS
 from training.model import save_checkpoint
@@ -55,6 +59,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ("feature_dropout", "probability of dropping each feature id of a training text, per step"),
         ("review_weight", "loss weight of a full review (JSON) relative to a sentence (CSV)"),
         ("tense_copy_weight", "loss weight of a tense copy (--tense-copies) relative to its original"),
+        ("feedback_weight", "loss weight of an example of a feedback source (a feedback/ folder: users' answers)"),
     ):
         group.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(DEFAULTS, name), help=text + D)
     group.add_argument(
@@ -94,10 +99,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also write the PyTorch checkpoint (state dict + vocabulary, torch.load(weights_only=True))",
     )
     group.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    group = parser.add_argument_group("continuous training (training.job passes these)")
+    group.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a tag of the run (repeatable), e.g. trigger=manual; training_fingerprint is checked against the "
+        "data read",
+    )
+    group.add_argument(
+        "--challenge",
+        action="store_true",
+        help="judge the new version against the production one on the same sets (challenger/ artifacts, version "
+        "tags challenger_of and beats_champion; implies --register)",
+    )
+    group.add_argument(
+        "--auto-promote",
+        choices=[m.value for m in AutoPromote],
+        default=AutoPromote.NEVER.value,
+        help="with --challenge: 'canary' points the alias production at a challenger that beats the champion" + D,
+    )
     args = parser.parse_args(argv)
     if not 0.0 < args.threshold < 1.0:
         parser.error("--threshold must be between 0 and 1")
-    args.register = args.register or args.promote
+    try:
+        args.tags = parse_tags(args.tag)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.auto_promote != AutoPromote.NEVER.value and not args.challenge:
+        parser.error("--auto-promote needs --challenge")
+    args.register = args.register or args.promote or args.challenge
     try:
         hyper_params(args)
     except ValueError as exc:
@@ -117,6 +150,14 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         f"Default: every file in {data.DEFAULT_DATA_DIR}",
     )
     group.add_argument(
+        "--exclude-texts",
+        action="append",
+        metavar="URI",
+        help="a .sha256 file, a folder or a gs:// prefix of them (repeatable): one hex sha256 of a UTF-8 text a "
+        "line; examples whose stripped text hashes to one are dropped before the split (the deploy gate's "
+        "evaluation set: training.eval_set --hashes-output)",
+    )
+    group.add_argument(
         "--positive-min-stars", type=float, default=3.0, help="a review is positive when stars >= this value" + D
     )
     group.add_argument("--val-fraction", type=float, default=0.1, help="share of each class for validation" + D)
@@ -126,10 +167,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--ood-dir",
-        type=Path,
         default=None,
         metavar="DIR",
-        help="out-of-domain dev sets (label<TAB>text .tsv files), scored and logged as ood_<file>_accuracy; never "
+        help="out-of-domain dev sets (label<TAB>text .tsv files, a folder or a gs:// prefix), scored and logged as "
+        "ood_<file>_accuracy; never "
         f"trained on (default: {data.DEFAULT_OOD_DIR} when it exists)",
     )
     group.add_argument(
@@ -185,6 +226,8 @@ def command_line(params: HyperParams, args: argparse.Namespace) -> list[str]:
     argv = []
     for path in args.data or []:
         argv += ["--data", path]
+    for uri in args.exclude_texts or []:
+        argv += ["--exclude-texts", uri]
     argv += ["--positive-min-stars", repr(args.positive_min_stars)]
     argv += ["--val-fraction", repr(args.val_fraction), "--test-fraction", repr(args.test_fraction)]
     if args.limit is not None:
@@ -199,6 +242,60 @@ def command_line(params: HyperParams, args: argparse.Namespace) -> list[str]:
         else:
             argv += [f"--{option}", repr(value)]
     return argv
+
+
+# MLflow's own tag keys allow these characters; a tag of the mlflow. namespace is MLflow's to set.
+_TAG_KEY = re.compile(r"[A-Za-z0-9_.\-/ ]{1,250}")
+
+
+def parse_tags(pairs: Sequence[str]) -> dict[str, str]:
+    """KEY=VALUE pairs of --tag; a key twice, an empty key or one of MLflow's own (mlflow.*) is an error."""
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not _TAG_KEY.fullmatch(key):
+            raise ValueError(f"--tag expects KEY=VALUE with a key of letters, digits, _ - . / or spaces, got {pair!r}")
+        if key.startswith("mlflow."):
+            raise ValueError(f"--tag {key}: the mlflow. tags are MLflow's own")
+        if key in tags:
+            raise ValueError(f"--tag {key} given twice")
+        if len(value) > 5000:
+            raise ValueError(f"--tag {key}: a value holds 5000 characters at most")
+        tags[key] = value
+    return tags
+
+
+def run_tags(args: argparse.Namespace, dataset: data.Dataset, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The run's tags: --tag's, training_fingerprint checked against the data read, the image and the commit.
+
+    When every source is a bucket object, training_fingerprint is the fingerprint of the objects as read (the
+    generation served, the MD5 checked against the bytes) and of TrainingSettings (RETRAIN_ARGS,
+    TRAINING_IMAGE): the retrain check then sees what the run learned from, not what a listing promised. A --tag
+    training_fingerprint (the job's, of its listing) must equal it. A run of local files, or one by hand without
+    the tag, gets none: its arguments are not RETRAIN_ARGS, so it must not tell the check the data are trained on.
+    """
+    env = dict(os.environ if env is None else env)
+    tags = dict(getattr(args, "tags", {}) or {})
+    objects = dataset.data_objects()
+    given = tags.get(FINGERPRINT_TAG)
+    if given is not None:
+        if objects is None:
+            raise data.DataError(f"--tag {FINGERPRINT_TAG} given, but not every source is a gs:// object")
+        read = fingerprint(objects, TrainingSettings.from_env(env))
+        if read != given:
+            raise data.DataError(
+                f"{FINGERPRINT_TAG} of the data read ({read[:12]}...) is not the one given ({given[:12]}...): the "
+                "data or RETRAIN_ARGS/TRAINING_IMAGE changed since they were listed"
+            )
+    image = env.get("TRAINING_IMAGE", "")
+    if image and "training_image" not in tags:
+        tags["training_image"] = image
+    commit = env.get("GIT_COMMIT", "")
+    if commit:
+        # An image has no .git: the commit it was built from comes in by name.
+        tags["mlflow.source.git.commit"] = commit
+    return tags
 
 
 def log(message: str) -> None:
@@ -217,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     dataset, split = load_data(args)
+    run_tags(args, dataset)  # a fingerprint that does not match fails here, before any training
     if connect(args) is None:
         return 3
     summary = train_and_log(args, dataset, split)
@@ -226,7 +324,10 @@ def run(args: argparse.Namespace) -> int:
 
 def load_data(args: argparse.Namespace) -> tuple[data.Dataset, data.Split]:
     """The data the options of add_data_arguments name, reported, and its split by --seed."""
-    dataset = data.load_dataset(args.data, data.LabelRule(args.positive_min_stars))
+    exclude = data.load_excluded_hashes(args.exclude_texts or [])
+    if args.exclude_texts:
+        log(f"excluded texts: {len(exclude)} hashes from {', '.join(args.exclude_texts)}")
+    dataset = data.load_dataset(args.data, data.LabelRule(args.positive_min_stars), exclude)
     if args.limit is not None:
         dataset.texts, dataset.labels = dataset.texts[: args.limit], dataset.labels[: args.limit]
     _report_data(dataset)
@@ -288,9 +389,12 @@ def train_and_log(
     ood = load_ood(args)
     with mlflow.start_run(run_name=args.run_name, nested=nested) as active:
         run_id = active.info.run_id
-        commit = tracking.git_commit()
+        given_tags = run_tags(args, dataset)
+        commit = None if "mlflow.source.git.commit" in given_tags else tracking.git_commit()
         if commit is not None:
             mlflow.set_tags({"mlflow.source.git.commit": commit[0], "git_dirty": str(commit[1]).lower()})
+        if given_tags:
+            mlflow.set_tags(given_tags)
         mlflow.log_params(
             {
                 **dataclasses.asdict(params),
@@ -331,6 +435,7 @@ def train_and_log(
             params=params,
             train_is_review=data.take(data.review_flags(dataset), train_sources),
             train_is_tense_copy=made.train_is_tense_copy(),
+            train_is_feedback=data.take(data.feedback_flags(dataset), train_sources),
             threshold=args.threshold,
             on_epoch=lambda epoch, record: log_epoch(mlflow, epoch, record),
             progress=not args.quiet,
@@ -390,9 +495,15 @@ def train_and_log(
             registered = tracking.register(model_uri, tags)
             version = str(registered.version)
             log(f"registered {MODEL_NAME} version {version}")
-            if args.promote:
-                tracking.promote(version)
-                log(f"alias 'production' -> {MODEL_NAME} version {version}")
+        decision = None
+        if args.challenge:
+            sets = challenger.evaluation_sets(dataset, split, ood)
+            decision = challenger.challenge(
+                model_bytes, version, args.threshold, sets, AutoPromote(args.auto_promote), log=log
+            )
+        if version is not None and args.promote:
+            tracking.promote(version)
+            log(f"alias 'production' -> {MODEL_NAME} version {version}")
 
         if args.checkpoint is not None:
             pattern = None if vocabulary.token_pattern == preprocess.TOKEN_PATTERN else vocabulary.token_pattern
@@ -419,6 +530,7 @@ def train_and_log(
         "test_roc_auc": round(test_probabilities["roc_auc"], 4),
         "model_size_bytes": len(model_bytes),
         **{name: round(value, 4) for name, value in ood_accuracy.items()},
+        **(challenger.summary(decision) if args.challenge else {}),
     }
 
 

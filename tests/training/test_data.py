@@ -303,3 +303,157 @@ def test_training_texts_applies_contractions_then_tense_copies_and_never_touches
     ]
     assert [made.source[i] for i in made.train] == [0, 1, 0, 0, 1, 0]
     assert made.train_is_tense_copy() == [False, False, False, True, True, True]
+
+
+@pytest.mark.parametrize(
+    ("uri", "head", "expected"),
+    [
+        ("r.jsonl", b'{"stars": 5, "text": "good"}', "yelp_json"),
+        ("r.jsonl", b'{"label": 1, "text": "good"}', "labelled_json"),
+        ("r.jsonl", b'{"label": 1, "stars": 4, "text": "good"}', "yelp_json"),
+        ("r.json.gz", b'{"label": 0, "text": "bad"}', "labelled_json"),
+        ("gs://b/p/feedback/export.jsonl#17", b'{"stars": 5, "text": "good"}', "labelled_json"),
+        ("r.jsonl", b"{broken", "yelp_json"),
+        ("r.csv", b'{"label": 1}', "polarity_csv"),
+        ("gs://b/p/s.csv#3", b'"1","bad"', "polarity_csv"),
+        ("noext", b'"2","good"', "polarity_csv"),
+        ("noext", b'{"label": 1, "text": "x"}', "labelled_json"),
+    ],
+)
+def test_detect_format_from_name_folder_and_first_record(uri: str, head: bytes, expected: str) -> None:
+    assert data.detect_format(uri, head) == expected
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("gs://b/p/feedback/x.jsonl#1", True),
+        ("gs://b/feedback/x.jsonl", True),
+        ("/data/feedback/x.jsonl", True),
+        ("feedback/x.jsonl", True),
+        ("gs://b/p/yelp/feedback.jsonl", False),
+        ("gs://b/p/nofeedback/x.jsonl", False),
+    ],
+)
+def test_is_feedback_only_for_a_feedback_folder(uri: str, expected: bool) -> None:
+    assert data.is_feedback(uri) is expected
+
+
+def test_load_dataset_labelled_json_counts_every_bad_line_and_flags_feedback(tmp_path: Path) -> None:
+    (tmp_path / "feedback").mkdir()
+    rows = [
+        {"text": " lovely staff ", "label": 1, "source": "feedback", "prediction_id": "p1"},
+        {"text": "rude waiter", "label": 0, "source": "feedback", "prediction_id": "p2"},
+        {"text": "maybe", "label": 2},
+        {"text": "yes", "label": True},
+        {"text": "   ", "label": 1},
+        {"label": 1},
+    ]
+    feedback = write(tmp_path / "feedback" / "export.jsonl", [*map(json.dumps, rows), "{nope"])
+    reviews = write(tmp_path / "reviews.jsonl", [json.dumps({"stars": 1, "text": "awful"})])
+
+    dataset = data.load_dataset([str(feedback), str(reviews)])
+
+    report = dataset.reports[0]
+    assert report.format == "labelled_json"
+    assert report.feedback
+    assert (report.used, report.unknown_label, report.empty_text, report.malformed) == (2, 2, 1, 2)
+    assert report.rejected + report.used == report.lines == 7
+    assert dataset.texts == ["lovely staff", "rude waiter", "awful"]
+    assert dataset.labels == [1, 0, 0]
+    assert data.feedback_flags(dataset) == [True, True, False]
+    assert dataset.summary()["feedback"] == 2
+    assert dataset.data_objects() is None  # local files: no fingerprint
+
+
+def test_load_dataset_exclude_drops_listed_texts_before_dedup_and_counts_them_per_source(tmp_path: Path) -> None:
+    reviews = write(
+        tmp_path / "reviews.jsonl",
+        [json.dumps({"stars": s, "text": t}) for s, t in [(5, "kept one"), (1, " the gate's text "), (1, "kept two")]],
+    )
+    sentences = write(tmp_path / "sentences.csv", ['"2","the gate\'s text"', '"1","kept three"'])
+    exclude = frozenset({data.text_sha256("the gate's text")})
+
+    dataset = data.load_dataset([str(reviews), str(sentences)], exclude=exclude)
+
+    assert dataset.texts == ["kept one", "kept two", "kept three"]
+    assert [(r.held_out, r.duplicate) for r in dataset.reports] == [(1, 0), (1, 0)]
+    assert dataset.summary()["held_out"] == 2
+    assert all(r.rejected + r.used == r.lines for r in dataset.reports)
+
+
+def test_text_sha256_is_of_the_stripped_utf8_text() -> None:
+    import hashlib
+
+    assert data.text_sha256("  café \n") == hashlib.sha256("café".encode()).hexdigest()
+
+
+def test_load_excluded_hashes_reads_files_and_folders_of_sha256_files(tmp_path: Path) -> None:
+    first, second = data.text_sha256("a"), data.text_sha256("b")
+    (tmp_path / "holdout").mkdir()
+    write(tmp_path / "holdout" / "eval.sha256", [first, "", second.upper()])
+    write(tmp_path / "holdout" / "notes.txt", ["not a hash"])
+    single = write(tmp_path / "one.sha256", [first])
+
+    assert data.load_excluded_hashes([str(tmp_path / "holdout")]) == {first, second}
+    assert data.load_excluded_hashes([str(single)]) == {first}
+    assert data.load_excluded_hashes([]) == frozenset()
+
+
+@pytest.mark.parametrize("line", ["abc", "z" * 64, data.text_sha256("a") + " extra"])
+def test_load_excluded_hashes_bad_line_raises_with_its_place(tmp_path: Path, line: str) -> None:
+    path = write(tmp_path / "bad.sha256", [data.text_sha256("a"), line])
+
+    with pytest.raises(data.DataError, match=r"bad.sha256:2: expected a hex sha256"):
+        data.load_excluded_hashes([str(path)])
+
+
+def test_load_excluded_hashes_missing_path_raises(tmp_path: Path) -> None:
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.load_excluded_hashes([str(tmp_path / "missing")])
+
+
+def test_source_report_data_object_is_the_pinned_object_read() -> None:
+    report = data.SourceReport("gs://bkt/p/yelp/r.jsonl#42", "yelp_json", generation="42", md5="bWQ1")
+
+    assert report.data_object() == data.training_data.DataObject("p/yelp/r.jsonl", "42", "bWQ1")
+    assert data.SourceReport("/tmp/r.jsonl", "yelp_json").data_object() is None
+
+
+def test_load_dataset_reads_a_data_location_pinned_and_records_generation_and_md5(
+    gcs_emulator, monkeypatch, tmp_path: Path
+) -> None:
+    import base64
+    import hashlib
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project="test", credentials=AnonymousCredentials())
+    bucket = client.create_bucket("training-data-location-test")
+    review = json.dumps({"stars": 5, "text": "superb"}).encode() + b"\n"
+    bucket.blob("d/yelp/deep/part-1.jsonl").upload_from_string(review)
+    bucket.blob("d/feedback/export.jsonl").upload_from_string(json.dumps({"text": "meh", "label": 0}) + "\n")
+    bucket.blob("d/ood/set.jsonl").upload_from_string(json.dumps({"stars": 1, "text": "never trained on"}) + "\n")
+    bucket.blob("d/holdout/eval.sha256").upload_from_string(data.text_sha256("meh") + "\n")
+    bucket.blob("d/ood/dev.tsv").upload_from_string("label\ttext\n1\tfine film\n0\tdull film\n")
+    generation = str(bucket.get_blob("d/yelp/deep/part-1.jsonl").generation)
+
+    dataset = data.load_dataset(["gs://training-data-location-test/d/"])
+    pinned = data.load_dataset([f"gs://training-data-location-test/d/yelp/deep/part-1.jsonl#{generation}"])
+    held = data.load_excluded_hashes(["gs://training-data-location-test/d/holdout/"])
+    ood = data.load_ood_sets("gs://training-data-location-test/d/ood/")
+
+    assert sorted(dataset.texts) == ["meh", "superb"]  # nothing of ood/ or holdout/
+    assert [r.feedback for r in dataset.reports] == [True, False]
+    assert pinned.texts == ["superb"]
+    assert pinned.reports[0].generation == generation
+    assert pinned.reports[0].md5 == base64.b64encode(hashlib.md5(review).digest()).decode()
+    assert pinned.data_objects() == [
+        data.training_data.DataObject("d/yelp/deep/part-1.jsonl", generation, pinned.reports[0].md5)
+    ]
+    assert held == {data.text_sha256("meh")}
+    assert ood["dev"].labels == [1, 0]
+    with pytest.raises(data.DataError, match="serves generation"):
+        data.load_dataset([f"gs://training-data-location-test/d/yelp/deep/part-1.jsonl#{int(generation) + 1}"])

@@ -66,3 +66,41 @@ def test_eval_set_write_to_gcs_keeps_an_existing_set_unless_replaced(gcs_emulato
     eval_set.write(b"third\n", uri, replace=True)
 
     assert (kept, bucket.blob("m/eval.jsonl").download_as_bytes()) == (b"first\n", b"third\n")
+
+
+def test_eval_set_text_hashes_are_what_training_excludes(tmp_path) -> None:
+    rows = [{"text": "great tacos", "label": 1}, {"text": "cold fries", "label": 0}]
+    raw = eval_set.to_jsonl(rows)
+    reviews = tmp_path / "reviews.jsonl"
+    reviews.write_text("".join(json.dumps({"stars": s, "text": t}) + "\n" for s, t in [(5, "great tacos"), (2, "ok")]))
+    (tmp_path / "hashes.sha256").write_bytes(eval_set.text_hashes(raw))
+
+    dataset = data.load_dataset([str(reviews)], exclude=data.load_excluded_hashes([str(tmp_path / "hashes.sha256")]))
+
+    assert eval_set.text_hashes(raw).decode().split() == [
+        data.text_sha256("great tacos"),
+        data.text_sha256("cold fries"),
+    ]
+    assert dataset.texts == ["ok"]
+
+
+def test_eval_set_main_writes_the_hashes_beside_the_set(tmp_path, capsys) -> None:
+    reviews = tmp_path / "reviews.jsonl"
+    reviews.write_text("".join(json.dumps({"stars": 1 + i % 5, "text": f"review {i}"}) + "\n" for i in range(200)))
+
+    code = eval_set.main(
+        [
+            "--output",
+            str(tmp_path / "eval.jsonl"),
+            "--hashes-output",
+            str(tmp_path / "eval.sha256"),
+            "--data",
+            str(reviews),
+        ]
+    )
+
+    rows = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    hashes = (tmp_path / "eval.sha256").read_text().split()
+    assert code == 0
+    assert hashes == [data.text_sha256(row["text"]) for row in rows]
+    assert f"{len(rows)} text hashes" in capsys.readouterr().out

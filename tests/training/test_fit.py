@@ -307,3 +307,19 @@ def test_fit_ensemble_of_one_is_the_single_model_and_of_three_is_an_average_of_o
     np.testing.assert_array_equal(three[:, :8], single)  # member 0 is seeded as the single model
     assert not np.array_equal(three[:, 8:16], single)
     np.testing.assert_array_equal(three, _tiny_fit(ensemble=3)[0])
+
+
+def test_example_weights_feedback_weight_multiplies_feedback_examples_only() -> None:
+    labels = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    params = HyperParams(review_weight=1.0, tense_copy_weight=1.0, balance_classes=False, feedback_weight=3.0)
+
+    weights = example_weights(labels, [False] * 4, params, None, [True, False, False, True])
+
+    assert weights.tolist() == [3.0, 1.0, 1.0, 3.0]
+    assert example_weights(labels, [False] * 4, params, None, [False] * 4) is None
+    assert example_weights(labels, [False] * 4, params) is None
+
+
+def test_hyper_params_feedback_weight_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="feedback_weight"):
+        HyperParams(feedback_weight=0.0)

@@ -4,9 +4,11 @@ from pathlib import Path
 
 import pytest
 
+from sentiment_core.training_data import FINGERPRINT_TAG, DataObject, TrainingSettings, fingerprint
 from tests.support import run_training
+from training import data
 from training.fit import HyperParams
-from training.train import command_line, hyper_params, parse_args
+from training.train import command_line, hyper_params, parse_args, parse_tags, run_tags
 
 SMALL = ["--limit", "3000", "--epochs", "2", "--embedding-dim", "8"]
 
@@ -36,6 +38,11 @@ def test_help_documents_every_option(capsys) -> None:
         "--label-smoothing",
         "--feature-dropout",
         "--review-weight",
+        "--feedback-weight",
+        "--exclude-texts",
+        "--tag",
+        "--challenge",
+        "--auto-promote",
     ]:
         assert option in parser_options
 
@@ -65,6 +72,14 @@ def test_help_states_each_default_at_most_once_and_none_for_flags(capsys) -> Non
         ["--feature-dropout", "-0.1"],
         ["--review-weight", "0"],
         ["--weight-decay", "-1"],
+        ["--feedback-weight", "0"],
+        ["--tag", "novalue"],
+        ["--tag", "=v"],
+        ["--tag", "a=1", "--tag", "a=2"],
+        ["--tag", "mlflow.source.git.commit=abc"],
+        ["--tag", "bad key!=1"],
+        ["--auto-promote", "canary"],
+        ["--challenge", "--auto-promote", "always"],
     ],
 )
 def test_parse_args_bad_options_exit_with_usage_error(argv: list[str]) -> None:
@@ -85,6 +100,77 @@ def test_parse_args_promote_implies_register() -> None:
     assert parse_args(["--promote"]).register is True
 
 
+def test_parse_args_challenge_implies_register_and_never_promotes_by_default() -> None:
+    args = parse_args(["--challenge"])
+
+    assert (args.register, args.promote, args.auto_promote) == (True, False, "never")
+
+
+@pytest.mark.parametrize(
+    ("pairs", "tags"),
+    [
+        ([], {}),
+        (["trigger=manual"], {"trigger": "manual"}),
+        (["a=b=c", "empty="], {"a": "b=c", "empty": ""}),
+        (
+            ["training_image=europe-docker.pkg.dev/p/r/train@sha256:ab"],
+            {"training_image": "europe-docker.pkg.dev/p/r/train@sha256:ab"},
+        ),
+    ],
+)
+def test_parse_tags_splits_at_the_first_equals_sign(pairs: list[str], tags: dict[str, str]) -> None:
+    assert parse_tags(pairs) == tags
+
+
+def gcs_dataset(*objects: tuple[str, str, str]) -> data.Dataset:
+    reports = [data.SourceReport(f"gs://bkt/{n}#{g}", "yelp_json", generation=g, md5=m, used=1) for n, g, m in objects]
+    return data.Dataset([f"t{i}" for i in range(len(reports))], [1] * len(reports), reports, data.LabelRule())
+
+
+OBJECTS = (("p/yelp/a.jsonl", "11", "bWQ1YQ=="), ("p/feedback/f.jsonl", "12", "bWQ1Yg=="))
+
+
+def test_run_tags_accepts_the_fingerprint_of_the_objects_read_and_adds_image_and_commit() -> None:
+    env = {"RETRAIN_ARGS": "--epochs 1", "TRAINING_IMAGE": "img@sha256:1", "GIT_COMMIT": "abc123"}
+    expected = fingerprint([DataObject(*o) for o in OBJECTS], TrainingSettings(("--epochs", "1"), "img@sha256:1"))
+    args = parse_args(["--tag", f"{FINGERPRINT_TAG}={expected}", "--tag", "trigger=retrain_check"])
+
+    tags = run_tags(args, gcs_dataset(*reversed(OBJECTS)), env)
+
+    assert tags == {
+        FINGERPRINT_TAG: expected,
+        "trigger": "retrain_check",
+        "training_image": "img@sha256:1",
+        "mlflow.source.git.commit": "abc123",
+    }
+
+
+@pytest.mark.parametrize(
+    ("env", "objects"),
+    [
+        ({"RETRAIN_ARGS": "--epochs 2"}, OBJECTS),  # other settings
+        ({"RETRAIN_ARGS": "--epochs 1"}, OBJECTS[:1]),  # other data
+        ({"RETRAIN_ARGS": "--epochs 1"}, (("p/yelp/a.jsonl", "13", "bWQ1YQ=="), OBJECTS[1])),  # a new generation
+    ],
+    ids=["settings", "objects", "generation"],
+)
+def test_run_tags_fingerprint_of_other_data_or_settings_is_refused(env: dict, objects: tuple) -> None:
+    listed = fingerprint([DataObject(*o) for o in OBJECTS], TrainingSettings(("--epochs", "1")))
+    args = parse_args(["--tag", f"{FINGERPRINT_TAG}={listed}"])
+
+    with pytest.raises(data.DataError, match="is not the one given"):
+        run_tags(args, gcs_dataset(*objects), env)
+
+
+def test_run_tags_local_data_gets_no_fingerprint_and_refuses_one() -> None:
+    local = data.Dataset(["t"], [1], [data.SourceReport("/data/r.jsonl", "yelp_json", used=1)], data.LabelRule())
+
+    assert run_tags(parse_args([]), local, {}) == {}
+    assert run_tags(parse_args([]), gcs_dataset(*OBJECTS), {}) == {}  # by hand, without the job's tag: none
+    with pytest.raises(data.DataError, match="not every source is a gs:// object"):
+        run_tags(parse_args(["--tag", f"{FINGERPRINT_TAG}=abc"]), local, {})
+
+
 @pytest.mark.parametrize("flags", [True, False], ids=["switches-on", "switches-off"])
 def test_command_line_parses_back_into_the_same_params_and_data(flags: bool) -> None:
     params = HyperParams(
@@ -95,18 +181,29 @@ def test_command_line_parses_back_into_the_same_params_and_data(flags: bool) -> 
         seed=7,
         label_smoothing=0.05,
         tense_copy_weight=0.5,
+        feedback_weight=2.5,
         ensemble=2,
         idf_weighting=flags,
         balance_classes=flags,
         split_apostrophes=not flags,
     )
     data_options = ["--data", "a.csv", "--data", "gs://b/c/", "--limit", "500", "--val-fraction", "0.2"]
+    data_options += ["--exclude-texts", "gs://b/c/holdout/", "--exclude-texts", "x.sha256"]
     data_args = parse_args([*data_options, "--contractions", "both", "--tense-copies", "both", "--ood-dir", "/tmp/o"])
 
     parsed = parse_args(command_line(params, data_args))
 
     assert hyper_params(parsed) == params
-    names = ("data", "limit", "val_fraction", "test_fraction", "positive_min_stars", "contractions", "tense_copies")
+    names = (
+        "data",
+        "exclude_texts",
+        "limit",
+        "val_fraction",
+        "test_fraction",
+        "positive_min_stars",
+        "contractions",
+        "tense_copies",
+    )
     for name in (*names, "ood_dir"):
         assert getattr(parsed, name) == getattr(data_args, name)
 
