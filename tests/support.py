@@ -104,3 +104,45 @@ def save_predictions(firestore_host: str, predictions: Sequence[Prediction]) -> 
             writer.save_predictions(predictions[start : start + 100])
     finally:
         writer.close()
+
+
+class ScriptedServer:
+    """A loopback HTTP server answering GETs and POSTs from a script of (status, body, delay) and counting requests."""
+
+    def __init__(self, script: list[tuple[int, bytes, float]]) -> None:
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests = 0
+        self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []
+        self.bodies: list[bytes] = []
+        scripted = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                status, body, delay = script[min(scripted.requests, len(script) - 1)]
+                scripted.requests += 1
+                scripted.headers.append(dict(self.headers))
+                scripted.paths.append(self.path)
+                scripted.bodies.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                time.sleep(delay)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_GET
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -178,7 +178,7 @@ def test_base_image_is_pinned_by_digest() -> None:
 
 def test_dependencies_install_from_the_hashed_lock_only() -> None:
     parsed = instructions(DOCKERFILE.read_text())
-    (install,) = [r for r in named(parsed, "RUN") if "pip install" in r]
+    (install,) = [r for r in named(parsed, "RUN") if "pip install" in r and "requirements" in r]
 
     assert "training/requirements.txt /opt/training/requirements.txt" in named(parsed, "COPY")
     assert "--require-hashes" in install.split()
@@ -204,12 +204,28 @@ def test_image_copies_the_training_code_and_the_shared_package() -> None:
     copies = [c.split() for c in named(instructions(DOCKERFILE.read_text()), "COPY")]
     sources = {source for *sources, _ in copies for source in sources}
 
-    assert sources == {"training/requirements.txt", "lib/sentiment_core/src/sentiment_core/", "training/*.py"}
+    assert sources == {
+        "training/requirements.txt",
+        "lib/sentiment_core/src/sentiment_core/",
+        "training/*.py",
+        "pyproject.toml",  # the project's entry points: MLflow's identity-header plugin (training/mlflow_auth.py)
+    }
     assert all(list(REPO_ROOT.glob(source)) for source in sources)
     ignored = (TRAINING / "Dockerfile.dockerignore").read_text()  # the context sends what is copied, no more
-    assert {"!training/*.py", "!training/requirements.txt", "!lib/sentiment_core/src/sentiment_core/*.py"} <= set(
-        ignored.split()
-    )
+    assert {
+        "!training/*.py",
+        "!training/requirements.txt",
+        "!lib/sentiment_core/src/sentiment_core/*.py",
+        "!pyproject.toml",
+    } <= set(ignored.split())
+
+
+def test_the_project_itself_installs_offline_without_dependencies() -> None:
+    """Only for its entry points: no index, no resolution, nothing that is not in the lock."""
+    (project,) = [r for r in named(instructions(DOCKERFILE.read_text()), "RUN") if "pip install" in r and "/app" in r]
+
+    assert {"--no-deps", "--no-index", "--no-build-isolation"} <= set(project.split())
+    assert project.split()[-1] == "/app"
 
 
 def test_every_requirement_of_the_lock_is_pinned_with_hashes() -> None:

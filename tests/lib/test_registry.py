@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from localdev.services import free_port
 from sentiment_core.registry import RegistryClient, RegistryError
+from tests.support import ScriptedServer
 
 
 @pytest.fixture
@@ -162,53 +163,11 @@ def test_shared_package_imports_without_torch_or_mlflow() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-class _Scripted:
-    """A loopback HTTP server answering GETs and POSTs from a script of (status, body, delay) and counting requests."""
-
-    def __init__(self, script: list[tuple[int, bytes, float]]) -> None:
-        import threading
-        import time
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.requests = 0
-        self.headers: list[dict[str, str]] = []
-        self.paths: list[str] = []
-        self.bodies: list[bytes] = []
-        scripted = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                status, body, delay = script[min(scripted.requests, len(script) - 1)]
-                scripted.requests += 1
-                scripted.headers.append(dict(self.headers))
-                scripted.paths.append(self.path)
-                scripted.bodies.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                time.sleep(delay)
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_POST = do_GET
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 ALIAS_ANSWER = b'{"model_version": {"name": "m", "version": "4", "run_id": "r", "source": "s"}}'
 
 
 def test_registry_server_error_is_retried_once_then_answers() -> None:
-    server = _Scripted([(503, b'{"error_code": "TEMPORARILY_UNAVAILABLE"}', 0), (200, ALIAS_ANSWER, 0)])
+    server = ScriptedServer([(503, b'{"error_code": "TEMPORARILY_UNAVAILABLE"}', 0), (200, ALIAS_ANSWER, 0)])
     try:
         version = RegistryClient(server.url, timeout=2, backoff_s=0.01).version_by_alias("m", "production")
     finally:
@@ -218,7 +177,7 @@ def test_registry_server_error_is_retried_once_then_answers() -> None:
 
 
 def test_registry_retries_are_bounded() -> None:
-    server = _Scripted([(500, b"{}", 0)])
+    server = ScriptedServer([(500, b"{}", 0)])
     try:
         with pytest.raises(RegistryError, match="HTTP 500"):
             RegistryClient(server.url, timeout=2, retries=2, backoff_s=0.01).version_by_alias("m", "production")
@@ -229,7 +188,7 @@ def test_registry_retries_are_bounded() -> None:
 
 
 def test_registry_write_answered_5xx_is_retried_once_with_the_same_body() -> None:
-    server = _Scripted([(503, b'{"error_code": "TEMPORARILY_UNAVAILABLE"}', 0), (200, b"{}", 0)])
+    server = ScriptedServer([(503, b'{"error_code": "TEMPORARILY_UNAVAILABLE"}', 0), (200, b"{}", 0)])
     try:
         RegistryClient(server.url, timeout=2, backoff_s=0.01).set_alias("m", "production", "3")
     finally:
@@ -241,7 +200,7 @@ def test_registry_write_answered_5xx_is_retried_once_with_the_same_body() -> Non
 
 def test_registry_write_forbidden_raises_registry_error_without_retry() -> None:
     """What a watcher identity without EDIT on the model gets from MLflow's basic auth."""
-    server = _Scripted([(403, b'{"error_code": "PERMISSION_DENIED", "message": "Permission denied"}', 0)])
+    server = ScriptedServer([(403, b'{"error_code": "PERMISSION_DENIED", "message": "Permission denied"}', 0)])
     try:
         with pytest.raises(RegistryError, match="HTTP 403: Permission denied"):
             RegistryClient(server.url, timeout=2).set_version_tag("m", "3", "deployment_status", "retired")
@@ -253,7 +212,7 @@ def test_registry_write_forbidden_raises_registry_error_without_retry() -> None:
 
 def test_registry_timeout_is_not_retried() -> None:
     """A hung server has already spent the budget: one attempt, then RegistryError."""
-    server = _Scripted([(200, ALIAS_ANSWER, 1.0)])
+    server = ScriptedServer([(200, ALIAS_ANSWER, 1.0)])
     try:
         with pytest.raises(RegistryError, match=r"no answer within 0\.3 s"):
             RegistryClient(server.url, timeout=0.3, backoff_s=0.01).version_by_alias("m", "production")
@@ -266,8 +225,8 @@ def test_registry_timeout_is_not_retried() -> None:
 def test_registry_behind_cloud_run_iam_sends_an_identity_token_beside_basic_auth() -> None:
     from sentiment_core.registry import IdTokenSource
 
-    metadata = _Scripted([(200, b"header.payload.signature", 0)])
-    mlflow = _Scripted([(200, ALIAS_ANSWER, 0)])
+    metadata = ScriptedServer([(200, b"header.payload.signature", 0)])
+    mlflow = ScriptedServer([(200, ALIAS_ANSWER, 0)])
     try:
         tokens = IdTokenSource(mlflow.url, url=f"{metadata.url}/identity")
         client = RegistryClient(mlflow.url, username="watcher", password="pw", id_token=tokens, timeout=2)
@@ -287,7 +246,7 @@ def test_registry_behind_cloud_run_iam_sends_an_identity_token_beside_basic_auth
 def test_identity_token_unavailable_is_a_registry_error() -> None:
     from sentiment_core.registry import IdTokenSource
 
-    metadata = _Scripted([(404, b"no such service account", 0)])
+    metadata = ScriptedServer([(404, b"no such service account", 0)])
     try:
         with pytest.raises(RegistryError, match="identity token"):
             IdTokenSource("https://mlflow.example", url=f"{metadata.url}/identity")()
