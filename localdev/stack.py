@@ -4,9 +4,11 @@
 (buckets created), an MLflow server with its UI (SQLite store, artifacts in the GCS emulator's bucket, webhooks
 to the watcher signed with a secret), `predict` behind the local router (a stable URL whose revisions the
 watcher switches), `feedback`, `registry_watcher`, the redeploy (`functions/redeploy`, its own process fed by a
-Pub/Sub push subscription with a dead-letter topic), a scheduler that ticks the watcher every minute, and the
-static page with its config.json. Each function gets only its own settings, as in the cloud.
-URLs go to .local/stack.json (keys mlflow, predict, feedback, registry_watcher, frontend), logs to .local/logs/.
+Pub/Sub push subscription with a dead-letter topic), the retrain check (`functions/retrain`; its training runs
+are child processes of the work tree), a scheduler that ticks the watcher every minute and the retrain check
+every LOCAL_RETRAIN_INTERVAL_S (60; 0: only `make retrain`), and the static page with its config.json. Each
+function gets only its own settings, as in the cloud. URLs go to .local/stack.json (keys mlflow, predict,
+feedback, registry_watcher, frontend, data_bucket, storage_emulator, retrain), logs to .local/logs/.
 `down` exports the Firestore emulator's data to .local/firestore/ (`up` imports it) and stops every process the
 stack started; `reset` also deletes .local/.
 
@@ -23,6 +25,10 @@ EVIDENCE_MAX_PER_CLIENT is passed to predict and feedback as it is (both record 
 address, as in the cloud: predict's router appends it to X-Forwarded-For the way the load balancer does
 (CLIENT_ADDRESS_HOPS 2, the default), feedback is reached directly and takes the peer (CLIENT_ADDRESS_HOPS 0);
 many clients are many loopback addresses (127.0.0.2, 127.0.0.3, ... on Linux), see docs/promotion.md.
+The data bucket (`training-data`, prefix `yelp-sentiment/`) holds the default data, the out-of-domain sets and the
+evaluation texts' hashes, staged at `up` when absent; RETRAIN_*, FEEDBACK_EXPORT_*, AUTO_PROMOTE and
+TRAINING_IMAGE are passed to the retrain check as they are, over the stack's own defaults (LOCAL_RETRAIN), see
+docs/retraining.md.
 """
 
 from __future__ import annotations
