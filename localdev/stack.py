@@ -37,7 +37,6 @@ import argparse
 import base64
 import concurrent.futures
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -385,7 +384,7 @@ def _stage_training_data() -> None:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    from training import data
+    from training import data, eval_set
 
     bucket = storage.Client(project=PROJECT, credentials=AnonymousCredentials()).bucket(DATA_BUCKET)
     files = {
@@ -400,13 +399,8 @@ def _stage_training_data() -> None:
     holdout = bucket.blob(HOLDOUT_OBJECT)
     if not holdout.exists():
         staged = storage.Client(project=PROJECT, credentials=AnonymousCredentials()).bucket(EVAL_BUCKET)
-        holdout.upload_from_string(text_hashes(staged.blob(EVAL_OBJECT).download_as_bytes()), content_type="text/plain")
-
-
-def text_hashes(eval_set: bytes) -> bytes:
-    """The holdout file of an evaluation set (JSON lines with "text"): the sha256 of each text, one a line."""
-    rows = (json.loads(line) for line in eval_set.splitlines() if line.strip())
-    return "".join(hashlib.sha256(row["text"].encode()).hexdigest() + "\n" for row in rows).encode()
+        hashes = eval_set.text_hashes(staged.blob(EVAL_OBJECT).download_as_bytes())
+        holdout.upload_from_string(hashes, content_type="text/plain")
 
 
 def _create_topics(consumer_url: str) -> None:

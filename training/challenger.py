@@ -23,7 +23,14 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.stats import binomtest
 
-from sentiment_core.contract import META_THRESHOLD, MODEL_NAME, PRODUCTION_ALIAS
+from sentiment_core.contract import (
+    BEATS_CHAMPION_TAG,
+    CHALLENGER_OF_TAG,
+    META_THRESHOLD,
+    MODEL_NAME,
+    PRODUCTION_ALIAS,
+    PROMOTION_TAG,
+)
 from training import data
 
 ALPHA = 0.05
@@ -33,9 +40,9 @@ OOD_PREFIX = "ood_"
 REPORT_JSON = "challenger/report.json"
 REPORT_MD = "challenger/report.md"
 ACCURACY_PNG = "challenger/accuracy.png"
-TAG_CHALLENGER_OF = "challenger_of"
-TAG_BEATS_CHAMPION = "beats_champion"
-TAG_PROMOTION = "promotion"
+TAG_CHALLENGER_OF = CHALLENGER_OF_TAG
+TAG_BEATS_CHAMPION = BEATS_CHAMPION_TAG
+TAG_PROMOTION = PROMOTION_TAG
 AUTOMATIC = "automatic"
 
 
@@ -278,37 +285,53 @@ def find_champion() -> Champion | None:
         return Champion(str(version.version), (Path(folder) / "model.onnx").read_bytes())
 
 
-def challenge(
+@dataclasses.dataclass(frozen=True)
+class Judged:
+    """The champion a run was compared with, and the decision."""
+
+    champion_version: str
+    decision: Decision
+
+    def version_tags(self) -> dict[str, str]:
+        """Registered with the version, so that no version exists without them (contract names)."""
+        return {
+            TAG_CHALLENGER_OF: self.champion_version,
+            TAG_BEATS_CHAMPION: str(self.decision.beats_champion).lower(),
+        }
+
+
+def judge(
     challenger_bytes: bytes,
-    challenger_version: str | None,
     threshold: float,
     sets: Mapping[str, data.LabelledTexts],
     auto_promote: AutoPromote,
     log: Any = print,
-) -> Decision | None:
-    """In the active run: compare with the champion, log the report, tag the version, promote if decided.
+) -> Judged | None:
+    """In the active run, before the challenger is registered: compare with the champion, log the report.
 
-    None (nothing logged or tagged) when no version is in production or the challenger is the champion."""
+    Before registration on purpose: if this fails (MLflow, the champion's download), no version is left without its
+    tags, and the retrain check's retry does not add one more. None (nothing logged) without a production version.
+    """
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     from training import tracking
 
     champion = find_champion()
-    if champion is None or champion.version == challenger_version:
+    if champion is None:
         log("challenger: no production version to compare with")
         return None
     results = compare_models(champion.model_bytes, challenger_bytes, threshold, sets)
     decision = decide(results, auto_promote)
-    mlflow.log_dict(report(results, decision, champion.version, challenger_version), REPORT_JSON)
-    mlflow.log_text(report_markdown(results, decision, champion.version, challenger_version), REPORT_MD)
-    tracking.log_figure(accuracy_figure(results, champion.version, challenger_version), ACCURACY_PNG)
+    mlflow.log_dict(report(results, decision, champion.version, None), REPORT_JSON)
+    mlflow.log_text(report_markdown(results, decision, champion.version, None), REPORT_MD)
+    tracking.log_figure(accuracy_figure(results, champion.version, None), ACCURACY_PNG)
     metrics = {}
     for r in results:
         metrics[f"challenger_{r.name}_accuracy"] = r.challenger_accuracy
         metrics[f"champion_{r.name}_accuracy"] = r.champion_accuracy
     mlflow.log_metrics(metrics)
-    mlflow.set_tags({"challenger_of": champion.version, "beats_champion": str(decision.beats_champion).lower()})
+    judged = Judged(champion.version, decision)
+    mlflow.set_tags(judged.version_tags())
     for r in results:
         log(
             f"challenger: {r.name} (n={r.n}) champion {r.champion_accuracy:.4f}, challenger "
@@ -316,19 +339,22 @@ def challenge(
             f"{r.verdict().value}"
         )
     log(f"challenger: beats_champion {str(decision.beats_champion).lower()} ({decision.reason})")
-    if challenger_version is None:
-        return decision
-    client = MlflowClient()
-    client.set_model_version_tag(MODEL_NAME, challenger_version, TAG_CHALLENGER_OF, champion.version)
-    client.set_model_version_tag(
-        MODEL_NAME, challenger_version, TAG_BEATS_CHAMPION, str(decision.beats_champion).lower()
-    )
-    if decision.promote:
-        # The tag first: whoever sees the alias move (the registry watcher) can tell the promotion was automatic.
-        client.set_model_version_tag(MODEL_NAME, challenger_version, TAG_PROMOTION, AUTOMATIC)
-        tracking.promote(challenger_version)
-        log(f"challenger: alias '{PRODUCTION_ALIAS}' -> {MODEL_NAME} version {challenger_version} (automatic)")
-    return decision
+    return judged
+
+
+def promote_if_decided(judged: Judged | None, version: str | None, log: Any = print) -> bool:
+    """With AUTO_PROMOTE=canary and a win: the tag promotion=automatic, then the alias; whether it promoted."""
+    if judged is None or version is None or not judged.decision.promote:
+        return False
+    from mlflow.tracking import MlflowClient
+
+    from training import tracking
+
+    # The tag first: whoever sees the alias move (the registry watcher) can tell the promotion was automatic.
+    MlflowClient().set_model_version_tag(MODEL_NAME, version, TAG_PROMOTION, AUTOMATIC)
+    tracking.promote(version)
+    log(f"challenger: alias '{PRODUCTION_ALIAS}' -> {MODEL_NAME} version {version} (automatic)")
+    return True
 
 
 def summary(decision: Decision | None) -> dict[str, Any]:

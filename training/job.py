@@ -11,10 +11,13 @@ object by its generation, fingerprints data and settings, and runs `training.tra
     --tag training_fingerprint=... --tag trigger=retrain_check|manual [--tag retrain_execution=...]
     [--tag training_image=...] EXTRA
 
-Environment: DATA_URI (required), RETRAIN_ARGS, TRAINING_IMAGE, GIT_COMMIT, RETRAIN_EXECUTION, AUTO_PROMOTE
-(never | canary), MLFLOW_TRACKING_URI (and MLflow's own credentials variables), STORAGE_EMULATOR_HOST locally.
-Extra arguments are not part of the fingerprint. Progress goes to stderr; the last line of stdout is the run's
-summary as JSON; the exit status is 0 only when the run finished (the retrain check records failures by it).
+Environment: DATA_URI (required), RETRAIN_ARGS, TRAINING_IMAGE, TRAINING_BUILD, GIT_COMMIT, RETRAIN_EXECUTION,
+AUTO_PROMOTE (never | canary), MLFLOW_TRACKING_URI (and MLflow's own credentials variables; MLFLOW_IAM_AUDIENCE
+behind Cloud Run IAM, training/mlflow_auth.py), STORAGE_EMULATOR_HOST locally.
+Extra arguments say where results go (OUTPUT_OPTIONS: --promote, --output-dir, --checkpoint, --run-name) and are
+not part of the fingerprint; any other is refused (training options go in RETRAIN_ARGS). Progress goes to
+stderr; the last line of stdout is the run's summary as JSON; the exit status is 0 only when the run finished
+(the retrain check records failures by it).
 """
 
 from __future__ import annotations
@@ -117,6 +120,26 @@ def training_argv(settings: JobSettings, listing: Listing, data_fingerprint: str
     return [*argv, *extra]
 
 
+# Extra arguments that say where the results go, not what is learned: everything else that shapes the model goes
+# in RETRAIN_ARGS, which is part of the fingerprint, so that a run's training_fingerprint says what it learned from.
+OUTPUT_OPTIONS = {"--promote": 0, "--output-dir": 1, "--checkpoint": 1, "--run-name": 1}
+
+
+def check_extra(extra: Sequence[str]) -> None:
+    """JobError unless every extra argument is one of OUTPUT_OPTIONS (with its value)."""
+    i = 0
+    while i < len(extra):
+        option = extra[i].split("=", 1)[0]
+        if option not in OUTPUT_OPTIONS:
+            raise JobError(
+                f"extra argument {extra[i]!r} would change what the model learns: put training options in RETRAIN_ARGS "
+                f"(part of the fingerprint); extra arguments may only be {', '.join(OUTPUT_OPTIONS)}"
+            )
+        i += 1 + (OUTPUT_OPTIONS[option] if "=" not in extra[i] else 0)
+    if i > len(extra):
+        raise JobError(f"{extra[-1]} needs a value")
+
+
 def log(message: str) -> None:
     print(f"job: {message}", file=sys.stderr, flush=True)
 
@@ -126,6 +149,7 @@ def run(env: Mapping[str, str], extra: Sequence[str]) -> int:
     from training import data, train
 
     settings = JobSettings.from_env(env)
+    check_extra(extra)
     try:
         listing = list_data(data.gcs_client(), settings.location)
     except Exception as exc:  # the storage client raises many types; all mean "cannot list"

@@ -89,7 +89,7 @@ def log_lineage(dataset: Dataset, split: Split) -> None:
             # MLflow registers LocalArtifactDatasetSource twice and then warns that its own choice is ambiguous.
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             source = resolve_dataset_source(report.uri)
-        name = report.uri.rsplit("/", 1)[-1]
+        name = report.uri.split("#", 1)[0].rsplit("/", 1)[-1]  # the file's name; its generation is in the source
         # MLflow's dataset digest column holds 36 characters; the full sha256 is in the data report.
         mlflow.log_input(MetaDataset(source=source, name=name, digest=report.sha256[:36]), context="training")
     summary = dataset.summary()

@@ -267,7 +267,7 @@ def parse_tags(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def run_tags(args: argparse.Namespace, dataset: data.Dataset, env: dict[str, str] | None = None) -> dict[str, str]:
-    """The run's tags: --tag's, training_fingerprint checked against the data read, the image and the commit.
+    """The run's tags: --tag's, training_fingerprint checked against the data read, the image, its build, the commit.
 
     When every source is a bucket object, training_fingerprint is the fingerprint of the objects as read (the
     generation served, the MD5 checked against the bytes) and of TrainingSettings (RETRAIN_ARGS,
@@ -291,6 +291,9 @@ def run_tags(args: argparse.Namespace, dataset: data.Dataset, env: dict[str, str
     image = env.get("TRAINING_IMAGE", "")
     if image and "training_image" not in tags:
         tags["training_image"] = image
+    build = env.get("TRAINING_BUILD", "")
+    if build:
+        tags["training_build"] = build  # the Cloud Build id that made the image (training/cloudbuild.yaml)
     commit = env.get("GIT_COMMIT", "")
     if commit:
         # An image has no .git: the commit it was built from comes in by name.
@@ -482,6 +485,10 @@ def train_and_log(
         _behaviour(mlflow, model_bytes, args.threshold)
         ood_accuracy = _out_of_domain(mlflow, model_bytes, ood, args.threshold)
 
+        judged = None
+        if args.challenge:  # before registering: a failure here leaves no version without its verdict
+            sets = challenger.evaluation_sets(dataset, split, ood)
+            judged = challenger.judge(model_bytes, args.threshold, sets, AutoPromote(args.auto_promote), log=log)
         version = None
         if args.register:
             tags = {
@@ -491,16 +498,12 @@ def train_and_log(
                 "test_roc_auc": f"{test_probabilities['roc_auc']:.4f}",
                 "val_accuracy": f"{kept['best_val_accuracy']:.4f}",
                 "label_rule": dataset.label_rule.describe(),
+                **(judged.version_tags() if judged else {}),
             }
             registered = tracking.register(model_uri, tags)
             version = str(registered.version)
             log(f"registered {MODEL_NAME} version {version}")
-        decision = None
-        if args.challenge:
-            sets = challenger.evaluation_sets(dataset, split, ood)
-            decision = challenger.challenge(
-                model_bytes, version, args.threshold, sets, AutoPromote(args.auto_promote), log=log
-            )
+        challenger.promote_if_decided(judged, version, log=log)
         if version is not None and args.promote:
             tracking.promote(version)
             log(f"alias 'production' -> {MODEL_NAME} version {version}")
@@ -530,7 +533,7 @@ def train_and_log(
         "test_roc_auc": round(test_probabilities["roc_auc"], 4),
         "model_size_bytes": len(model_bytes),
         **{name: round(value, 4) for name, value in ood_accuracy.items()},
-        **(challenger.summary(decision) if args.challenge else {}),
+        **(challenger.summary(judged.decision if judged else None) if args.challenge else {}),
     }
 
 

@@ -44,6 +44,9 @@ class ExportSettings:
     min_feedback: int = 100  # RETRAIN_MIN_FEEDBACK: fewer new rows than this wait for more
     interval_s: float = 86400.0  # FEEDBACK_EXPORT_INTERVAL_S: at most one file per interval
     max_rows: int = MAX_ROWS
+    # Answers younger than this are left for the next export: an answer's feedback_at is its instance's clock when
+    # it was written, and one still committing (or from a slower clock) must not fall behind the watermark unseen.
+    settle_s: float = 120.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +140,7 @@ class FeedbackExporter:
         uri = f"gs://{self._location.bucket}/{blob.name}"
         if self._exists(blob):
             return self._recover(blob, uri, read, now, "the window's file was written before a crash")
-        answers = self.answers(read.watermark)
+        answers = self.answers(read.watermark, until=now - timedelta(seconds=self._settings.settle_s))
         rows = deduplicated(answers)
         if len(rows) < self._settings.min_feedback:
             detail = f"{len(rows)} new answered text(s), fewer than {self._settings.min_feedback}"
@@ -150,14 +153,17 @@ class FeedbackExporter:
         logger.info("exported %d feedback rows to %s", len(rows), uri, extra={"rows": len(rows), "uri": uri})
         return ExportResult(True, why, uri, len(rows))
 
-    def answers(self, after: datetime | None) -> list[Answer]:
-        """The answers counted as evidence, answered after `after`, oldest first (at most max_rows)."""
+    def answers(self, after: datetime | None, until: datetime | None = None) -> list[Answer]:
+        """The answers counted as evidence, answered after `after` and not after `until`, oldest first (at most
+        max_rows)."""
         from google.api_core import exceptions as gexc
         from google.cloud import firestore
 
         query = self._db.collection(PREDICTIONS).where(filter=firestore.FieldFilter("counted_as_evidence", "==", True))
         if after is not None:
             query = query.where(filter=firestore.FieldFilter("feedback_at", ">", after))
+        if until is not None:
+            query = query.where(filter=firestore.FieldFilter("feedback_at", "<=", until))
         query = query.order_by("feedback_at").limit(self._settings.max_rows)
         try:
             snapshots = list(query.stream(timeout=self._timeout))

@@ -91,6 +91,11 @@ class Retrainer:
         decision = self.store.apply(lambda state, now: decide(state, observed, self.policy, now, execution_id))
         if decision.action is Action.START:
             decision = self._start(execution_id)
+        if decision.cancel is not None:
+            try:
+                self.runner.cancel(decision.cancel)
+            except RunnerError as exc:  # recorded as failed already; the next tick cannot cancel it again
+                logger.error("execution %s could not be cancelled: %s", decision.cancel, exc)
         level = logging.WARNING if decision.action is Action.FAILED else logging.INFO
         fields = {"action": decision.action.value, "fingerprint": fp}
         logger.log(level, "retrain check: %s: %s", decision.action.value, decision.detail, extra=fields)

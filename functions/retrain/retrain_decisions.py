@@ -174,6 +174,7 @@ class Decision:
     state: RetrainState
     history: tuple[HistoryEntry, ...] = ()
     detail: str = ""
+    cancel: str | None = None  # an execution to stop: the check gave up on it (its timeout)
 
     def writes(self, before: RetrainState) -> bool:
         return self.state != before or bool(self.history)
@@ -226,8 +227,10 @@ def _running(state: RetrainState, last: Execution, observed: Observed, policy: P
         detail = f"execution {last.id} was claimed {age:.0f} s ago but its start was never recorded"
         return _ended(state, last, Status.FAILED, detail, policy, now)
     if age > policy.timeout_s:
-        detail = f"execution {last.name or last.id} was not seen to finish within {policy.timeout_s:g} s"
-        return _ended(state, last, Status.FAILED, detail, policy, now)
+        detail = f"execution {last.name or last.id} was not seen to finish within {policy.timeout_s:g} s: cancelled"
+        given_up = _ended(state, last, Status.FAILED, detail, policy, now)
+        # Stopped, not only recorded: the retry after the backoff must not train beside it.
+        return dataclasses.replace(given_up, cancel=last.name)
     return Decision(
         Action.RUNNING, state, detail=f"execution {last.name or last.id} is running (started {age:.0f} s ago)"
     )

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -45,6 +46,10 @@ class JobRunner(Protocol):
 
     def status(self, name: str) -> Status:
         """running, succeeded or failed."""
+        ...
+
+    def cancel(self, name: str) -> None:
+        """Stop an execution the check gave up on (its timeout): a retry must not run beside it."""
         ...
 
 
@@ -95,6 +100,20 @@ class CloudRunJobRunner:
             bool(execution.completion_time),
             execution.cancelled_count,
         )
+
+    def cancel(self, name: str) -> None:
+        from google.api_core import exceptions as gexc
+
+        try:
+            self._executions.cancel_execution(name=name)  # a long-running operation: not waited for
+        except gexc.NotFound:
+            return  # gone already
+        except (gexc.FailedPrecondition, gexc.BadRequest) as exc:  # gRPC says the one, REST the other
+            if self.status(name) is Status.RUNNING:
+                raise RunnerError(f"cancelling the execution {name} failed: {exc}") from exc
+            # it completed meanwhile: nothing to cancel
+        except gexc.GoogleAPIError as exc:
+            raise RunnerError(f"cancelling the execution {name} failed: {exc}") from exc
 
 
 def execution_status(tasks: int, succeeded: int, failed: int, completed: bool, cancelled: int = 0) -> Status:
@@ -163,13 +182,8 @@ class LocalRunner:
         child = self._children.get(name)
         # Liveness first, the status file second: the wrapper writes the file before it exits, so a process seen
         # gone with no file after it ended without one.
-        if child is not None:
-            alive = child.poll() is None  # reaps our own child: a zombie would still look alive to kill(pid, 0)
-        else:
-            try:
-                alive = _alive(int(self._path(name, "pid").read_text()))
-            except (OSError, ValueError):
-                alive = False  # never started here, or its files were removed
+        # poll() reaps our own child: a zombie would still look alive to kill(pid, 0).
+        alive = child.poll() is None if child is not None else self._pid(name) is not None
         status = self._path(name, "status")
         if status.exists():
             code = json.loads(status.read_text())["returncode"]
@@ -181,6 +195,30 @@ class LocalRunner:
         if not alive:
             self._children.pop(name, None)
         return Status.RUNNING if alive else Status.FAILED
+
+    def cancel(self, name: str) -> None:
+        if not EXECUTION_ID.fullmatch(name):
+            raise RunnerError(f"execution name {name!r} is not well formed")
+        pid = self._pid(name)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)  # its whole group: the wrapper and the training under it
+
+    def _pid(self, name: str) -> int | None:
+        """The execution's process group leader while it runs; None once it is gone. A pid reused since (after a
+        restart of the machine) is someone else's: its command line does not name this execution's status file."""
+        try:
+            pid = int(self._path(name, "pid").read_text())
+        except (OSError, ValueError):
+            return None  # never started here, or its files were removed
+        if not _alive(pid):
+            return None
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return pid  # no /proc (not Linux): liveness is all there is to go on
+        # Empty while the kernel is still setting up a process it just exec'd: then it is the one just started.
+        return pid if not command or str(self._path(name, "status")) in command else None
 
     def _path(self, execution_id: str, suffix: str) -> Path:
         return self._directory / f"{execution_id}.{suffix}"

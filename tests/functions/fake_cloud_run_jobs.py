@@ -85,9 +85,23 @@ class FakeCloudRunJobs:
             }
             return 200, operation
 
+    def _cancel(self, name: str) -> tuple[int, Any]:
+        """As the real API: a running execution's tasks are cancelled; one that completed cannot be."""
+        with self._lock:
+            record = self.executions[name]
+            if record.get("completionTime"):
+                error = {"code": 400, "message": "the execution has completed", "status": "FAILED_PRECONDITION"}
+                return 400, {"error": error}
+            record.update(runningCount=0, cancelledCount=1, completionTime="2026-12-02T10:30:00Z")
+            location = self.job_name.rsplit("/jobs/", 1)[0]
+            metadata = {"@type": EXECUTION_TYPE, **record}
+            return 200, {"name": f"{location}/operations/cancel-{name.rsplit('-', 1)[-1]}", "metadata": metadata}
+
     def _route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         if method == "POST" and path == f"/v2/{self.job_name}:run":
             return self._run(body)
+        if method == "POST" and path.endswith(":cancel") and path[4:].removesuffix(":cancel") in self.executions:
+            return self._cancel(path[4:].removesuffix(":cancel"))
         if method == "GET" and path.removeprefix("/v2/") in self.executions:
             with self._lock:
                 return 200, copy.deepcopy(self.executions[path.removeprefix("/v2/")])

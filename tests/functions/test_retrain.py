@@ -299,6 +299,21 @@ def test_export_writes_one_file_of_deduplicated_counted_answers_and_a_second_tic
     assert [e["kind"] for e in store.history()] == ["exported"]
 
 
+def test_export_leaves_answers_younger_than_the_settling_time_for_the_next_export(
+    exporter, clean_db, bucket, store
+) -> None:
+    settled = [answered(f"settled {i}", True, NOW - timedelta(minutes=10 + i)) for i in range(3)]
+    young = answered("answered a minute ago", False, NOW - timedelta(seconds=60))  # may still be committing
+    save(clean_db, *settled, young)
+
+    first = exporter.export_if_due(NOW)
+    rows = sorted(r["text"] for lines in exported_files(bucket).values() for r in lines)
+
+    assert (first.exported, first.rows) == (True, 3)
+    assert "answered a minute ago" not in rows
+    assert store.read().state.export.watermark == NOW - timedelta(minutes=10)  # the young answer stays after it
+
+
 def test_export_below_the_minimum_writes_nothing(exporter, clean_db, bucket, store) -> None:
     save(clean_db, answered("a", True, NOW - timedelta(hours=1)), answered("a", False, NOW - timedelta(minutes=30)))
     save(clean_db, answered("b", True, NOW - timedelta(minutes=20)))

@@ -124,6 +124,19 @@ def test_decide_table(before, seen, expected) -> None:
     assert decision.writes(before) is writes
 
 
+@pytest.mark.parametrize(
+    ("before", "seen", "cancelled"),
+    [
+        (state(execution("running", started=7201)), observed(runner=("train-1", d.Status.RUNNING)), "train-1"),
+        (state(execution("running", started=60)), observed(runner=("train-1", d.Status.FAILED)), None),
+        (state(execution("running", started=60)), observed(runner=("train-1", d.Status.RUNNING)), None),
+    ],
+    ids=["timed-out: stopped", "failed on its own: nothing to stop", "running: left alone"],
+)
+def test_decide_cancels_only_an_execution_it_gives_up_on(before, seen, cancelled) -> None:
+    assert d.decide(before, seen, POLICY, NOW, "e2").cancel == cancelled
+
+
 def test_decide_start_claims_the_execution_running_without_a_name_yet() -> None:
     decision = d.decide(state(execution("succeeded", OLD)), observed(), POLICY, NOW, "e2")
 

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,21 @@ def test_cloud_run_runner_status_is_running_until_the_execution_completes(
     jobs.finish(name, succeeded=succeeded)
 
     assert (before, cloud_runner.status(name)) == (Status.RUNNING, expected)
+
+
+def test_cloud_run_runner_cancel_stops_a_running_execution_and_ignores_a_completed_one(cloud_runner, jobs) -> None:
+    running, done = cloud_runner.start("m-1", {}), cloud_runner.start("m-2", {})
+    jobs.finish(done, succeeded=True)
+
+    cloud_runner.cancel(running)
+    cloud_runner.cancel(done)
+
+    assert (cloud_runner.status(running), cloud_runner.status(done)) == (Status.FAILED, Status.SUCCEEDED)
+    cancels = [urllib.parse.urlsplit(path).path for method, path, _ in jobs.requests if method == "POST"]
+    assert [path for path in cancels if path.endswith(":cancel")] == [
+        f"/v2/{running}:cancel",
+        f"/v2/{done}:cancel",
+    ]
 
 
 def test_cloud_run_runner_refused_run_raises_runner_error(cloud_runner, jobs) -> None:
@@ -136,6 +152,41 @@ def test_local_runner_sleeping_command_is_running_in_its_own_process_group(tmp_p
     finally:
         os.killpg(pid, signal.SIGKILL)
     assert wait_until_done(runner, name) is Status.FAILED  # killed: no status written
+
+
+def test_local_runner_cancel_stops_the_whole_process_group_even_from_a_restarted_check(tmp_path: Path) -> None:
+    grandchild = "[sys.executable, '-c', 'import time; time.sleep(60)']"
+    runner = local(tmp_path, f"import subprocess, sys, time; subprocess.Popen({grandchild}); time.sleep(60)")
+    name = runner.start("m-1", {})
+    pid = int((tmp_path / "runs" / "m-1.pid").read_text())
+    time.sleep(0.5)  # the grandchild is started
+
+    local(tmp_path, "pass").cancel(name)
+
+    assert wait_until_done(runner, name) is Status.FAILED
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+        raise AssertionError("a process of the cancelled execution's group is still alive")
+
+
+def test_local_runner_does_not_take_a_reused_pid_for_its_execution(tmp_path: Path) -> None:
+    runner = local(tmp_path, "pass")
+    name = runner.start("m-1", {})
+    wait_until_done(runner, name)
+    (tmp_path / "runs" / "m-1.status").unlink()  # as if it died without one...
+    (tmp_path / "runs" / "m-1.pid").write_text(str(os.getpid()))  # ...and its pid now names this test's process
+
+    restarted = local(tmp_path, "pass")
+    restarted.cancel(name)  # must not signal this process
+
+    assert restarted.status(name) is Status.FAILED
 
 
 def test_local_runner_dead_process_without_status_is_failed_after_a_restart(tmp_path: Path) -> None:

@@ -3,8 +3,9 @@ training run through the retrain check; the run lists the new file among its inp
 its report and tags, and promotes nothing by default; the same data again starts nothing; with AUTO_PROMOTE=canary
 a challenger that wins gets the alias and the progressive rollout starts.
 
-The champion is weak on purpose (one epoch on 500 reviews, through the job's own entry point so that its run
-carries the data's fingerprint); the check's runs train on 6,000 (RETRAIN_ARGS), so a challenger wins clearly.
+The champion is weak on purpose: the bucket starts small (600 reviews) and the champion is trained on it by the
+job's own entry point, as `make demo` does, so that its run carries the data's fingerprint; the check's runs then
+train on up to 6,000 (RETRAIN_ARGS, one epoch) of the grown bucket, so a challenger wins clearly.
 The deploy gate's thresholds are lowered: the gate is not what this module tests, the rollout must start.
 """
 
@@ -68,20 +69,23 @@ def data_bucket(urls: dict) -> tuple[storage.Bucket, str]:
     return storage.Client(project="demo-local", credentials=AnonymousCredentials()).bucket(bucket), prefix
 
 
-def new_reviews(batch: int, count: int = 300) -> bytes:
-    """Reviews nobody trained on yet: real ones from the end of the default data, made new texts."""
-    lines = (DEFAULT_DATA_DIR / "reviews.jsonl").read_text(encoding="utf-8").splitlines()[-count:]
-    rows = [json.loads(line) for line in lines]
-    return "".join(
-        json.dumps({"stars": row["stars"], "text": f"{row['text']} (December batch {batch}, review {i})"}) + "\n"
-        for i, row in enumerate(rows)
-    ).encode()
+def reviews(start: int, stop: int) -> bytes:
+    """Real reviews of the default data, lines start to stop: new to a bucket that never held them."""
+    lines = (DEFAULT_DATA_DIR / "reviews.jsonl").read_bytes().splitlines()[start:stop]
+    return b"\n".join(lines) + b"\n"
+
+
+def start_small(bucket: storage.Bucket, prefix: str) -> None:
+    """The bucket as a young deployment's: 600 reviews (the default data staged at `up` removed)."""
+    for blob in bucket.list_blobs(prefix=f"{prefix}yelp/"):
+        blob.delete()
+    bucket.blob(f"{prefix}first/reviews.jsonl").upload_from_string(reviews(0, 600))
 
 
 def train_champion(urls: dict) -> str:
     """The first model as `make demo` trains it: the job's entry point on the bucket, promoted; its version."""
     result = subprocess.run(
-        [sys.executable, "-m", "training.job", "--", "--promote", "--limit", "500"],
+        [sys.executable, "-m", "training.job", "--", "--promote"],
         cwd=REPO_ROOT,
         env={
             **os.environ,
@@ -146,11 +150,12 @@ def version_of(client: MlflowClient, run_id: str):
 def test_new_reviews_in_the_bucket_train_one_challenger_that_is_judged_and_not_promoted(local_stack) -> None:
     urls = urls_of(local_stack)
     client = MlflowClient(urls["mlflow"])
+    bucket, prefix = data_bucket(urls)
+    start_small(bucket, prefix)
     champion = train_champion(urls)
     wait_for_version(urls, champion, 180)
     assert tick(urls)["action"] == "up_to_date"  # the champion's run carries the data's fingerprint
-    bucket, prefix = data_bucket(urls)
-    raw = new_reviews(1)
+    raw = reviews(600, 5600)
 
     bucket.blob(f"{prefix}new/december-1.jsonl").upload_from_string(raw)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:  # four checks at once, as two schedulers might
@@ -177,7 +182,8 @@ def test_new_reviews_in_the_bucket_train_one_challenger_that_is_judged_and_not_p
 
     assert inputs["december-1.jsonl"] == hashlib.sha256(raw).hexdigest()[:36]
     assert sources[new_uri]["sha256"] == hashlib.sha256(raw).hexdigest()
-    assert sources[new_uri]["used"] == 300
+    assert sources[new_uri]["lines"] == 5000
+    assert sources[new_uri]["used"] > 4000  # less the evaluation set's texts (held out) and repeats
     version = version_of(client, run.info.run_id)
     assert version.tags["challenger_of"] == champion
     assert version.tags["beats_champion"] in ("true", "false")
@@ -201,7 +207,7 @@ def test_with_auto_promote_canary_a_winning_challenger_gets_the_alias_and_a_roll
     champion = client.get_model_version_by_alias(MODEL, "production").version
     bucket, prefix = data_bucket(urls)
 
-    bucket.blob(f"{prefix}new/december-2.jsonl").upload_from_string(new_reviews(2))
+    bucket.blob(f"{prefix}new/december-2.jsonl").upload_from_string(reviews(5600, 8000))
     started = wait_for(  # the scheduler's ticks, no one else's
         lambda: (
             (retrain_status(urls)["state"]["last"] or {}).get("status") == "running"

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from sentiment_core.training_data import DataLocation, DataObject, TrainingSetti
 from tests.support import run_training
 from training import data
 from training.challenger import AutoPromote
-from training.job import JobError, JobSettings, Listing, training_argv
+from training.job import JobError, JobSettings, Listing, check_extra, training_argv
 
 LOCATION = "gs://training-data/yelp-sentiment/"
 
@@ -80,6 +81,29 @@ def test_training_argv_pins_every_object_then_settings_flags_tags_and_extra_last
         *["--tag", "retrain_execution=exec-7", "--tag", "training_image=img@sha256:ab"],
         "--promote",
     ]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--promote"], ["--output-dir", "x", "--checkpoint", "y.pt"], ["--run-name=nightly", "--promote"]],
+)
+def test_job_extra_arguments_that_only_say_where_results_go_are_accepted(extra: list[str]) -> None:
+    check_extra(extra)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--limit", "500"], "'--limit' would change what the model learns: put training options in RETRAIN_ARGS"),
+        (["--promote", "--epochs=1"], "'--epochs=1' would change what the model learns"),
+        (["--output-dir"], "--output-dir needs a value"),
+    ],
+)
+def test_job_refuses_extra_arguments_that_change_the_model_outside_the_fingerprint(
+    extra: list[str], message: str
+) -> None:
+    with pytest.raises(JobError, match=re.escape(message)):
+        check_extra(extra)
 
 
 def test_training_argv_without_ood_holdout_or_execution_leaves_them_out() -> None:

@@ -130,8 +130,9 @@ def gcs_dataset(*objects: tuple[str, str, str]) -> data.Dataset:
 OBJECTS = (("p/yelp/a.jsonl", "11", "bWQ1YQ=="), ("p/feedback/f.jsonl", "12", "bWQ1Yg=="))
 
 
-def test_run_tags_accepts_the_fingerprint_of_the_objects_read_and_adds_image_and_commit() -> None:
+def test_run_tags_accepts_the_fingerprint_of_the_objects_read_and_adds_image_build_and_commit() -> None:
     env = {"RETRAIN_ARGS": "--epochs 1", "TRAINING_IMAGE": "img@sha256:1", "GIT_COMMIT": "abc123"}
+    env["TRAINING_BUILD"] = "b0c1d2e3-build"
     expected = fingerprint([DataObject(*o) for o in OBJECTS], TrainingSettings(("--epochs", "1"), "img@sha256:1"))
     args = parse_args(["--tag", f"{FINGERPRINT_TAG}={expected}", "--tag", "trigger=retrain_check"])
 
@@ -141,6 +142,7 @@ def test_run_tags_accepts_the_fingerprint_of_the_objects_read_and_adds_image_and
         FINGERPRINT_TAG: expected,
         "trigger": "retrain_check",
         "training_image": "img@sha256:1",
+        "training_build": "b0c1d2e3-build",
         "mlflow.source.git.commit": "abc123",
     }
 
