@@ -63,6 +63,7 @@ STACK_FILE = LOCAL_DIR / "stack.json"
 PIDS_FILE = LOCAL_DIR / "pids.json"
 INTERNAL_FILE = LOCAL_DIR / "internal.json"
 SECRETS_FILE = LOCAL_DIR / "secrets.json"
+PORTS_FILE = LOCAL_DIR / "ports.json"  # ports kept across restarts (_gcs_port)
 LOGS = LOCAL_DIR / "logs"
 # The Firestore emulator keeps its data in memory: `down` (and the scheduler, every tick) exports it here and
 # `up` imports it, so predictions, feedback and the deployment history outlive a restart.
@@ -176,7 +177,7 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
             for future in [
                 pool.submit(services.start_firestore_emulator, LOGS, None, _saved_firestore()),
                 pool.submit(services.start_pubsub_emulator, LOGS, PROJECT),
-                pool.submit(services.start_gcs_emulator, LOGS, None, LOCAL_DIR / "gcs"),
+                pool.submit(services.start_gcs_emulator, LOGS, _gcs_port(), LOCAL_DIR / "gcs"),
             ]
         )
     for service in (firestore, pubsub, gcs):
@@ -342,6 +343,16 @@ def _start_all(port: dict[str, int], keep: Callable[[services.Service], None]) -
     return urls
 
 
+def _gcs_port() -> int:
+    """The GCS emulator's port, the same across `down`/`up` while it is free: the emulator records each object's
+    download link (mediaLink) with its address at upload, and clients follow that link, so objects written
+    before a restart on another port could not be read (the watcher's evaluation set, the training data)."""
+    saved = _read(PORTS_FILE).get("gcs")
+    port = saved if isinstance(saved, int) and _port_free(saved) else services.free_port()
+    _write(PORTS_FILE, {"gcs": port})
+    return port
+
+
 def _start_frontend(port: int, urls: dict[str, str], retention_days: int) -> services.Service:
     """The page's files as in the site bucket: config.json names the function URLs, the CSP their origins."""
     site = LOCAL_DIR / "site"
@@ -503,7 +514,8 @@ def reset() -> None:
 
 def _is_stack_dir(folder: Path) -> bool:
     """Absent, empty, or holding only what the stack writes there."""
-    known = {"stack.json", "pids.json", "internal.json", "secrets.json", "logs", "mlflow", "gcs", "site", "models"}
+    known = {"stack.json", "pids.json", "internal.json", "secrets.json", "ports.json", "logs", "mlflow", "gcs"}
+    known |= {"site", "models"}
     names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
     return all(name in known or name.startswith(FIRESTORE_EXPORT.name) for name in names)
 

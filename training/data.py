@@ -544,7 +544,7 @@ def _download_tsv(uri: str, folder: Path) -> None:
         for blob in gcs_client().list_blobs(bucket, prefix=prefix or None):
             relative = blob.name[len(prefix) :]
             if relative.endswith(".tsv") and "/" not in relative:
-                (folder / relative).write_bytes(blob.download_as_bytes())
+                (folder / relative).write_bytes(_fresh(blob).download_as_bytes())
     except Exception as exc:  # see _read_bytes
         raise DataError(f"cannot read {uri}: {exc}") from exc
 
@@ -587,7 +587,7 @@ def _download(uri: str) -> tuple[bytes, str, str]:
             raise DataError(f"cannot read {uri}: no such object")
         # Taken before the download, which rewrites the blob's fields from the response's headers.
         generation, md5 = str(blob.generation or ""), blob.md5_hash or ""
-        raw = blob.download_as_bytes()  # of blob.generation: a write meanwhile does not change what is read
+        raw = _fresh(blob).download_as_bytes()  # of blob.generation: a write meanwhile does not change it
     except DataError:
         raise
     except Exception as exc:  # the storage client raises many types; all mean "cannot read"
@@ -595,6 +595,12 @@ def _download(uri: str) -> tuple[bytes, str, str]:
     if pinned and generation != pinned:
         raise DataError(f"cannot read {uri}: the store serves generation {generation} instead")
     return raw, generation, md5
+
+
+def _fresh(blob):
+    """A handle on the same object and generation without the listing's download link: the client then builds
+    the URL from its own endpoint (the GCS emulator records its address in the link at upload time)."""
+    return blob.bucket.blob(blob.name, generation=blob.generation)
 
 
 def _expand_gcs(uri: str) -> list[str]:
