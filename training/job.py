@@ -14,8 +14,8 @@ object by its generation, fingerprints data and settings, and runs `training.tra
 Environment: DATA_URI (required), RETRAIN_ARGS, TRAINING_IMAGE, TRAINING_BUILD, GIT_COMMIT, RETRAIN_EXECUTION,
 AUTO_PROMOTE (never | canary), MLFLOW_TRACKING_URI (and MLflow's own credentials variables; MLFLOW_IAM_AUDIENCE
 behind Cloud Run IAM, training/mlflow_auth.py), STORAGE_EMULATOR_HOST locally.
-Extra arguments say where results go (OUTPUT_OPTIONS: --promote, --output-dir, --checkpoint, --run-name) and are
-not part of the fingerprint; any other is refused (training options go in RETRAIN_ARGS). Progress goes to
+Extra arguments say where results go (OUTPUT_OPTIONS: --promote, --output-dir, --checkpoint, --run-name,
+--quiet) and are not part of the fingerprint; any other is refused (training options go in RETRAIN_ARGS). Progress goes to
 stderr; the last line of stdout is the run's summary as JSON; the exit status is 0 only when the run finished
 (the retrain check records failures by it).
 """
@@ -122,7 +122,7 @@ def training_argv(settings: JobSettings, listing: Listing, data_fingerprint: str
 
 # Extra arguments that say where the results go, not what is learned: everything else that shapes the model goes
 # in RETRAIN_ARGS, which is part of the fingerprint, so that a run's training_fingerprint says what it learned from.
-OUTPUT_OPTIONS = {"--promote": 0, "--output-dir": 1, "--checkpoint": 1, "--run-name": 1}
+OUTPUT_OPTIONS = {"--promote": 0, "--output-dir": 1, "--checkpoint": 1, "--run-name": 1, "--quiet": 0}
 
 
 def check_extra(extra: Sequence[str]) -> None:

@@ -32,7 +32,7 @@ from sentiment_core.deployments import Rollout
 from sentiment_core.events import TOPIC
 from sentiment_core.monitoring import DriftSettings
 from sentiment_core.records import StoreUnavailable
-from sentiment_core.registry import IdTokenSource, RegistryClient, RegistryError
+from sentiment_core.registry import RegistryClient, RegistryError, RegistrySettings
 from sentiment_core.rollout import Command, Reason, RolloutAction, RolloutSettings
 
 logger = logging.getLogger("sentiment.watcher")
@@ -49,12 +49,7 @@ class Settings:
     """
 
     state: StateSettings
-    tracking_uri: str
-    tracking_username: str | None
-    tracking_password: str | None
-    tracking_token: str | None
-    mlflow_iam_audience: str | None
-    mlflow_timeout_s: float
+    mlflow: RegistrySettings
     webhook_secret: bytes
     serving_bucket: str
     topic: str
@@ -74,12 +69,7 @@ class Settings:
         topic = config.optional("PUBSUB_TOPIC", TOPIC, env)
         return cls(
             state=state,
-            tracking_uri=config.required("MLFLOW_TRACKING_URI", env),
-            tracking_username=config.optional("MLFLOW_TRACKING_USERNAME", "", env) or None,
-            tracking_password=config.optional("MLFLOW_TRACKING_PASSWORD", "", env) or None,
-            tracking_token=config.optional("MLFLOW_TRACKING_TOKEN", "", env) or None,
-            mlflow_iam_audience=config.optional("MLFLOW_IAM_AUDIENCE", "", env) or None,
-            mlflow_timeout_s=config.number("MLFLOW_TIMEOUT_S", 2.0, 0.1, 60.0, env),
+            mlflow=RegistrySettings.from_env(env),
             webhook_secret=config.secret("MLFLOW_WEBHOOK_SECRET", env),
             serving_bucket=config.required("SERVING_BUCKET", env),
             topic=topic if topic.startswith("projects/") else f"projects/{state.project}/topics/{topic}",
@@ -103,15 +93,7 @@ class Settings:
         )
 
     def registry(self) -> RegistryClient:
-        return RegistryClient(
-            self.tracking_uri,
-            username=self.tracking_username,
-            password=self.tracking_password,
-            token=self.tracking_token,
-            timeout=self.mlflow_timeout_s,
-            # MLflow on Cloud Run behind IAM: an identity token rides beside MLflow's own credentials.
-            id_token=IdTokenSource(self.mlflow_iam_audience) if self.mlflow_iam_audience else None,
-        )
+        return self.mlflow.client()
 
 
 def _eval_set_uri(value: str) -> str:

@@ -130,13 +130,15 @@ def handle_tick(request: flask.Request, retrainer: Callable[[], Retrainer]) -> f
 
     A dependency's failure is a 503 with its code; nothing was started (a job that was started is recorded).
     """
+    import requests
     from google.api_core import exceptions as gexc
 
     failures = (
         (RegistryError, "registry_unavailable"),
         (StateUnavailable, "state_unavailable"),
         (RunnerError, "runner_unavailable"),
-        (gexc.GoogleAPIError, "data_unavailable"),  # the data bucket's listing
+        (gexc.GoogleAPIError, "data_unavailable"),  # the data bucket's listing: an answer that is an error
+        (requests.RequestException, "data_unavailable"),  # or no answer at all (the storage client's transport)
     )
     try:
         result = retrainer().tick()

@@ -10,11 +10,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
+from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from localdev import services
 from sentiment_core.config import ConfigError
+from sentiment_core.http import ApiError
+from sentiment_core.registry import RegistryError
 from tests.functions.conftest import call, retrain_module
 from tests.support import PROJECT
 
@@ -46,6 +50,31 @@ def test_retrain_settings_defaults_follow_the_contract() -> None:
         "yelp-sentiment/",
     )
     assert settings.state.deployments_database == "(default)"
+
+
+class _Failing:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def tick(self):
+        raise self.error
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (requests.ConnectionError("connection refused"), "data_unavailable"),  # no answer from the bucket
+        (gexc.ServiceUnavailable("listing failed"), "data_unavailable"),
+        (RegistryError("MLflow did not answer"), "registry_unavailable"),
+    ],
+    ids=["transport", "google-api", "mlflow"],
+)
+def test_retrain_tick_whose_dependency_fails_answers_503_with_its_code(error: Exception, code: str) -> None:
+    with pytest.raises(ApiError) as raised:
+        retrain_service.handle_tick(None, lambda: _Failing(error))
+
+    assert (raised.value.status, raised.value.code, raised.value.headers) == (503, code, {"Retry-After": "60"})
 
 
 @pytest.mark.unit
