@@ -16,8 +16,8 @@ AUTO_PROMOTE (never | canary), MLFLOW_TRACKING_URI (and MLflow's own credentials
 behind Cloud Run IAM, training/mlflow_auth.py), STORAGE_EMULATOR_HOST locally.
 Extra arguments say where results go (OUTPUT_OPTIONS: --promote, --output-dir, --checkpoint, --run-name,
 --quiet) and are not part of the fingerprint; any other is refused (training options go in RETRAIN_ARGS).
-Progress goes to stderr; the last line of stdout is the run's summary as JSON; the exit status is 0 only when the run finished
-(the retrain check records failures by it).
+Progress goes to stderr; the last line of stdout is the run's summary as JSON; the exit status is 0 only when
+the run finished (the retrain check records failures by it).
 """
 
 from __future__ import annotations
