@@ -39,14 +39,9 @@ def tick(url: str, timeout_s: float, describe_answer: Callable[[int, str], str] 
 def describe(status: int, body: str) -> str:
     """The watcher's answer in words: "200 up_to_date: production version 3, serving version 3"; an absent
     version reads "no production version" or "nothing serving", never "None"."""
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
-        return f"{status} {body.strip()}"
-    if isinstance(answer.get("error"), dict):
-        return f"{status} {answer['error'].get('code')}: {answer['error'].get('message')}"
+    answer = _answer(status, body)
+    if isinstance(answer, str):
+        return answer
     desired, serving = answer.get("desired_version"), answer.get("serving_version")
     line = f"{status} {answer.get('action')}: " + ", ".join(
         [
@@ -58,7 +53,17 @@ def describe(status: int, body: str) -> str:
 
 
 def describe_retrain(status: int, body: str) -> str:
-    """The retrain check's answer in words: "200 started: execution 20261202T101500-ab12cd (data changed)"."""
+    """The retrain check's answer in words: "200 started: execution ... started: <why>"."""
+    answer = _answer(status, body)
+    if isinstance(answer, str):
+        return answer
+    line = f"{status} {answer.get('action')}"
+    return line + (f": {answer['detail']}" if answer.get("detail") else "")
+
+
+def _answer(status: int, body: str) -> dict | str:
+    """The answer as a JSON object, or already in words: an error's code and message, or a body that is no JSON
+    object as it came."""
     try:
         answer = json.loads(body)
     except ValueError:
@@ -67,8 +72,7 @@ def describe_retrain(status: int, body: str) -> str:
         return f"{status} {body.strip()}"
     if isinstance(answer.get("error"), dict):
         return f"{status} {answer['error'].get('code')}: {answer['error'].get('message')}"
-    line = f"{status} {answer.get('action')}"
-    return line + (f": {answer['detail']}" if answer.get("detail") else "")
+    return answer
 
 
 def main(argv: list[str] | None = None) -> int:

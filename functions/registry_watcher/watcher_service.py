@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import evaluation
@@ -232,7 +232,7 @@ def handle_rollout(request: flask.Request, store: DeploymentStore, model: str) -
         raise http.ApiError(409, "abort_pending", decision.detail)
     logger.warning("rollout %s requested: %s", command.value, decision.detail, extra={"trigger": ROLLOUT_TRIGGER})
     answer = {"action": command.value, "detail": decision.detail, "rollout": rollout_status(decision.state.rollout)}
-    return http.json_response(_jsonable(answer), 202)
+    return http.json_response(http.jsonable(answer), 202)
 
 
 def handle_status(store: DeploymentStore) -> flask.Response:
@@ -251,7 +251,7 @@ def handle_status(store: DeploymentStore) -> flask.Response:
         "rollout": rollout_status(state.rollout),
         "history": history,
     }
-    return http.json_response(_jsonable(answer))
+    return http.json_response(http.jsonable(answer))
 
 
 def rollout_status(rollout: Rollout | None) -> dict[str, Any] | None:
@@ -304,14 +304,3 @@ def _next_decision(rollout: Rollout) -> dict[str, Any] | None:
     if last is None or last.action is not RolloutAction.HOLD:
         return None  # nothing decided at this step yet
     return {"action": last.action.value, "reason": last.reason.value, "detail": last.detail, "since": last.at}
-
-
-def _jsonable(value: Any) -> Any:
-    """Firestore timestamps as RFC 3339 strings."""
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
-    return value

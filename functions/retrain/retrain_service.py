@@ -155,15 +155,4 @@ def handle_status(store: StateDocument, limit: int = 20) -> flask.Response:
         history = store.history(limit)
     except StateUnavailable as exc:
         raise http.unavailable("state_unavailable", exc, logger) from exc
-    return http.json_response({"state": _jsonable(snapshot.state.to_document()), "history": _jsonable(history)})
-
-
-def _jsonable(value: Any) -> Any:
-    """Firestore's values as JSON: timestamps as ISO 8601."""
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    if hasattr(value, "isoformat"):
-        return value.isoformat().replace("+00:00", "Z")
-    return value
+    return http.json_response({"state": http.jsonable(snapshot.state.to_document()), "history": http.jsonable(history)})

@@ -38,6 +38,17 @@ def bad_request(code: str, message: str) -> ApiError:
     return ApiError(400, code, message)
 
 
+def jsonable(value: Any) -> Any:
+    """Stored values (Firestore documents, dataclasses as dicts) as JSON: timestamps as RFC 3339 strings."""
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat().replace("+00:00", "Z")
+    return value
+
+
 def unavailable(code: str, exc: Exception, log: logging.Logger) -> ApiError:
     """A dependency that failed (MLflow, Firestore, a Google API): 503 with a stable code, logged as an error; the
     caller may retry after a minute, as the scheduler does anyway."""
