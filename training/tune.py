@@ -113,6 +113,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="models averaged in every trial, as training.train's option (not searched: it multiplies the time)" + D,
     )
     group.add_argument(
+        "--feedback-weight",
+        type=float,
+        default=DEFAULTS.feedback_weight,
+        help="loss weight of a feedback example, as training.train's option (not searched: users' answers are "
+        "not the data the search is judged on)" + D,
+    )
+    group.add_argument(
         "--baseline-floor",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -224,7 +231,12 @@ def suggest(trial: optuna.Trial, *, epochs: int, fixed: dict[str, object]) -> Hy
 
 def fixed_params(args: argparse.Namespace) -> dict[str, object]:
     """The HyperParams fields a search holds fixed, from its options."""
-    return {"seed": args.seed, "split_apostrophes": args.split_apostrophes, "ensemble": args.ensemble}
+    return {
+        "seed": args.seed,
+        "split_apostrophes": args.split_apostrophes,
+        "ensemble": args.ensemble,
+        "feedback_weight": args.feedback_weight,
+    }
 
 
 def baseline_floors(dataset: data.Dataset, split: data.Split, ood: dict[str, data.LabelledTexts]) -> dict[str, float]:

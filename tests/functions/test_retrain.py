@@ -210,9 +210,10 @@ def test_failed_job_is_recorded_and_retried_after_backoff_not_in_a_loop(
     check = retrainer(store, location, mlflow_server, runner, clock)
     check.tick()
     runner.statuses["train-00001"] = Status.FAILED
+    clock.now += timedelta(seconds=60)  # history entries are ordered by their time: the failure comes later
 
     failed = check.tick()
-    clock.now += timedelta(seconds=3599)
+    clock.now += timedelta(seconds=3539)
     waiting = check.tick()
     clock.now += timedelta(seconds=1)
     retried = check.tick()

@@ -71,7 +71,19 @@ def test_stack_writes_the_contract_urls_and_up_again_starts_nothing(local_stack:
     again = stack_command("up", local_stack["env"])
     config = call(f"{urls['frontend']}/config.json").json
 
-    assert sorted(urls) == ["feedback", "frontend", "mlflow", "predict", "registry_watcher"]
+    assert sorted(urls) == [
+        "data_bucket",
+        "feedback",
+        "frontend",
+        "mlflow",
+        "predict",
+        "registry_watcher",
+        "retrain",
+        "storage_emulator",
+    ]
+    assert urls["data_bucket"] == "gs://training-data/yelp-sentiment/"
+    assert call(f"{urls['storage_emulator']}/storage/v1/b/training-data").status == 200
+    assert call(f"{urls['retrain']}/status").status == 200
     assert again.returncode == 0, again.stderr
     assert json.loads((local_stack["state"] / "pids.json").read_text()) == local_stack["pids"]
     assert config == {"predict_url": urls["predict"], "feedback_url": urls["feedback"], "prediction_retention_days": 30}

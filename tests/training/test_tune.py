@@ -243,6 +243,7 @@ def test_tune_leaves_a_nested_run_per_trial_and_the_best_on_the_parent(mlflow_se
         "seed": str(train.DEFAULTS.seed),
         "split_apostrophes": str(train.DEFAULTS.split_apostrophes),
         "ensemble": "1",  # --ensemble, held fixed
+        "feedback_weight": str(train.DEFAULTS.feedback_weight),  # --feedback-weight, held fixed
     }
     assert {name: parent.data.params[f"best_{name}"] for name in expected} == expected
     # The printed command, on stdout and on the parent, is training.train's with those very parameters.
