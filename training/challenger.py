@@ -6,10 +6,12 @@ the paired exact McNemar test: of the texts exactly one model answers right, is 
 different from one half? That is a two-sided binomial test on the discordant pairs (scipy.stats.binomtest), the
 exact form of McNemar's test, right for the small counts the feedback set has.
 
-The challenger beats the champion when it is significantly better (p < 0.05) on at least one set and
-significantly worse on none. `decide` turns the per-set results and AUTO_PROMOTE into what to do; `challenge`
-logs the report and applies the decision: version tags `challenger_of` and `beats_champion`, and with
-AUTO_PROMOTE=canary and a win, the tag `promotion=automatic` and then the alias (the rollout guards it).
+The challenger beats the champion when it is better on at least one set (Holm-adjusted p < 0.05 over the sets:
+several sets must not make a chance win likelier) and worse on none (the set's own p < 0.05: a regression vetoes
+on its own evidence). `decide` turns the per-set results and AUTO_PROMOTE into what to do; `judge` logs the
+report before the version is registered with its tags `challenger_of` and `beats_champion`, and with
+AUTO_PROMOTE=canary and a win `promote_if_decided` sets the tag `promotion=automatic` and then the alias (the
+rollout guards it).
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class SetResult:
     champion_only: int  # b: texts only the champion answers right
     challenger_only: int  # c: texts only the challenger answers right
     p_value: float
+    # Holm's adjustment over all the sets of one comparison (holm()): a win is claimed on it, so that judging on
+    # several sets does not make a chance win on one of them likelier. None: not adjusted (one set alone).
+    p_holm: float | None = None
 
     @property
     def champion_accuracy(self) -> float:
@@ -88,9 +93,14 @@ class SetResult:
         return self.challenger_correct / self.n
 
     def verdict(self, alpha: float = ALPHA) -> Verdict:
-        if self.p_value >= alpha or self.challenger_only == self.champion_only:
+        """BETTER needs the Holm-adjusted p under alpha; WORSE only the set's own p: a claim of improvement is
+        held to the family-wise error rate, a regression vetoes on the evidence of its set alone (the safe side)."""
+        if self.challenger_only == self.champion_only:
             return Verdict.NO_DIFFERENCE
-        return Verdict.BETTER if self.challenger_only > self.champion_only else Verdict.WORSE
+        if self.challenger_only > self.champion_only:
+            better = (self.p_holm if self.p_holm is not None else self.p_value) < alpha
+            return Verdict.BETTER if better else Verdict.NO_DIFFERENCE
+        return Verdict.WORSE if self.p_value < alpha else Verdict.NO_DIFFERENCE
 
     def to_dict(self, alpha: float = ALPHA) -> dict[str, Any]:
         return {
@@ -107,6 +117,20 @@ def mcnemar_exact(champion_only: int, challenger_only: int) -> float:
     if discordant == 0:
         return 1.0
     return float(binomtest(challenger_only, discordant, 0.5, alternative="two-sided").pvalue)
+
+
+def holm(results: Sequence[SetResult]) -> list[SetResult]:
+    """The results with Holm's step-down adjusted p-values (family-wise error rate over the sets), in their order.
+
+    By hand: scipy adjusts only for the false discovery rate (false_discovery_control), and statsmodels'
+    multipletests is one function of a large dependency."""
+    order = sorted(range(len(results)), key=lambda i: results[i].p_value)
+    adjusted = [0.0] * len(results)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(results) - rank) * results[i].p_value))
+        adjusted[i] = running
+    return [dataclasses.replace(r, p_holm=p) for r, p in zip(results, adjusted, strict=True)]
 
 
 def compare(name: str, labels: Sequence[int], champion: Sequence[int], challenger: Sequence[int]) -> SetResult:
@@ -173,18 +197,20 @@ def report_markdown(
 ) -> str:
     """challenger/report.md: one row per set."""
     lines = [
-        f"# Challenger {challenger_version or '(unregistered)'} against champion {champion_version}",
+        f"# Challenger {challenger_version or '(this run)'} against champion {champion_version}",
         "",
         f"Exact McNemar test per set (two-sided binomial test on the discordant pairs), alpha {ALPHA}. "
-        "b: texts only the champion answers right; c: only the challenger.",
+        "b: texts only the champion answers right; c: only the challenger. Better needs Holm's adjusted p (over "
+        "the sets) under alpha; worse, the set's own p.",
         "",
-        "| set | n | champion accuracy | challenger accuracy | discordant b/c | p-value | verdict |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| set | n | champion accuracy | challenger accuracy | discordant b/c | p-value | Holm p | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
+        holm_p = "" if r.p_holm is None else f"{r.p_holm:.4g}"
         lines.append(
             f"| {r.name} | {r.n} | {r.champion_accuracy:.4f} | {r.challenger_accuracy:.4f} | "
-            f"{r.champion_only}/{r.challenger_only} | {r.p_value:.4g} | {r.verdict().value} |"
+            f"{r.champion_only}/{r.challenger_only} | {r.p_value:.4g} | {holm_p} | {r.verdict().value} |"
         )
     lines += ["", f"beats_champion: {str(decision.beats_champion).lower()} ({decision.reason})", ""]
     return "\n".join(lines)
@@ -248,15 +274,17 @@ def compare_models(
 ) -> list[SetResult]:
     """Each model at its own threshold on every set."""
     champion_threshold = model_threshold(champion_bytes)
-    return [
-        compare(
-            name,
-            s.labels,
-            predicted_labels(champion_bytes, s.texts, champion_threshold),
-            predicted_labels(challenger_bytes, s.texts, challenger_threshold),
-        )
-        for name, s in sets.items()
-    ]
+    return holm(
+        [
+            compare(
+                name,
+                s.labels,
+                predicted_labels(champion_bytes, s.texts, champion_threshold),
+                predicted_labels(challenger_bytes, s.texts, challenger_threshold),
+            )
+            for name, s in sets.items()
+        ]
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -85,11 +86,33 @@ BETTER, WORSE, SAME = (1, 30), (30, 1), (10, 12)
 def test_decide_beats_only_when_better_somewhere_and_worse_nowhere_and_promotes_only_with_canary(
     sets: list[tuple[int, int]], mode: AutoPromote, beats: bool, promote: bool
 ) -> None:
-    results = [result(f"set{i}", b, c) for i, (b, c) in enumerate(sets)]
+    results = challenger.holm([result(f"set{i}", b, c) for i, (b, c) in enumerate(sets)])
 
     decision = challenger.decide(results, mode)
 
     assert (decision.beats_champion, decision.promote) == (beats, promote)
+
+
+def test_holm_adjusts_the_smallest_p_by_the_number_of_sets_then_steps_down_monotone() -> None:
+    ps = [0.01, 0.04, 0.03, 0.5]
+    results = [dataclasses.replace(result(f"s{i}", 1, 9), p_value=p) for i, p in enumerate(ps)]
+
+    adjusted = [r.p_holm for r in challenger.holm(results)]
+
+    # by hand: sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1 = 0.04, 0.09, 0.08 -> 0.09 (monotone), 0.5
+    assert adjusted == pytest.approx([0.04, 0.09, 0.09, 0.5])
+
+
+def test_a_win_on_one_set_of_four_by_chance_is_not_a_win_but_a_regression_on_one_still_vetoes() -> None:
+    # What a real run showed: better on the test split at p 0.019, no difference on three other sets.
+    chance_win = challenger.holm([result("test", 40, 65, n=17629), *(result(f"ood{i}", 50, 50) for i in range(3))])
+    regression = challenger.holm([result("test", 1, 40), result("ood", 65, 40, n=17629), result("o2", 5, 5)])
+
+    assert chance_win[0].p_value < 0.05 < chance_win[0].p_holm
+    assert chance_win[0].verdict() is Verdict.NO_DIFFERENCE
+    assert challenger.decide(chance_win, AutoPromote.CANARY).beats_champion is False
+    assert regression[1].verdict() is Verdict.WORSE  # its own p 0.019: enough to veto, though Holm's is not
+    assert challenger.decide(regression, AutoPromote.CANARY).beats_champion is False
 
 
 @pytest.mark.parametrize(("text", "mode"), [("never", AutoPromote.NEVER), (" Canary ", AutoPromote.CANARY)])
@@ -104,14 +127,15 @@ def test_auto_promote_parse_rejects_anything_else(text: str) -> None:
 
 
 def test_report_markdown_has_one_row_per_set_with_counts_p_value_and_verdict() -> None:
-    results = [result("test", 1, 9, n=100), result("ood_dynasent", 3, 7, n=50)]
+    results = challenger.holm([result("test", 1, 9, n=100), result("ood_dynasent", 3, 7, n=50)])
     decision = challenger.decide(results, AutoPromote.NEVER)
 
     table = challenger.report_markdown(results, decision, "3", "4")
     as_json = challenger.report(results, decision, "3", "4")
 
-    assert "| set | n | champion accuracy | challenger accuracy | discordant b/c | p-value | verdict |" in table
-    assert "| test | 100 | 0.4600 | 0.5400 | 1/9 | 0.02148 | better |" in table
+    header = "| set | n | champion accuracy | challenger accuracy | discordant b/c | p-value | Holm p | verdict |"
+    assert header in table
+    assert "| test | 100 | 0.4600 | 0.5400 | 1/9 | 0.02148 | 0.04297 | better |" in table
     assert "| ood_dynasent | 50 | " in table
     assert "| 3/7 |" in table
     assert "beats_champion: true" in table
